@@ -1,0 +1,644 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels of cbn.
+
+Every kernel is a ``cdef ... noexcept nogil`` function on raw pointers to C-contiguous,
+row-major data (samples as rows), specialised for float32 and float64 by the fused type
+``floating``. Kernels trust their inputs and never allocate: the Python layer
+(``cbn.kernels``, ``cbn.network``) validates, casts and allocates before calling them.
+
+Two ways in:
+- thin ``def`` wrappers, one per kernel, over typed memoryviews (used by ``cbn.kernels``);
+- ``Plan``: the buffers of one network at one batch capacity, which runs a whole
+  training step (gather, forward, loss, backward, update) with the GIL released.
+"""
+from cython cimport floating
+from libc.math cimport exp, log, sqrt
+from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+ctypedef fused source_t:
+    uint8_t
+    float
+    double
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+
+cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
+                const floating* B, floating beta, floating* C) noexcept nogil:
+    """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C.
+
+    Fortran BLAS is column-major, where a row-major matrix reads as its transpose, so we
+    compute C^T = op(B)^T op(A)^T: swap the operands and M/N, no copies.
+    """
+    cdef char transa = b'T' if tb else b'N'
+    cdef char transb = b'T' if ta else b'N'
+    cdef int lda = K if tb else N
+    cdef int ldb = M if ta else K
+    cdef int ldc = N
+    if M <= 0 or N <= 0:
+        return
+    if lda < 1:
+        lda = 1
+    if ldb < 1:
+        ldb = 1
+    if floating is float:
+        sgemm(&transa, &transb, &N, &M, &K, &alpha, <float*>B, &lda, <float*>A, &ldb, &beta, C, &ldc)
+    else:
+        dgemm(&transa, &transb, &N, &M, &K, &alpha, <double*>B, &lda, <double*>A, &ldb, &beta, C, &ldc)
+
+
+cdef void _linear_fwd(int n, int d, int m, const floating* X, const floating* W,
+                      const floating* b, floating* S) noexcept nogil:
+    """S(n,m) := X(n,d) W(d,m) + b(m)."""
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        for j in range(m):
+            S[i * m + j] = b[j]
+    _gemm(False, False, n, m, d, <floating>1, X, W, <floating>1, S)
+
+
+cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
+                      const floating* dS, floating lam2, floating* dW, floating* db,
+                      floating* dX) noexcept nogil:
+    """dW := X^T dS + lam2 W;  db := column sums of dS;  dX := dS W^T (skipped if dX is NULL)."""
+    cdef Py_ssize_t i, j
+    cdef floating beta = 0
+    if lam2 != 0:
+        for i in range(<Py_ssize_t>d * m):
+            dW[i] = lam2 * W[i]
+        beta = 1
+    _gemm(True, False, d, m, n, <floating>1, X, dS, beta, dW)
+    for j in range(m):
+        db[j] = 0
+    for i in range(n):
+        for j in range(m):
+            db[j] += dS[i * m + j]
+    if dX != NULL:
+        _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
+
+
+cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
+                             const floating* beta, floating eps, floating* mean,
+                             floating* var, floating* inv_std, floating* Shat,
+                             floating* H) noexcept nogil:
+    """Per feature j over the n rows: mean, biased var, inv_std = 1/sqrt(var + eps);
+    Shat = (S - mean) inv_std;  H = max(0, gamma Shat + beta)."""
+    cdef Py_ssize_t i, j, k
+    cdef floating t, z
+    for j in range(m):
+        mean[j] = 0
+        var[j] = 0
+    for i in range(n):
+        for j in range(m):
+            mean[j] += S[i * m + j]
+    for j in range(m):
+        mean[j] /= n
+    # Second pass on centred values: stable where E[S^2] - E[S]^2 would cancel.
+    for i in range(n):
+        for j in range(m):
+            t = S[i * m + j] - mean[j]
+            var[j] += t * t
+    for j in range(m):
+        var[j] /= n
+        inv_std[j] = 1 / sqrt(var[j] + eps)
+    for i in range(n):
+        for j in range(m):
+            k = i * m + j
+            t = (S[k] - mean[j]) * inv_std[j]
+            Shat[k] = t
+            z = gamma[j] * t + beta[j]
+            H[k] = z if z > 0 else 0
+
+
+cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
+                       const floating* Shat, const floating* gamma,
+                       const floating* inv_std, floating* dgamma, floating* dbeta,
+                       floating* dS) noexcept nogil:
+    """dZ = dH [H > 0];  dgamma = sum dZ Shat;  dbeta = sum dZ;
+    dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).  dS may alias dH."""
+    cdef Py_ssize_t i, j, k
+    cdef floating g
+    for j in range(m):
+        dgamma[j] = 0
+        dbeta[j] = 0
+    for i in range(n):
+        for j in range(m):
+            k = i * m + j
+            g = dH[k] if H[k] > 0 else 0
+            dgamma[j] += g * Shat[k]
+            dbeta[j] += g
+    for i in range(n):
+        for j in range(m):
+            k = i * m + j
+            g = dH[k] if H[k] > 0 else 0
+            dS[k] = gamma[j] * inv_std[j] * (g - (dbeta[j] + Shat[k] * dgamma[j]) / n)
+
+
+cdef void _bn_eval_affine(int m, const floating* gamma, const floating* beta,
+                          const floating* rmean, const floating* rvar, floating eps,
+                          floating* scale, floating* shift) noexcept nogil:
+    """Fold running statistics into one affine map: scale = gamma / sqrt(rvar + eps),
+    shift = beta - rmean scale."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        scale[j] = gamma[j] / sqrt(rvar[j] + eps)
+        shift[j] = beta[j] - rmean[j] * scale[j]
+
+
+cdef void _affine_relu(int n, int m, const floating* S, const floating* scale,
+                       const floating* shift, floating* H) noexcept nogil:
+    """H = max(0, S scale + shift), per feature (batch norm in evaluation mode, then ReLU)."""
+    cdef Py_ssize_t i, j, k
+    cdef floating z
+    for i in range(n):
+        for j in range(m):
+            k = i * m + j
+            z = S[k] * scale[j] + shift[j]
+            H[k] = z if z > 0 else 0
+
+
+cdef void _running_update(int m, const floating* mean, const floating* var,
+                          floating* rmean, floating* rvar, floating alpha,
+                          floating var_factor, bint first) noexcept nogil:
+    """rmean = alpha rmean + (1 - alpha) mean (same for var times var_factor);
+    on the first batch both are copied instead (the course's initialisation)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        if first:
+            rmean[j] = mean[j]
+            rvar[j] = var[j] * var_factor
+        else:
+            rmean[j] = alpha * rmean[j] + (1 - alpha) * mean[j]
+            rvar[j] = alpha * rvar[j] + (1 - alpha) * var[j] * var_factor
+
+
+cdef void _relu(Py_ssize_t size, const floating* S, floating* H) noexcept nogil:
+    """H = max(0, S).  H may alias S."""
+    cdef Py_ssize_t k
+    for k in range(size):
+        H[k] = S[k] if S[k] > 0 else 0
+
+
+cdef void _relu_bwd(Py_ssize_t size, const floating* dH, const floating* H,
+                    floating* dS) noexcept nogil:
+    """dS = dH [H > 0].  dS may alias dH."""
+    cdef Py_ssize_t k
+    for k in range(size):
+        dS[k] = dH[k] if H[k] > 0 else 0
+
+
+cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
+                        const int64_t* yidx, double inv_n, floating* G, floating* P,
+                        double* loss, int64_t* correct) noexcept nogil:
+    """Per row i with label t = y[yidx[i]] (y[i] if yidx is NULL):
+    lse = log sum exp Z (shifted by the row max);  loss += lse - Z[t];
+    correct += (argmax Z == t);  P = exp(Z - lse);  G = (P - onehot(t)) inv_n.
+    y, G and P may be NULL; G or P may alias Z."""
+    cdef Py_ssize_t i, j, arg
+    cdef int64_t t = -1
+    cdef const floating* z
+    cdef double mx, s, lse, p
+    loss[0] = 0
+    correct[0] = 0
+    for i in range(n):
+        z = Z + i * K
+        mx = z[0]
+        arg = 0
+        for j in range(1, K):
+            if z[j] > mx:
+                mx = z[j]
+                arg = j
+        s = 0
+        for j in range(K):
+            s += exp(z[j] - mx)
+        lse = mx + log(s)
+        if y != NULL:
+            t = y[yidx[i]] if yidx != NULL else y[i]
+            loss[0] += lse - z[t]
+            correct[0] += (arg == t)
+        if G != NULL or P != NULL:
+            for j in range(K):
+                p = exp(z[j] - lse)
+                if P != NULL:
+                    P[i * K + j] = <floating>p
+                if G != NULL:
+                    if j == t:
+                        p -= 1
+                    G[i * K + j] = <floating>(p * inv_n)
+
+
+cdef int _sgd_update(Py_ssize_t size, floating* theta, const floating* grad, floating* vel,
+                     floating lr, floating wd, floating momentum) noexcept nogil:
+    """g = grad + wd theta;  with vel: vel = momentum vel - lr g, theta += vel;
+    else theta -= lr g.  Returns 1 if any new value is not finite (t - t is NaN only then)."""
+    cdef Py_ssize_t k
+    cdef floating t
+    cdef int bad = 0
+    if vel != NULL:
+        for k in range(size):
+            vel[k] = momentum * vel[k] - lr * (grad[k] + wd * theta[k])
+            t = theta[k] + vel[k]
+            theta[k] = t
+            bad |= (t - t) != 0
+    else:
+        for k in range(size):
+            t = theta[k] - lr * (grad[k] + wd * theta[k])
+            theta[k] = t
+            bad |= (t - t) != 0
+    return bad
+
+
+cdef void _gather(int n, int d, const source_t* src, const int64_t* idx,
+                  const floating* shift, const floating* scale,
+                  floating* out) noexcept nogil:
+    """out[i, j] = (src[idx[i], j] - shift[j]) scale[j]: mini-batch rows straight from
+    the stored images (uint8 or float), standardised on the fly."""
+    cdef Py_ssize_t i, j
+    cdef const source_t* row
+    cdef floating* o
+    for i in range(n):
+        row = src + idx[i] * d
+        o = out + i * d
+        for j in range(d):
+            o[j] = (<floating>row[j] - shift[j]) * scale[j]
+
+
+# ---------------------------------------------------------------------------------------
+# def wrappers: one per kernel, no validation (cbn.kernels validates before calling).
+# ---------------------------------------------------------------------------------------
+
+def linear_forward(const floating[:, ::1] X, const floating[:, ::1] W,
+                   const floating[::1] b, floating[:, ::1] S):
+    with nogil:
+        _linear_fwd(X.shape[0], X.shape[1], W.shape[1], &X[0, 0], &W[0, 0], &b[0], &S[0, 0])
+
+
+def linear_backward(const floating[:, ::1] X, const floating[:, ::1] W,
+                    const floating[:, ::1] dS, double lam2, floating[:, ::1] dW,
+                    floating[::1] db, floating[:, ::1] dX=None):
+    cdef floating* pdx = NULL if dX is None else &dX[0, 0]
+    with nogil:
+        _linear_bwd(X.shape[0], X.shape[1], W.shape[1], &X[0, 0], &W[0, 0], &dS[0, 0],
+                    <floating>lam2, &dW[0, 0], &db[0], pdx)
+
+
+def bn_relu_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
+                          const floating[::1] beta, double eps, floating[::1] mean,
+                          floating[::1] var, floating[::1] inv_std,
+                          floating[:, ::1] Shat, floating[:, ::1] H):
+    with nogil:
+        _bn_relu_fwd_train(S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
+                           <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0], &H[0, 0])
+
+
+def bn_relu_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
+                         const floating[::1] beta, const floating[::1] running_mean,
+                         const floating[::1] running_var, double eps,
+                         floating[::1] scale, floating[::1] shift, floating[:, ::1] H):
+    with nogil:
+        _bn_eval_affine(S.shape[1], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
+                        <floating>eps, &scale[0], &shift[0])
+        _affine_relu(S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &H[0, 0])
+
+
+def bn_relu_backward(const floating[:, ::1] dH, const floating[:, ::1] H,
+                     const floating[:, ::1] Shat, const floating[::1] gamma,
+                     const floating[::1] inv_std, floating[::1] dgamma,
+                     floating[::1] dbeta, floating[:, ::1] dS):
+    with nogil:
+        _bn_relu_bwd(dH.shape[0], dH.shape[1], &dH[0, 0], &H[0, 0], &Shat[0, 0], &gamma[0],
+                     &inv_std[0], &dgamma[0], &dbeta[0], &dS[0, 0])
+
+
+def running_stats_update(const floating[::1] mean, const floating[::1] var,
+                         floating[::1] running_mean, floating[::1] running_var,
+                         double alpha, double var_factor, bint first):
+    with nogil:
+        _running_update(mean.shape[0], &mean[0], &var[0], &running_mean[0], &running_var[0],
+                        <floating>alpha, <floating>var_factor, first)
+
+
+def relu_forward(const floating[:, ::1] S, floating[:, ::1] H):
+    with nogil:
+        _relu(S.shape[0] * S.shape[1], &S[0, 0], &H[0, 0])
+
+
+def relu_backward(const floating[:, ::1] dH, const floating[:, ::1] H, floating[:, ::1] dS):
+    with nogil:
+        _relu_bwd(dH.shape[0] * dH.shape[1], &dH[0, 0], &H[0, 0], &dS[0, 0])
+
+
+def softmax_cross_entropy(const floating[:, ::1] Z, const int64_t[::1] y=None,
+                          floating[:, ::1] G=None, floating[:, ::1] P=None):
+    """Returns (sum of losses, number correct); fills G and P when given."""
+    cdef double loss
+    cdef int64_t correct
+    cdef const int64_t* py = NULL if y is None else &y[0]
+    cdef floating* pg = NULL if G is None else &G[0, 0]
+    cdef floating* pp = NULL if P is None else &P[0, 0]
+    with nogil:
+        _softmax_xent(Z.shape[0], Z.shape[1], &Z[0, 0], py, NULL, 1.0 / Z.shape[0], pg, pp,
+                      &loss, &correct)
+    return loss, correct
+
+
+def sgd_update(floating[::1] theta, const floating[::1] grad, double lr,
+               double weight_decay=0.0, double momentum=0.0, floating[::1] velocity=None):
+    """Returns True if any updated value is not finite."""
+    cdef floating* pv = NULL if velocity is None else &velocity[0]
+    cdef int bad
+    with nogil:
+        bad = _sgd_update(theta.shape[0], &theta[0], &grad[0], pv, <floating>lr,
+                          <floating>weight_decay, <floating>momentum)
+    return bool(bad)
+
+
+def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
+                const floating[::1] shift, const floating[::1] scale, floating[:, ::1] out):
+    with nogil:
+        _gather(idx.shape[0], src.shape[1], &src[0, 0], &idx[0], &shift[0], &scale[0],
+                &out[0, 0])
+
+
+# ---------------------------------------------------------------------------------------
+# Plan: a whole network at one batch capacity, run step by step without the GIL.
+# ---------------------------------------------------------------------------------------
+
+cdef struct Layer:
+    int d_in, d_out
+    bint hidden, bn
+    void* W
+    void* b
+    void* gamma
+    void* beta
+    void* dW
+    void* db
+    void* dgamma
+    void* dbeta
+    void* rmean
+    void* rvar
+    void* S        # (cap, d_out) pre-activation; reused for the gradient dS
+    void* Shat     # (cap, d_out) normalised pre-activation (BN only)
+    void* H        # (cap, d_out) activation (hidden only)
+    void* mean     # (d_out,) batch statistics (BN only)
+    void* var
+    void* inv_std
+    void* escale   # (d_out,) evaluation-mode affine map (BN only)
+    void* eshift
+
+
+cdef struct Net:
+    int L, cap, d0, K
+    Layer* layers
+    void* X              # (cap, d0) mini-batch buffer
+    void* theta          # all parameters, weights first
+    void* grad
+    void* vel            # NULL without momentum
+    Py_ssize_t n_params, n_weights
+    double eps, alpha
+    bint unbiased
+    int src_kind         # 0 uint8, 1 float32, 2 float64
+    void* src
+    void* shift
+    void* scale
+    const int64_t* labels
+    const int64_t* idx
+
+
+cdef size_t _addr(object a) except 0:
+    if a is None:
+        raise ValueError("missing buffer")
+    return <size_t>a.__array_interface__['data'][0]
+
+
+cdef size_t _addr_or_null(object a) except? 0:
+    return 0 if a is None else _addr(a)
+
+
+cdef void _gather_batch(Net* p, Py_ssize_t offset, int n, floating* X) noexcept nogil:
+    cdef const int64_t* idx = p.idx + offset
+    cdef const floating* shift = <floating*>p.shift
+    cdef const floating* scale = <floating*>p.scale
+    if p.src_kind == 0:
+        _gather(n, p.d0, <uint8_t*>p.src, idx, shift, scale, X)
+    elif p.src_kind == 1:
+        _gather(n, p.d0, <float*>p.src, idx, shift, scale, X)
+    else:
+        _gather(n, p.d0, <double*>p.src, idx, shift, scale, X)
+
+
+cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
+                   bint first, floating* X, floating* probs, bint grad_out, double* loss,
+                   int64_t* correct) noexcept nogil:
+    """Gather rows idx[offset:offset+n], run every layer, then softmax cross-entropy.
+    With grad_out the output gradient (P - Y)/n overwrites the logits buffer."""
+    cdef int l
+    cdef Layer* ly
+    cdef const floating* A = X
+    cdef double factor
+    _gather_batch(p, offset, n, X)
+    for l in range(p.L):
+        ly = &p.layers[l]
+        _linear_fwd(n, ly.d_in, ly.d_out, A, <floating*>ly.W, <floating*>ly.b, <floating*>ly.S)
+        if not ly.hidden:
+            break
+        if ly.bn and training:
+            _bn_relu_fwd_train(n, ly.d_out, <floating*>ly.S, <floating*>ly.gamma,
+                               <floating*>ly.beta, <floating>p.eps, <floating*>ly.mean,
+                               <floating*>ly.var, <floating*>ly.inv_std,
+                               <floating*>ly.Shat, <floating*>ly.H)
+            if update_stats:
+                factor = n / (n - 1.0) if (p.unbiased and n > 1) else 1.0
+                _running_update(ly.d_out, <floating*>ly.mean, <floating*>ly.var,
+                                <floating*>ly.rmean, <floating*>ly.rvar,
+                                <floating>p.alpha, <floating>factor, first)
+        elif ly.bn:
+            _bn_eval_affine(ly.d_out, <floating*>ly.gamma, <floating*>ly.beta,
+                            <floating*>ly.rmean, <floating*>ly.rvar, <floating>p.eps,
+                            <floating*>ly.escale, <floating*>ly.eshift)
+            _affine_relu(n, ly.d_out, <floating*>ly.S, <floating*>ly.escale,
+                         <floating*>ly.eshift, <floating*>ly.H)
+        else:
+            _relu(<Py_ssize_t>n * ly.d_out, <floating*>ly.S, <floating*>ly.H)
+        A = <floating*>ly.H
+    ly = &p.layers[p.L - 1]
+    _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n, <floating*>ly.S if grad_out else NULL, probs, loss, correct)
+
+
+cdef void _backward(Net* p, int n, double lam2, floating* X) noexcept nogil:
+    """Gradients of the mean loss (+ lam2/2 sum W^2 when lam2 > 0) into p.grad,
+    from the output gradient left in the last layer's S buffer by _forward."""
+    cdef int l
+    cdef Layer* ly
+    cdef Layer* below
+    cdef const floating* A
+    for l in range(p.L - 1, -1, -1):
+        ly = &p.layers[l]
+        if l > 0:
+            below = &p.layers[l - 1]
+            A = <floating*>below.H
+            # The gradient w.r.t. the input activation goes into the layer below's S
+            # buffer, whose pre-activation values the backward pass no longer needs.
+            _linear_bwd(n, ly.d_in, ly.d_out, A, <floating*>ly.W, <floating*>ly.S,
+                        <floating>lam2, <floating*>ly.dW, <floating*>ly.db, <floating*>below.S)
+            if below.bn:
+                _bn_relu_bwd(n, below.d_out, <floating*>below.S, <floating*>below.H,
+                             <floating*>below.Shat, <floating*>below.gamma,
+                             <floating*>below.inv_std, <floating*>below.dgamma,
+                             <floating*>below.dbeta, <floating*>below.S)
+            else:
+                _relu_bwd(<Py_ssize_t>n * below.d_out, <floating*>below.S,
+                          <floating*>below.H, <floating*>below.S)
+        else:
+            _linear_bwd(n, ly.d_in, ly.d_out, X, <floating*>ly.W, <floating*>ly.S,
+                        <floating>lam2, <floating*>ly.dW, <floating*>ly.db, <floating*>NULL)
+
+
+cdef int _update(Net* p, floating lr, floating wd, floating momentum,
+                 floating* theta) noexcept nogil:
+    """SGD on all parameters; weight decay (the L2 term's gradient) on the weights only."""
+    cdef floating* grad = <floating*>p.grad
+    cdef floating* vel = <floating*>p.vel
+    cdef Py_ssize_t nw = p.n_weights
+    cdef int bad
+    bad = _sgd_update(nw, theta, grad, vel, lr, wd, momentum)
+    bad |= _sgd_update(p.n_params - nw, theta + nw, grad + nw,
+                       NULL if vel == NULL else vel + nw, lr, <floating>0, momentum)
+    return bad
+
+
+cdef class Plan:
+    """Pointers to one network's parameters, gradients and workspace at one batch capacity.
+
+    Built by ``cbn.network.Network``, which owns (and keeps alive) every array passed in;
+    the plan keeps references too so the pointers stay valid.
+    """
+    cdef Net net
+    cdef bint dbl
+    cdef object _keep
+    cdef object _data
+    cdef object _vel
+
+    def __cinit__(self):
+        self.net.layers = NULL
+
+    def __init__(self, int cap, int d0, bint dbl, object X, object theta, object grad,
+                 Py_ssize_t n_weights, list layers, double eps,
+                 double alpha, bint unbiased):
+        """layers: list of dicts with keys d_in, d_out, hidden, bn and the arrays of
+        the ``Layer`` struct (None where absent)."""
+        cdef int l
+        cdef Layer* ly
+        self.dbl = dbl
+        self._keep = (X, theta, grad, layers)
+        self.net.L = len(layers)
+        self.net.cap = cap
+        self.net.d0 = d0
+        self.net.layers = <Layer*>calloc(self.net.L, sizeof(Layer))
+        if self.net.layers == NULL:
+            raise MemoryError()
+        self.net.X = <void*>_addr(X)
+        self.net.theta = <void*>_addr(theta)
+        self.net.grad = <void*>_addr_or_null(grad)
+        self.net.vel = NULL
+        self.net.n_params = theta.shape[0]
+        self.net.n_weights = n_weights
+        self.net.eps = eps
+        self.net.alpha = alpha
+        self.net.unbiased = unbiased
+        for l, spec in enumerate(layers):
+            ly = &self.net.layers[l]
+            ly.d_in = spec["d_in"]
+            ly.d_out = spec["d_out"]
+            ly.hidden = spec["hidden"]
+            ly.bn = spec["bn"]
+            ly.W = <void*>_addr(spec["W"])
+            ly.b = <void*>_addr(spec["b"])
+            ly.S = <void*>_addr(spec["S"])
+            ly.dW = <void*>_addr_or_null(spec.get("dW"))
+            ly.db = <void*>_addr_or_null(spec.get("db"))
+            ly.H = <void*>_addr_or_null(spec.get("H"))
+            ly.gamma = <void*>_addr_or_null(spec.get("gamma"))
+            ly.beta = <void*>_addr_or_null(spec.get("beta"))
+            ly.dgamma = <void*>_addr_or_null(spec.get("dgamma"))
+            ly.dbeta = <void*>_addr_or_null(spec.get("dbeta"))
+            ly.rmean = <void*>_addr_or_null(spec.get("rmean"))
+            ly.rvar = <void*>_addr_or_null(spec.get("rvar"))
+            ly.Shat = <void*>_addr_or_null(spec.get("Shat"))
+            ly.mean = <void*>_addr_or_null(spec.get("mean"))
+            ly.var = <void*>_addr_or_null(spec.get("var"))
+            ly.inv_std = <void*>_addr_or_null(spec.get("inv_std"))
+            ly.escale = <void*>_addr_or_null(spec.get("escale"))
+            ly.eshift = <void*>_addr_or_null(spec.get("eshift"))
+        self.net.K = self.net.layers[self.net.L - 1].d_out
+
+    def __dealloc__(self):
+        free(self.net.layers)
+
+    def set_velocity(self, object velocity):
+        """Momentum buffer shaped like the parameters (None: plain SGD)."""
+        self.net.vel = <void*>_addr_or_null(velocity)
+        self._vel = velocity
+
+    def set_data(self, object src, object labels, object idx, object shift, object scale):
+        """Point the plan at a source matrix (uint8, float32 or float64, (N, d0)), its int64
+        labels (or None), an int64 row order, and the per-feature shift and scale."""
+        kinds = {"uint8": 0, "float32": 1, "float64": 2}
+        self.net.src_kind = kinds[src.dtype.name]
+        self.net.src = <void*>_addr(src)
+        self.net.labels = <const int64_t*>_addr_or_null(labels)
+        self.net.idx = <const int64_t*>_addr(idx)
+        self.net.shift = <void*>_addr(shift)
+        self.net.scale = <void*>_addr(scale)
+        self._data = (src, labels, idx, shift, scale)
+
+    def forward(self, Py_ssize_t offset, int n, bint training, bint update_stats=False,
+                bint first=False, object probs=None, bint grad_out=False):
+        """Forward pass on rows idx[offset:offset+n]; returns (sum of losses, correct).
+        probs, if given, receives the (n, K) class probabilities."""
+        cdef double loss = 0
+        cdef int64_t correct = 0
+        cdef void* pp = <void*>_addr_or_null(probs)
+        with nogil:
+            if self.dbl:
+                _forward(&self.net, offset, n, training, update_stats, first,
+                         <double*>self.net.X, <double*>pp, grad_out, &loss, &correct)
+            else:
+                _forward(&self.net, offset, n, training, update_stats, first,
+                         <float*>self.net.X, <float*>pp, grad_out, &loss, &correct)
+        return loss, correct
+
+    def backward(self, int n, double lam):
+        """Gradients of the last forward (run with grad_out=True), L2 term included."""
+        with nogil:
+            if self.dbl:
+                _backward(&self.net, n, 2 * lam, <double*>self.net.X)
+            else:
+                _backward(&self.net, n, 2 * lam, <float*>self.net.X)
+
+    def train_step(self, Py_ssize_t offset, int n, double lr, double lam, double momentum,
+                   bint first):
+        """One SGD step on rows idx[offset:offset+n] with the GIL released throughout.
+
+        Returns (sum of losses before the update, correct, update_was_finite)."""
+        cdef double loss = 0
+        cdef int64_t correct = 0
+        cdef int bad
+        with nogil:
+            if self.dbl:
+                _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
+                         <double*>NULL, True, &loss, &correct)
+                _backward(&self.net, n, 0.0, <double*>self.net.X)
+                bad = _update(&self.net, <double>lr, <double>(2 * lam), <double>momentum,
+                              <double*>self.net.theta)
+            else:
+                _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
+                         <float*>NULL, True, &loss, &correct)
+                _backward(&self.net, n, 0.0, <float*>self.net.X)
+                bad = _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
+                              <float*>self.net.theta)
+        return loss, correct, not bad

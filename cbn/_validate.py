@@ -1,0 +1,131 @@
+"""Argument checks shared by the public API.
+
+The compiled kernels run with bounds checks off, so everything that reaches them passes
+through here first. Each check raises ``TypeError`` (wrong kind of thing) or
+``ValueError`` (right kind, wrong value) with a message naming the argument.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+SOURCE_DTYPES = (np.dtype(np.uint8),) + FLOAT_DTYPES
+
+
+def float_dtype(dtype) -> np.dtype:
+    """Return ``dtype`` as float32 or float64, or raise TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def matrix(name: str, a, *, cols: Optional[int] = None, dtypes=FLOAT_DTYPES,
+           min_rows: int = 1, finite: bool = True) -> np.ndarray:
+    """Check a 2-D, C-contiguous array of one of ``dtypes`` with ``cols`` columns."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        allowed = ", ".join(str(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype {allowed}; got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples as rows), got shape {a.shape}")
+    if cols is not None and a.shape[1] != cols:
+        raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
+    if a.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got shape {a.shape}")
+    if a.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def vector(name: str, a, *, size: Optional[int] = None, dtypes=FLOAT_DTYPES,
+           finite: bool = True, writeable: bool = False) -> np.ndarray:
+    """Check a 1-D, C-contiguous array of one of ``dtypes`` and length ``size``."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        allowed = ", ".join(str(d) for d in dtypes)
+        raise TypeError(f"{name} must have dtype {allowed}; got {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if size is not None and a.shape[0] != size:
+        raise ValueError(f"{name} must have length {size}, got {a.shape[0]}")
+    if a.shape[0] < 1:
+        raise ValueError(f"{name} must not be empty")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def labels(name: str, y, n: int, num_classes: int) -> np.ndarray:
+    """Check integer class labels of length ``n`` in [0, num_classes); return them as int64."""
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integer labels, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} labels but the data has {n} rows")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{name} must be in [0, {num_classes}), got values in "
+                         f"[{y.min()}, {y.max()}]")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def integer(name: str, v, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """Check a whole number (not bool) within [low, high]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    v = int(v)
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high}, got {v}")
+    return v
+
+
+def real(name: str, v, *, low: Optional[float] = None, high: Optional[float] = None,
+         low_open: bool = False, high_open: bool = False) -> float:
+    """Check a finite real number (not bool) within the given bounds."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {v}")
+    return v
+
+
+def widths(name: str, hidden: Sequence[int]) -> tuple:
+    """Check a sequence of positive layer widths."""
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of positive integers, got {hidden!r}")
+    out = tuple(integer(f"{name}[{i}]", h, low=1) for i, h in enumerate(hidden))
+    return out
+
+
+def choice(name: str, v, options: Sequence[str]) -> str:
+    """Check that ``v`` is one of ``options``."""
+    if v not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {v!r}")
+    return v

@@ -1,0 +1,389 @@
+"""The k-layer fully connected network: parameters, running statistics, and the compiled plans
+that run it.
+
+Architecture: ``input -> [Linear -> BatchNorm -> ReLU] x (k-1) -> Linear -> softmax``;
+without batch norm the hidden blocks are ``Linear -> ReLU``. All parameters live in one
+flat buffer (weights first), and ``params`` exposes named views into it, so one kernel
+call updates every parameter and a checkpoint is one array.
+
+Batch-norm conventions (and their PyTorch equivalents):
+
+- ``bn_alpha`` is the course's EMA factor: ``running = alpha * running + (1 - alpha) * batch``.
+  The default 0.9 equals PyTorch's ``BatchNorm1d(momentum=0.1)``.
+- ``bn_eps`` (default 1e-5) is added to the variance, as PyTorch's ``eps``.
+- ``bn_init="first_batch"`` (the course's rule) sets the running statistics to the first
+  training batch's statistics; ``"zeros_ones"`` starts from mean 0, variance 1 as PyTorch.
+- ``bn_unbiased=False`` keeps the biased batch variance in the running variance (the course);
+  ``True`` stores the unbiased one as PyTorch does. Normalisation in training always uses
+  the biased batch variance, as in both.
+"""
+from __future__ import annotations
+
+import json
+import os
+from types import MappingProxyType
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _ops
+from . import _validate as check
+
+EVAL_BLOCK = 1024  # rows per block when evaluating; bounds the workspace at ~12 MB (float32)
+INIT_NAMES = ("he", "xavier")
+BN_INITS = ("first_batch", "zeros_ones")
+FORMAT_VERSION = 1
+
+
+class Network:
+    """A k-layer fully connected network with optional batch normalisation.
+
+    Parameters
+    ----------
+    input_dim : int
+        Number of input features d (3072 for CIFAR-10).
+    hidden : sequence of int
+        Widths of the hidden layers, e.g. ``[50, 50]`` for a 3-layer network.
+    num_classes : int
+        Number of output classes K (>= 2).
+    batch_norm : bool
+        Batch normalisation before each hidden ReLU (never on the output layer).
+    init : "he", "xavier" or float
+        Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
+        draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
+    dtype : float32 or float64
+        Precision of parameters and computation.
+    seed : int or None
+        Seed of the initialisation.
+    bn_alpha, bn_eps, bn_init, bn_unbiased
+        Batch-norm options; see the module docstring for their PyTorch equivalents.
+
+    Layout: ``params`` maps ``W1, b1, gamma1, beta1, ..., Wk, bk`` to arrays; ``Wl`` has
+    shape (d_{l-1}, d_l), so a layer computes ``S = X W + b`` on rows of samples.
+    """
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
+                 batch_norm: bool = True, init: Union[str, float] = "he",
+                 dtype=np.float64, seed: Optional[int] = None, bn_alpha: float = 0.9,
+                 bn_eps: float = 1e-5, bn_init: str = "first_batch",
+                 bn_unbiased: bool = False) -> None:
+        self.input_dim = check.integer("input_dim", input_dim, low=1)
+        self.hidden = check.widths("hidden", hidden)
+        self.num_classes = check.integer("num_classes", num_classes, low=2)
+        if not isinstance(batch_norm, (bool, np.bool_)):
+            raise TypeError(f"batch_norm must be True or False, got {batch_norm!r}")
+        self.batch_norm = bool(batch_norm)
+        if isinstance(init, str):
+            self.init: Union[str, float] = check.choice("init", init, INIT_NAMES)
+        else:
+            self.init = check.real("init (sigma)", init, low=0.0, low_open=True)
+        self.dtype = check.float_dtype(dtype)
+        if seed is not None:
+            check.integer("seed", seed, low=0)
+        self.seed = seed
+        self.bn_alpha = check.real("bn_alpha", bn_alpha, low=0.0, high=1.0)
+        self.bn_eps = check.real("bn_eps", bn_eps, low=0.0, low_open=True)
+        self.bn_init = check.choice("bn_init", bn_init, BN_INITS)
+        if not isinstance(bn_unbiased, (bool, np.bool_)):
+            raise TypeError(f"bn_unbiased must be True or False, got {bn_unbiased!r}")
+        self.bn_unbiased = bool(bn_unbiased)
+
+        self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        self._build_buffers()
+        self._initialize(np.random.default_rng(seed))
+        self._plans: Dict[int, _ops.Plan] = {}
+        self._workspaces: Dict[int, list] = {}  # the arrays behind each plan, by capacity
+        self._identity_shift = np.zeros(self.input_dim, self.dtype)
+        self._identity_scale = np.ones(self.input_dim, self.dtype)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """k: the number of linear layers."""
+        return len(self.dims) - 1
+
+    def _build_buffers(self) -> None:
+        dims, k = self.dims, self.num_layers
+        shapes = [(f"W{l + 1}", (dims[l], dims[l + 1])) for l in range(k)]
+        self.n_weights = sum(a * b for _, (a, b) in shapes)
+        for l in range(k):
+            shapes.append((f"b{l + 1}", (dims[l + 1],)))
+            if self.batch_norm and l < k - 1:
+                shapes.append((f"gamma{l + 1}", (dims[l + 1],)))
+                shapes.append((f"beta{l + 1}", (dims[l + 1],)))
+        total = sum(int(np.prod(s)) for _, s in shapes)
+        self._theta = np.zeros(total, self.dtype)
+        self._grad = np.zeros(total, self.dtype)
+        self._params: Dict[str, np.ndarray] = {}
+        self._grads: Dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape in shapes:
+            size = int(np.prod(shape))
+            self._params[name] = self._theta[offset:offset + size].reshape(shape)
+            self._grads[name] = self._grad[offset:offset + size].reshape(shape)
+            offset += size
+        order = []
+        for l in range(1, k + 1):
+            order += [f"W{l}", f"b{l}"]
+            if self.batch_norm and l < k:
+                order += [f"gamma{l}", f"beta{l}"]
+        self._params = {name: self._params[name] for name in order}
+        self._grads = {name: self._grads[name] for name in order}
+        self._running: Dict[str, np.ndarray] = {}
+        if self.batch_norm:
+            for l in range(1, k):
+                self._running[f"running_mean{l}"] = np.zeros(dims[l], self.dtype)
+                self._running[f"running_var{l}"] = np.ones(dims[l], self.dtype)
+        self._stats_seen = False
+
+    def _initialize(self, rng: np.random.Generator) -> None:
+        for l in range(1, self.num_layers + 1):
+            W = self._params[f"W{l}"]
+            d_in = W.shape[0]
+            if self.init == "he":
+                sigma = np.sqrt(2.0 / d_in)
+            elif self.init == "xavier":
+                sigma = np.sqrt(1.0 / d_in)
+            else:
+                sigma = float(self.init)
+            W[...] = rng.standard_normal(W.shape) * sigma
+            if self.batch_norm and l < self.num_layers:
+                self._params[f"gamma{l}"][...] = 1
+
+    def _plan(self, rows: int) -> _ops.Plan:
+        """A compiled plan with workspace for at least ``rows`` rows: the smallest one built
+        so far, else a new one (built once, then reused). Callers set its data each time."""
+        fits = [cap for cap in self._plans if cap >= rows]
+        if fits:
+            return self._plans[min(fits)]
+        cap = rows
+        dt, k = self.dtype, self.num_layers
+        X = np.zeros((cap, self.input_dim), dt)
+        layers = []
+        for l in range(1, k + 1):
+            d_in, d_out = self.dims[l - 1], self.dims[l]
+            hidden = l < k
+            bn = self.batch_norm and hidden
+            spec = dict(d_in=d_in, d_out=d_out, hidden=hidden, bn=bn,
+                        W=self._params[f"W{l}"], b=self._params[f"b{l}"],
+                        dW=self._grads[f"W{l}"], db=self._grads[f"b{l}"],
+                        S=np.zeros((cap, d_out), dt))
+            if hidden:
+                spec["H"] = np.zeros((cap, d_out), dt)
+            if bn:
+                spec.update(gamma=self._params[f"gamma{l}"], beta=self._params[f"beta{l}"],
+                            dgamma=self._grads[f"gamma{l}"], dbeta=self._grads[f"beta{l}"],
+                            rmean=self._running[f"running_mean{l}"],
+                            rvar=self._running[f"running_var{l}"],
+                            Shat=np.zeros((cap, d_out), dt))
+                for key in ("mean", "var", "inv_std", "escale", "eshift"):
+                    spec[key] = np.zeros(d_out, dt)
+            layers.append(spec)
+        plan = _ops.Plan(cap, self.input_dim, dt == np.float64, X, self._theta, self._grad,
+                         self.n_weights, layers, self.bn_eps, self.bn_alpha,
+                         self.bn_unbiased)
+        self._plans[cap] = plan
+        self._workspaces[cap] = layers
+        return plan
+
+    def _relu_pattern(self, rows: int) -> np.ndarray:
+        """Which hidden units were active (H > 0) in the last forward pass over ``rows`` rows
+        made with the plan ``_plan(rows)`` picks; used to spot ReLU kinks in gradient checks."""
+        cap = min(c for c in self._plans if c >= rows)
+        return np.concatenate([spec["H"][:rows].ravel() > 0
+                               for spec in self._workspaces[cap] if spec["hidden"]])
+
+    # -- parameters and state -------------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, np.ndarray]:
+        """Read-only mapping name -> parameter array (``W1, b1, gamma1, beta1, ..., Wk, bk``).
+        The arrays are live views: write into them (``net.params["W1"][...] = x``) to
+        change the network."""
+        return MappingProxyType(self._params)
+
+    @property
+    def running_stats(self) -> Mapping[str, np.ndarray]:
+        """Read-only mapping ``running_mean{l}``/``running_var{l}`` -> batch-norm running
+        statistics (empty without batch norm)."""
+        return MappingProxyType(self._running)
+
+    @property
+    def flat_params(self) -> np.ndarray:
+        """All parameters in one contiguous vector (weights first); a live view."""
+        return self._theta
+
+    def l2_penalty(self) -> float:
+        """Sum of squared weights (W only; not b, gamma or beta)."""
+        w = self._theta[:self.n_weights]
+        return float(np.dot(w, w))
+
+    def config(self) -> dict:
+        """The constructor arguments, enough to rebuild an identical network."""
+        return dict(input_dim=self.input_dim, hidden=list(self.hidden),
+                    num_classes=self.num_classes, batch_norm=self.batch_norm,
+                    init=self.init, dtype=self.dtype.name, seed=self.seed,
+                    bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
+                    bn_unbiased=self.bn_unbiased)
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of every parameter and running statistic, plus ``stats_seen``."""
+        state = {k: v.copy() for k, v in self._params.items()}
+        state.update({k: v.copy() for k, v in self._running.items()})
+        state["stats_seen"] = np.array(self._stats_seen)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy parameters and running statistics from ``state`` (as made by ``state_dict``)."""
+        expected = set(self._params) | set(self._running) | {"stats_seen"}
+        missing = expected - set(state)
+        extra = set(state) - expected
+        if missing or extra:
+            raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for name, target in list(self._params.items()) + list(self._running.items()):
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(f"{name} has shape {value.shape}, expected {target.shape}")
+            if value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise ValueError(f"{name} must be finite floating-point values")
+            target[...] = value
+        self._stats_seen = bool(np.asarray(state["stats_seen"]))
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write configuration, parameters and running statistics to an ``.npz`` file
+        (no pickle), atomically: a crash mid-write leaves any previous file intact."""
+        from .checkpoint import atomic_savez
+        atomic_savez(path, network_config=np.array(json.dumps(self.config())),
+                     format_version=np.array(FORMAT_VERSION), **self.state_dict())
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Network":
+        """Rebuild a network saved with ``save``."""
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        return cls.from_arrays(arrays, source=str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":
+        """Rebuild a network from the arrays ``save`` writes (``network_config`` + state)."""
+        if "network_config" not in arrays:
+            raise ValueError(f"{source} holds no cbn network (no 'network_config')")
+        config = json.loads(str(arrays["network_config"]))
+        net = cls(**config)
+        state = {k: v for k, v in arrays.items()
+                 if k in net._params or k in net._running or k == "stats_seen"}
+        net.load_state_dict(state)
+        return net
+
+    def copy(self) -> "Network":
+        """An independent network with the same configuration and state."""
+        net = Network(**self.config())
+        net.load_state_dict(self.state_dict())
+        return net
+
+    # -- computation ------------------------------------------------------------------------
+
+    def _source(self, X, normalization) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate input rows; return (source, shift, scale) for the gather kernel."""
+        if normalization is None:
+            X = check.matrix("X", X, cols=self.input_dim)
+            return X, self._identity_shift, self._identity_scale
+        X = check.matrix("X", X, cols=self.input_dim, dtypes=check.SOURCE_DTYPES)
+        mean = check.vector("normalization.mean", np.asarray(normalization.mean, np.float64),
+                            size=self.input_dim)
+        std = check.vector("normalization.std", np.asarray(normalization.std, np.float64),
+                           size=self.input_dim)
+        if (std <= 0).any():
+            raise ValueError("normalization.std must be positive")
+        return X, mean.astype(self.dtype), (1.0 / std).astype(self.dtype)
+
+    def _evaluate(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
+                  training: bool = False) -> Tuple[float, int]:
+        """Forward src in blocks (evaluation mode unless ``training``); sum of losses and
+        number correct (both 0 without labels); fills ``probs`` when given."""
+        n = src.shape[0]
+        if training:
+            if self.batch_norm and n < 2:
+                raise ValueError("batch statistics need at least 2 samples")
+            cap = n
+        else:
+            cap = min(n, EVAL_BLOCK)
+        plan = self._plan(cap)
+        idx = np.arange(n, dtype=np.int64)
+        plan.set_data(src, y, idx, shift, scale)
+        loss, correct = 0.0, 0
+        for start in range(0, n, cap):
+            stop = min(start + cap, n)
+            out = None if probs is None else probs[start:stop]
+            l, c = plan.forward(start, stop - start, training, probs=out)
+            loss += l
+            correct += c
+        return loss, correct
+
+    def predict_proba(self, X: np.ndarray, *, normalization=None,
+                      mode: str = "eval") -> np.ndarray:
+        """Class probabilities, shape (n, K), in the network's dtype.
+
+        ``mode="eval"`` (default) uses the running statistics; ``mode="train"`` uses the
+        statistics of X itself as one batch (what training-mode BN computes; a common bug
+        at test time, offered to show the difference). ``normalization`` (an object with
+        per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly."""
+        check.choice("mode", mode, ("eval", "train"))
+        src, shift, scale = self._source(X, normalization)
+        probs = np.empty((src.shape[0], self.num_classes), self.dtype)
+        self._evaluate(src, None, shift, scale, probs, training=(mode == "train"))
+        return probs
+
+    def predict(self, X: np.ndarray, *, normalization=None) -> np.ndarray:
+        """Predicted class per row (evaluation mode), int64 of shape (n,)."""
+        return self.predict_proba(X, normalization=normalization).argmax(axis=1)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
+                 normalization=None) -> Dict[str, float]:
+        """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode."""
+        lam = check.real("lam", lam, low=0.0)
+        src, shift, scale = self._source(X, normalization)
+        y = check.labels("y", y, src.shape[0], self.num_classes)
+        loss, correct = self._evaluate(src, y, shift, scale)
+        n = src.shape[0]
+        return {"loss": loss / n, "cost": loss / n + lam * self.l2_penalty(),
+                "accuracy": correct / n}
+
+    def accuracy(self, X: np.ndarray, y: np.ndarray, *, normalization=None) -> float:
+        """Fraction of rows classified correctly, in evaluation mode."""
+        return self.evaluate(X, y, normalization=normalization)["accuracy"]
+
+    def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0) -> float:
+        """Cost of one batch in training mode (batch statistics; running statistics untouched)."""
+        lam = check.real("lam", lam, low=0.0)
+        src, shift, scale = self._source(X, None)
+        y = check.labels("y", y, src.shape[0], self.num_classes)
+        loss, _ = self._evaluate(src, y, shift, scale, training=True)
+        return loss / src.shape[0] + lam * self.l2_penalty()
+
+    def cost_and_grads(self, X: np.ndarray, y: np.ndarray,
+                       lam: float = 0.0) -> Tuple[float, Dict[str, np.ndarray]]:
+        """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
+
+        cost = mean cross-entropy + lam * sum of squared weights. Batch norm uses the batch's
+        statistics; the running statistics are left untouched. Returns ``(cost, grads)``
+        with ``grads`` keyed like ``params`` (fresh arrays)."""
+        lam = check.real("lam", lam, low=0.0)
+        src, shift, scale = self._source(X, None)
+        n = src.shape[0]
+        y = check.labels("y", y, n, self.num_classes)
+        if self.batch_norm and n < 2:
+            raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
+        plan = self._plan(n)
+        plan.set_data(src, y, np.arange(n, dtype=np.int64), shift, scale)
+        loss, _ = plan.forward(0, n, True, grad_out=True)
+        plan.backward(n, lam)
+        cost = loss / n + lam * self.l2_penalty()
+        return cost, {k: v.copy() for k, v in self._grads.items()}
+
+    def __repr__(self) -> str:
+        bn = "BN" if self.batch_norm else "no BN"
+        return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
+                f"{self.dtype.name})")
