@@ -1,0 +1,221 @@
+"""The compiled kernels one by one, with their inputs checked: a functional API for tests,
+teaching and reuse. The network runs the same kernels through ``_ops.Plan`` instead.
+
+Every function takes C-contiguous float32 or float64 arrays of one dtype (uint8 is also
+allowed as the source of ``gather_rows``) and returns new arrays of that dtype, except the
+in-place ``running_stats_update`` and ``sgd_update``. Shapes: rows are samples; X (n, d),
+W (d, m), S and H (n, m), per-feature vectors (m,).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _ops
+from . import _validate as check
+
+
+def _same_dtype(**arrays: np.ndarray) -> np.dtype:
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    first = next(iter(dtypes.values()))
+    if any(dt != first for dt in dtypes.values()):
+        listed = ", ".join(f"{k}={v}" for k, v in dtypes.items())
+        raise TypeError(f"arrays must share one dtype (float32 or float64), got {listed}")
+    return first
+
+
+def _writeable(name: str, a: np.ndarray) -> None:
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it is updated in place)")
+
+
+def linear_forward(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """S = X W + b, shape (n, m)."""
+    X = check.matrix("X", X)
+    W = check.matrix("W", W, finite=True)
+    if W.shape[0] != X.shape[1]:
+        raise ValueError(f"X is {X.shape} but W is {W.shape}: W needs {X.shape[1]} rows")
+    b = check.vector("b", b, size=W.shape[1])
+    dt = _same_dtype(X=X, W=W, b=b)
+    S = np.empty((X.shape[0], W.shape[1]), dt)
+    _ops.linear_forward(X, W, b, S)
+    return S
+
+
+def linear_backward(X: np.ndarray, W: np.ndarray, dS: np.ndarray, lam: float = 0.0, *,
+                    need_dX: bool = True) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Gradients of a linear layer: dW = X^T dS + 2 lam W, db = sum_rows dS, dX = dS W^T
+    (None when ``need_dX`` is False)."""
+    X = check.matrix("X", X)
+    W = check.matrix("W", W)
+    if W.shape[0] != X.shape[1]:
+        raise ValueError(f"X is {X.shape} but W is {W.shape}: W needs {X.shape[1]} rows")
+    dS = check.matrix("dS", dS, cols=W.shape[1])
+    if dS.shape[0] != X.shape[0]:
+        raise ValueError(f"dS has {dS.shape[0]} rows but X has {X.shape[0]}")
+    lam = check.real("lam", lam, low=0.0)
+    dt = _same_dtype(X=X, W=W, dS=dS)
+    dW = np.empty_like(W)
+    db = np.empty(W.shape[1], dt)
+    dX = np.empty_like(X) if need_dX else None
+    _ops.linear_backward(X, W, dS, 2 * lam, dW, db, dX)
+    return dW, db, dX
+
+
+def _bn_params(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
+    m = S.shape[1]
+    gamma = check.vector("gamma", gamma, size=m)
+    beta = check.vector("beta", beta, size=m)
+    eps = check.real("eps", eps, low=0.0, low_open=True)
+    return gamma, beta, eps
+
+
+def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
+    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
+    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+    S = check.matrix("S", S, min_rows=2)
+    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
+    dt = _same_dtype(S=S, gamma=gamma, beta=beta)
+    m = S.shape[1]
+    cache = {"Shat": np.empty_like(S), "mean": np.empty(m, dt), "var": np.empty(m, dt),
+             "inv_std": np.empty(m, dt)}
+    H = np.empty_like(S)
+    _ops.bn_relu_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"],
+                               cache["inv_std"], cache["Shat"], H)
+    return H, cache
+
+
+def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                         running_mean: np.ndarray, running_var: np.ndarray,
+                         eps: float = 1e-5) -> np.ndarray:
+    """Batch norm with running statistics, then ReLU (evaluation mode); any n >= 1."""
+    S = check.matrix("S", S)
+    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
+    running_mean = check.vector("running_mean", running_mean, size=S.shape[1])
+    running_var = check.vector("running_var", running_var, size=S.shape[1])
+    if (running_var < 0).any():
+        raise ValueError("running_var must be non-negative")
+    dt = _same_dtype(S=S, gamma=gamma, beta=beta, running_mean=running_mean,
+                     running_var=running_var)
+    scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
+    H = np.empty_like(S)
+    _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
+    return H
+
+
+def bn_relu_backward(dH: np.ndarray, H: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
+                     inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of ``bn_relu_forward_train``: returns dS, dgamma, dbeta."""
+    dH = check.matrix("dH", dH, min_rows=2)
+    shape = dH.shape
+    H = check.matrix("H", H, cols=shape[1])
+    Shat = check.matrix("Shat", Shat, cols=shape[1])
+    if H.shape != shape or Shat.shape != shape:
+        raise ValueError(f"dH, H and Shat must share a shape, got {shape}, {H.shape}, {Shat.shape}")
+    gamma = check.vector("gamma", gamma, size=shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=shape[1])
+    dt = _same_dtype(dH=dH, H=H, Shat=Shat, gamma=gamma, inv_std=inv_std)
+    dS = np.empty_like(dH)
+    dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
+    _ops.bn_relu_backward(dH, H, Shat, gamma, inv_std, dgamma, dbeta, dS)
+    return dS, dgamma, dbeta
+
+
+def running_stats_update(mean: np.ndarray, var: np.ndarray, running_mean: np.ndarray,
+                         running_var: np.ndarray, *, alpha: float = 0.9, batch_size: int = 0,
+                         unbiased: bool = False, first: bool = False) -> None:
+    """In place: running = alpha running + (1 - alpha) batch (copy on the ``first`` batch).
+    With ``unbiased`` the variance is scaled by n / (n - 1) for a batch of ``batch_size``."""
+    m = check.vector("mean", mean).shape[0]
+    var = check.vector("var", var, size=m)
+    running_mean = check.vector("running_mean", running_mean, size=m, writeable=True)
+    running_var = check.vector("running_var", running_var, size=m, writeable=True)
+    _same_dtype(mean=mean, var=var, running_mean=running_mean, running_var=running_var)
+    alpha = check.real("alpha", alpha, low=0.0, high=1.0)
+    factor = 1.0
+    if unbiased:
+        n = check.integer("batch_size", batch_size, low=2)
+        factor = n / (n - 1)
+    _ops.running_stats_update(mean, var, running_mean, running_var, alpha, factor, bool(first))
+
+
+def relu_forward(S: np.ndarray) -> np.ndarray:
+    """H = max(0, S)."""
+    S = check.matrix("S", S)
+    H = np.empty_like(S)
+    _ops.relu_forward(S, H)
+    return H
+
+
+def relu_backward(dH: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """dS = dH where H > 0, else 0."""
+    dH = check.matrix("dH", dH)
+    H = check.matrix("H", H, cols=dH.shape[1])
+    if H.shape != dH.shape:
+        raise ValueError(f"dH and H must share a shape, got {dH.shape} and {H.shape}")
+    _same_dtype(dH=dH, H=H)
+    dS = np.empty_like(dH)
+    _ops.relu_backward(dH, H, dS)
+    return dS
+
+
+def softmax(Z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably (shifted by each row's max)."""
+    Z = check.matrix("Z", Z)
+    P = np.empty_like(Z)
+    _ops.softmax_cross_entropy(Z, None, None, P)
+    return P
+
+
+def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray, int]:
+    """Mean cross-entropy of logits Z (n, K) against labels y, its gradient w.r.t. Z
+    ((P - onehot(y)) / n), and the number of rows whose argmax equals the label."""
+    Z = check.matrix("Z", Z)
+    y = check.labels("y", y, Z.shape[0], Z.shape[1])
+    G = np.empty_like(Z)
+    loss, correct = _ops.softmax_cross_entropy(Z, y, G, None)
+    return loss / Z.shape[0], G, int(correct)
+
+
+def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: float = 0.0,
+               momentum: float = 0.0, velocity: Optional[np.ndarray] = None) -> bool:
+    """In place: theta -= lr (grad + weight_decay theta), or with ``velocity``:
+    velocity = momentum velocity - lr (grad + weight_decay theta); theta += velocity.
+    Returns True when every updated value is finite."""
+    theta = check.vector("theta", theta, writeable=True)
+    grad = check.vector("grad", grad, size=theta.shape[0])
+    lr = check.real("lr", lr, low=0.0)
+    weight_decay = check.real("weight_decay", weight_decay, low=0.0)
+    momentum = check.real("momentum", momentum, low=0.0, high=1.0)
+    if velocity is not None:
+        velocity = check.vector("velocity", velocity, size=theta.shape[0], writeable=True)
+        _same_dtype(theta=theta, grad=grad, velocity=velocity)
+    else:
+        if momentum:
+            raise ValueError("momentum > 0 needs a velocity array")
+        _same_dtype(theta=theta, grad=grad)
+    return not _ops.sgd_update(theta, grad, lr, weight_decay, momentum, velocity)
+
+
+def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.ndarray,
+                dtype=np.float32) -> np.ndarray:
+    """out[i] = (src[idx[i]] - shift) * scale in ``dtype``: mini-batch rows taken straight
+    from stored images (uint8, float32 or float64) and standardised on the way."""
+    dt = check.float_dtype(dtype)
+    src = check.matrix("src", src, dtypes=check.SOURCE_DTYPES)
+    if not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu" or idx.ndim != 1:
+        raise TypeError("idx must be a 1-D numpy array of integer row indices")
+    if idx.size == 0:
+        raise ValueError("idx must not be empty")
+    if idx.min() < 0 or idx.max() >= src.shape[0]:
+        raise ValueError(f"idx must be in [0, {src.shape[0]}), got [{idx.min()}, {idx.max()}]")
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    d = src.shape[1]
+    shift = np.ascontiguousarray(check.vector("shift", shift, size=d), dtype=dt)
+    scale = np.ascontiguousarray(check.vector("scale", scale, size=d), dtype=dt)
+    out = np.empty((idx.size, d), dt)
+    _ops.gather_rows(src, idx, shift, scale, out)
+    return out

@@ -1,0 +1,175 @@
+"""Network: structure, cost and gradients against the NumPy reference, modes, persistence."""
+import numpy as np
+import pytest
+
+from reference import ReferenceNet
+from cbn import Network
+
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+ARCHS = [([50, 50], True), ([50, 50], False), ([50, 30, 20, 20, 10, 10, 10, 10], True),
+         ([7, 1, 5], True), ([1], False), ([], True)]
+
+
+def data(rng, n, d, k, dt=np.float64):
+    return rng.standard_normal((n, d)).astype(dt), rng.integers(0, k, n)
+
+
+def test_params_are_named_and_shaped_per_layer():
+    net = Network(12, [5, 4], 3)
+    assert list(net.params) == ["W1", "b1", "gamma1", "beta1", "W2", "b2", "gamma2", "beta2",
+                                "W3", "b3"]
+    assert net.params["W1"].shape == (12, 5) and net.params["W3"].shape == (4, 3)
+    assert list(Network(12, [5], 3, batch_norm=False).params) == ["W1", "b1", "W2", "b2"]
+
+
+def test_params_mapping_is_read_only_but_arrays_are_live_views():
+    net = Network(4, [3], 2, dtype=np.float64)
+    with pytest.raises(TypeError):
+        net.params["W1"] = np.zeros((4, 3))
+    net.params["W1"][...] = 0.5
+    assert np.all(net.flat_params[:12] == 0.5)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden,bn", ARCHS)
+@pytest.mark.parametrize("lam", [0.0, 0.01])
+def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam):
+    rng = np.random.default_rng(len(hidden) + 10 * bn)
+    net = Network(13, hidden, 6, batch_norm=bn, dtype=dt, seed=3)
+    X, y = data(rng, 11, 13, 6, dt)
+    cost, grads = net.cost_and_grads(X, y, lam)
+    reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, bn)
+    rcost, rgrads, _ = reference.cost_and_grads(X.astype(np.float64), y, lam)
+    assert cost == pytest.approx(rcost, rel=TOL[dt]["rtol"])
+    assert set(grads) == set(net.params)
+    for name, g in grads.items():
+        assert g.shape == net.params[name].shape and g.dtype == dt
+        np.testing.assert_allclose(g, rgrads[name], **TOL[dt])
+
+
+def test_cost_and_grads_leaves_running_statistics_untouched():
+    rng = np.random.default_rng(0)
+    net = Network(6, [4], 3, seed=0)
+    before = {k: v.copy() for k, v in net.running_stats.items()}
+    net.cost_and_grads(*data(rng, 5, 6, 3), 0.1)
+    for k, v in net.running_stats.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_cost_includes_l2_on_weights_only():
+    rng = np.random.default_rng(0)
+    net = Network(6, [4], 3, seed=0)
+    X, y = data(rng, 5, 6, 3)
+    c0, _ = net.cost_and_grads(X, y, 0.0)
+    c1, _ = net.cost_and_grads(X, y, 0.5)
+    w2 = sum((net.params[k] ** 2).sum() for k in ("W1", "W2"))
+    assert c1 - c0 == pytest.approx(0.5 * w2)
+    assert net.evaluate(X, y, 0.5)["cost"] - net.evaluate(X, y)["loss"] == pytest.approx(0.5 * w2)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_evaluation_mode_uses_running_statistics(dt):
+    rng = np.random.default_rng(5)
+    net = Network(9, [8, 6], 4, dtype=dt, seed=1)
+    for k, v in net.running_stats.items():
+        v[...] = rng.random(v.shape) + (0.5 if "var" in k else -0.5)
+    X, _ = data(rng, 3000, 9, 4, dt)  # more rows than one evaluation block
+    reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, True,
+                             running={k: v.astype(np.float64) for k, v in net.running_stats.items()})
+    np.testing.assert_allclose(net.predict_proba(X), reference.predict_proba(X.astype(np.float64)),
+                               **TOL[dt])
+
+
+def test_train_mode_prediction_uses_batch_statistics():
+    rng = np.random.default_rng(2)
+    net = Network(9, [8], 4, seed=1)
+    X, _ = data(rng, 20, 9, 4)
+    reference = ReferenceNet(dict(net.params), True)
+    Z, _, _ = reference.forward(X, training=True)
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    np.testing.assert_allclose(net.predict_proba(X, mode="train"), P / P.sum(1, keepdims=True),
+                               rtol=1e-10)
+
+
+def test_single_sample_is_evaluated_in_evaluation_mode():
+    net = Network(5, [4], 3, seed=0)
+    p = net.predict_proba(np.ones((1, 5)))
+    assert p.shape == (1, 3) and p.sum() == pytest.approx(1.0)
+    assert net.predict(np.ones((1, 5))).shape == (1,)
+
+
+@pytest.mark.parametrize("init,expected", [("he", np.sqrt(2 / 400)), ("xavier", np.sqrt(1 / 400)),
+                                           (1e-3, 1e-3), (0.1, 0.1)])
+def test_initialisation_draws_weights_with_the_expected_scale(init, expected):
+    net = Network(400, [300], 10, init=init, seed=0)
+    assert net.params["W1"].std() == pytest.approx(expected, rel=0.02)
+    assert np.all(net.params["b1"] == 0) and np.all(net.params["gamma1"] == 1)
+
+
+def test_seed_fixes_initialisation():
+    a, b, c = (Network(8, [5], 3, seed=s) for s in (7, 7, 8))
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    assert not np.array_equal(a.flat_params, c.flat_params)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    net = Network(6, [5, 4], 3, dtype=np.float32, seed=2, bn_init="zeros_ones", bn_alpha=0.8)
+    for v in net.running_stats.values():
+        v[...] = rng.random(v.shape) + 0.5
+    net.save(tmp_path / "net.npz")
+    loaded = Network.load(tmp_path / "net.npz")
+    assert loaded.config() == net.config()
+    X, _ = data(rng, 7, 6, 3, np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(X), net.predict_proba(X))
+
+
+def test_loading_a_foreign_npz_fails_clearly(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
+    with pytest.raises(ValueError, match="no cbn network"):
+        Network.load(tmp_path / "other.npz")
+
+
+def test_copy_is_independent():
+    net = Network(4, [3], 2, seed=0)
+    twin = net.copy()
+    twin.params["W1"][...] = 0
+    assert not np.all(net.params["W1"] == 0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(input_dim=0), dict(hidden=[5, 0]), dict(hidden=[-3]), dict(hidden=5), dict(num_classes=1),
+    dict(init="kaiming"), dict(init=-0.1), dict(dtype=np.float16), dict(dtype=np.int32),
+    dict(bn_alpha=1.5), dict(bn_eps=0.0), dict(bn_init="ones"), dict(seed=-1), dict(hidden=[2.5]),
+    dict(batch_norm="yes"),
+])
+def test_bad_construction_arguments_raise(kwargs):
+    args = dict(input_dim=5, hidden=[4], num_classes=3)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError)):
+        Network(**args)
+
+
+@pytest.mark.parametrize("X,y", [
+    (np.ones((4, 6)), np.zeros(4, int)),                      # wrong width
+    (np.ones((4, 5), np.float16), np.zeros(4, int)),          # dtype
+    (np.ones((5, 4)).T, np.zeros(4, int)),                    # non-contiguous
+    (np.full((4, 5), np.nan), np.zeros(4, int)),              # NaN
+    (np.ones((0, 5)), np.zeros(0, int)),                      # empty
+    (np.ones((1, 5)), np.zeros(1, int)),                      # batch of 1 with BN
+    (np.ones((4, 5)), np.array([0, 1, 2, 3])),                # label out of range
+    (np.ones((4, 5)), np.array([0.0, 1, 1, 0])),              # float labels
+    (np.ones((4, 5)), np.zeros(3, int)),                      # length mismatch
+    (np.ones(5), np.zeros(1, int)),                           # rank
+    ([[1.0] * 5] * 4, np.zeros(4, int)),                      # not an array
+])
+def test_bad_batches_raise_clear_errors(X, y):
+    net = Network(5, [4], 3, seed=0)
+    with pytest.raises((ValueError, TypeError)):
+        net.cost_and_grads(X, y, 0.0)
+
+
+def test_negative_lambda_is_rejected():
+    net = Network(5, [4], 3, seed=0)
+    with pytest.raises(ValueError, match="lam"):
+        net.cost_and_grads(np.ones((3, 5)), np.zeros(3, int), -0.1)
