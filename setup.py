@@ -1,7 +1,8 @@
 """Build the Cython extension; all metadata lives in pyproject.toml."""
 import os
+import sys
 
-import numpy  # noqa: F401  (build requirement; BLAS comes from scipy, not numpy headers)
+import scipy_openblas32
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -10,7 +11,19 @@ extra = ["-O3"]
 if os.environ.get("CBN_NATIVE") == "1":
     extra.append("-march=native")
 
-ext = Extension("cbn._ops", ["cbn/_ops.pyx"], extra_compile_args=extra)
+# BLAS: OpenBLAS from the scipy-openblas32 wheel (why not scipy's: see cbn/_ops.pyx), a build
+# requirement and a runtime dependency. Installed, it sits next to cbn in site-packages, where
+# the relative rpath finds it; for in-place and editable builds cbn/__init__.py imports
+# scipy_openblas32 first, which loads the library before cbn._ops needs it.
+origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
+ext = Extension(
+    "cbn._ops", ["cbn/_ops.pyx"],
+    include_dirs=[scipy_openblas32.get_include_dir()],
+    library_dirs=[scipy_openblas32.get_lib_dir()],
+    libraries=[scipy_openblas32.get_library()],
+    runtime_library_dirs=[] if sys.platform == "win32" else [f"{origin}/../scipy_openblas32/lib"],
+    extra_compile_args=extra,
+)
 
 setup(
     ext_modules=cythonize(

@@ -3,6 +3,10 @@ SGD, cyclical learning rates and L2 regularization, on Cython kernels over BLAS.
 
 Main entry points: ``Network``, ``CyclicLR``, ``fit``, ``gradcheck`` and ``cbn.data.load_cifar10``.
 """
+# Load the OpenBLAS that cbn._ops links to (the scipy-openblas32 wheel) before anything imports
+# _ops: in-place and editable builds find it only this way (see setup.py).
+import scipy_openblas32  # noqa: F401
+
 from . import data, kernels
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network

@@ -10,13 +10,33 @@ Two ways in:
 - thin ``def`` wrappers, one per kernel, over typed memoryviews (used by ``cbn.kernels``);
 - ``Plan``: the buffers of one network at one batch capacity, which runs a whole
   training step (gather, forward, loss, backward, update) with the GIL released.
+
+Threads: only the GEMMs are multithreaded, by OpenBLAS's own thread pool. Its size is
+OpenBLAS's default (every core, or ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set)
+and ``threadpoolctl.threadpool_limits`` changes it at run time like numpy's and scipy's.
 """
 from cython cimport floating
 from libc.math cimport exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+# OpenBLAS from the scipy-openblas32 wheel (the build numpy and scipy are made with; symbols
+# prefixed "scipy_"), not scipy.linalg.cython_blas: scipy 1.17 bundles OpenBLAS 0.3.30, which
+# ran the first layer's small products (100 x 3072 x 50) about 1.6x slower than numpy's 0.3.31
+# on two threads, and whose new GEMM partitioning 0.3.31 reverted for races giving wrong
+# results. See docs/benchmarks.md.
+cdef extern from "cblas.h" nogil:
+    enum: CblasRowMajor, CblasNoTrans, CblasTrans
+    void scipy_cblas_sgemm(int order, int transa, int transb, int M, int N, int K,
+                           float alpha, const float* A, int lda, const float* B, int ldb,
+                           float beta, float* C, int ldc)
+    void scipy_cblas_dgemm(int order, int transa, int transb, int M, int N, int K,
+                           double alpha, const double* A, int lda, const double* B, int ldb,
+                           double beta, double* C, int ldc)
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr, int rw, int locality) nogil  # gcc and clang
 
 ctypedef fused source_t:
     uint8_t
@@ -29,16 +49,9 @@ ctypedef fused source_t:
 
 cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
                 const floating* B, floating beta, floating* C) noexcept nogil:
-    """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C.
-
-    Fortran BLAS is column-major, where a row-major matrix reads as its transpose, so we
-    compute C^T = op(B)^T op(A)^T: swap the operands and M/N, no copies.
-    """
-    cdef char transa = b'T' if tb else b'N'
-    cdef char transb = b'T' if ta else b'N'
-    cdef int lda = K if tb else N
-    cdef int ldb = M if ta else K
-    cdef int ldc = N
+    """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C, all operands contiguous."""
+    cdef int lda = M if ta else K
+    cdef int ldb = K if tb else N
     if M <= 0 or N <= 0:
         return
     if lda < 1:
@@ -46,9 +59,13 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
     if ldb < 1:
         ldb = 1
     if floating is float:
-        sgemm(&transa, &transb, &N, &M, &K, &alpha, <float*>B, &lda, <float*>A, &ldb, &beta, C, &ldc)
+        scipy_cblas_sgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                          beta, C, N)
     else:
-        dgemm(&transa, &transb, &N, &M, &K, &alpha, <double*>B, &lda, <double*>A, &ldb, &beta, C, &ldc)
+        scipy_cblas_dgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                          beta, C, N)
 
 
 cdef void _linear_fwd(int n, int d, int m, const floating* X, const floating* W,
@@ -59,6 +76,16 @@ cdef void _linear_fwd(int n, int d, int m, const floating* X, const floating* W,
         for j in range(m):
             S[i * m + j] = b[j]
     _gemm(False, False, n, m, d, <floating>1, X, W, <floating>1, S)
+
+
+cdef void _col_sums(int n, int m, const floating* A, floating* out) noexcept nogil:
+    """out(m) := sums of the columns of A(n,m)."""
+    cdef Py_ssize_t i, j
+    for j in range(m):
+        out[j] = 0
+    for i in range(n):
+        for j in range(m):
+            out[j] += A[i * m + j]
 
 
 cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
@@ -72,11 +99,7 @@ cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
             dW[i] = lam2 * W[i]
         beta = 1
     _gemm(True, False, d, m, n, <floating>1, X, dS, beta, dW)
-    for j in range(m):
-        db[j] = 0
-    for i in range(n):
-        for j in range(m):
-            db[j] += dS[i * m + j]
+    _col_sums(n, m, dS, db)
     if dX != NULL:
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
 
@@ -87,31 +110,41 @@ cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* ga
                              floating* H) noexcept nogil:
     """Per feature j over the n rows: mean, biased var, inv_std = 1/sqrt(var + eps);
     Shat = (S - mean) inv_std;  H = max(0, gamma Shat + beta)."""
-    cdef Py_ssize_t i, j, k
+    # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
+    cdef Py_ssize_t i, j
     cdef floating t, z
+    cdef const floating* s
+    cdef floating* sh
+    cdef floating* h
     for j in range(m):
         mean[j] = 0
         var[j] = 0
     for i in range(n):
+        s = S + i * m
         for j in range(m):
-            mean[j] += S[i * m + j]
+            mean[j] += s[j]
     for j in range(m):
         mean[j] /= n
     # Second pass on centred values: stable where E[S^2] - E[S]^2 would cancel.
     for i in range(n):
+        s = S + i * m
         for j in range(m):
-            t = S[i * m + j] - mean[j]
+            t = s[j] - mean[j]
             var[j] += t * t
     for j in range(m):
         var[j] /= n
         inv_std[j] = 1 / sqrt(var[j] + eps)
     for i in range(n):
+        s = S + i * m
+        sh = Shat + i * m
+        h = H + i * m
+        # Two loops over the row: one loop writing both would need more runtime alias
+        # checks than gcc allows itself, and stay scalar.
         for j in range(m):
-            k = i * m + j
-            t = (S[k] - mean[j]) * inv_std[j]
-            Shat[k] = t
-            z = gamma[j] * t + beta[j]
-            H[k] = z if z > 0 else 0
+            sh[j] = (s[j] - mean[j]) * inv_std[j]
+        for j in range(m):
+            z = gamma[j] * sh[j] + beta[j]
+            h[j] = z if z > 0 else 0
 
 
 cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
@@ -120,22 +153,33 @@ cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
                        floating* dS) noexcept nogil:
     """dZ = dH [H > 0];  dgamma = sum dZ Shat;  dbeta = sum dZ;
     dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).  dS may alias dH."""
-    cdef Py_ssize_t i, j, k
-    cdef floating g
+    cdef Py_ssize_t i, j
+    cdef floating g, inv_n = (<floating>1) / n
+    cdef const floating* dh
+    cdef const floating* h
+    cdef const floating* sh
+    cdef floating* ds
     for j in range(m):
         dgamma[j] = 0
         dbeta[j] = 0
     for i in range(n):
+        dh = dH + i * m
+        h = H + i * m
+        sh = Shat + i * m
         for j in range(m):
-            k = i * m + j
-            g = dH[k] if H[k] > 0 else 0
-            dgamma[j] += g * Shat[k]
+            g = dh[j]  # loaded unconditionally, then selected: vectorisable
+            g = g if h[j] > 0 else 0
+            dgamma[j] += g * sh[j]
             dbeta[j] += g
     for i in range(n):
+        dh = dH + i * m
+        h = H + i * m
+        sh = Shat + i * m
+        ds = dS + i * m
         for j in range(m):
-            k = i * m + j
-            g = dH[k] if H[k] > 0 else 0
-            dS[k] = gamma[j] * inv_std[j] * (g - (dbeta[j] + Shat[k] * dgamma[j]) / n)
+            g = dh[j]
+            g = g if h[j] > 0 else 0
+            ds[j] = gamma[j] * inv_std[j] * (g - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
 
 
 cdef void _bn_eval_affine(int m, const floating* gamma, const floating* beta,
@@ -258,9 +302,18 @@ cdef void _gather(int n, int d, const source_t* src, const int64_t* idx,
     """out[i, j] = (src[idx[i], j] - shift[j]) scale[j]: mini-batch rows straight from
     the stored images (uint8 or float), standardised on the fly."""
     cdef Py_ssize_t i, j
+    cdef Py_ssize_t row_bytes = <Py_ssize_t>d * sizeof(source_t)
     cdef const source_t* row
+    cdef const char* ahead
     cdef floating* o
     for i in range(n):
+        # The rows are scattered over the whole data set, so each one starts with cache
+        # misses: ask for the next row while converting this one (~15 % faster gather of
+        # 100 rows of 3072 uint8 out of 45,000).
+        if i + 1 < n:
+            ahead = <const char*>(src + idx[i + 1] * d)
+            for j in range(0, row_bytes, 64):
+                __builtin_prefetch(ahead + j, 0, 0)
         row = src + idx[i] * d
         o = out + i * d
         for j in range(d):
@@ -469,33 +522,79 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
     _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n, <floating*>ly.S if grad_out else NULL, probs, loss, correct)
 
 
-cdef void _backward(Net* p, int n, double lam2, floating* X) noexcept nogil:
-    """Gradients of the mean loss (+ lam2/2 sum W^2 when lam2 > 0) into p.grad,
-    from the output gradient left in the last layer's S buffer by _forward."""
-    cdef int l
+cdef int _not_finite(Py_ssize_t size, const floating* x) noexcept nogil:
+    """1 if any x[k] is NaN or infinite (x - x is NaN only then), else 0."""
+    cdef Py_ssize_t k
+    cdef int bad = 0
+    for k in range(size):
+        bad |= (x[k] - x[k]) != 0
+    return bad
+
+
+cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, floating lr,
+                   floating decay) noexcept nogil:
+    """Back-propagate the output gradient that _forward left in the last layer's S buffer.
+
+    Without ``update``: gradients of the mean loss (+ lam2/2 sum W^2) into p.grad; returns 0.
+    With ``update`` (plain SGD): every parameter steps by -lr times its gradient as soon as
+    that is known, the weights inside the GEMM itself, W := decay W - lr A^T dS (decay =
+    1 - lr * weight_decay), so a step reads and writes each weight once and stores no
+    weight gradient. Returns 1 if any updated value is not finite."""
+    cdef int l, bad = 0
     cdef Layer* ly
-    cdef Layer* below
+    cdef Layer* below = NULL
     cdef const floating* A
+    cdef floating* dS
+    cdef floating* W
+    cdef floating beta
+    cdef Py_ssize_t i, j, size
     for l in range(p.L - 1, -1, -1):
         ly = &p.layers[l]
+        dS = <floating*>ly.S
+        W = <floating*>ly.W
+        size = <Py_ssize_t>ly.d_in * ly.d_out
         if l > 0:
             below = &p.layers[l - 1]
             A = <floating*>below.H
-            # The gradient w.r.t. the input activation goes into the layer below's S
-            # buffer, whose pre-activation values the backward pass no longer needs.
-            _linear_bwd(n, ly.d_in, ly.d_out, A, <floating*>ly.W, <floating*>ly.S,
-                        <floating>lam2, <floating*>ly.dW, <floating*>ly.db, <floating*>below.S)
-            if below.bn:
-                _bn_relu_bwd(n, below.d_out, <floating*>below.S, <floating*>below.H,
-                             <floating*>below.Shat, <floating*>below.gamma,
-                             <floating*>below.inv_std, <floating*>below.dgamma,
-                             <floating*>below.dbeta, <floating*>below.S)
-            else:
-                _relu_bwd(<Py_ssize_t>n * below.d_out, <floating*>below.S,
-                          <floating*>below.H, <floating*>below.S)
+            # The gradient w.r.t. the input activation goes into the layer below's S buffer,
+            # whose pre-activation the backward pass no longer needs; it uses W before the
+            # update below changes it.
+            _gemm(False, True, n, ly.d_in, ly.d_out, <floating>1, dS, W, <floating>0,
+                  <floating*>below.S)
         else:
-            _linear_bwd(n, ly.d_in, ly.d_out, X, <floating*>ly.W, <floating*>ly.S,
-                        <floating>lam2, <floating*>ly.dW, <floating*>ly.db, <floating*>NULL)
+            A = X
+        _col_sums(n, ly.d_out, dS, <floating*>ly.db)
+        if update:
+            _gemm(True, False, ly.d_in, ly.d_out, n, -lr, A, dS, decay, W)
+            bad |= _not_finite(size, W)
+            bad |= _sgd_update(ly.d_out, <floating*>ly.b, <floating*>ly.db, <floating*>NULL,
+                               lr, <floating>0, <floating>0)
+        else:
+            beta = 0
+            if lam2 != 0:
+                for i in range(size):
+                    (<floating*>ly.dW)[i] = lam2 * W[i]
+                beta = 1
+            _gemm(True, False, ly.d_in, ly.d_out, n, <floating>1, A, dS, beta,
+                  <floating*>ly.dW)
+        if l == 0:
+            break
+        if below.bn:
+            _bn_relu_bwd(n, below.d_out, <floating*>below.S, <floating*>below.H,
+                         <floating*>below.Shat, <floating*>below.gamma,
+                         <floating*>below.inv_std, <floating*>below.dgamma,
+                         <floating*>below.dbeta, <floating*>below.S)
+            if update:
+                bad |= _sgd_update(below.d_out, <floating*>below.gamma,
+                                   <floating*>below.dgamma, <floating*>NULL, lr,
+                                   <floating>0, <floating>0)
+                bad |= _sgd_update(below.d_out, <floating*>below.beta,
+                                   <floating*>below.dbeta, <floating*>NULL, lr,
+                                   <floating>0, <floating>0)
+        else:
+            _relu_bwd(<Py_ssize_t>n * below.d_out, <floating*>below.S,
+                      <floating*>below.H, <floating*>below.S)
+    return bad
 
 
 cdef int _update(Net* p, floating lr, floating wd, floating momentum,
@@ -616,29 +715,36 @@ cdef class Plan:
         """Gradients of the last forward (run with grad_out=True), L2 term included."""
         with nogil:
             if self.dbl:
-                _backward(&self.net, n, 2 * lam, <double*>self.net.X)
+                _backward(&self.net, n, <double>(2 * lam), <double*>self.net.X, False, 0, 1)
             else:
-                _backward(&self.net, n, 2 * lam, <float*>self.net.X)
+                _backward(&self.net, n, <float>(2 * lam), <float*>self.net.X, False, 0, 1)
 
     def train_step(self, Py_ssize_t offset, int n, double lr, double lam, double momentum,
                    bint first):
         """One SGD step on rows idx[offset:offset+n] with the GIL released throughout.
 
+        Without a velocity buffer (``set_velocity(None)``) the update is folded into the
+        backward pass; with one, gradients are taken first, then the momentum update.
         Returns (sum of losses before the update, correct, update_was_finite)."""
         cdef double loss = 0
         cdef int64_t correct = 0
         cdef int bad
+        cdef bint fused = self.net.vel == NULL
         with nogil:
             if self.dbl:
                 _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
                          <double*>NULL, True, &loss, &correct)
-                _backward(&self.net, n, 0.0, <double*>self.net.X)
-                bad = _update(&self.net, <double>lr, <double>(2 * lam), <double>momentum,
-                              <double*>self.net.theta)
+                bad = _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
+                                <double>lr, <double>(1 - 2 * lam * lr))
+                if not fused:
+                    bad = _update(&self.net, <double>lr, <double>(2 * lam), <double>momentum,
+                                  <double*>self.net.theta)
             else:
                 _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
                          <float*>NULL, True, &loss, &correct)
-                _backward(&self.net, n, 0.0, <float*>self.net.X)
-                bad = _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
-                              <float*>self.net.theta)
+                bad = _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
+                                <float>lr, <float>(1 - 2 * lam * lr))
+                if not fused:
+                    bad = _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
+                                  <float*>self.net.theta)
         return loss, correct, not bad

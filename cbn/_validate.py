@@ -6,6 +6,7 @@ through here first. Each check raises ``TypeError`` (wrong kind of thing) or
 """
 from __future__ import annotations
 
+import collections.abc
 import math
 import numbers
 from typing import Optional, Sequence
@@ -27,11 +28,18 @@ def float_dtype(dtype) -> np.dtype:
     return dt
 
 
+def _plain(name: str, a) -> None:
+    """Refuse non-arrays, and masked arrays, whose mask the kernels would ignore."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; drop the masked rows or fill them first")
+
+
 def matrix(name: str, a, *, cols: Optional[int] = None, dtypes=FLOAT_DTYPES,
            min_rows: int = 1, finite: bool = True) -> np.ndarray:
     """Check a 2-D, C-contiguous array of one of ``dtypes`` with ``cols`` columns."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    _plain(name, a)
     if a.dtype not in dtypes:
         allowed = ", ".join(str(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype {allowed}; got {a.dtype}")
@@ -53,8 +61,7 @@ def matrix(name: str, a, *, cols: Optional[int] = None, dtypes=FLOAT_DTYPES,
 def vector(name: str, a, *, size: Optional[int] = None, dtypes=FLOAT_DTYPES,
            finite: bool = True, writeable: bool = False) -> np.ndarray:
     """Check a 1-D, C-contiguous array of one of ``dtypes`` and length ``size``."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    _plain(name, a)
     if a.dtype not in dtypes:
         allowed = ", ".join(str(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype {allowed}; got {a.dtype}")
@@ -75,8 +82,7 @@ def vector(name: str, a, *, size: Optional[int] = None, dtypes=FLOAT_DTYPES,
 
 def labels(name: str, y, n: int, num_classes: int) -> np.ndarray:
     """Check integer class labels of length ``n`` in [0, num_classes); return them as int64."""
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of integer labels, got {type(y).__name__}")
+    _plain(name, y)
     if y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.ndim != 1:
@@ -106,7 +112,10 @@ def real(name: str, v, *, low: Optional[float] = None, high: Optional[float] = N
     """Check a finite real number (not bool) within the given bounds."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {v!r}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an int beyond float range
+        raise ValueError(f"{name} must be finite, got {v}") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
@@ -118,7 +127,9 @@ def real(name: str, v, *, low: Optional[float] = None, high: Optional[float] = N
 
 def widths(name: str, hidden: Sequence[int]) -> tuple:
     """Check a sequence of positive layer widths."""
-    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+    # Mappings and sets iterate, but not as an ordered list of widths.
+    if (isinstance(hidden, (str, bytes, collections.abc.Mapping, collections.abc.Set))
+            or not hasattr(hidden, "__iter__")):
         raise TypeError(f"{name} must be a sequence of positive integers, got {hidden!r}")
     out = tuple(integer(f"{name}[{i}]", h, low=1) for i, h in enumerate(hidden))
     return out
@@ -129,3 +140,24 @@ def choice(name: str, v, options: Sequence[str]) -> str:
     if v not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {v!r}")
     return v
+
+
+def real_array(name: str, a) -> np.ndarray:
+    """``a`` as a float64 array, refusing None, non-numeric, boolean and complex values
+    (``np.asarray(a, float)`` would silently drop imaginary parts)."""
+    if a is None:
+        raise TypeError(f"{name} is missing")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; fill it first")
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def finite_result(what: str, values: np.ndarray) -> None:
+    """Refuse to return NaN or inf: finite inputs can still overflow (values too large for
+    the dtype), and parameters written by hand may hold NaN."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} came out NaN or infinite: values too large for "
+                         f"{np.asarray(values).dtype} (overflow), or non-finite parameters")

@@ -125,6 +125,21 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return view
 
 
+def _real_array(name: str, value, keep_dtype: bool = False) -> np.ndarray:
+    """``value`` as an array of real numbers (float64 unless ``keep_dtype``). Refuses masked
+    arrays, bool, complex (numpy would drop the imaginary part), object and text, and
+    ints beyond float range, with a ValueError naming ``name``."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ValueError(f"{name} must be a plain array, not a masked array")
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be an array of real numbers: {exc}") from None
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must have a real numeric dtype, got {array.dtype}")
+    return array if keep_dtype else array.astype(np.float64)
+
+
 def _check_float_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -147,8 +162,7 @@ class Normalization:
     std: np.ndarray
 
     def __post_init__(self) -> None:
-        mean = np.asarray(self.mean, dtype=np.float64)
-        std = np.asarray(self.std, dtype=np.float64)
+        mean, std = _real_array("mean", self.mean), _real_array("std", self.std)
         if mean.ndim != 1 or std.shape != mean.shape:
             raise ValueError(
                 f"mean and std must be 1-D of equal shape, got {mean.shape} and {std.shape}"
@@ -165,7 +179,7 @@ class Normalization:
         Two passes over row chunks in float64 (mean, then squared deviations), so no float
         copy of the whole array is ever made: fitting 45,000 x 3072 needs ~8 MiB of scratch.
         """
-        images = np.asarray(images)
+        images = _real_array("images", images, keep_dtype=True)
         if images.ndim != 2 or images.shape[0] < 1:
             raise ValueError(f"images must be 2-D (n, d) with n >= 1, got shape {images.shape}")
         if not (
@@ -199,7 +213,7 @@ class Normalization:
         Computed in float64 chunk by chunk, then rounded once to ``dtype``.
         """
         dtype = _check_float_dtype(dtype)
-        images = np.asarray(images)
+        images = _real_array("images", images, keep_dtype=True)
         if images.ndim != 2 or images.shape[1] != self.mean.shape[0]:
             raise ValueError(f"images must be (n, {self.mean.shape[0]}), got shape {images.shape}")
         if out is None:
@@ -212,6 +226,8 @@ class Normalization:
         n, d = images.shape
         for rows in _chunks(n, d):
             out[rows] = (images[rows] - self.mean) / self.std
+            if not np.isfinite(out[rows]).all():
+                raise ValueError(f"images hold NaN or inf, or values too large for {dtype}")
         return out
 
     def __repr__(self) -> str:
@@ -232,6 +248,8 @@ class Split:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, np.ma.MaskedArray) or isinstance(self.labels, np.ma.MaskedArray):
+            raise ValueError("images and labels must be plain arrays, not masked arrays")
         images, labels = np.asarray(self.images), np.asarray(self.labels)
         if images.dtype != np.uint8 or images.ndim != 2:
             raise ValueError(
@@ -765,9 +783,11 @@ def load_sample(path: PathLike | None = None) -> CIFAR10:
                 f"{path}: {name}_labels must be {images.shape[0]} integers in 0..{N_CLASSES - 1}"
             )
         splits[name] = Split(images, labels)
-    label_names = tuple(str(name) for name in arrays["label_names"])
-    if len(label_names) != N_CLASSES:
-        raise DataError(f"{path}: label_names must hold {N_CLASSES} names, got {len(label_names)}")
+    names = arrays["label_names"]
+    if names.shape != (N_CLASSES,) or names.dtype.kind not in "US":
+        raise DataError(f"{path}: label_names must hold {N_CLASSES} names, "
+                        f"got {names.dtype} {names.shape}")
+    label_names = tuple(str(name) for name in names)
     return CIFAR10(
         **splits,
         normalization=Normalization.fit(splits["train"].images),

@@ -1,14 +1,26 @@
-"""One training run, described by a config and scored on train/validation/test: the unit the
-examples repeat and the hyper-parameter search distributes."""
+"""Experiments: one training run described by a config and scored on train/validation/test
+(the unit the examples repeat and the hyper-parameter search distributes), repeated runs
+summarised as mean +- std, and the plumbing every example shares: its command line, its data,
+and the ``results.json`` / ``summary.md`` it writes with the run's provenance."""
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, List, Optional, Union
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .data import CIFAR10
+from .data import CIFAR10, DataError, load_or_sample
 from .network import Network
 from .schedule import CyclicLR
 from .train import History, fit
@@ -95,3 +107,322 @@ def mean_std(values: List[float]) -> Dict[str, object]:
     """``{"mean", "std", "values"}`` over runs (std with ddof=0; 0 for a single run)."""
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()), "std": float(arr.std()), "values": [float(v) for v in arr]}
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated runs
+# --------------------------------------------------------------------------------------------
+
+POINTS_PER_CYCLE = 10  # history points per learning-rate cycle, as in the course's plots
+QUICK_STEP_SIZE = 10   # n_s under --quick: a cycle of 20 steps still runs every code path
+QUICK_POINTS_PER_CYCLE = 4  # each point evaluates the whole training and validation sets
+
+
+def with_eval_points(config: RunConfig, n_train: int,
+                     points_per_cycle: int = POINTS_PER_CYCLE) -> RunConfig:
+    """``config`` with ``eval_every`` set so the history has ``points_per_cycle`` points per
+    cycle (one every 2 n_s / points steps; 450 steps = one epoch for the course's setting)."""
+    cycle = 2 * config.resolved_step_size(n_train)
+    return config.with_(eval_every=max(1, cycle // points_per_cycle))
+
+
+def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfig:
+    """A RunConfig with ``fields`` and the example options applied: ``--dtype`` and
+    POINTS_PER_CYCLE history points per cycle, or under ``--quick`` short cycles (n_s =
+    QUICK_STEP_SIZE) with QUICK_POINTS_PER_CYCLE points."""
+    config = RunConfig(dtype=args.dtype, **fields)
+    if args.quick:
+        return with_eval_points(config.with_(step_size=QUICK_STEP_SIZE), n_train,
+                                QUICK_POINTS_PER_CYCLE)
+    return with_eval_points(config, n_train)
+
+
+def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *,
+           desc: str = "") -> List[RunResult]:
+    """``run(data, config, seed)`` for each seed in turn, with progress bars (one over the
+    runs, one inside each run)."""
+    results = []
+    for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True):
+        results.append(run(data, config, seed, progress=True))
+    return results
+
+
+def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],
+                record: "ExampleRecord") -> Dict[str, List[RunResult]]:
+    """Run every configuration with every seed (the same seeds for each, so configurations
+    are compared on equal draws), record each under its name; return the runs by name."""
+    out = {}
+    for key, config in configs.items():
+        out[key] = repeat(data, config, seeds, desc=key)
+        record.add(key, summarize(out[key]))
+    return out
+
+
+def summarize(results: Sequence[RunResult], *, histories: bool = True) -> Dict[str, object]:
+    """What results.json records for one configuration run with several seeds.
+
+    Returns ``train/val/test_accuracy``, ``_loss`` and ``_cost`` as :func:`mean_std` dicts
+    (accuracies are fractions), ``config`` (the RunConfig as a dict), ``runs`` (per seed: seed,
+    wall time in seconds, step size and the final metrics) and, when ``histories``, the
+    history of every run (``History.as_dict()``), from which every curve can be redrawn."""
+    if not results:
+        raise ValueError("results must hold at least one run")
+    entry: Dict[str, object] = {}
+    for split in ("train", "val", "test"):
+        for what in ("accuracy", "loss", "cost"):
+            key = f"{split}_{what}"
+            entry[key] = mean_std([r.metrics[key] for r in results])
+    entry["wall_time"] = mean_std([r.metrics["wall_time"] for r in results])
+    entry["config"] = results[0].config.as_dict()
+    entry["runs"] = [dict(seed=r.seed, **{k: float(v) for k, v in r.metrics.items()})
+                     for r in results]
+    if histories:
+        entry["histories"] = [r.history.as_dict() for r in results]
+    return entry
+
+
+def bn_statistics_accuracy(net: Network, images: np.ndarray, labels: np.ndarray,
+                           normalization, batch_sizes: Sequence[int] = (100, 10, 2),
+                           ) -> Dict[str, float]:
+    """Accuracy of a BN network on one split, by where the BN statistics come from.
+
+    ``running`` -- the running averages kept during training (the correct test-time rule,
+    ``net.predict_proba(X)``); ``never updated`` -- running statistics left at their initial
+    mean 0, variance 1 (as if training never updated them); ``batch (whole split)`` -- the
+    statistics of the whole split as one batch (``mode="train"``); ``batch of m`` --
+    statistics of consecutive batches of m images, so every prediction depends on which
+    images share its batch (a last batch of one image is left out). Fractions in [0, 1]."""
+    if not net.batch_norm:
+        raise ValueError("bn_statistics_accuracy needs a network with batch norm")
+    out = {"running": net.accuracy(images, labels, normalization=normalization)}
+    stale = net.copy()
+    state = stale.state_dict()
+    for name in stale.running_stats:
+        state[name][...] = 0.0 if name.startswith("running_mean") else 1.0
+    stale.load_state_dict(state)
+    out["never updated"] = stale.accuracy(images, labels, normalization=normalization)
+    whole = net.predict_proba(images, normalization=normalization, mode="train")
+    out["batch (whole split)"] = float((whole.argmax(axis=1) == labels).mean())
+    n = len(labels)
+    for m in batch_sizes:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+            raise ValueError(f"batch_sizes must be integers >= 2, got {m!r}")
+        correct = 0
+        for start in range(0, n - 1, m):  # a last batch of one image has no batch variance
+            stop = min(start + m, n)
+            probs = net.predict_proba(images[start:stop], normalization=normalization,
+                                      mode="train")
+            correct += int((probs.argmax(axis=1) == labels[start:stop]).sum())
+        scored = n - (n % m == 1)
+        out[f"batch of {m}"] = correct / scored
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# What every example shares: command line, data, provenance, output files
+# --------------------------------------------------------------------------------------------
+
+
+def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
+                   dtype: str = "float32") -> argparse.ArgumentParser:
+    """The options every example takes: ``--data``, ``--protocol``, ``--out`` (default
+    ``results/<name>``), ``--seed``, ``--dtype``, ``--quick`` and, when ``runs`` is given,
+    ``--runs`` (default ``runs``, 1 under ``--quick``)."""
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="the cifar-10-batches-py folder (or its parent); without it the "
+                             "usual places are searched, then the shipped sample is used "
+                             "with a notice")
+    parser.add_argument("--protocol", choices=("full", "seed"), default="full",
+                        help="full: 45,000 train / 5,000 val from data_batch_1..5; seed: "
+                             "train on data_batch_1, validate on data_batch_2 (default full)")
+    parser.add_argument("--out", metavar="DIR", default=str(Path("results") / name),
+                        help=f"output folder (default results/{name})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="first seed; run i uses seed + i (default 0)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=dtype,
+                        help=f"precision of training (default {dtype})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny budget (short cycles, 1 run) that exercises every code path")
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help="limit BLAS to N threads (threadpoolctl; default: the BLAS "
+                             "default). 1 is fastest on a machine busy with other work, where "
+                             "spinning BLAS threads slow the small mini-batch products down")
+    if runs is not None:
+        parser.add_argument("--runs", type=int, default=None,
+                            help=f"runs (seeds) per configuration (default {runs}, "
+                                 "1 with --quick)")
+        parser.set_defaults(default_runs=runs)
+    return parser
+
+
+def parse_example_args(parser: argparse.ArgumentParser,
+                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and check the shared options; resolves ``runs`` (``--quick`` means 1 run) and
+    applies ``--blas-threads``."""
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.blas_threads is not None:
+        if args.blas_threads < 1:
+            parser.error(f"--blas-threads must be >= 1, got {args.blas_threads}")
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=args.blas_threads)  # for the rest of the process
+    if hasattr(args, "default_runs"):
+        if args.runs is None:
+            args.runs = 1 if args.quick else args.default_runs
+        if args.runs < 1:
+            parser.error(f"--runs must be >= 1, got {args.runs}")
+    return args
+
+
+def load_data(args: argparse.Namespace) -> CIFAR10:
+    """The data the options name (:func:`cbn.data.load_or_sample`: the shipped sample, with a
+    warning on stderr, when no CIFAR-10 is found), with a one-line description printed.
+
+    A ``--data`` folder that does not hold CIFAR-10 ends the program with the loader's
+    message (exit status 1) rather than silently falling back to the sample."""
+    try:
+        data = load_or_sample(args.data, protocol=args.protocol)
+    except (FileNotFoundError, DataError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"data: {data.source} (protocol {data.protocol}): {len(data.train)} train, "
+          f"{len(data.val)} val, {len(data.test)} test images", file=sys.stderr)
+    if data.source == "sample":
+        print("NOTICE: running on the small shipped sample, not the full CIFAR-10; "
+              "accuracies are not comparable with the full data set.", file=sys.stderr)
+    return data
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> Dict[str, object]:
+    """Where a result was measured: platform, CPU, cores, Python and library versions, and
+    the BLAS libraries in use with their thread counts (``threadpoolctl``)."""
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from . import __version__
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",
+            "architecture", "filepath")
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cbn": __version__,
+        "blas": [{k: pool.get(k) for k in keys} for pool in threadpool_info()],
+    }
+
+
+def _json_ready(value):
+    """Replace non-finite floats (a diverged loss) by None so the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_ready(value.item())
+    return value
+
+
+class ExampleRecord:
+    """The results of one example run and their provenance, written as ``results.json``
+    (configuration name -> metrics, plus ``"meta"``) and ``summary.md`` into ``out``.
+
+    ``meta`` holds the example's name, the exact command line, the seeds, the data source,
+    protocol and split sizes, the machine (:func:`machine_info`), start and end times (UTC),
+    the total wall time, the wall time of each run and the figures written."""
+
+    def __init__(self, name: str, args: argparse.Namespace, data: CIFAR10) -> None:
+        self.name = name
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.entries: Dict[str, object] = {}
+        self.figures: List[str] = []
+        self._started = time.perf_counter()
+        options = {k: v for k, v in vars(args).items() if k != "default_runs"}
+        self.meta: Dict[str, object] = {
+            "example": name,
+            "command": shlex.join([sys.executable] + sys.argv),
+            "cwd": os.getcwd(),
+            "options": options,
+            "data": {"source": data.source, "protocol": data.protocol,
+                     "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "machine": machine_info(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def add(self, key: str, entry: Mapping[str, object]) -> None:
+        """Record one configuration's metrics under ``key`` (e.g. ``"sigma=1e-3/bn"``)."""
+        if key == "meta":
+            raise ValueError("'meta' is reserved for the provenance entry")
+        self.entries[key] = dict(entry)
+
+    def figure(self, filename: str) -> Path:
+        """The path to save a figure called ``filename`` (a PNG in ``out``), remembered for
+        the summary and the report."""
+        self.figures.append(filename)
+        return self.out / filename
+
+    def _run_times(self) -> Dict[str, List[Dict[str, float]]]:
+        times = {}
+        for key, entry in self.entries.items():
+            runs = entry.get("runs") if isinstance(entry, dict) else None
+            if runs:
+                times[key] = [{"seed": r["seed"], "wall_time": r["wall_time"]} for r in runs]
+        return times
+
+    def write(self, summary: str) -> Path:
+        """Write ``results.json`` and ``summary.md`` (``summary`` plus the provenance lines
+        and the figures) into ``out``; return the path of results.json."""
+        meta = dict(self.meta)
+        meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        meta["wall_time"] = time.perf_counter() - self._started
+        meta["run_wall_times"] = self._run_times()
+        meta["seeds"] = sorted({r["seed"] for runs in meta["run_wall_times"].values()
+                                for r in runs}) or [meta["options"].get("seed")]
+        meta["figures"] = list(self.figures)
+        document = dict(self.entries)
+        document["meta"] = meta
+        text = json.dumps(_json_ready(document), indent=1, allow_nan=False)
+        _write_text(self.out / "results.json", text + "\n")
+        data = meta["data"]
+        lines = [summary.rstrip(), ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in self.figures]
+        lines += ["", f"Data: {data['source']} (protocol {data['protocol']}; {data['train']} "
+                      f"train / {data['val']} val / {data['test']} test). Seeds: "
+                      f"{', '.join(map(str, meta['seeds']))}. Wall time: "
+                      f"{meta['wall_time']:.1f} s on {meta['machine']['cpu']} "
+                      f"({meta['machine']['cores']} cores).",
+                  f"Command: `{meta['command']}`", ""]
+        _write_text(self.out / "summary.md", "\n".join(lines))
+        print(f"wrote {self.out / 'results.json'}, {self.out / 'summary.md'} and "
+              f"{len(self.figures)} figure(s)", file=sys.stderr)
+        return self.out / "results.json"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -122,7 +122,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
             copy.load_state_dict({k: v.astype(np.float64) if v.dtype.kind == "f" else v
                                   for k, v in net.state_dict().items()})
             net = copy
-        X = np.ascontiguousarray(X, dtype=np.float64) if isinstance(X, np.ndarray) else X
+        if type(X) is np.ndarray and X.dtype in check.FLOAT_DTYPES:  # not a masked array
+            X = np.ascontiguousarray(X, dtype=np.float64)  # other dtypes: refused below
 
     _, analytic = net.cost_and_grads(X, y, lam)  # validates X, y
     net.cost(X, y, lam)

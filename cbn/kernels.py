@@ -25,6 +25,14 @@ def _same_dtype(**arrays: np.ndarray) -> np.dtype:
     return first
 
 
+def _finite(what: str, *arrays: Optional[np.ndarray]) -> None:
+    """Finite inputs can still overflow (e.g. a variance of values near 1e20 in float32):
+    raise rather than return inf or NaN."""
+    for a in arrays:
+        if a is not None:
+            check.finite_result(what, a)
+
+
 def _writeable(name: str, a: np.ndarray) -> None:
     if not a.flags.writeable:
         raise ValueError(f"{name} must be writeable (it is updated in place)")
@@ -40,6 +48,7 @@ def linear_forward(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     dt = _same_dtype(X=X, W=W, b=b)
     S = np.empty((X.shape[0], W.shape[1]), dt)
     _ops.linear_forward(X, W, b, S)
+    _finite("linear_forward", S)
     return S
 
 
@@ -60,6 +69,7 @@ def linear_backward(X: np.ndarray, W: np.ndarray, dS: np.ndarray, lam: float = 0
     db = np.empty(W.shape[1], dt)
     dX = np.empty_like(X) if need_dX else None
     _ops.linear_backward(X, W, dS, 2 * lam, dW, db, dX)
+    _finite("linear_backward", dW, db, dX)
     return dW, db, dX
 
 
@@ -85,6 +95,7 @@ def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     H = np.empty_like(S)
     _ops.bn_relu_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"],
                                cache["inv_std"], cache["Shat"], H)
+    _finite("bn_relu_forward_train", H, *cache.values())
     return H, cache
 
 
@@ -103,6 +114,7 @@ def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
     H = np.empty_like(S)
     _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
+    _finite("bn_relu_forward_eval", H)
     return H
 
 
@@ -121,6 +133,7 @@ def bn_relu_backward(dH: np.ndarray, H: np.ndarray, Shat: np.ndarray, gamma: np.
     dS = np.empty_like(dH)
     dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
     _ops.bn_relu_backward(dH, H, Shat, gamma, inv_std, dgamma, dbeta, dS)
+    _finite("bn_relu_backward", dS, dgamma, dbeta)
     return dS, dgamma, dbeta
 
 
@@ -140,6 +153,8 @@ def running_stats_update(mean: np.ndarray, var: np.ndarray, running_mean: np.nda
         n = check.integer("batch_size", batch_size, low=2)
         factor = n / (n - 1)
     _ops.running_stats_update(mean, var, running_mean, running_var, alpha, factor, bool(first))
+    _finite("running_stats_update (the running statistics, already updated)", running_mean,
+            running_var)
 
 
 def relu_forward(S: np.ndarray) -> np.ndarray:
@@ -177,6 +192,7 @@ def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarr
     y = check.labels("y", y, Z.shape[0], Z.shape[1])
     G = np.empty_like(Z)
     loss, correct = _ops.softmax_cross_entropy(Z, y, G, None)
+    _finite("softmax_cross_entropy", np.array(loss), G)
     return loss / Z.shape[0], G, int(correct)
 
 
@@ -206,8 +222,9 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
     from stored images (uint8, float32 or float64) and standardised on the way."""
     dt = check.float_dtype(dtype)
     src = check.matrix("src", src, dtypes=check.SOURCE_DTYPES)
-    if not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu" or idx.ndim != 1:
-        raise TypeError("idx must be a 1-D numpy array of integer row indices")
+    if (not isinstance(idx, np.ndarray) or isinstance(idx, np.ma.MaskedArray)
+            or idx.dtype.kind not in "iu" or idx.ndim != 1):
+        raise TypeError("idx must be a 1-D numpy array (not masked) of integer row indices")
     if idx.size == 0:
         raise ValueError("idx must not be empty")
     if idx.min() < 0 or idx.max() >= src.shape[0]:
@@ -218,4 +235,5 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
     scale = np.ascontiguousarray(check.vector("scale", scale, size=d), dtype=dt)
     out = np.empty((idx.size, d), dt)
     _ops.gather_rows(src, idx, shift, scale, out)
+    _finite("gather_rows", out)
     return out

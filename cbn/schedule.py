@@ -13,6 +13,7 @@ import numpy as np
 from . import _validate as check
 
 MODES = ("triangular", "triangular2", "exp_range")
+MAX_STEP = 2 ** 53  # steps are counted exactly in float arithmetic up to here
 
 
 class CyclicLR:
@@ -57,7 +58,7 @@ class CyclicLR:
 
     def lr(self, step: int) -> float:
         """The learning rate used for update number ``step`` (0-based)."""
-        t = check.integer("step", step, low=0)
+        t = check.integer("step", step, low=0, high=MAX_STEP)
         total = self.cycle_length
         ratio = self.step_size / total
         cycle = math.floor(1 + t / total)
@@ -70,7 +71,7 @@ class CyclicLR:
         if self.mode == "triangular":
             scale = 1.0
         elif self.mode == "triangular2":
-            scale = 1 / (2.0 ** (cycle - 1))
+            scale = 0.5 ** (cycle - 1)  # underflows to 0 (2.0 ** 1024 would overflow)
         else:
             scale = self.gamma ** t
         return self.eta_min + height * scale

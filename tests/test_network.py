@@ -22,12 +22,25 @@ def test_params_are_named_and_shaped_per_layer():
     assert list(Network(12, [5], 3, batch_norm=False).params) == ["W1", "b1", "W2", "b2"]
 
 
-def test_params_mapping_is_read_only_but_arrays_are_live_views():
+def test_params_are_live_views_and_assignment_copies_into_them():
     net = Network(4, [3], 2, dtype=np.float64)
-    with pytest.raises(TypeError):
-        net.params["W1"] = np.zeros((4, 3))
     net.params["W1"][...] = 0.5
     assert np.all(net.flat_params[:12] == 0.5)
+    net.params["W2"] = np.full((3, 2), 0.25)
+    assert np.all(net.flat_params[12:18] == 0.25)
+    assert dict(net.params)["W2"] is net.params["W2"]
+
+
+@pytest.mark.parametrize("name,value,error", [
+    ("W1", np.zeros((3, 4)), ValueError), ("W1", np.full((4, 3), np.nan), ValueError),
+    ("W9", np.zeros((4, 3)), KeyError), ("W1", np.zeros((4, 3), complex), TypeError),
+])
+def test_bad_parameter_assignment_is_refused(name, value, error):
+    net = Network(4, [3], 2)
+    with pytest.raises(error):
+        net.params[name] = value
+    with pytest.raises(TypeError):
+        del net.params["W1"]
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])

@@ -1,0 +1,239 @@
+"""The examples' figures, one function per figure, written as PNG files.
+
+Uses matplotlib's Agg backend (no display needed, nothing is shown). Curves over several
+runs are drawn as the mean with a band of +- one standard deviation.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from .train import History  # noqa: E402
+
+PathLike = Union[str, Path]
+METRICS = ("cost", "loss", "accuracy")
+DPI = 110
+TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
+
+
+def _series(histories: Sequence[History], name: str) -> Tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+    """Steps, mean and std of one recorded series over runs (truncated to the shortest)."""
+    length = min(len(h.step) for h in histories)
+    values = np.array([getattr(h, name)[:length] for h in histories], dtype=np.float64)
+    return (np.asarray(histories[0].step[:length]), values.mean(axis=0), values.std(axis=0))
+
+
+def _band(ax, histories: Sequence[History], name: str, label: str, color: str) -> None:
+    steps, mean, std = _series(histories, name)
+    if not steps.size:
+        return
+    ax.plot(steps, mean, color=color, label=label, marker="o", markersize=2.5, linewidth=1.3)
+    if len(histories) > 1:
+        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def _save(fig, path: PathLike) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int, max_cols: int = 3) -> Tuple[int, int]:
+    """Rows and columns for n panels: one row up to max_cols, else a near-square grid
+    (2 x 2 for four, so pairs such as without/with BN line up)."""
+    cols = n if n <= max_cols else min(max_cols, math.ceil(math.sqrt(n)))
+    return math.ceil(n / cols), cols
+
+
+def plot_curves(path: PathLike, panels: Mapping[str, Sequence[History]], metric: str, *,
+                title: Optional[str] = None) -> Path:
+    """Training vs validation ``metric`` ("cost", "loss" or "accuracy") against update
+    steps, one panel per configuration (``panels``: title -> histories of its runs), on a
+    shared y-axis so the panels compare at a glance. Accuracies are drawn in percent."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not panels or any(not runs for runs in panels.values()):
+        raise ValueError("panels must map each title to at least one history")
+    rows, cols = _grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), sharey=True,
+                             squeeze=False)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    for ax, (name, runs) in zip(axes.flat, panels.items()):
+        scaled = [_scaled(h, metric, scale) for h in runs]
+        _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
+        _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
+        suffix = f" (mean ± std of {len(runs)} runs)" if len(runs) > 1 else ""
+        ax.set_title(name + suffix, fontsize=10)
+        ax.set_xlabel("update step")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _scaled(history: History, metric: str, scale: float) -> History:
+    """A History whose train/val ``metric`` series are multiplied by ``scale``."""
+    if scale == 1.0:
+        return history
+    out = History(step=list(history.step))
+    for prefix in ("train", "val"):
+        name = f"{prefix}_{metric}"
+        setattr(out, name, [v * scale for v in getattr(history, name)])
+    return out
+
+
+def plot_gradcheck(path: PathLike, results: Mapping[str, Sequence[Mapping[str, float]]],
+                   tolerance: float) -> Path:
+    """Maximum relative error of every parameter (log scale), one panel per network
+    (``results``: title -> gradcheck rows with ``name`` and ``max_relative_error``), with
+    the tolerance as a dashed line. Errors of exactly 0 are drawn at 1e-17."""
+    if not results:
+        raise ValueError("results must hold at least one network")
+    rows, cols = _grid(len(results), max_cols=2)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), sharey=True,
+                             squeeze=False)
+    kinds = {"W": "tab:blue", "b": "tab:gray", "gamma": "tab:green", "beta": "tab:purple"}
+    for ax, (name, table) in zip(axes.flat, results.items()):
+        labels = [r["name"] for r in table]
+        errors = [max(r["max_relative_error"], 1e-17) for r in table]
+        colors = [kinds.get(label.rstrip("0123456789"), "black") for label in labels]
+        ax.bar(range(len(labels)), errors, color=colors)
+        ax.set_yscale("log")
+        ax.axhline(tolerance, color="red", linestyle="--", linewidth=1,
+                   label=f"tolerance {tolerance:g}")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("max relative error")
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sensitivity(path: PathLike, grid: Mapping[Tuple[str, str], Sequence[History]],
+                     metric: str = "loss") -> Path:
+    """A grid of training/validation ``metric`` curves: one row per initial weight scale
+    and one column per variant (``grid``: (row label, column label) -> histories). Each
+    row shares its y-axis, so BN and no BN at the same sigma compare directly."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not grid or any(not runs for runs in grid.values()):
+        raise ValueError("grid must map each cell to at least one history")
+    row_labels = list(dict.fromkeys(r for r, _ in grid))
+    col_labels = list(dict.fromkeys(c for _, c in grid))
+    fig, axes = plt.subplots(len(row_labels), len(col_labels),
+                             figsize=(4.6 * len(col_labels), 2.9 * len(row_labels)),
+                             sharey="row", sharex=True, squeeze=False)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    for i, row in enumerate(row_labels):
+        for j, col in enumerate(col_labels):
+            ax = axes[i, j]
+            runs = grid.get((row, col))
+            if not runs:
+                ax.axis("off")
+                continue
+            scaled = [_scaled(h, metric, scale) for h in runs]
+            _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
+            _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
+            ax.set_title(f"{row}, {col}", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[i, 0].set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
+    for ax in axes[-1]:
+        ax.set_xlabel("update step")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, float]]) -> Path:
+    """Test accuracy of BN networks by where the BN statistics come from at test time
+    (``accuracies``: network -> {source of statistics -> accuracy fraction}), as grouped
+    bars in percent with chance (10 %) marked."""
+    if not accuracies:
+        raise ValueError("accuracies must hold at least one network")
+    sources = list(dict.fromkeys(s for acc in accuracies.values() for s in acc))
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(accuracies) + 2), 3.6))
+    x = np.arange(len(accuracies))
+    for k, source in enumerate(sources):
+        values = [100 * acc.get(source, np.nan) for acc in accuracies.values()]
+        ax.bar(x + (k - (len(sources) - 1) / 2) * width, values, width, label=source)
+    ax.axhline(10, color="black", linestyle=":", linewidth=1, label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(accuracies), fontsize=9)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("BN at test time: running statistics vs batch statistics", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_lambda(path: PathLike,
+                            stages: Mapping[str, Sequence[Tuple[float, float]]],
+                            best: Optional[float] = None, *, name: str = "λ",
+                            xlabel: str = "λ (L2 strength)") -> Path:
+    """Validation accuracy (percent) against lambda on a log axis, one marker style per
+    search stage (``stages``: stage name -> (lambda, accuracy fraction) pairs), with the
+    chosen lambda marked by a vertical line. ``name``/``xlabel`` relabel it for another
+    hyper-parameter."""
+    if not stages:
+        raise ValueError("stages must hold at least one stage")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    markers: Dict[int, str] = {0: "o", 1: "s", 2: "^", 3: "D"}
+    for k, (stage, points) in enumerate(stages.items()):
+        if not points:
+            continue
+        lams, accs = zip(*sorted(points))
+        ax.semilogx(lams, [100 * a for a in accs], linestyle="none",
+                    marker=markers.get(k, "o"), label=stage, alpha=0.85)
+    if best is not None:
+        ax.axvline(best, color="red", linestyle="--", linewidth=1, label=f"best {name} = {best:.3g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_search(records: Sequence[Mapping], path: PathLike, param: str = "lam") -> Path:
+    """Validation accuracy against hyper-parameter ``param`` (log axis) of a search's records
+    (from ``cbn.search.search`` or ``coarse_to_fine``, one stage per ``round``), with the best
+    trial's value marked. Failed trials are left out."""
+    from .search import best  # here, so plotting needs no search machinery otherwise
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        raise ValueError("records holds no successful trial to plot")
+    values = [r.get(param) for r in ok]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+           for v in values):
+        raise ValueError(f"param {param!r} must be a positive number in every record for a "
+                         f"log axis, got {values[:5]}")
+    stages: Dict[str, list] = {}
+    for record in ok:
+        stage = f"round {record['round']}" if "round" in record else "trials"
+        stages.setdefault(stage, []).append((record[param], record["val_accuracy"]))
+    label = "λ (L2 strength)" if param == "lam" else param
+    return plot_accuracy_vs_lambda(path, stages, best(ok)[param],
+                                   name="λ" if param == "lam" else param, xlabel=label)

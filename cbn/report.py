@@ -1,0 +1,352 @@
+"""Results as Markdown: the tables the examples write into their ``summary.md``, and
+``REPORT.md``, which gathers every example's results folder into one document next to the
+numbers the course and the original report published.
+
+Run ``cbn-report`` (or ``python examples/report.py``) after the examples; see :func:`main`.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+# --------------------------------------------------------------------------------------------
+# Published numbers and targets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A number someone published, and where our matching number lives in the results:
+    ``example`` (results folder), ``keys`` (configuration names, shell-style patterns) and
+    ``metric`` (a key of their entries)."""
+
+    what: str
+    published: str
+    source: str
+    example: str
+    keys: str
+    metric: str
+
+
+# Numbers published elsewhere that the examples reproduce, with their source. They are quoted
+# as given to us (the course's assignment text and the original report, as summarised in issue
+# 4 of this project); nothing below is measured by cbn.
+REFERENCE_NUMBERS: Tuple[Reference, ...] = (
+    Reference("3-layer [50, 50] with BN: test accuracy", "≈ 53.5 %",
+              "KTH DD2424 assignment 3 instructions (course)", "three_layer", "bn",
+              "test_accuracy"),
+    Reference("gradient check: max relative error", "≈ 1 (wrong gradients)",
+              "the original report", "gradient_check", "*", "max_relative_error"),
+    Reference("sensitivity to initialisation, with BN: accuracy", "≈ 15 % (validation)",
+              "the original report", "sensitivity", "sigma=*/bn", "val_accuracy"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for our own numbers: every entry matching ``keys`` in ``example`` must have
+    its ``metric`` (mean over runs when several) ``>=`` or ``<=`` ``value``; ``op`` None
+    means "report it as is"."""
+
+    what: str
+    example: str
+    keys: str
+    metric: str
+    op: Optional[str]
+    value: Optional[float]
+
+
+# The targets of issue 4 (full protocol, means over 3 runs).
+TARGETS: Tuple[Target, ...] = (
+    Target("gradient check, every parameter (float64)", "gradient_check", "*",
+           "max_relative_error", "<=", 1e-6),
+    Target("3-layer with BN, test accuracy", "three_layer", "bn", "test_accuracy", ">=", 0.535),
+    Target("3-layer without BN, test accuracy", "three_layer", "no_bn", "test_accuracy",
+           ">=", 0.52),
+    Target("9-layer with BN, test accuracy", "deep_network", "9-layer/bn", "test_accuracy",
+           ">=", 0.515),
+    Target("9-layer without BN, test accuracy", "deep_network", "9-layer/no_bn",
+           "test_accuracy", None, None),
+    Target("best λ after the fine search, 3 cycles, test accuracy", "lambda_search", "final",
+           "test_accuracy", ">=", 0.54),
+    Target("sensitivity with BN, test accuracy for every σ", "sensitivity", "sigma=*/bn",
+           "test_accuracy", ">=", 0.50),
+    Target("sensitivity without BN, test accuracy (chance is 10 %)", "sensitivity",
+           "sigma=*/no_bn", "test_accuracy", None, None),
+)
+
+# Order of the sections in REPORT.md; other results folders follow alphabetically.
+EXAMPLE_ORDER = ("gradient_check", "three_layer", "deep_network", "lambda_search",
+                 "sensitivity")
+
+# --------------------------------------------------------------------------------------------
+# Table helpers (used by the examples for summary.md and by the report)
+# --------------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are converted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [str(c).replace("|", "\\|") for c in row]
+        if len(cells) != len(headers):
+            raise ValueError(f"row {cells} has {len(cells)} cells, expected {len(headers)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_of(value) -> float:
+    """The number in a results value: a float, or the ``"mean"`` of a mean/std dict."""
+    if isinstance(value, Mapping):
+        return float(value["mean"])
+    return float(value)
+
+
+def percent(value, digits: int = 2) -> str:
+    """An accuracy (fraction, or mean/std dict of fractions) as ``"53.61 ± 0.21"`` percent,
+    with the number of runs when there are several."""
+    if value is None:
+        return "–"
+    if isinstance(value, Mapping):
+        n = len(value.get("values", ()))
+        if n <= 1:  # a single run has no spread to show
+            return f"{100 * value['mean']:.{digits}f}"
+        return f"{100 * value['mean']:.{digits}f} ± {100 * value['std']:.{digits}f} (n={n})"
+    return f"{100 * float(value):.{digits}f}"
+
+
+def number(value, fmt: str = ".4f") -> str:
+    """A float or mean/std dict formatted as ``mean ± std``."""
+    if value is None:
+        return "–"
+    if isinstance(value, Mapping):
+        if len(value.get("values", ())) <= 1:
+            return f"{value['mean']:{fmt}}"
+        return f"{value['mean']:{fmt}} ± {value['std']:{fmt}}"
+    return f"{float(value):{fmt}}"
+
+
+def accuracy_table(entries: Mapping[str, Mapping[str, object]],
+                   labels: Optional[Mapping[str, str]] = None) -> str:
+    """Training/validation/test accuracy (%) and test loss of each configuration (mean ±
+    std over runs), with the mean wall time of one run."""
+    rows = []
+    for key, entry in entries.items():
+        rows.append([labels.get(key, key) if labels else key,
+                     percent(entry["train_accuracy"]), percent(entry["val_accuracy"]),
+                     percent(entry["test_accuracy"]), number(entry.get("test_loss")),
+                     number(entry.get("wall_time"), ".1f")])
+    return markdown_table(["configuration", "train acc. (%)", "val acc. (%)", "test acc. (%)",
+                           "test loss", "wall time / run (s)"], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# REPORT.md
+# --------------------------------------------------------------------------------------------
+
+
+def load_results(results_dir: Path) -> Dict[str, Tuple[Path, dict]]:
+    """Every ``<results_dir>/<example>/results.json``, by example name, in report order."""
+    found = {}
+    for path in sorted(Path(results_dir).glob("*/results.json")):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable results file: {exc}") from exc
+        if not isinstance(document, dict) or "meta" not in document:
+            raise ValueError(f"{path}: not a cbn results file (no 'meta' entry)")
+        found[path.parent.name] = (path.parent, document)
+    order = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _matching(document: Mapping[str, object], pattern: str,
+              metric: str) -> List[Tuple[str, object]]:
+    return [(key, entry[metric]) for key, entry in document.items()
+            if key != "meta" and fnmatch.fnmatchcase(key, pattern)
+            and isinstance(entry, Mapping) and metric in entry]
+
+
+def _format(metric: str, value) -> str:
+    return percent(value) + " %" if metric.endswith("accuracy") else number(value, ".2e")
+
+
+def _ours(results, example: str, pattern: str, metric: str) -> Tuple[str, List[float]]:
+    """Our numbers for a reference or target: the text for the table and the means."""
+    if example not in results:
+        return f"not run (no results/{example})", []
+    matches = _matching(results[example][1], pattern, metric)
+    if not matches:
+        return f"no '{pattern}' entry with {metric}", []
+    if len(matches) == 1 and matches[0][0] == pattern:
+        return _format(metric, matches[0][1]), [mean_of(matches[0][1])]
+    text = "<br>".join(f"{key}: {_format(metric, value)}" for key, value in matches)
+    return text, [mean_of(value) for _, value in matches]
+
+
+def _verdict(target: Target, means: List[float], protocol: Optional[str]) -> str:
+    if not means:
+        return "not run"
+    if protocol != "full":  # the targets are for the full protocol only
+        return f"n/a (protocol {protocol})"
+    if target.op is None:
+        return "reported as is"
+    compare: Callable[[float, float], bool] = (
+        (lambda a, b: a >= b) if target.op == ">=" else (lambda a, b: a <= b))
+    ok = all(math.isfinite(m) and compare(m, target.value) for m in means)
+    return "met" if ok else "**missed**"
+
+
+def _target_text(target: Target) -> str:
+    if target.op is None:
+        return "report as is"
+    if target.metric.endswith("accuracy"):
+        return f"{target.op} {100 * target.value:g} %"
+    return f"{target.op} {target.value:g}"
+
+
+def comparison_section(results) -> str:
+    """Our numbers next to the published ones, and each target of issue 4 met or missed."""
+    rows = [[ref.what, _ours(results, ref.example, ref.keys, ref.metric)[0], ref.published,
+             ref.source] for ref in REFERENCE_NUMBERS]
+    published = markdown_table(["quantity", "ours (mean ± std over runs)", "published",
+                                "source"], rows)
+    rows = []
+    for target in TARGETS:
+        text, means = _ours(results, target.example, target.keys, target.metric)
+        protocol = (results[target.example][1]["meta"].get("data", {}).get("protocol")
+                    if target.example in results else None)
+        rows.append([target.what, text, _target_text(target),
+                     _verdict(target, means, protocol)])
+    targets = markdown_table(["target (issue 4, full protocol)", "ours", "target", "verdict"],
+                             rows)
+    return ("## Our numbers and the published ones\n\n" + published
+            + "\n\nPublished numbers are quoted from `cbn.report.REFERENCE_NUMBERS`, which "
+              "names their sources; ours are read from each example's `results.json`.\n\n"
+            + "## Targets\n\n" + targets + "\n")
+
+
+def _demote(markdown: str, levels: int = 1) -> str:
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", markdown,
+                  flags=re.MULTILINE)
+
+
+def _relink(markdown: str, folder: Path, report_dir: Path) -> str:
+    """Point the summary's relative image and file links at ``folder`` as seen from the
+    report."""
+    prefix = Path(os.path.relpath(folder, report_dir)).as_posix()
+
+    def fix(match: re.Match) -> str:
+        target = match.group(2)
+        if "://" in target or target.startswith("/"):
+            return match.group(0)
+        return f"{match.group(1)}({prefix}/{target})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, markdown)
+
+
+def _machine_lines(meta: Mapping[str, object]) -> List[str]:
+    machine = meta.get("machine", {})
+    blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} "
+                     f"({b.get('num_threads')} threads, {b.get('threading_layer')})"
+                     for b in machine.get("blas", []))
+    return [f"- machine: {machine.get('platform')}; CPU {machine.get('cpu')}, "
+            f"{machine.get('cores')} cores ({machine.get('usable_cores')} usable)",
+            f"- versions: Python {machine.get('python')}, numpy {machine.get('numpy')}, "
+            f"scipy {machine.get('scipy')}, cbn {machine.get('cbn')}",
+            f"- BLAS: {blas or 'unknown'}"]
+
+
+def provenance_section(meta: Mapping[str, object]) -> str:
+    """Command, data, seeds, machine and wall times of one example run."""
+    data = meta.get("data", {})
+    lines = [f"- command: `{meta.get('command')}`",
+             f"- data: {data.get('source')} (protocol {data.get('protocol')}; "
+             f"{data.get('train')} train / {data.get('val')} val / {data.get('test')} test)",
+             f"- seeds: {', '.join(map(str, meta.get('seeds', [])))}",
+             f"- started {meta.get('started')}, finished {meta.get('finished')}, "
+             f"wall time {meta.get('wall_time', float('nan')):.1f} s"]
+    lines += _machine_lines(meta)
+    times = meta.get("run_wall_times") or {}
+    if times:
+        rows = [[key, ", ".join(f"{r['wall_time']:.1f}" for r in runs)]
+                for key, runs in times.items()]
+        lines += ["", markdown_table(["configuration", "wall time of each run (s)"], rows)]
+    return "\n".join(lines)
+
+
+def build_report(results_dir: Path, report_path: Path) -> str:
+    """The text of REPORT.md for the results folders under ``results_dir``."""
+    results = load_results(results_dir)
+    if not results:
+        raise ValueError(f"no results found: {results_dir}/*/results.json does not exist; "
+                         "run the examples first")
+    report_dir = report_path.resolve().parent
+    parts = ["# cbn: DD2424 assignment 3 reproduced on CIFAR-10", "",
+             f"Generated by `cbn-report` on "
+             f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from "
+             f"`{results_dir}` ({', '.join(results)}). Accuracies are percentages, mean ± "
+             "standard deviation over runs (n = number of runs).", ""]
+    sources = {(doc["meta"].get("data", {}).get("source"), doc["meta"].get("data", {})
+                .get("protocol")) for _, doc in results.values()}
+    if any(source == "sample" for source, _ in sources):
+        parts += ["> **Note:** some results below come from the small sample shipped with cbn, "
+                  "not the full CIFAR-10; their accuracies are not comparable with the "
+                  "published numbers.", ""]
+    parts.append(comparison_section(results))
+    parts += ["## Machine", ""]
+    machines: Dict[str, List[str]] = {}
+    for name, (_, document) in results.items():
+        machines.setdefault("\n".join(_machine_lines(document["meta"])), []).append(name)
+    for lines, names in machines.items():
+        parts += [f"Examples {', '.join(names)}:" if len(machines) > 1 else
+                  "Every example ran on:", "", lines, ""]
+    total = sum(doc["meta"].get("wall_time", 0.0) for _, doc in results.values())
+    parts += [f"Total wall time of the examples: {total / 60:.1f} min "
+              "(each example's runs are listed in its provenance section).", ""]
+    for name, (folder, document) in results.items():
+        summary_path = folder / "summary.md"
+        summary = (summary_path.read_text(encoding="utf-8") if summary_path.exists()
+                   else f"# {name}\n\n(no summary.md)")
+        parts += [_relink(_demote(summary), folder.resolve(), report_dir).rstrip(), "",
+                  "### Provenance", "", provenance_section(document["meta"]), ""]
+    return "\n".join(parts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``cbn-report [--results DIR] [--out FILE]``: write REPORT.md from the results folders."""
+    parser = argparse.ArgumentParser(
+        prog="cbn-report",
+        description="Gather the examples' results folders (DIR/*/results.json, summary.md "
+                    "and figures) into one Markdown report.")
+    parser.add_argument("--results", metavar="DIR", default="results",
+                        help="folder holding one sub-folder per example (default results)")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="the report to write (default DIR/REPORT.md)")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results)
+    out = Path(args.out) if args.out else results_dir / "REPORT.md"
+    try:
+        text = build_report(results_dir, out)
+    except ValueError as exc:
+        print(f"cbn-report: {exc}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

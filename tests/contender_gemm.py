@@ -1,0 +1,38 @@
+"""The benchmarks' lower bound: only the matrix products of a training step (or of an evaluation),
+through ``numpy.matmul`` into preallocated outputs. Anything a step does besides these GEMMs
+(gather, batch norm, softmax, update, Python) is what a contender adds on top of the bound."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+class GemmBound:
+    """The GEMMs of one step of the fully connected network with widths ``dims``
+    (input, hidden..., classes) on ``batch`` rows of ``dtype``: per layer the forward
+    S = A W, the weight gradient A^T dS and (above the first layer) the input gradient dS W^T."""
+
+    def __init__(self, dims: Sequence[int], batch: int, dtype, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.X = rng.standard_normal((batch, dims[0])).astype(dtype)
+        self.W = [rng.standard_normal((a, b)).astype(dtype) for a, b in zip(dims[:-1], dims[1:])]
+        self.S = [np.empty((batch, b), dtype) for b in dims[1:]]
+        self.dW = [np.empty_like(W) for W in self.W]
+        self.dA = [np.empty((batch, a), dtype) for a in dims[:-1]]
+
+    def forward(self) -> None:
+        A = self.X
+        for W, S in zip(self.W, self.S):
+            np.matmul(A, W, out=S)
+            A = S
+
+    def step(self) -> None:
+        """The forward products, then the backward ones (the S buffers stand in for the
+        activations and their gradients: the bound counts the products, not the values)."""
+        self.forward()
+        for l in range(len(self.W) - 1, -1, -1):
+            A = self.X if l == 0 else self.S[l - 1]
+            np.matmul(A.T, self.S[l], out=self.dW[l])
+            if l > 0:
+                np.matmul(self.S[l], self.W[l].T, out=self.dA[l])

@@ -1,0 +1,148 @@
+"""Reliability of training: divergence is caught and rolled back to the last good state, runs
+are deterministic, memory stays flat over long runs, and networks trained in parallel threads
+give exactly the results of training them one after the other."""
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import psutil
+import pytest
+from threadpoolctl import threadpool_limits
+
+from cbn import CyclicLR, DivergenceError, Network, fit
+
+MiB = 1 << 20
+
+
+def blobs(n=100, d=10, k=3, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    X = rng.standard_normal((n, d)) + rng.standard_normal((k, d))[y]
+    return X.astype(dtype), y
+
+
+def state(net):
+    return net.flat_params.copy(), [v.copy() for v in net.running_stats.values()]
+
+
+def assert_same_state(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    for x, z in zip(a[1], b[1]):
+        np.testing.assert_array_equal(x, z)
+
+
+# -- divergence ------------------------------------------------------------------------------
+
+def test_a_diverging_learning_rate_stops_with_the_step_and_rate_and_keeps_the_last_good_state():
+    X, y = blobs()
+    schedule = CyclicLR(0.01, 1e4, 200)  # the rate keeps growing until training blows up
+    args = dict(lam=0.0, batch_size=10, schedule=schedule, seed=0, progress=False)
+    net = Network(10, [8, 8], 3, seed=0)
+    with pytest.raises(DivergenceError) as info:
+        fit(net, X, y, cycles=1, **args)
+    error = info.value
+    assert f"step {error.step}" in str(error) and f"learning rate {error.lr:.3g}" in str(error)
+    assert error.lr == schedule.lr(error.step)
+    assert 0 < error.restored_step <= error.step and error.restored_step % 50 == 0
+    assert error.history.step and error.history.step[-1] <= error.step
+    # The restored state is exactly the state after restored_step steps of the same run.
+    reference = Network(10, [8, 8], 3, seed=0)
+    fit(reference, X, y, cycles=error.restored_step / schedule.cycle_length, **args)
+    assert_same_state(state(net), state(reference))
+
+
+def test_a_non_finite_loss_restores_the_starting_parameters_when_no_snapshot_is_newer():
+    X, y = blobs(dtype=np.float32)
+    net = Network(10, [8, 8], 3, seed=0, batch_norm=False, dtype=np.float32)
+    start = state(net)
+    with pytest.raises(DivergenceError, match="batch loss or the updated parameters") as info:
+        fit(net, X, y, lam=0.0, batch_size=10, schedule=CyclicLR(0.01, 1e8, 2000), cycles=1,
+            seed=0, progress=False)
+    assert info.value.restored_step == 0
+    assert_same_state(state(net), start)
+
+
+def test_running_statistics_that_overflow_are_divergence_not_silently_kept():
+    """float32 inputs near 1e20: batch variances overflow to inf while the loss and the
+    parameters stay finite (BN maps everything to beta). The state must not be kept."""
+    X, y = blobs(dtype=np.float32)
+    net = Network(10, [8], 3, seed=1, dtype=np.float32)
+    with pytest.raises(DivergenceError, match="running statistics"):
+        fit(net, X * np.float32(1e20), y, lam=0.0, batch_size=10, schedule=0.1, epochs=3,
+            seed=0, progress=False)
+    assert all(np.isfinite(v).all() for v in state(net)[1])
+    net.copy()  # a finite state can be copied, saved and loaded
+
+
+def test_fit_refuses_a_network_that_already_holds_nan():
+    X, y = blobs()
+    net = Network(10, [8], 3, seed=1)
+    net.params["W1"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit(net, X, y, lam=0.0, batch_size=10, schedule=0.1, epochs=1, progress=False)
+
+
+# -- determinism -----------------------------------------------------------------------------
+
+def run(seed=0, dtype=np.float32, threads=None, net_seed=1):
+    """A run big enough for BLAS to use its threads: (state, history without wall_time)."""
+    X, y = blobs(n=400, d=200, k=10, seed=seed, dtype=dtype)
+    net = Network(200, [128, 64], 10, seed=net_seed, dtype=dtype)
+    with threadpool_limits(threads):
+        history = fit(net, X, y, X_val=X[:100], y_val=y[:100], lam=0.001, batch_size=100,
+                      schedule=CyclicLR(1e-3, 0.1, 6), cycles=1, seed=seed, momentum=0.5,
+                      progress=False)
+    return state(net), {k: v for k, v in history.as_dict().items() if k != "wall_time"}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_seed_and_thread_count_give_bit_identical_runs(threads, dtype):
+    a, b = run(dtype=dtype, threads=threads), run(dtype=dtype, threads=threads)
+    assert_same_state(a[0], b[0])
+    assert a[1] == b[1]
+
+
+def test_two_networks_trained_in_two_threads_match_training_them_one_after_the_other():
+    """The kernels release the GIL, so the two runs really overlap; they share nothing."""
+    jobs = [dict(seed=0, dtype=np.float32, net_seed=1), dict(seed=1, dtype=np.float64, net_seed=2)]
+    sequential = [run(**job) for job in jobs]
+    results = [None, None]
+    start = threading.Barrier(2)
+
+    def train(i):
+        start.wait()
+        results[i] = run(**jobs[i])
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, expected in zip(results, sequential):
+        assert_same_state(got[0], expected[0])
+        assert got[1] == expected[1]
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_resident_memory_stays_flat_over_10000_training_steps(tmp_path, checkpoint):
+    """RSS after 10,000 more steps of a tiny network (after a warm-up run that builds the
+    plans and touches every buffer) grows by less than 1 MiB, with or without checkpoints
+    every 500 steps. The history grows by 100 entries, a few kB."""
+    X, y = blobs(n=2000, d=10)
+    net = Network(10, [8, 8], 3, seed=0)
+    args = dict(lam=0.001, batch_size=20, schedule=0.01, seed=0, progress=False, momentum=0.5)
+    if checkpoint:
+        args.update(checkpoint=tmp_path / "run.npz", checkpoint_every=500)
+    fit(net, X, y, epochs=10, **args)  # warm-up: 1,000 steps
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    history = fit(net, X, y, epochs=100, **args)  # 10,000 steps, 100 steps per epoch
+    gc.collect()
+    growth = psutil.Process().memory_info().rss - before
+    assert history.step[-1] == 10_000
+    assert growth < MiB, f"resident memory grew by {growth / MiB:.2f} MiB"
