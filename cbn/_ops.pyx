@@ -22,10 +22,10 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 # OpenBLAS from the scipy-openblas32 wheel (the build numpy and scipy are made with; symbols
-# prefixed "scipy_"), not scipy.linalg.cython_blas: scipy 1.17 bundles OpenBLAS 0.3.30, which
-# ran the first layer's small products (100 x 3072 x 50) about 1.6x slower than numpy's 0.3.31
-# on two threads, and whose new GEMM partitioning 0.3.31 reverted for races giving wrong
-# results. See docs/benchmarks.md.
+# prefixed "scipy_"), not scipy.linalg.cython_blas: scipy 1.17 bundles OpenBLAS 0.3.30, whose
+# GEMM partitioning OpenBLAS 0.3.31 reverted (races could give wrong results), and which ran
+# the first layer's small products (100 x 3072 x 50) on two threads well behind numpy's 0.3.31.
+# Why not our own threads (OpenMP) instead: docs/benchmarks.md.
 cdef extern from "cblas.h" nogil:
     enum: CblasRowMajor, CblasNoTrans, CblasTrans
     void scipy_cblas_sgemm(int order, int transa, int transb, int M, int N, int K,

@@ -137,23 +137,67 @@ def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfi
     return with_eval_points(config, n_train)
 
 
-def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *,
-           desc: str = "") -> List[RunResult]:
+def _data_identity(data: CIFAR10) -> Dict[str, object]:
+    return {"source": data.source, "protocol": data.protocol,
+            "sizes": [len(data.train), len(data.val), len(data.test)]}
+
+
+def _saved_run(path: Path, data: CIFAR10, config: RunConfig, seed: int) -> Optional[RunResult]:
+    """The run saved at ``path`` (.json + .npz) if it is this run on this data, else None."""
+    try:
+        saved = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        if (saved.get("config") != config.as_dict() or saved.get("seed") != seed
+                or saved.get("data") != _data_identity(data)):
+            return None
+        net = Network.load(path.with_suffix(".npz"))
+        return RunResult(config, seed, net, History(**saved["history"]), saved["metrics"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, cut off by a kill, or from other code: run it again
+
+
+def _save_run(path: Path, data: CIFAR10, result: RunResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.net.save(path.with_suffix(".npz"))
+    _write_text(path.with_suffix(".json"), json.dumps(_json_ready({
+        "config": result.config.as_dict(), "seed": result.seed, "data": _data_identity(data),
+        "metrics": result.metrics, "history": result.history.as_dict()})))
+
+
+def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str = "",
+           saved: Optional[Path] = None,
+           reused: Optional[List[int]] = None) -> List[RunResult]:
     """``run(data, config, seed)`` for each seed in turn, with progress bars (one over the
-    runs, one inside each run)."""
+    runs, one inside each run).
+
+    With ``saved`` (a folder), each finished run is kept there as ``seed<seed>.json`` (config,
+    data, metrics, history) and ``.npz`` (the network), and a run already kept for the same
+    config, seed and data is loaded instead of trained again (its seed appended to
+    ``reused``), so an interrupted example resumes where it stopped."""
     results = []
     for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True):
-        results.append(run(data, config, seed, progress=True))
+        path = None if saved is None else Path(saved) / f"seed{seed}"
+        result = None if path is None else _saved_run(path, data, config, seed)
+        if result is None:
+            result = run(data, config, seed, progress=True)
+            if path is not None:
+                _save_run(path, data, result)
+        else:
+            print(f"{desc or 'run'}: reusing the finished run with seed {seed} from {path}",
+                  file=sys.stderr)
+            if reused is not None:
+                reused.append(seed)
+        results.append(result)
     return results
 
 
 def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],
                 record: "ExampleRecord") -> Dict[str, List[RunResult]]:
     """Run every configuration with every seed (the same seeds for each, so configurations
-    are compared on equal draws), record each under its name; return the runs by name."""
+    are compared on equal draws), record each under its name; return the runs by name.
+    Finished runs are kept in ``record.saved_runs(name)`` and reused on a rerun."""
     out = {}
     for key, config in configs.items():
-        out[key] = repeat(data, config, seeds, desc=key)
+        out[key] = record.repeat(data, config, seeds, key)
         record.add(key, summarize(out[key]))
     return out
 
@@ -228,7 +272,11 @@ def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
     """The options every example takes: ``--data``, ``--protocol``, ``--out`` (default
     ``results/<name>``), ``--seed``, ``--dtype``, ``--quick`` and, when ``runs`` is given,
     ``--runs`` (default ``runs``, 1 under ``--quick``)."""
-    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"{name}.py", description=description,
+        epilog="Finished training runs are kept in OUT/runs and reused when the example is "
+               "run again with the same options (so an interrupted run resumes); delete "
+               "OUT/runs to train everything again.")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="the cifar-10-batches-py folder (or its parent); without it the "
                              "usual places are searched, then the shipped sample is used "
@@ -332,6 +380,15 @@ def machine_info() -> Dict[str, object]:
     }
 
 
+def _load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages: other work on the machine slows every run, so
+    wall times are only comparable with this in view. None where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _json_ready(value):
     """Replace non-finite floats (a diverged loss) by None so the file is strict JSON."""
     if isinstance(value, float):
@@ -350,8 +407,9 @@ class ExampleRecord:
     (configuration name -> metrics, plus ``"meta"``) and ``summary.md`` into ``out``.
 
     ``meta`` holds the example's name, the exact command line, the seeds, the data source,
-    protocol and split sizes, the machine (:func:`machine_info`), start and end times (UTC),
-    the total wall time, the wall time of each run and the figures written."""
+    protocol and split sizes, the machine (:func:`machine_info`), start and end times (UTC)
+    with the load averages then, the total wall time, the wall time of each run and the
+    figures written."""
 
     def __init__(self, name: str, args: argparse.Namespace, data: CIFAR10) -> None:
         self.name = name
@@ -370,6 +428,7 @@ class ExampleRecord:
                      "train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "machine": machine_info(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "load_average_start": _load_average(),
         }
 
     def add(self, key: str, entry: Mapping[str, object]) -> None:
@@ -378,6 +437,18 @@ class ExampleRecord:
             raise ValueError("'meta' is reserved for the provenance entry")
         self.entries[key] = dict(entry)
 
+    def repeat(self, data: CIFAR10, config: RunConfig, seeds: Sequence[int],
+               key: str) -> List[RunResult]:
+        """:func:`repeat` for configuration ``key``, keeping its finished runs in
+        ``out/runs/<key>`` (delete ``out/runs`` to train everything again) and noting the
+        runs reused from an earlier, interrupted invocation in ``meta["reused_runs"]``."""
+        reused: List[int] = []
+        saved = self.out / "runs" / key.replace("/", "_").replace("=", "")
+        results = repeat(data, config, seeds, desc=key, saved=saved, reused=reused)
+        if reused:
+            self.meta.setdefault("reused_runs", {})[key] = reused
+        return results
+
     def figure(self, filename: str) -> Path:
         """The path to save a figure called ``filename`` (a PNG in ``out``), remembered for
         the summary and the report."""
@@ -385,6 +456,7 @@ class ExampleRecord:
         return self.out / filename
 
     def _run_times(self) -> Dict[str, List[Dict[str, float]]]:
+        """Wall time of each run by configuration (as measured when it was trained)."""
         times = {}
         for key, entry in self.entries.items():
             runs = entry.get("runs") if isinstance(entry, dict) else None
@@ -397,6 +469,7 @@ class ExampleRecord:
         and the figures) into ``out``; return the path of results.json."""
         meta = dict(self.meta)
         meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        meta["load_average_end"] = _load_average()
         meta["wall_time"] = time.perf_counter() - self._started
         meta["run_wall_times"] = self._run_times()
         meta["seeds"] = sorted({r["seed"] for runs in meta["run_wall_times"].values()

@@ -29,8 +29,8 @@ from . import _ops
 from . import _validate as check
 
 # Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
-# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images ~20 % faster
-# than 1024 on one thread (docs/benchmarks.md).
+# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
+# faster than 1024 on one thread (docs/benchmarks.md).
 EVAL_BLOCK = 256
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")

@@ -191,14 +191,18 @@ def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, flo
 def plot_accuracy_vs_lambda(path: PathLike,
                             stages: Mapping[str, Sequence[Tuple[float, float]]],
                             best: Optional[float] = None, *, name: str = "λ",
-                            xlabel: str = "λ (L2 strength)") -> Path:
+                            xlabel: str = "λ (L2 strength)",
+                            span: Optional[Tuple[float, float]] = None) -> Path:
     """Validation accuracy (percent) against lambda on a log axis, one marker style per
     search stage (``stages``: stage name -> (lambda, accuracy fraction) pairs), with the
-    chosen lambda marked by a vertical line. ``name``/``xlabel`` relabel it for another
-    hyper-parameter."""
+    chosen lambda marked by a vertical line and, when given, a narrowed range ``span``
+    (low, high) shaded. ``name``/``xlabel`` relabel it for another hyper-parameter."""
     if not stages:
         raise ValueError("stages must hold at least one stage")
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if span is not None:
+        ax.axvspan(span[0], span[1], color="tab:green", alpha=0.12,
+                   label=f"fine range [{span[0]:.2g}, {span[1]:.2g}]")
     markers: Dict[int, str] = {0: "o", 1: "s", 2: "^", 3: "D"}
     for k, (stage, points) in enumerate(stages.items()):
         if not points:

@@ -275,7 +275,17 @@ def provenance_section(meta: Mapping[str, object]) -> str:
              f"- seeds: {', '.join(map(str, meta.get('seeds', [])))}",
              f"- started {meta.get('started')}, finished {meta.get('finished')}, "
              f"wall time {meta.get('wall_time', float('nan')):.1f} s"]
+    if meta.get("load_average_start") is not None:
+        lines.append(f"- machine load average (1/5/15 min): {meta['load_average_start']} at the "
+                     f"start, {meta.get('load_average_end')} at the end (above the "
+                     f"{meta.get('machine', {}).get('cores')} cores, other work competed for "
+                     "the CPU and slowed the runs)")
     lines += _machine_lines(meta)
+    reused = meta.get("reused_runs") or {}
+    if reused:
+        lines.append("- runs reused from an earlier, interrupted invocation (trained then, "
+                     "same options): " + "; ".join(f"{key} seeds {', '.join(map(str, seeds))}"
+                                                   for key, seeds in reused.items()))
     times = meta.get("run_wall_times") or {}
     if times:
         rows = [[key, ", ".join(f"{r['wall_time']:.1f}" for r in runs)]

@@ -19,8 +19,8 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, repeat, summarize)
-from cbn.plots import plot_search
+                            parse_example_args, summarize)
+from cbn.plots import plot_accuracy_vs_lambda
 from cbn.report import accuracy_table, markdown_table, number, percent
 from cbn.search import DataSpec, LogUniform, best, refine, search, write_csv
 
@@ -94,13 +94,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         "top": TOP, "pad": PAD, "best_lam": chosen["lam"],
         "best_val_accuracy": chosen["val_accuracy"],
         "coarse": coarse, "fine": fine})
-    plot_search([dict(r, round=0) for r in coarse] + [dict(r, round=1) for r in fine],
-                record.figure("val_accuracy_vs_lambda.png"))
+    plot_accuracy_vs_lambda(
+        record.figure("val_accuracy_vs_lambda.png"),
+        {stage: [(r["lam"], r["val_accuracy"]) for r in records if r["status"] == "ok"]
+         for stage, records in (("coarse search", coarse), ("fine search", fine))},
+        chosen["lam"], span=(fine_space["lam"].low, fine_space["lam"].high))
 
     final_config = example_config(args, n_train, hidden=HIDDEN, batch_norm=True, cycles=3,
                                   lam=chosen["lam"])
     seeds = [args.seed + i for i in range(args.runs)]
-    record.add("final", summarize(repeat(data, final_config, seeds, desc="final")))
+    record.add("final", summarize(record.repeat(data, final_config, seeds, "final")))
 
     low, high = fine_space["lam"].low, fine_space["lam"].high
     summary = "\n".join([

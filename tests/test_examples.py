@@ -97,6 +97,7 @@ def test_results_json_records_metrics_and_provenance(outputs, name):
     for key in ("platform", "cpu", "cores", "python", "numpy", "scipy", "cbn", "blas"):
         assert machine[key] not in (None, "")
     assert meta["wall_time"] > 0 and meta["seeds"] == [0]
+    assert meta["started"] <= meta["finished"] and "load_average_start" in meta
     scored = 0
     for key, entry in document.items():
         present = [k for k in ACCURACY_KEYS if k in entry]
@@ -236,3 +237,18 @@ def test_examples_refuse_a_data_folder_without_cifar10(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "no CIFAR-10 at" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+
+
+def test_rerunning_an_example_reuses_its_finished_runs(outputs):
+    work, results, _ = outputs
+    out = results / "three_layer"
+    before = load(results, "three_layer")
+    proc = run_example("three_layer", ["--quick", "--out", str(out)], work)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "reusing the finished run with seed 0" in stderr
+    after = load(results, "three_layer")
+    assert after["meta"]["reused_runs"] == {"no_bn": [0], "bn": [0]}
+    for key in ("no_bn", "bn"):
+        assert after[key]["runs"] == before[key]["runs"]
+        assert after[key]["histories"] == before[key]["histories"]

@@ -8,10 +8,20 @@ objects (the tuple a step returns, a float): the peak rises by ~100 bytes over s
 Plan.train_step and ~200 over fit's loop (CPython 3.11). The bound sits between: a step that
 made one per-feature vector of 50 float64 values (~510 bytes) would exceed it, as the last
 test checks; anything a real step could need (a batch buffer, its labels) is larger.
+
+tracemalloc counts every thread's allocations, so the measurements run in a fresh
+interpreter with the garbage collector paused: threads and garbage left by other tests
+would otherwise allocate inside the measured window.
 """
 from __future__ import annotations
 
+import gc
+import json
+import os
+import subprocess
+import sys
 import tracemalloc
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -19,6 +29,7 @@ import pytest
 from cbn import ConstantLR, Network, fit
 
 SLACK = 320  # bytes above the starting level the traced peak may reach during the steps
+DTYPES = ("float32", "float64")
 
 
 def data(n=2000, d=300, k=10, seed=0):
@@ -33,12 +44,10 @@ def data(n=2000, d=300, k=10, seed=0):
     return X, y, Norm
 
 
-@pytest.mark.parametrize("batch_norm", [True, False])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_warm_plan_train_step_allocates_nothing(batch_norm, dtype, momentum):
+def plan_step_growth(batch_norm: bool, dtype: str, momentum: float) -> int:
+    """Traced-peak growth in bytes over 17 warmed-up Plan.train_step calls."""
     X, y, norm = data()
-    net = Network(300, [50, 30], 10, batch_norm=batch_norm, dtype=dtype, seed=0)
+    net = Network(300, [50, 30], 10, batch_norm=batch_norm, dtype=np.dtype(dtype), seed=0)
     src, shift, scale = net._source(X, norm)
     plan = net._plan(100)
     plan.set_data(src, y, np.arange(2000, dtype=np.int64), shift, scale)
@@ -53,7 +62,7 @@ def test_warm_plan_train_step_allocates_nothing(batch_norm, dtype, momentum):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak - start <= SLACK, f"the steps allocated up to {peak - start} bytes"
+    return peak - start
 
 
 class WatchedLR(ConstantLR):
@@ -80,36 +89,71 @@ class WatchedLR(ConstantLR):
         return int(self.marks[1] - self.marks[0])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fit_epoch_steady_state_allocates_nothing(dtype):
+class LeakyLR(WatchedLR):
+    """What a step allocating one small vector would look like to the watch."""
+
+    def lr(self, step: int) -> float:
+        self.scratch = np.zeros(50)
+        return super().lr(step)
+
+
+def fit_steady_state_growth(dtype: str, schedule_class=WatchedLR) -> int:
+    """Traced-peak growth in bytes over steps 25..38 of a 2-epoch fit (20 steps per epoch,
+    so the window is clear of the epoch's start, end and evaluation)."""
     X, y, norm = data()
-    net = Network(300, [50, 50], 10, dtype=dtype, seed=0)
-    # 20 steps per epoch; watch steps 25..38 of the second epoch, clear of its start and end.
-    schedule = WatchedLR(0.01, first=25, last=38)
+    net = Network(300, [50, 50], 10, dtype=np.dtype(dtype), seed=0)
+    schedule = schedule_class(0.01, first=25, last=38)
     tracemalloc.start()
     try:
         fit(net, X, y, X_val=X[:300], y_val=y[:300], lam=0.005, batch_size=100,
             schedule=schedule, epochs=2, seed=0, normalization=norm, progress=False)
     finally:
         tracemalloc.stop()
-    assert schedule.growth <= SLACK, f"fit's steps allocated up to {schedule.growth} bytes"
+    return schedule.growth
 
 
-def test_the_watch_sees_one_small_vector_per_step():
+def measure_all() -> Dict[str, int]:
+    """Every measurement of this file, with the garbage collector paused."""
+    gc.collect()
+    gc.disable()
+    results = {}
+    for bn in (True, False):
+        for dtype in DTYPES:
+            for momentum in (0.0, 0.9):
+                results[f"plan {bn} {dtype} {momentum}"] = plan_step_growth(bn, dtype, momentum)
+    for dtype in DTYPES:
+        results[f"fit {dtype}"] = fit_steady_state_growth(dtype)
+    results["leaky fit"] = fit_steady_state_growth("float32", LeakyLR)
+    return results
+
+
+@pytest.fixture(scope="module")
+def growth() -> Dict[str, int]:
+    # The child imports what this process imports (same path, made absolute), from the tests
+    # folder: run from a checkout's root, "-c" would put the uncompiled source cbn/ first.
+    path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    code = "import json, test_no_alloc as t; print(json.dumps(t.measure_all()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_warm_plan_train_step_allocates_nothing(growth, batch_norm, dtype, momentum):
+    bytes_ = growth[f"plan {batch_norm} {dtype} {momentum}"]
+    assert bytes_ <= SLACK, f"the steps allocated up to {bytes_} bytes"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fit_epoch_steady_state_allocates_nothing(growth, dtype):
+    bytes_ = growth[f"fit {dtype}"]
+    assert bytes_ <= SLACK, f"fit's steps allocated up to {bytes_} bytes"
+
+
+def test_the_watch_sees_one_small_vector_per_step(growth):
     """The bound is tight enough to catch one small vector per step."""
-    X, y, norm = data()
-    net = Network(300, [50, 50], 10, dtype=np.float32, seed=0)
-
-    class Leaky(WatchedLR):
-        def lr(self, step):
-            self.scratch = np.zeros(50)  # what an allocating step would do
-            return super().lr(step)
-
-    schedule = Leaky(0.01, first=25, last=38)
-    tracemalloc.start()
-    try:
-        fit(net, X, y, lam=0.005, batch_size=100, schedule=schedule, epochs=2, seed=0,
-            normalization=norm, progress=False)
-    finally:
-        tracemalloc.stop()
-    assert schedule.growth > SLACK
+    assert growth["leaky fit"] > SLACK
