@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
+import cbn
 from cbn.experiment import QUICK_POINTS_PER_CYCLE
 from cbn.report import REFERENCE_NUMBERS, main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+# The examples must import the cbn under test (installed, or this source tree when it is
+# what pytest imported), never a source checkout without its compiled extension.
+PACKAGE_PARENT = str(Path(cbn.__file__).resolve().parents[1])
 # Every example, with extra options that switch on its optional code paths.
 RUNS = {
     "gradient_check": [],
@@ -33,7 +37,7 @@ def environment(home: Path) -> dict:
     """Run from a checkout with no CIFAR-10 to be found, so the examples fall back to the
     shipped sample (never /work/shared or the user's own data)."""
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), HOME=str(home),
+    env.update(PYTHONPATH=PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", ""), HOME=str(home),
                CBN_DATA=str(home / "no-cifar-here"), MPLBACKEND="Agg")
     return env
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import cbn
+
 from cbn import search as search_module
 from cbn.data import load_sample
 from cbn.experiment import RunConfig
@@ -120,9 +122,13 @@ KILLED_SEARCH = textwrap.dedent("""
 def test_killed_search_resumes_and_runs_every_trial_once(tmp_path, monkeypatch,
                                                          serial_records):
     path = tmp_path / "search.jsonl"
+    # Run from tmp_path with the tested cbn's folder on the path: from the repository root,
+    # "-c" would import the source tree, which has no compiled extension in a clean clone.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(cbn.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))
+        if p)}
     child = subprocess.Popen([sys.executable, "-c", KILLED_SEARCH, str(path),
-                              str(Path(__file__).parent)],
-                             cwd=Path(__file__).resolve().parents[1])
+                              str(Path(__file__).parent)], cwd=tmp_path, env=env)
     try:
         deadline = time.monotonic() + 60
         while child.poll() is None and time.monotonic() < deadline and \
