@@ -186,6 +186,16 @@ def deliver_ctrl_c_after(monkeypatch, step):
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_interrupt)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a shell that starts the suite in the
+    background (as CI may) leaves SIGINT ignored, and then Ctrl-C would never arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_reraises(tmp_path, monkeypatch):
     path = tmp_path / "run.npz"
     deliver_ctrl_c_after(monkeypatch, 9)
@@ -201,6 +211,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_reraises(tmp_path, mon
     assert_same(outcome(resumed, fit(resumed, X, Y, resume=path, **RUN)), uninterrupted())
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_without_a_checkpoint_keeps_the_progress_made():
     """Stopped by a real SIGINT at an unknown step, the network holds exactly the state after
     the step the message names: a run of that many steps gives the same parameters."""
