@@ -256,9 +256,9 @@ def _relink(markdown: str, folder: Path, report_dir: Path) -> str:
 
 def _machine_lines(meta: Mapping[str, object]) -> List[str]:
     machine = meta.get("machine", {})
-    blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} "
-                     f"({b.get('num_threads')} threads, {b.get('threading_layer')})"
-                     for b in machine.get("blas", []))
+    blas = "; ".join(sorted(f"{b.get('internal_api')} {b.get('version')} "
+                            f"({b.get('num_threads')} threads, {b.get('threading_layer')})"
+                            for b in machine.get("blas", [])))
     return [f"- machine: {machine.get('platform')}; CPU {machine.get('cpu')}, "
             f"{machine.get('cores')} cores ({machine.get('usable_cores')} usable)",
             f"- versions: Python {machine.get('python')}, numpy {machine.get('numpy')}, "
@@ -283,8 +283,8 @@ def provenance_section(meta: Mapping[str, object]) -> str:
     lines += _machine_lines(meta)
     reused = meta.get("reused_runs") or {}
     if reused:
-        lines.append("- runs reused from an earlier, interrupted invocation (trained then, "
-                     "same options): " + "; ".join(f"{key} seeds {', '.join(map(str, seeds))}"
+        lines.append("- runs trained by an earlier invocation with the same options and "
+                     "reused (their wall times are from then): " + "; ".join(f"{key} seeds {', '.join(map(str, seeds))}"
                                                    for key, seeds in reused.items()))
     times = meta.get("run_wall_times") or {}
     if times:
