@@ -441,7 +441,7 @@ class ExampleRecord:
                key: str) -> List[RunResult]:
         """:func:`repeat` for configuration ``key``, keeping its finished runs in
         ``out/runs/<key>`` (delete ``out/runs`` to train everything again) and noting the
-        runs reused from an earlier, interrupted invocation in ``meta["reused_runs"]``."""
+        runs reused from an earlier invocation in ``meta["reused_runs"]``."""
         reused: List[int] = []
         saved = self.out / "runs" / key.replace("/", "_").replace("=", "")
         results = repeat(data, config, seeds, desc=key, saved=saved, reused=reused)

@@ -1,7 +1,7 @@
 """The examples' figures, one function per figure, written as PNG files.
 
 Uses matplotlib's Agg backend (no display needed, nothing is shown). Curves over several
-runs are drawn as the mean with a band of +- one standard deviation.
+runs are drawn as their mean, with each run as a thin line behind it.
 """
 from __future__ import annotations
 
@@ -32,12 +32,16 @@ def _series(histories: Sequence[History], name: str) -> Tuple[np.ndarray, np.nda
 
 
 def _band(ax, histories: Sequence[History], name: str, label: str, color: str) -> None:
-    steps, mean, std = _series(histories, name)
+    """The mean over runs as a line with markers, and each run as a thin faint line (not a
+    +- std band, which would hide runs that behave differently, e.g. one stuck at chance)."""
+    steps, mean, _ = _series(histories, name)
     if not steps.size:
         return
-    ax.plot(steps, mean, color=color, label=label, marker="o", markersize=2.5, linewidth=1.3)
     if len(histories) > 1:
-        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        for history in histories:
+            values = getattr(history, name)[:steps.size]
+            ax.plot(steps, values, color=color, alpha=0.35, linewidth=0.7)
+    ax.plot(steps, mean, color=color, label=label, marker="o", markersize=2.5, linewidth=1.3)
 
 
 def _save(fig, path: PathLike) -> Path:
@@ -71,7 +75,7 @@ def plot_curves(path: PathLike, panels: Mapping[str, Sequence[History]], metric:
         scaled = [_scaled(h, metric, scale) for h in runs]
         _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
         _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
-        suffix = f" (mean ± std of {len(runs)} runs)" if len(runs) > 1 else ""
+        suffix = f" (mean of {len(runs)} runs)" if len(runs) > 1 else ""
         ax.set_title(name + suffix, fontsize=10)
         ax.set_xlabel("update step")
         ax.grid(alpha=0.3)
