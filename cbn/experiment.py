@@ -408,8 +408,9 @@ class ExampleRecord:
 
     ``meta`` holds the example's name, the exact command line, the seeds, the data source,
     protocol and split sizes, the machine (:func:`machine_info`), start and end times (UTC)
-    with the load averages then, the total wall time, the wall time of each run and the
-    figures written."""
+    with the load averages then, the wall time of this invocation, the wall time of each
+    training run (``run_wall_times``, including runs reused from an earlier invocation) and
+    their sum (``training_time``), and the figures written."""
 
     def __init__(self, name: str, args: argparse.Namespace, data: CIFAR10) -> None:
         self.name = name
@@ -417,6 +418,7 @@ class ExampleRecord:
         self.out.mkdir(parents=True, exist_ok=True)
         self.entries: Dict[str, object] = {}
         self.figures: List[str] = []
+        self._other_times: Dict[str, List[Dict[str, float]]] = {}
         self._started = time.perf_counter()
         options = {k: v for k, v in vars(args).items() if k != "default_runs"}
         self.meta: Dict[str, object] = {
@@ -455,6 +457,12 @@ class ExampleRecord:
         self.figures.append(filename)
         return self.out / filename
 
+    def note_run_times(self, key: str, runs: Sequence[Mapping[str, float]]) -> None:
+        """Add the wall times of runs made outside :meth:`repeat` (e.g. search trials:
+        ``seed`` and ``wall_time`` each) to ``meta["run_wall_times"]``."""
+        self._other_times[key] = [{"seed": r["seed"], "wall_time": r["wall_time"]}
+                                  for r in runs]
+
     def _run_times(self) -> Dict[str, List[Dict[str, float]]]:
         """Wall time of each run by configuration (as measured when it was trained)."""
         times = {}
@@ -471,9 +479,12 @@ class ExampleRecord:
         meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta["load_average_end"] = _load_average()
         meta["wall_time"] = time.perf_counter() - self._started
-        meta["run_wall_times"] = self._run_times()
-        meta["seeds"] = sorted({r["seed"] for runs in meta["run_wall_times"].values()
-                                for r in runs}) or [meta["options"].get("seed")]
+        own = self._run_times()
+        meta["seeds"] = sorted({r["seed"] for runs in own.values() for r in runs}) \
+            or [meta["options"].get("seed")]
+        meta["run_wall_times"] = {**own, **self._other_times}
+        meta["training_time"] = sum(r["wall_time"] for runs in meta["run_wall_times"].values()
+                                    for r in runs)
         meta["figures"] = list(self.figures)
         document = dict(self.entries)
         document["meta"] = meta
@@ -482,9 +493,11 @@ class ExampleRecord:
         data = meta["data"]
         lines = [summary.rstrip(), ""]
         lines += [f"![{Path(f).stem}]({f})" for f in self.figures]
+        trained = (f"Training time (all runs): {meta['training_time']:.1f} s. "
+                   if meta["run_wall_times"] else "")
         lines += ["", f"Data: {data['source']} (protocol {data['protocol']}; {data['train']} "
                       f"train / {data['val']} val / {data['test']} test). Seeds: "
-                      f"{', '.join(map(str, meta['seeds']))}. Wall time: "
+                      f"{', '.join(map(str, meta['seeds']))}. {trained}This invocation: "
                       f"{meta['wall_time']:.1f} s on {meta['machine']['cpu']} "
                       f"({meta['machine']['cores']} cores).",
                   f"Command: `{meta['command']}`", ""]

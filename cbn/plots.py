@@ -186,7 +186,8 @@ def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, flo
     ax.set_xticklabels(list(accuracies), fontsize=9)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("BN at test time: running statistics vs batch statistics", fontsize=10)
-    ax.legend(fontsize=8, ncol=2)
+    # Below the axes: inside, it would hide the bars of the last network.
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return _save(fig, path)

@@ -274,12 +274,13 @@ def provenance_section(meta: Mapping[str, object]) -> str:
              f"{data.get('train')} train / {data.get('val')} val / {data.get('test')} test)",
              f"- seeds: {', '.join(map(str, meta.get('seeds', [])))}",
              f"- started {meta.get('started')}, finished {meta.get('finished')}, "
-             f"wall time {meta.get('wall_time', float('nan')):.1f} s"]
+             f"wall time {meta.get('wall_time', float('nan')):.1f} s; training time of all "
+             f"runs {meta.get('training_time', float('nan')):.1f} s"]
     if meta.get("load_average_start") is not None:
-        lines.append(f"- machine load average (1/5/15 min): {meta['load_average_start']} at the "
-                     f"start, {meta.get('load_average_end')} at the end (above the "
-                     f"{meta.get('machine', {}).get('cores')} cores, other work competed for "
-                     "the CPU and slowed the runs)")
+        lines.append(f"- machine load average (1/5/15 min) during this invocation: "
+                     f"{meta['load_average_start']} at the start, {meta.get('load_average_end')} "
+                     f"at the end (above {meta.get('machine', {}).get('cores')}, the number of "
+                     "cores, other work was competing for the CPU)")
     lines += _machine_lines(meta)
     reused = meta.get("reused_runs") or {}
     if reused:
@@ -320,9 +321,13 @@ def build_report(results_dir: Path, report_path: Path) -> str:
     for lines, names in machines.items():
         parts += [f"Examples {', '.join(names)}:" if len(machines) > 1 else
                   "Every example ran on:", "", lines, ""]
-    total = sum(doc["meta"].get("wall_time", 0.0) for _, doc in results.values())
-    parts += [f"Total wall time of the examples: {total / 60:.1f} min "
-              "(each example's runs are listed in its provenance section).", ""]
+    trained = sum(doc["meta"].get("training_time", 0.0) for _, doc in results.values())
+    invoked = sum(doc["meta"].get("wall_time", 0.0) for _, doc in results.values())
+    parts += [f"Training time, the sum of the wall times of every run: {trained / 60:.1f} min "
+              "(runs made in parallel, such as search trials, each count in full); the "
+              "examples' last invocations took "
+              f"{invoked / 60:.1f} min, reusing runs trained by earlier ones where noted. Each "
+              "example's runs are listed in its provenance section.", ""]
     for name, (folder, document) in results.items():
         summary_path = folder / "summary.md"
         summary = (summary_path.read_text(encoding="utf-8") if summary_path.exists()

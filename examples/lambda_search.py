@@ -80,6 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     fine_space = refine(space, coarse, top=TOP, pad=PAD)
     fine = search(trial_data, fine_space, args.fine, base=base, seed=args.seed + 1,
                   results=record.out / "fine.jsonl", **options)
+    for stage, records in (("coarse search", coarse), ("fine search", fine)):
+        record.note_run_times(stage, [r for r in records if r["status"] == "ok"])
     write_csv(coarse, record.out / "coarse.csv")
     write_csv(fine, record.out / "fine.csv")
     chosen = best(coarse + fine)

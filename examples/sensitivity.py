@@ -27,6 +27,7 @@ HIDDEN = (50, 50)
 SIGMAS = {"1e-1": 1e-1, "1e-3": 1e-3, "1e-4": 1e-4}
 EXTRA_SIGMA = {"1e-5": 1e-5}
 TEST_BATCHES = (100, 10, 2)  # batch sizes whose own statistics are used in the BN comparison
+AT_CHANCE = 0.11  # a run whose test accuracy ends below this learned nothing (chance is 0.10)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -70,6 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot_sensitivity(record.figure("accuracy_grid.png"), grid, "accuracy")
     plot_bn_statistics(record.figure("bn_statistics.png"), by_source)
 
+    stuck = [f"{labels[key]}: {n} of {len(runs[key])}" for key in configs
+             if (n := sum(r.metrics["test_accuracy"] < AT_CHANCE for r in runs[key]))]
     config = next(iter(configs.values()))
     summary = "\n".join([
         "# Sensitivity to the initial weight scale σ", "",
@@ -79,6 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{args.runs} run(s) per configuration (seeds {', '.join(map(str, seeds))}). "
         "Accuracies in evaluation mode (BN running statistics). Chance is 10 %.", "",
         accuracy_table(record.entries, labels), "",
+        f"Runs that ended at chance (test accuracy below {100 * AT_CHANCE:g} %): "
+        f"{'; '.join(stuck) if stuck else 'none'}.", "",
         "## BN at test time: where the normalisation statistics come from", "",
         "Test accuracy of the BN networks above with the statistics of BN taken from the "
         "running averages kept in training (the correct rule), from running averages never "
