@@ -10,6 +10,11 @@ from setuptools import Extension, setup
 extra = ["-O3"]
 if os.environ.get("CBN_NATIVE") == "1":
     extra.append("-march=native")
+# OpenMP gives one thread pool for OpenBLAS's GEMM jobs and our own parallel loops (why: the
+# module docstring of cbn/_ops.pyx). On by default with gcc on Linux; CBN_OPENMP=0 builds
+# without it (OpenBLAS then runs its own threads and the gather runs on one thread).
+openmp = ["-fopenmp"] if os.environ.get("CBN_OPENMP", "1" if sys.platform.startswith("linux")
+                                        else "0") == "1" else []
 
 # BLAS: OpenBLAS from the scipy-openblas32 wheel (why not scipy's: see cbn/_ops.pyx), a build
 # requirement and a runtime dependency. Installed, it sits next to cbn in site-packages, where
@@ -22,7 +27,8 @@ ext = Extension(
     library_dirs=[scipy_openblas32.get_lib_dir()],
     libraries=[scipy_openblas32.get_library()],
     runtime_library_dirs=[] if sys.platform == "win32" else [f"{origin}/../scipy_openblas32/lib"],
-    extra_compile_args=extra,
+    extra_compile_args=extra + openmp,
+    extra_link_args=openmp,
 )
 
 setup(

@@ -11,11 +11,16 @@ Two ways in:
 - ``Plan``: the buffers of one network at one batch capacity, which runs a whole
   training step (gather, forward, loss, backward, update) with the GIL released.
 
-Threads: only the GEMMs are multithreaded, by OpenBLAS's own thread pool. Its size is
-OpenBLAS's default (every core, or ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set)
-and ``threadpoolctl.threadpool_limits`` changes it at run time like numpy's and scipy's.
+Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
+threads callback) and our own parallel loop, the gather. Two pools on two cores would spin
+against each other; a single one also lets the gather, the largest piece of a step outside
+the GEMMs, use every core instead of one. The thread count is OpenBLAS's: every core, or
+``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set, and ``threadpoolctl`` changes it
+at run time like numpy's and scipy's. Built without OpenMP (``OPENMP`` False), OpenBLAS
+runs its own threads and the gather runs on one.
 """
 from cython cimport floating
+from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free
@@ -35,6 +40,14 @@ cdef extern from "cblas.h" nogil:
                            double alpha, const double* A, int lda, const double* B, int ldb,
                            double beta, double* C, int ldc)
 
+    ctypedef void (*openblas_dojob_callback)(int thread_num, void* jobdata,
+                                             int dojob_data) noexcept nogil
+    ctypedef void (*openblas_threads_callback)(int sync, openblas_dojob_callback dojob,
+                                               int numjobs, size_t jobdata_elsize,
+                                               void* jobdata, int dojob_data) noexcept nogil
+    void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
+    int scipy_openblas_get_num_threads()
+
 cdef extern from *:
     void __builtin_prefetch(const void* addr, int rw, int locality) nogil  # gcc and clang
 
@@ -42,6 +55,38 @@ ctypedef fused source_t:
     uint8_t
     float
     double
+
+# ---------------------------------------------------------------------------------------
+# Threads: one OpenMP pool for OpenBLAS's parallel jobs and for our own parallel loops
+# ---------------------------------------------------------------------------------------
+
+cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
+                         size_t jobdata_elsize, void* jobdata, int dojob_data) noexcept nogil:
+    """OpenBLAS hands its parallel work here instead of to its own pthreads pool."""
+    cdef int i
+    for i in prange(numjobs, num_threads=numjobs, schedule="static"):
+        dojob(threadid(), <char*>jobdata + i * jobdata_elsize, dojob_data)
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CBN_OPENMP 1
+    #else
+    #define CBN_OPENMP 0
+    #endif
+    """
+    int CBN_OPENMP
+
+OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
+if OPENMP:
+    scipy_openblas_set_threads_callback_function(_run_blas_jobs)
+
+
+cdef inline int _threads() noexcept nogil:
+    """How many threads to use: OpenBLAS's count, which threadpoolctl controls."""
+    return scipy_openblas_get_num_threads()
+
 
 # ---------------------------------------------------------------------------------------
 # Kernels
@@ -245,7 +290,8 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     cdef Py_ssize_t i, j, arg
     cdef int64_t t = -1
     cdef const floating* z
-    cdef double mx, s, lse, p
+    cdef floating* out
+    cdef double mx, s, zt = 0, e, inv_s
     loss[0] = 0
     correct[0] = 0
     for i in range(n):
@@ -256,23 +302,30 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
             if z[j] > mx:
                 mx = z[j]
                 arg = j
-        s = 0
-        for j in range(K):
-            s += exp(z[j] - mx)
-        lse = mx + log(s)
         if y != NULL:
             t = y[yidx[i]] if yidx != NULL else y[i]
-            loss[0] += lse - z[t]
+            zt = z[t]  # read before G or P, which may alias Z, overwrite it
+        # One exp per entry: exp(z - mx) is kept (in P, else G) and divided by the sum.
+        out = P + i * K if P != NULL else (G + i * K if G != NULL else NULL)
+        s = 0
+        for j in range(K):
+            e = exp(z[j] - mx)
+            s += e
+            if out != NULL:
+                out[j] = <floating>e
+        if y != NULL:
+            loss[0] += mx + log(s) - zt
             correct[0] += (arg == t)
-        if G != NULL or P != NULL:
+        if out != NULL:
+            inv_s = 1 / s
             for j in range(K):
-                p = exp(z[j] - lse)
+                e = out[j] * inv_s
                 if P != NULL:
-                    P[i * K + j] = <floating>p
+                    P[i * K + j] = <floating>e
                 if G != NULL:
                     if j == t:
-                        p -= 1
-                    G[i * K + j] = <floating>(p * inv_n)
+                        e -= 1
+                    G[i * K + j] = <floating>(e * inv_n)
 
 
 cdef int _sgd_update(Py_ssize_t size, floating* theta, const floating* grad, floating* vel,
@@ -300,13 +353,14 @@ cdef void _gather(int n, int d, const source_t* src, const int64_t* idx,
                   const floating* shift, const floating* scale,
                   floating* out) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - shift[j]) scale[j]: mini-batch rows straight from
-    the stored images (uint8 or float), standardised on the fly."""
+    the stored images (uint8 or float), standardised on the fly, rows split over threads."""
     cdef Py_ssize_t i, j
     cdef Py_ssize_t row_bytes = <Py_ssize_t>d * sizeof(source_t)
     cdef const source_t* row
     cdef const char* ahead
     cdef floating* o
-    for i in range(n):
+    cdef int nt = _threads()
+    for i in prange(n, num_threads=nt, schedule="static"):
         # The rows are scattered over the whole data set, so each one starts with cache
         # misses: ask for the next row while converting this one (~15 % faster gather of
         # 100 rows of 3072 uint8 out of 45,000).
@@ -408,6 +462,25 @@ def sgd_update(floating[::1] theta, const floating[::1] grad, double lr,
         bad = _sgd_update(theta.shape[0], &theta[0], &grad[0], pv, <floating>lr,
                           <floating>weight_decay, <floating>momentum)
     return bool(bad)
+
+
+def all_finite(const floating[::1] x):
+    """True if no value of x is NaN or infinite (allocates nothing)."""
+    cdef int bad
+    with nogil:
+        bad = _not_finite(x.shape[0], &x[0])
+    return not bad
+
+
+def sum_of_squares(const floating[::1] x):
+    """Sum of x[k]^2, accumulated in double (here rather than numpy.dot: numpy's BLAS would
+    wake its own thread pool, which then spins beside ours)."""
+    cdef double total = 0
+    cdef Py_ssize_t k
+    with nogil:
+        for k in range(x.shape[0]):
+            total += <double>x[k] * x[k]
+    return total
 
 
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
@@ -539,7 +612,10 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
     With ``update`` (plain SGD): every parameter steps by -lr times its gradient as soon as
     that is known, the weights inside the GEMM itself, W := decay W - lr A^T dS (decay =
     1 - lr * weight_decay), so a step reads and writes each weight once and stores no
-    weight gradient. Returns 1 if any updated value is not finite."""
+    weight gradient. Returns 1 if an updated bias, gamma or beta is not finite; the weights
+    are not scanned here (a pass over every weight costs up to ~15 % of a small step):
+    a non-finite weight makes the next loss NaN, and ``all_finite`` checks them whenever
+    the caller keeps the state."""
     cdef int l, bad = 0
     cdef Layer* ly
     cdef Layer* below = NULL
@@ -566,7 +642,6 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
         _col_sums(n, ly.d_out, dS, <floating*>ly.db)
         if update:
             _gemm(True, False, ly.d_in, ly.d_out, n, -lr, A, dS, decay, W)
-            bad |= _not_finite(size, W)
             bad |= _sgd_update(ly.d_out, <floating*>ly.b, <floating*>ly.db, <floating*>NULL,
                                lr, <floating>0, <floating>0)
         else:
@@ -725,7 +800,9 @@ cdef class Plan:
 
         Without a velocity buffer (``set_velocity(None)``) the update is folded into the
         backward pass; with one, gradients are taken first, then the momentum update.
-        Returns (sum of losses before the update, correct, update_was_finite)."""
+        Returns (sum of losses before the update, correct, finite): ``finite`` is False if
+        an updated value was NaN or infinite; without momentum the weights are left out of
+        that check (see ``_backward``): check them with ``all_finite`` before keeping them."""
         cdef double loss = 0
         cdef int64_t correct = 0
         cdef int bad

@@ -263,8 +263,7 @@ class Network:
 
     def l2_penalty(self) -> float:
         """Sum of squared weights (W only; not b, gamma or beta)."""
-        w = self._theta[:self.n_weights]
-        return float(np.dot(w, w))
+        return _ops.sum_of_squares(self._theta[:self.n_weights])
 
     def config(self) -> dict:
         """The constructor arguments, enough to rebuild an identical network."""

@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import _ops
 from . import _validate as check
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, save_checkpoint
 from .network import Network
@@ -332,10 +333,13 @@ class _Run:
         raise error
 
     def check_state(self, lr: float, loss: float) -> None:
-        """Diverge if a running statistic is not finite (the update kernel already checks the
-        parameters every step). Called before anything keeps the state."""
+        """Diverge if a weight or a running statistic is not finite. Called before anything
+        keeps the state. Every step checks its loss and the small parameters; a weight that
+        is not finite makes the next loss NaN, and this catches the rest before a snapshot."""
+        if not _ops.all_finite(self.net.flat_params):
+            self.diverge(self.step - 1, lr, loss, "the updated parameters")
         for value in self.net.running_stats.values():
-            if not np.isfinite(value).all():
+            if not _ops.all_finite(value):
                 self.diverge(self.step - 1, lr, loss, "the batch-norm running statistics")
 
     def take_snapshot(self, lr: float, loss: float) -> None:

@@ -19,6 +19,7 @@ what cbn computes, so the benchmarks compare like with like.
 from __future__ import annotations
 
 import importlib.util
+import time
 from typing import Callable, Dict
 
 import numpy as np
@@ -45,6 +46,7 @@ CONTENDERS = ("cbn", "numpy", "torch", "gemm")
 STEP_ROWS = 5000      # rows the step benchmarks cycle through (10 batches of 500)
 EPOCH_ROWS = 45000    # rows of the epoch benchmark (500 without --benchmark-only)
 EVAL_ROWS = 10000     # rows of the evaluation benchmark (1,000 without --benchmark-only)
+IDLE_PAUSE = 0.5      # seconds between contenders for the last one's threads to park
 
 
 class Standardize:
@@ -70,9 +72,15 @@ def timing(request) -> bool:
 @pytest.fixture
 def bench(benchmark, request):
     """``benchmark`` that times only under ``--benchmark-only`` (else it runs the body once),
-    with the BLAS libraries and thread counts in its extra_info."""
+    with the BLAS libraries and thread counts in its extra_info.
+
+    Before timing, it waits until the previous contender's thread pool is idle: OpenBLAS's
+    and OpenMP's workers spin for a while after their last job (up to ~0.1 s), and a
+    spinning pool on a 2-core machine halves the next contender's cores."""
     if not timing(request):
         benchmark.disabled = True
+    else:
+        time.sleep(IDLE_PAUSE)
     benchmark.extra_info["blas"] = [
         {k: pool.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
                                   "filepath")} for pool in threadpool_info()]
