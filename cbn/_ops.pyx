@@ -19,6 +19,8 @@ the GEMMs, use every core instead of one. The thread count is OpenBLAS's: every 
 at run time like numpy's and scipy's. Built without OpenMP (``OPENMP`` False), OpenBLAS
 runs its own threads and the gather runs on one.
 """
+import os
+
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt
@@ -79,13 +81,31 @@ cdef extern from *:
     int CBN_OPENMP
 
 OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
+cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
+
+
+def _leave_pool_after_fork():
+    """In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
+    parallel region would wait for it forever: back to OpenBLAS's own threads (which
+    OpenBLAS restarts after a fork) and one thread for our loops."""
+    global _pool
+    _pool = False
+    scipy_openblas_set_threads_callback_function(NULL)
+
+
 if OPENMP:
     scipy_openblas_set_threads_callback_function(_run_blas_jobs)
+    os.register_at_fork(after_in_child=_leave_pool_after_fork)
 
 
 cdef inline int _threads() noexcept nogil:
-    """How many threads to use: OpenBLAS's count, which threadpoolctl controls."""
-    return scipy_openblas_get_num_threads()
+    """Threads for our parallel loops: OpenBLAS's count, which threadpoolctl controls."""
+    return scipy_openblas_get_num_threads() if _pool else 1
+
+
+def threads():
+    """How many threads the gather uses now (OpenBLAS's count; 1 without the pool)."""
+    return _threads()
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ give exactly the results of training them one after the other."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -11,7 +13,7 @@ import psutil
 import pytest
 from threadpoolctl import threadpool_limits
 
-from cbn import CyclicLR, DivergenceError, Network, fit
+from cbn import CyclicLR, DivergenceError, Network, _ops, fit
 
 MiB = 1 << 20
 
@@ -124,6 +126,33 @@ def test_two_networks_trained_in_two_threads_match_training_them_one_after_the_o
     for got, expected in zip(results, sequential):
         assert_same_state(got[0], expected[0])
         assert got[1] == expected[1]
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+def test_threadpool_limits_set_the_threads_of_the_gather_too():
+    """One knob for every thread cbn starts: the BLAS limit (threadpoolctl) also sizes the
+    OpenMP loops that run beside OpenBLAS's jobs."""
+    for limit in sorted({1, min(2, os.cpu_count() or 1)}):
+        with threadpool_limits(limit, user_api="blas"):
+            assert _ops.threads() == (limit if _ops.OPENMP else 1)
+
+
+def final_sum(seed):
+    X, y = blobs(n=400, d=200, k=10, seed=seed, dtype=np.float32)
+    net = Network(200, [128, 64], 10, seed=1, dtype=np.float32)
+    fit(net, X, y, lam=0.001, batch_size=100, schedule=0.01, epochs=2, seed=0, progress=False)
+    return float(net.flat_params.astype(np.float64).sum())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_training_trains_too():
+    """GNU OpenMP's pool does not survive a fork (a child's next parallel region would wait
+    forever): the child falls back to OpenBLAS's threads and gets the same numbers."""
+    expected = final_sum(0)  # the parent's pool is now running
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(final_sum, [0, 0]).get(timeout=120)
+    assert got == pytest.approx([expected] * 2, rel=1e-5)
 
 
 # -- memory ----------------------------------------------------------------------------------
