@@ -13,7 +13,7 @@ import psutil
 import pytest
 from threadpoolctl import threadpool_limits
 
-from cbn import CyclicLR, DivergenceError, Network, _ops, fit
+from cbn import ConstantLR, CyclicLR, DivergenceError, Network, _ops, fit
 
 MiB = 1 << 20
 
@@ -64,6 +64,31 @@ def test_a_non_finite_loss_restores_the_starting_parameters_when_no_snapshot_is_
             seed=0, progress=False)
     assert info.value.restored_step == 0
     assert_same_state(state(net), start)
+
+
+class PoisonAt(ConstantLR):
+    """A constant rate that, asked for step ``at``, sets one weight of ``net`` to NaN: a
+    fault no learning rate would produce at that step, to show it cannot be kept."""
+
+    def __init__(self, net, at):
+        super().__init__(0.01)
+        self.net, self.at = net, at
+
+    def lr(self, step):
+        if step == self.at:
+            self.net.params["W2"][3, 1] = np.nan
+        return super().lr(step)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_a_weight_that_turns_nan_is_caught_and_never_kept(batch_norm):
+    X, y = blobs()
+    net = Network(10, [8, 8], 3, seed=0, batch_norm=batch_norm)
+    with pytest.raises(DivergenceError) as info:
+        fit(net, X, y, lam=0.001, batch_size=10, schedule=PoisonAt(net, 60), epochs=20,
+            seed=0, progress=False)
+    assert info.value.step <= 61 and info.value.restored_step == 50
+    assert np.isfinite(net.flat_params).all()
 
 
 def test_running_statistics_that_overflow_are_divergence_not_silently_kept():
