@@ -1,14 +1,22 @@
-"""scripts/bench_ratios.py: cbn's time over each contender's, per group, from benchmark JSONs."""
+"""scripts/bench_ratios.py (cbn's time over each contender's, per group, from benchmark JSONs)
+and scripts/bench_alternate.py (the same ratios with the contenders timed in alternation)."""
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ratios.py"
-spec = importlib.util.spec_from_file_location("bench_ratios", SCRIPT)
-bench_ratios = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_ratios)
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_ratios = script("bench_ratios")
 
 
 def run_json(tmp_path, name, times, threads=2):
@@ -48,3 +56,19 @@ def test_a_file_that_is_not_a_benchmark_json_is_an_error(tmp_path, capsys, conte
     path.write_text(content)
     assert bench_ratios.main([str(path)]) == 2
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
+
+
+def test_alternating_runs_print_one_row_of_within_round_ratios_per_case(capsys):
+    """A smoke run (two short rounds): the row and its median [quartile] cells, not timings."""
+    bench_alternate = script("bench_alternate")
+    assert bench_alternate.main(["--rounds", "2", "--cases", "3-layer BN b20",
+                                 "--dtypes", "float32", "--block", "0.01",
+                                 "--pause", "0"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("step 3-layer BN b20"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert float(cells[1]) > 0 and "cbn/gemm" in out
+    for cell in cells[2:]:
+        median, spread = cell.split(" ", 1)
+        low, high = (float(x) for x in spread.strip("[]").split("-"))
+        assert low <= float(median) <= high
