@@ -64,7 +64,9 @@ ctypedef fused source_t:
 
 cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
                          size_t jobdata_elsize, void* jobdata, int dojob_data) noexcept nogil:
-    """OpenBLAS hands its parallel work here instead of to its own pthreads pool."""
+    """OpenBLAS hands its parallel work here instead of to its own pthreads pool. Its jobs
+    wait for each other, so they must run at once, one per thread: ``_gemm`` checks that
+    OpenMP will give the whole team before it lets OpenBLAS come here."""
     cdef int i
     for i in prange(numjobs, num_threads=numjobs, schedule="static"):
         dojob(threadid(), <char*>jobdata + i * jobdata_elsize, dojob_data)
@@ -73,24 +75,49 @@ cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
 cdef extern from *:
     """
     #ifdef _OPENMP
+    #include <omp.h>
     #define CBN_OPENMP 1
+    /* 1 if a parallel region asking for n threads might get fewer: dynamic team sizes
+       (OMP_DYNAMIC), a thread limit below n (OMP_THREAD_LIMIT), or a call from inside an
+       active region (nested regions get one thread). */
+    static int cbn_team_may_fall_short(int n) {
+        return omp_get_dynamic() || omp_in_parallel() || omp_get_thread_limit() < n;
+    }
     #else
     #define CBN_OPENMP 0
+    static int cbn_team_may_fall_short(int n) { return 1; }
     #endif
     """
     int CBN_OPENMP
+    int cbn_team_may_fall_short(int n) nogil
 
 OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
 cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
 
 
-def _leave_pool_after_fork():
-    """In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
-    parallel region would wait for it forever: back to OpenBLAS's own threads (which
-    OpenBLAS restarts after a fork) and one thread for our loops."""
+cdef void _leave_pool() noexcept nogil:
+    """For good: OpenBLAS back on its own threads, one thread for our loops."""
     global _pool
     _pool = False
     scipy_openblas_set_threads_callback_function(NULL)
+
+
+cdef inline void _check_pool() noexcept nogil:
+    """Leave the pool before a GEMM whose jobs OpenMP might not all run at once: a short
+    team would leave OpenBLAS's jobs waiting for each other forever."""
+    if _pool and cbn_team_may_fall_short(scipy_openblas_get_num_threads()):
+        _leave_pool()
+
+
+def _leave_pool_after_fork():
+    """In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
+    parallel region would wait for it forever."""
+    _leave_pool()
+
+
+def pool_in_use():
+    """True while OpenBLAS's jobs and the gather share the OpenMP pool (see the module doc)."""
+    return bool(_pool)
 
 
 if OPENMP:
@@ -119,6 +146,7 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
     cdef int ldb = K if tb else N
     if M <= 0 or N <= 0:
         return
+    _check_pool()
     if lda < 1:
         lda = 1
     if ldb < 1:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 from threadpoolctl import threadpool_limits
 
+import cbn
 from cbn import ConstantLR, CyclicLR, DivergenceError, Network, _ops, fit
 
 MiB = 1 << 20
@@ -178,6 +182,33 @@ def test_a_child_forked_after_training_trains_too():
     with multiprocessing.get_context("fork").Pool(2) as pool:
         got = pool.map_async(final_sum, [0, 0]).get(timeout=120)
     assert got == pytest.approx([expected] * 2, rel=1e-5)
+
+
+TRAIN_AND_PRINT = """
+import numpy as np
+from cbn import Network, _ops, fit
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((600, 300)).astype(np.float32), rng.integers(0, 10, 600)
+net = Network(300, [200, 100], 10, seed=1, dtype=np.float32)
+fit(net, X, y, lam=0.001, batch_size=200, schedule=0.01, epochs=2, seed=0, progress=False)
+print(_ops.pool_in_use(), float(net.flat_params.astype(np.float64).sum()))
+"""
+
+
+@pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
+@pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"}])
+def test_openmp_settings_that_could_shrink_a_team_do_not_hang_training(tmp_path, setting):
+    """OpenBLAS's jobs wait for each other: run one per thread or never finish. Where OpenMP
+    might give fewer threads than asked, cbn leaves the pool for OpenBLAS's own threads."""
+    parent = str(Path(cbn.__file__).resolve().parent.parent)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", **setting,
+           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", TRAIN_AND_PRINT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    in_pool, total = done.stdout.split()
+    assert in_pool == str(not setting)
+    assert np.isfinite(float(total))
 
 
 # -- memory ----------------------------------------------------------------------------------
