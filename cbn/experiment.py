@@ -137,6 +137,15 @@ def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfi
     return with_eval_points(config, n_train)
 
 
+def setting_sentence(config: RunConfig, n_train: int, runs: int, seeds: Sequence[int]) -> str:
+    """The training setting of an example's runs, for its summary: "λ = ..., η ∈ [...],
+    batch ..., n_s = ..., ... cycles, dtype; N run(s) per configuration (seeds ...)"."""
+    return (f"λ = {config.lam}, η ∈ [{config.eta_min:g}, {config.eta_max:g}], batch "
+            f"{config.batch_size}, n_s = {config.resolved_step_size(n_train)}, "
+            f"{config.cycles:g} cycles, {config.dtype}; {runs} run(s) per configuration "
+            f"(seeds {', '.join(map(str, seeds))})")
+
+
 def _data_identity(data: CIFAR10) -> Dict[str, object]:
     return {"source": data.source, "protocol": data.protocol,
             "sizes": [len(data.train), len(data.val), len(data.test)]}

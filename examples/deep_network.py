@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, run_configs)
+                            parse_example_args, run_configs, setting_sentence)
 from cbn.plots import METRICS, plot_curves
 from cbn.report import accuracy_table
 
@@ -46,10 +46,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     widths = "; ".join(f"{d}-layer: {list(HIDDEN[d])}" for d in dict.fromkeys(args.depths))
     summary = "\n".join([
         "# Deep networks, with and without batch normalisation", "",
-        f"Hidden widths {widths}. He init, λ = {config.lam}, η ∈ [{config.eta_min:g}, "
-        f"{config.eta_max:g}], batch {config.batch_size}, n_s = "
-        f"{config.resolved_step_size(n_train)}, {config.cycles:g} cycles, {config.dtype}; "
-        f"{args.runs} run(s) per configuration (seeds {', '.join(map(str, seeds))}); "
+        f"Hidden widths {widths}. He init, "
+        f"{setting_sentence(config, n_train, args.runs, seeds)}; "
         "accuracies in evaluation mode (BN running statistics).", "",
         accuracy_table(record.entries, labels)])
     record.write(summary)

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 from cbn.experiment import (ExampleRecord, bn_statistics_accuracy, example_config,
                             example_parser, load_data, mean_std, parse_example_args,
-                            run_configs)
+                            run_configs, setting_sentence)
 from cbn.plots import plot_bn_statistics, plot_sensitivity
 from cbn.report import accuracy_table, markdown_table, percent
 
@@ -76,10 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = next(iter(configs.values()))
     summary = "\n".join([
         "# Sensitivity to the initial weight scale σ", "",
-        f"3-layer {list(HIDDEN)}, every weight drawn from N(0, σ²); λ = {config.lam}, "
-        f"η ∈ [{config.eta_min:g}, {config.eta_max:g}], batch {config.batch_size}, n_s = "
-        f"{config.resolved_step_size(n_train)}, {config.cycles:g} cycles, {config.dtype}; "
-        f"{args.runs} run(s) per configuration (seeds {', '.join(map(str, seeds))}). "
+        f"3-layer {list(HIDDEN)}, every weight drawn from N(0, σ²); "
+        f"{setting_sentence(config, n_train, args.runs, seeds)}. "
         "Accuracies in evaluation mode (BN running statistics). Chance is 10 %.", "",
         accuracy_table(record.entries, labels), "",
         f"Runs that ended at chance (test accuracy below {100 * AT_CHANCE:g} %): "

@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, run_configs)
+                            parse_example_args, run_configs, setting_sentence)
 from cbn.plots import METRICS, plot_curves
 from cbn.report import accuracy_table
 
@@ -38,11 +38,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = configs["bn"]
     summary = "\n".join([
         "# 3-layer network [50, 50], with and without batch normalisation", "",
-        f"He init, λ = {config.lam}, η ∈ [{config.eta_min:g}, {config.eta_max:g}], batch "
-        f"{config.batch_size}, n_s = {config.resolved_step_size(n_train)}, {config.cycles:g} "
-        f"cycles, {config.dtype}; {args.runs} run(s) per configuration (seeds "
-        f"{', '.join(map(str, seeds))}); accuracies in evaluation mode (BN running "
-        "statistics).", "",
+        f"He init, {setting_sentence(config, n_train, args.runs, seeds)}; accuracies in "
+        "evaluation mode (BN running statistics).", "",
         accuracy_table(record.entries, LABELS)])
     record.write(summary)
     return 0
