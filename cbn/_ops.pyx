@@ -34,6 +34,16 @@ from libc.string cimport memcpy
 # GEMM partitioning OpenBLAS 0.3.31 reverted (races could give wrong results), and which ran
 # the first layer's small products (100 x 3072 x 50) on two threads well behind numpy's 0.3.31.
 # Why not our own threads (OpenMP) instead: docs/benchmarks.md.
+
+# OpenBLAS's threads-callback types, declared here rather than taken from cblas.h, whose
+# names for them changed between releases (scipy_openblas_dojob_callback in 0.3.31,
+# openblas_dojob_callback in 0.3.34); the signatures did not.
+ctypedef void (*openblas_dojob_callback)(int thread_num, void* jobdata,
+                                         int dojob_data) noexcept nogil
+ctypedef void (*openblas_threads_callback)(int sync, openblas_dojob_callback dojob,
+                                           int numjobs, size_t jobdata_elsize,
+                                           void* jobdata, int dojob_data) noexcept nogil
+
 cdef extern from "cblas.h" nogil:
     enum: CblasRowMajor, CblasNoTrans, CblasTrans
     void scipy_cblas_sgemm(int order, int transa, int transb, int M, int N, int K,
@@ -43,11 +53,6 @@ cdef extern from "cblas.h" nogil:
                            double alpha, const double* A, int lda, const double* B, int ldb,
                            double beta, double* C, int ldc)
 
-    ctypedef void (*openblas_dojob_callback)(int thread_num, void* jobdata,
-                                             int dojob_data) noexcept nogil
-    ctypedef void (*openblas_threads_callback)(int sync, openblas_dojob_callback dojob,
-                                               int numjobs, size_t jobdata_elsize,
-                                               void* jobdata, int dojob_data) noexcept nogil
     void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
     int scipy_openblas_get_num_threads()
 

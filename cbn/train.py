@@ -149,7 +149,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     momentum : heavy-ball momentum (0 = plain SGD as in the course).
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
-    eval_train : measure loss/cost/accuracy on the whole training set at each point.
+    eval_train : measure loss/cost/accuracy on the whole training set at each point (a
+        forward pass over it: about a third of an epoch's time; False to time training alone).
     checkpoint : path of a checkpoint file (``.npz``, no pickle) to write every
         ``checkpoint_every`` steps (default: at the end of every epoch), at the end of the run,
         and when Ctrl-C stops it. Each write is atomic: a crash mid-write leaves the
