@@ -167,6 +167,35 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
                           beta, C, N)
 
 
+# The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
+# from this many rows up: OpenBLAS then packs A's rows as they lie in memory instead of
+# across them. Measured on the first layer (3072 x 50): 10-30 % faster from 400 rows, in
+# float32 and float64, on one and two threads; no faster at 100-250 rows.
+cdef int _TRANSPOSED_FROM = 400
+WEIGHT_PRODUCT_TRANSPOSED_FROM = _TRANSPOSED_FROM
+
+
+cdef void _weight_product(int n, int d_in, int d_out, floating alpha, const floating* A,
+                          const floating* dS, floating beta, floating* C,
+                          floating* tmp) noexcept nogil:
+    """C(d_in, d_out) := alpha A(n, d_in)^T dS(n, d_out) + beta C (beta 0: C is not read).
+    ``tmp`` is a (d_out, d_in) workspace for the transposed product, or NULL."""
+    cdef Py_ssize_t i, j
+    if tmp == NULL or n < _TRANSPOSED_FROM:
+        _gemm(True, False, d_in, d_out, n, alpha, A, dS, beta, C)
+        return
+    _gemm(True, False, d_out, d_in, n, alpha, dS, A, <floating>0, tmp)
+    # Row i of C takes column i of tmp: the d_out lines of tmp it touches stay in L1 for
+    # the next rows, so a plain loop reads tmp once.
+    for i in prange(d_in, num_threads=_threads(), schedule="static"):
+        if beta == 0:
+            for j in range(d_out):
+                C[i * d_out + j] = tmp[j * d_in + i]
+        else:
+            for j in range(d_out):
+                C[i * d_out + j] = beta * C[i * d_out + j] + tmp[j * d_in + i]
+
+
 cdef void _linear_fwd(int n, int d, int m, const floating* X, const floating* W,
                       const floating* b, floating* S) noexcept nogil:
     """S(n,m) := X(n,d) W(d,m) + b(m)."""
@@ -197,7 +226,7 @@ cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
         for i in range(<Py_ssize_t>d * m):
             dW[i] = lam2 * W[i]
         beta = 1
-    _gemm(True, False, d, m, n, <floating>1, X, dS, beta, dW)
+    _weight_product(n, d, m, <floating>1, X, dS, beta, dW, <floating*>NULL)
     _col_sums(n, m, dS, db)
     if dX != NULL:
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
@@ -569,6 +598,7 @@ cdef struct Layer:
     void* inv_std
     void* escale   # (d_out,) evaluation-mode affine map (BN only)
     void* eshift
+    void* WT       # (d_out, d_in) workspace of _weight_product, or NULL (small batches)
 
 
 cdef struct Net:
@@ -664,9 +694,9 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
 
     Without ``update``: gradients of the mean loss (+ lam2/2 sum W^2) into p.grad; returns 0.
     With ``update`` (plain SGD): every parameter steps by -lr times its gradient as soon as
-    that is known, the weights inside the GEMM itself, W := decay W - lr A^T dS (decay =
-    1 - lr * weight_decay), so a step reads and writes each weight once and stores no
-    weight gradient. Returns 1 if an updated bias, gamma or beta is not finite; the weights
+    that is known, the weights inside the weight product itself, W := decay W - lr A^T dS
+    (decay = 1 - lr * weight_decay), so no weight gradient is stored and no separate
+    update pass reads one. Returns 1 if an updated bias, gamma or beta is not finite; the weights
     are not scanned here (a pass over every weight costs up to ~15 % of a small step):
     a non-finite weight makes the next loss NaN, and ``all_finite`` checks them whenever
     the caller keeps the state."""
@@ -695,7 +725,7 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
             A = X
         _col_sums(n, ly.d_out, dS, <floating*>ly.db)
         if update:
-            _gemm(True, False, ly.d_in, ly.d_out, n, -lr, A, dS, decay, W)
+            _weight_product(n, ly.d_in, ly.d_out, -lr, A, dS, decay, W, <floating*>ly.WT)
             bad |= _sgd_update(ly.d_out, <floating*>ly.b, <floating*>ly.db, <floating*>NULL,
                                lr, <floating>0, <floating>0)
         else:
@@ -704,8 +734,8 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
                 for i in range(size):
                     (<floating*>ly.dW)[i] = lam2 * W[i]
                 beta = 1
-            _gemm(True, False, ly.d_in, ly.d_out, n, <floating>1, A, dS, beta,
-                  <floating*>ly.dW)
+            _weight_product(n, ly.d_in, ly.d_out, <floating>1, A, dS, beta,
+                            <floating*>ly.dW, <floating*>ly.WT)
         if l == 0:
             break
         if below.bn:
@@ -802,6 +832,7 @@ cdef class Plan:
             ly.inv_std = <void*>_addr_or_null(spec.get("inv_std"))
             ly.escale = <void*>_addr_or_null(spec.get("escale"))
             ly.eshift = <void*>_addr_or_null(spec.get("eshift"))
+            ly.WT = <void*>_addr_or_null(spec.get("WT"))
         self.net.K = self.net.layers[self.net.L - 1].d_out
 
     def __dealloc__(self):

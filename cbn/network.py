@@ -206,6 +206,9 @@ class Network:
         cap = rows
         dt, k = self.dtype, self.num_layers
         X = np.zeros((cap, self.input_dim), dt)
+        # One workspace for every layer's transposed weight product (used one layer at a time).
+        WT = (np.zeros(max(self.dims[l - 1] * self.dims[l] for l in range(1, k + 1)), dt)
+              if cap >= _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM else None)
         layers = []
         for l in range(1, k + 1):
             d_in, d_out = self.dims[l - 1], self.dims[l]
@@ -214,7 +217,7 @@ class Network:
             spec = dict(d_in=d_in, d_out=d_out, hidden=hidden, bn=bn,
                         W=self._params[f"W{l}"], b=self._params[f"b{l}"],
                         dW=self._grads[f"W{l}"], db=self._grads[f"b{l}"],
-                        S=np.zeros((cap, d_out), dt))
+                        S=np.zeros((cap, d_out), dt), WT=WT)
             if hidden:
                 spec["H"] = np.zeros((cap, d_out), dt)
             if bn:

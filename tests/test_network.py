@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 
 from reference import ReferenceNet
-from cbn import Network
+from cbn import ConstantLR, Network, _ops, fit
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 ARCHS = [([50, 50], True), ([50, 50], False), ([50, 30, 20, 20, 10, 10, 10, 10], True),
          ([7, 1, 5], True), ([1], False), ([], True)]
+# Batch sizes on both sides of the switch between the two forms of the weight product.
+ROWS = [11, _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM + 13]
 
 
 def data(rng, n, d, k, dt=np.float64):
@@ -46,10 +48,11 @@ def test_bad_parameter_assignment_is_refused(name, value, error):
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden,bn", ARCHS)
 @pytest.mark.parametrize("lam", [0.0, 0.01])
-def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam):
+@pytest.mark.parametrize("rows", ROWS)
+def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam, rows):
     rng = np.random.default_rng(len(hidden) + 10 * bn)
     net = Network(13, hidden, 6, batch_norm=bn, dtype=dt, seed=3)
-    X, y = data(rng, 11, 13, 6, dt)
+    X, y = data(rng, rows, 13, 6, dt)
     cost, grads = net.cost_and_grads(X, y, lam)
     reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, bn)
     rcost, rgrads, _ = reference.cost_and_grads(X.astype(np.float64), y, lam)
@@ -58,6 +61,24 @@ def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam):
     for name, g in grads.items():
         assert g.shape == net.params[name].shape and g.dtype == dt
         np.testing.assert_allclose(g, rgrads[name], **TOL[dt])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("bn", [True, False])
+@pytest.mark.parametrize("rows", ROWS)
+def test_training_steps_match_numpy_reference_sgd_steps(dt, bn, rows):
+    """fit's fused step (the update inside the weight product) against plain SGD; one batch
+    per epoch, so every step sees every row."""
+    rng = np.random.default_rng(rows)
+    net = Network(13, [16, 8], 6, batch_norm=bn, dtype=dt, seed=3)
+    X, y = data(rng, rows, 13, 6, dt)
+    reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, bn)
+    for step in range(3):
+        reference.sgd_step(X.astype(np.float64), y, lam=0.01, lr=0.1, first=step == 0)
+    fit(net, X, y, lam=0.01, batch_size=rows, schedule=ConstantLR(0.1), epochs=3, seed=0,
+        progress=False, eval_train=False)
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(net.params[name], value, **TOL[dt])
 
 
 def test_cost_and_grads_leaves_running_statistics_untouched():
