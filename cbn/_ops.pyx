@@ -170,7 +170,7 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
 # The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
 # from this many rows up: OpenBLAS then packs A's rows as they lie in memory instead of
 # across them. Measured on the first layer (3072 x 50): 10-30 % faster from 400 rows, in
-# float32 and float64, on one and two threads; no faster at 100-250 rows.
+# float32 and float64, on one and two threads; no faster at 100-250 rows on two threads.
 cdef int _TRANSPOSED_FROM = 400
 WEIGHT_PRODUCT_TRANSPOSED_FROM = _TRANSPOSED_FROM
 
@@ -696,8 +696,8 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
     With ``update`` (plain SGD): every parameter steps by -lr times its gradient as soon as
     that is known, the weights inside the weight product itself, W := decay W - lr A^T dS
     (decay = 1 - lr * weight_decay), so no weight gradient is stored and no separate
-    update pass reads one. Returns 1 if an updated bias, gamma or beta is not finite; the weights
-    are not scanned here (a pass over every weight costs up to ~15 % of a small step):
+    update pass reads one. Returns 1 if an updated bias, gamma or beta is not finite; the
+    weights are not scanned here (a pass over every weight costs up to ~15 % of a small step):
     a non-finite weight makes the next loss NaN, and ``all_finite`` checks them whenever
     the caller keeps the state."""
     cdef int l, bad = 0
