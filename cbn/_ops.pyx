@@ -12,7 +12,8 @@ Two ways in:
   training step (gather, forward, loss, backward, update) with the GIL released.
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
-threads callback) and our own parallel loop, the gather. Two pools on two cores would spin
+threads callback) and our own parallel loops (the gather, the transposed weight product's
+pass). Two pools on two cores would spin
 against each other; a single one also lets the gather, the largest piece of a step outside
 the GEMMs, use every core instead of one. The thread count is OpenBLAS's: every core, or
 ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set, and ``threadpoolctl`` changes it
@@ -196,6 +197,19 @@ cdef void _weight_product(int n, int d_in, int d_out, floating alpha, const floa
                 C[i * d_out + j] = beta * C[i * d_out + j] + tmp[j * d_in + i]
 
 
+cdef void _weight_grad(int n, int d_in, int d_out, const floating* A, const floating* dS,
+                       floating lam2, const floating* W, floating* dW,
+                       floating* tmp) noexcept nogil:
+    """dW := A^T dS + lam2 W (``tmp``: as in _weight_product)."""
+    cdef Py_ssize_t i
+    cdef floating beta = 0
+    if lam2 != 0:
+        for i in range(<Py_ssize_t>d_in * d_out):
+            dW[i] = lam2 * W[i]
+        beta = 1
+    _weight_product(n, d_in, d_out, <floating>1, A, dS, beta, dW, tmp)
+
+
 cdef void _linear_fwd(int n, int d, int m, const floating* X, const floating* W,
                       const floating* b, floating* S) noexcept nogil:
     """S(n,m) := X(n,d) W(d,m) + b(m)."""
@@ -220,13 +234,7 @@ cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
                       const floating* dS, floating lam2, floating* dW, floating* db,
                       floating* dX) noexcept nogil:
     """dW := X^T dS + lam2 W;  db := column sums of dS;  dX := dS W^T (skipped if dX is NULL)."""
-    cdef Py_ssize_t i, j
-    cdef floating beta = 0
-    if lam2 != 0:
-        for i in range(<Py_ssize_t>d * m):
-            dW[i] = lam2 * W[i]
-        beta = 1
-    _weight_product(n, d, m, <floating>1, X, dS, beta, dW, <floating*>NULL)
+    _weight_grad(n, d, m, X, dS, lam2, W, dW, <floating*>NULL)
     _col_sums(n, m, dS, db)
     if dX != NULL:
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
@@ -706,13 +714,10 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
     cdef const floating* A
     cdef floating* dS
     cdef floating* W
-    cdef floating beta
-    cdef Py_ssize_t i, j, size
     for l in range(p.L - 1, -1, -1):
         ly = &p.layers[l]
         dS = <floating*>ly.S
         W = <floating*>ly.W
-        size = <Py_ssize_t>ly.d_in * ly.d_out
         if l > 0:
             below = &p.layers[l - 1]
             A = <floating*>below.H
@@ -729,13 +734,8 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
             bad |= _sgd_update(ly.d_out, <floating*>ly.b, <floating*>ly.db, <floating*>NULL,
                                lr, <floating>0, <floating>0)
         else:
-            beta = 0
-            if lam2 != 0:
-                for i in range(size):
-                    (<floating*>ly.dW)[i] = lam2 * W[i]
-                beta = 1
-            _weight_product(n, ly.d_in, ly.d_out, <floating>1, A, dS, beta,
-                            <floating*>ly.dW, <floating*>ly.WT)
+            _weight_grad(n, ly.d_in, ly.d_out, A, dS, lam2, W, <floating*>ly.dW,
+                         <floating*>ly.WT)
         if l == 0:
             break
         if below.bn:
