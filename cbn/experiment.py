@@ -90,7 +90,7 @@ def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
                   y_val=data.val.labels, lam=config.lam, batch_size=config.batch_size,
                   schedule=schedule, cycles=config.cycles, seed=seed, progress=progress,
                   normalization=data.normalization, momentum=config.momentum,
-                  eval_every=config.eval_every)
+                  eval_every=config.eval_every, eval_train=True)
     metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
                                  "step_size": schedule.step_size}
     for split in ("train", "val", "test"):

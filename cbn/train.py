@@ -126,7 +126,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         schedule: Union[CyclicLR, ConstantLR, float], cycles: Optional[float] = None,
         epochs: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
-        eval_train: bool = True, checkpoint: Optional[PathLike] = None,
+        eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
         resume: Union[None, bool, PathLike] = None) -> History:
     """Train ``net`` in place with mini-batch SGD; return the history.
@@ -149,8 +149,10 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     momentum : heavy-ball momentum (0 = plain SGD as in the course).
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
-    eval_train : measure loss/cost/accuracy on the whole training set at each point (a
-        forward pass over it: about a third of an epoch's time; False to time training alone).
+    eval_train : also measure loss/cost/accuracy on the whole training set at each point,
+        as the course's curves do (``cbn.experiment`` turns it on). Off by default: it is a
+        forward pass over all training rows, about a third of an epoch's time; ``batch_loss``
+        (the mean loss of the mini-batches since the last point) is recorded either way.
     checkpoint : path of a checkpoint file (``.npz``, no pickle) to write every
         ``checkpoint_every`` steps (default: at the end of every epoch), at the end of the run,
         and when Ctrl-C stops it. Each write is atomic: a crash mid-write leaves the

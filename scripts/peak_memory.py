@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     history = cbn.fit(net, data.train.images, data.train.labels, X_val=data.val.images,
                       y_val=data.val.labels, lam=0.005, batch_size=100,
                       schedule=cbn.CyclicLR(1e-5, 1e-1, 2250), epochs=args.epochs, seed=0,
-                      normalization=norm, progress=False)
+                      normalization=norm, progress=False, eval_train=True)
     fit_seconds = time.perf_counter() - started
     test_accuracy = net.accuracy(data.test.images, data.test.labels, normalization=norm)
     result = {

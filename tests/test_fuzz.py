@@ -1084,7 +1084,7 @@ def test_split_constructor(data_):
 # --------------------------------------------------------------------------------------------
 
 RUN = dict(lam=0.01, batch_size=5, schedule=0.05, epochs=3, seed=0, momentum=0.5,
-           progress=False)  # 3 steps per epoch, 9 in all
+           progress=False, eval_train=True)  # 3 steps per epoch, 9 in all
 
 
 class _Crash(Exception):

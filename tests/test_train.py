@@ -77,7 +77,8 @@ def test_cycles_set_the_number_of_steps_and_history_points():
     X, y = blobs(n=100)
     net = Network(20, [10], 5, seed=0)
     h = fit(net, X, y, X_val=X, y_val=y, lam=0.0, batch_size=20,
-            schedule=CyclicLR(1e-4, 0.05, 7), cycles=2, seed=0, progress=False)
+            schedule=CyclicLR(1e-4, 0.05, 7), cycles=2, seed=0, progress=False,
+            eval_train=True)
     assert h.step[-1] == 28                      # 2 cycles of 2 * 7 steps
     assert h.step == [5, 10, 15, 20, 25, 28]     # every epoch (5 steps) and the end
     assert h.lr[-1] == pytest.approx(CyclicLR(1e-4, 0.05, 7).lr(27))
@@ -89,9 +90,30 @@ def test_eval_every_adds_history_points():
     X, y = blobs(n=100)
     net = Network(20, [10], 5, seed=0)
     h = fit(net, X, y, lam=0.0, batch_size=20, schedule=0.01, epochs=2, eval_every=3,
-            seed=0, progress=False)
+            seed=0, progress=False, eval_train=True)
     assert h.step == [3, 5, 6, 9, 10]
-    assert h.val_accuracy == [] and len(h.train_accuracy) == 5
+    assert h.val_accuracy == [] and len(h.train_accuracy) == len(h.batch_loss) == 5
+
+
+def test_training_set_is_scored_only_on_request():
+    X, y = blobs(n=100)
+    runs = {}
+    for eval_train in (False, True):
+        net = Network(20, [10], 5, seed=0)
+        runs[eval_train] = fit(net, X, y, X_val=X[:40], y_val=y[:40], lam=0.01, batch_size=20,
+                               schedule=0.01, epochs=2, seed=0, progress=False,
+                               eval_train=eval_train), net
+    default = fit(Network(20, [10], 5, seed=0), X, y, lam=0.01, batch_size=20, schedule=0.01,
+                  epochs=1, seed=0, progress=False)
+    assert default.train_loss == []              # off by default: training alone
+    (off, _), (on, net) = runs[False], runs[True]
+    assert off.train_loss == off.train_cost == off.train_accuracy == []
+    assert off.step == on.step == [5, 10] and off.val_loss == on.val_loss  # same training
+    assert off.batch_loss == on.batch_loss
+    scores = net.evaluate(X, y, lam=0.01)
+    assert on.train_loss[-1] == pytest.approx(scores["loss"], rel=1e-12)
+    assert on.train_cost[-1] == pytest.approx(scores["cost"], rel=1e-12)
+    assert on.train_accuracy[-1] == scores["accuracy"]
 
 
 def test_uint8_images_with_normalization_match_prenormalised_floats():
