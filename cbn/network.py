@@ -32,6 +32,10 @@ from . import _validate as check
 # stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
 # faster than 1024 on one thread (docs/benchmarks.md).
 EVAL_BLOCK = 256
+# Workspace bytes a network keeps cached across calls. Each batch size gets its own plan
+# (its buffers hold every row), so a one-off call on a whole data set (cost_and_grads on
+# 45,000 images: ~0.6 GB) would otherwise stay allocated for the network's lifetime.
+PLAN_CACHE_BYTES = 64 * 2**20
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 FORMAT_VERSION = 1
@@ -136,8 +140,10 @@ class Network:
         self._initialize(np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
             raise ValueError(f"init sigma={init} is too large for {self.dtype}: weights overflow")
-        self._plans: Dict[int, _ops.Plan] = {}
+        self._plans: Dict[int, _ops.Plan] = {}  # by capacity, least recently used first
         self._workspaces: Dict[int, list] = {}  # the arrays behind each plan, by capacity
+        self._plan_bytes: Dict[int, int] = {}
+        self._last_workspace: list = []         # of the plan _plan returned last
         self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
         self._identity_scale = np.ones(self.input_dim, self.dtype)
@@ -198,11 +204,16 @@ class Network:
                 self._params[f"gamma{l}"][...] = 1
 
     def _plan(self, rows: int) -> _ops.Plan:
-        """A compiled plan with workspace for at least ``rows`` rows: the smallest one built
-        so far, else a new one (built once, then reused). Callers set its data each time."""
+        """A compiled plan with workspace for at least ``rows`` rows: the smallest one cached,
+        else a new one. Callers set its data each time. Plans stay cached while their
+        workspaces total at most PLAN_CACHE_BYTES (least recently used dropped first); a larger
+        one serves its call and is freed once no one holds it (the plan keeps its arrays)."""
         fits = [cap for cap in self._plans if cap >= rows]
         if fits:
-            return self._plans[min(fits)]
+            cap = min(fits)
+            self._plans[cap] = self._plans.pop(cap)  # most recently used last
+            self._last_workspace = self._workspaces[cap]
+            return self._plans[cap]
         cap = rows
         dt, k = self.dtype, self.num_layers
         X = np.zeros((cap, self.input_dim), dt)
@@ -232,16 +243,23 @@ class Network:
         plan = _ops.Plan(cap, self.input_dim, dt == np.float64, X, self._theta, self._grad,
                          self.n_weights, layers, self.bn_eps, self.bn_alpha,
                          self.bn_unbiased)
-        self._plans[cap] = plan
-        self._workspaces[cap] = layers
+        self._last_workspace = layers
+        size = X.nbytes + (0 if WT is None else WT.nbytes) + sum(
+            spec[key].nbytes for spec in layers for key in ("S", "H", "Shat") if key in spec)
+        if size > PLAN_CACHE_BYTES:
+            return plan
+        self._plans[cap], self._workspaces[cap], self._plan_bytes[cap] = plan, layers, size
+        while sum(self._plan_bytes.values()) > PLAN_CACHE_BYTES:
+            oldest = next(iter(self._plans))
+            for cache in (self._plans, self._workspaces, self._plan_bytes):
+                del cache[oldest]
         return plan
 
     def _relu_pattern(self, rows: int) -> np.ndarray:
-        """Which hidden units were active (H > 0) in the last forward pass over ``rows`` rows
-        made with the plan ``_plan(rows)`` picks; used to spot ReLU kinks in gradient checks."""
-        cap = min(c for c in self._plans if c >= rows)
-        active = [spec["H"][:rows].ravel() > 0
-                  for spec in self._workspaces[cap] if spec["hidden"]]
+        """Which hidden units were active (H > 0) in the last forward pass, over its first
+        ``rows`` rows, made with the plan ``_plan`` returned last; used to spot ReLU kinks in
+        gradient checks."""
+        active = [spec["H"][:rows].ravel() > 0 for spec in self._last_workspace if spec["hidden"]]
         return np.concatenate(active) if active else np.zeros(0, dtype=bool)
 
     # -- parameters and state -------------------------------------------------------------

@@ -207,3 +207,26 @@ def test_negative_lambda_is_rejected():
     net = Network(5, [4], 3, seed=0)
     with pytest.raises(ValueError, match="lam"):
         net.cost_and_grads(np.ones((3, 5)), np.zeros(3, int), -0.1)
+
+
+
+def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
+    import cbn.network as network
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((1000, 20)), rng.integers(0, 4, 1000)
+    net = Network(20, [5], 4, seed=0, dtype=np.float64)
+    net.cost_and_grads(X[:50], y[:50])
+    small = net._plan(50)
+    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._plan_bytes[50])  # ~205 rows
+    cost, grads = net.cost_and_grads(X, y)      # 1000 rows: over the budget, not kept
+    assert set(net._plans) == {50}
+    fresh = Network(20, [5], 4, seed=0, dtype=np.float64)
+    expected_cost, expected = fresh.cost_and_grads(X, y)
+    assert cost == expected_cost and all(np.array_equal(grads[k], expected[k]) for k in grads)
+    assert net._plan(40) is small               # the smallest cached plan that fits
+    net._plan(60), net._plan(70)                # within budget: cached, ...
+    assert list(net._plans) == [50, 60, 70]
+    net._plan(50)
+    net._plan(80)                               # ... until the least recently used goes
+    assert list(net._plans) == [70, 50, 80]
+    assert sum(net._plan_bytes.values()) <= network.PLAN_CACHE_BYTES
