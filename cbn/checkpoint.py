@@ -138,8 +138,7 @@ class TrainingCheckpoint:
         for name, values in self.history.items():
             dtype = np.int64 if name in HISTORY_INT_FIELDS else np.float64
             arrays[HISTORY_PREFIX + name] = np.array(values, dtype=dtype).reshape(-1)
-        arrays["checksum"] = np.array(_digest(arrays))
-        return arrays
+        return with_checksum(arrays)
 
     @classmethod
     def from_arrays(cls, arrays: Dict[str, np.ndarray], source: str = "arrays") -> "TrainingCheckpoint":
@@ -152,10 +151,7 @@ class TrainingCheckpoint:
         fmt = _text(arrays, "checkpoint_format", fail)
         if fmt != CHECKPOINT_FORMAT:
             raise fail(f"not a cbn training checkpoint (checkpoint_format={fmt!r})")
-        checksum = _text(arrays, "checksum", fail)
-        arrays = {k: v for k, v in arrays.items() if k != "checksum"}
-        if checksum != _digest(arrays):
-            raise fail("content does not match its checksum: the file was modified or corrupted")
+        arrays = verified(arrays, fail)
         version = _whole(arrays, "checkpoint_version", fail)
         if version != CHECKPOINT_VERSION:
             raise fail(f"checkpoint version {version} is not supported (this cbn reads "
@@ -206,6 +202,23 @@ def load_checkpoint(path: PathLike) -> TrainingCheckpoint:
     """Read a checkpoint written by ``fit(..., checkpoint=path)``; ``CheckpointError`` if the
     file is not a complete, well-formed one."""
     return TrainingCheckpoint.from_arrays(read_npz(path), source=os.fspath(path))
+
+
+def with_checksum(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """``arrays`` plus their ``checksum`` (what ``verified`` checks on reading)."""
+    return dict(arrays, checksum=np.array(_digest(arrays)))
+
+
+def verified(arrays: Dict[str, np.ndarray], fail, required: bool = True) -> Dict[str, np.ndarray]:
+    """``arrays`` without their ``checksum``, after checking it; ``fail(message)`` makes the
+    error. Without ``required``, a file that has no checksum (saved before cbn wrote one) passes."""
+    if "checksum" not in arrays and not required:
+        return dict(arrays)
+    checksum = _text(arrays, "checksum", fail)
+    arrays = {k: v for k, v in arrays.items() if k != "checksum"}
+    if checksum != _digest(arrays):
+        raise fail("content does not match its checksum: the file was modified or corrupted")
+    return arrays
 
 
 def _digest(arrays: Dict[str, np.ndarray]) -> str:

@@ -320,9 +320,10 @@ class Network:
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file
-        (no pickle), atomically: a crash mid-write leaves any previous file intact."""
-        from .checkpoint import atomic_savez
-        atomic_savez(path, **self.to_arrays())
+        (no pickle), atomically: a crash mid-write leaves any previous file intact. A SHA-256
+        ``checksum`` of the content goes with it, so ``load`` refuses a damaged file."""
+        from .checkpoint import atomic_savez, with_checksum
+        atomic_savez(path, **with_checksum(self.to_arrays()))
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """What ``save`` writes: ``network_config`` (JSON string), ``format_version`` and
@@ -333,9 +334,13 @@ class Network:
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Network":
         """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). A truncated,
-        corrupt or doctored file raises ``cbn.checkpoint.CheckpointError`` (a ValueError)."""
-        from .checkpoint import read_npz
-        return cls.from_arrays(read_npz(path), source=str(path))
+        corrupt or doctored file, or one whose content does not match its checksum, raises
+        ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
+        checksum load without one."""
+        from .checkpoint import CheckpointError, read_npz, verified
+        arrays = verified(read_npz(path), lambda message: CheckpointError(f"{path}: {message}"),
+                          required=False)
+        return cls.from_arrays(arrays, source=str(path))
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":

@@ -158,6 +158,23 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), net.predict_proba(X))
 
 
+def test_a_saved_network_whose_values_changed_is_refused(tmp_path):
+    from cbn.checkpoint import CheckpointError
+    net = Network(6, [5], 3, seed=2)
+    net.save(tmp_path / "net.npz")
+    with np.load(tmp_path / "net.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    assert "checksum" in arrays
+    arrays["W1"] = arrays["W1"].copy()
+    arrays["W1"][0, 0] += 1e-3               # finite, same shape: only the checksum tells
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(CheckpointError, match="edited.npz.*checksum"):
+        Network.load(tmp_path / "edited.npz")
+    del arrays["checksum"]                    # a file from before checksums: loads as it is
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert Network.load(tmp_path / "old.npz").params["W1"][0, 0] == arrays["W1"][0, 0]
+
+
 def test_loading_a_foreign_npz_fails_clearly(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.ones(3))
     with pytest.raises(ValueError, match="no cbn network"):
