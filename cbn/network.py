@@ -240,11 +240,16 @@ class Network:
                 for key in ("mean", "var", "inv_std", "escale", "eshift"):
                     spec[key] = np.zeros(d_out, dt)
             layers.append(spec)
+        # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
+        # many threads as there are now, up to 8.
+        slices = min(_ops.threads(), 8)
+        partials = (np.zeros((slices, cap, self.dims[1]), dt)
+                    if slices > 1 and self.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
         plan = _ops.Plan(cap, self.input_dim, dt == np.float64, X, self._theta, self._grad,
                          self.n_weights, layers, self.bn_eps, self.bn_alpha,
-                         self.bn_unbiased)
+                         self.bn_unbiased, partials)
         self._last_workspace = layers
-        size = X.nbytes + (0 if WT is None else WT.nbytes) + sum(
+        size = X.nbytes + sum(0 if a is None else a.nbytes for a in (WT, partials)) + sum(
             spec[key].nbytes for spec in layers for key in ("S", "H", "Shat") if key in spec)
         if size > PLAN_CACHE_BYTES:
             return plan

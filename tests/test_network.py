@@ -1,15 +1,33 @@
 """Network: structure, cost and gradients against the NumPy reference, modes, persistence."""
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from reference import ReferenceNet
 from cbn import ConstantLR, Network, _ops, fit
+from cbn.data import Normalization
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 ARCHS = [([50, 50], True), ([50, 50], False), ([50, 30, 20, 20, 10, 10, 10, 10], True),
          ([7, 1, 5], True), ([1], False), ([], True)]
 # Batch sizes on both sides of the switch between the two forms of the weight product.
 ROWS = [11, _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM + 13]
+# Inputs on both sides of the switch to the first layer in column slices (two threads).
+INPUTS = [13, _ops.FIRST_LAYER_SLICED_FROM + 7]
+
+
+@pytest.fixture
+def two_threads():
+    """Two BLAS threads (one core is enough), so wide first layers run in slices."""
+    with threadpool_limits(2, user_api="blas"):
+        yield
+
+
+def expect_slices(net, rows):
+    """The plan for ``rows`` can slice the first layer (below 400 rows it does) exactly when
+    it should."""
+    sliced = _ops.OPENMP and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM
+    assert net._plan(rows).first_layer_slices == (2 if sliced else 1)
 
 
 def data(rng, n, d, k, dt=np.float64):
@@ -49,11 +67,13 @@ def test_bad_parameter_assignment_is_refused(name, value, error):
 @pytest.mark.parametrize("hidden,bn", ARCHS)
 @pytest.mark.parametrize("lam", [0.0, 0.01])
 @pytest.mark.parametrize("rows", ROWS)
-def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam, rows):
+@pytest.mark.parametrize("d", INPUTS)
+def test_cost_and_grads_match_numpy_reference(two_threads, dt, hidden, bn, lam, rows, d):
     rng = np.random.default_rng(len(hidden) + 10 * bn)
-    net = Network(13, hidden, 6, batch_norm=bn, dtype=dt, seed=3)
-    X, y = data(rng, rows, 13, 6, dt)
+    net = Network(d, hidden, 6, batch_norm=bn, dtype=dt, seed=3)
+    X, y = data(rng, rows, d, 6, dt)
     cost, grads = net.cost_and_grads(X, y, lam)
+    expect_slices(net, rows)
     reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, bn)
     rcost, rgrads, _ = reference.cost_and_grads(X.astype(np.float64), y, lam)
     assert cost == pytest.approx(rcost, rel=TOL[dt]["rtol"])
@@ -66,17 +86,25 @@ def test_cost_and_grads_match_numpy_reference(dt, hidden, bn, lam, rows):
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("bn", [True, False])
 @pytest.mark.parametrize("rows", ROWS)
-def test_training_steps_match_numpy_reference_sgd_steps(dt, bn, rows):
+@pytest.mark.parametrize("d", INPUTS)
+@pytest.mark.parametrize("source", ["float", "uint8"])
+def test_training_steps_match_numpy_reference_sgd_steps(two_threads, dt, bn, rows, d, source):
     """fit's fused step (the update inside the weight product) against plain SGD; one batch
-    per epoch, so every step sees every row."""
+    per epoch, so every step sees every row. From uint8 images too: the gather standardises
+    them on the way (by column slices when the first layer is sliced)."""
     rng = np.random.default_rng(rows)
-    net = Network(13, [16, 8], 6, batch_norm=bn, dtype=dt, seed=3)
-    X, y = data(rng, rows, 13, 6, dt)
+    net = Network(d, [16, 8], 6, batch_norm=bn, dtype=dt, seed=3)
+    images = rng.integers(0, 256, (rows, d), dtype=np.uint8)
+    norm = Normalization.fit(images)
+    X = ((images - norm.mean) / norm.std).astype(dt)
+    y = rng.integers(0, 6, rows)
     reference = ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()}, bn)
     for step in range(3):
         reference.sgd_step(X.astype(np.float64), y, lam=0.01, lr=0.1, first=step == 0)
-    fit(net, X, y, lam=0.01, batch_size=rows, schedule=ConstantLR(0.1), epochs=3, seed=0,
-        progress=False, eval_train=False)
+    fit(net, *((images, y) if source == "uint8" else (X, y)), lam=0.01, batch_size=rows,
+        schedule=ConstantLR(0.1), epochs=3, seed=0, progress=False,
+        normalization=norm if source == "uint8" else None)
+    expect_slices(net, rows)
     for name, value in reference.params.items():
         np.testing.assert_allclose(net.params[name], value, **TOL[dt])
 

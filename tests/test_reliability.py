@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import cbn
 from cbn import ConstantLR, CyclicLR, DivergenceError, Network, _ops, fit
@@ -118,9 +118,10 @@ def test_fit_refuses_a_network_that_already_holds_nan():
 # -- determinism -----------------------------------------------------------------------------
 
 def run(seed=0, dtype=np.float32, threads=None, net_seed=1):
-    """A run big enough for BLAS to use its threads: (state, history without wall_time)."""
-    X, y = blobs(n=400, d=200, k=10, seed=seed, dtype=dtype)
-    net = Network(200, [128, 64], 10, seed=net_seed, dtype=dtype)
+    """A run big enough for BLAS to use its threads and for the first layer to run in
+    column slices: (state, history without wall_time)."""
+    X, y = blobs(n=400, d=300, k=10, seed=seed, dtype=dtype)
+    net = Network(300, [128, 64], 10, seed=net_seed, dtype=dtype)
     with threadpool_limits(threads):
         history = fit(net, X, y, X_val=X[:100], y_val=y[:100], lam=0.001, batch_size=100,
                       schedule=CyclicLR(1e-3, 0.1, 6), cycles=1, seed=seed, momentum=0.5,
@@ -167,9 +168,46 @@ def test_threadpool_limits_set_the_threads_of_the_gather_too():
             assert _ops.threads() == (limit if _ops.OPENMP else 1)
 
 
+def test_training_leaves_the_blas_thread_count_as_it_was():
+    """The sliced first layer sets OpenBLAS to one thread for its regions only."""
+    for limit in sorted({1, 2}):
+        with threadpool_limits(limit, user_api="blas"):
+            X, y = blobs(n=200, d=300, k=10)
+            fit(Network(300, [20], 10, seed=0), X, y, lam=0.0, batch_size=50, schedule=0.01,
+                epochs=1, seed=0, progress=False)
+            assert _ops.threads() == (limit if _ops.OPENMP else 1)
+            assert [p["num_threads"] for p in threadpool_info()
+                    if "scipy_openblas32" in p["filepath"]] == [limit]
+
+
+PRODUCT_INSIDE_A_REGION = """
+import numpy as np
+from cbn import _ops
+rng = np.random.default_rng(0)
+A, B = rng.standard_normal((300, 200)), rng.standard_normal((200, 100))
+C = np.zeros((300, 100))
+_ops._product_inside_parallel_region(A, B, C)
+print(np.abs(C - A @ B).max())
+"""
+
+
+@pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
+def test_a_blas_product_split_inside_our_own_region_runs_its_jobs_at_once(tmp_path):
+    """If OpenBLAS's thread count is raised during a sliced first layer, a product there
+    gets split into jobs that wait for each other, from a thread of our own region: they
+    must run at once (fresh threads), not one after the other (a hang)."""
+    parent = str(Path(cbn.__file__).resolve().parent.parent)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2",
+           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", PRODUCT_INSIDE_A_REGION], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 1e-10
+
+
 def final_sum(seed):
-    X, y = blobs(n=400, d=200, k=10, seed=seed, dtype=np.float32)
-    net = Network(200, [128, 64], 10, seed=1, dtype=np.float32)
+    X, y = blobs(n=400, d=300, k=10, seed=seed, dtype=np.float32)
+    net = Network(300, [128, 64], 10, seed=1, dtype=np.float32)
     fit(net, X, y, lam=0.001, batch_size=100, schedule=0.01, epochs=2, seed=0, progress=False)
     return float(net.flat_params.astype(np.float64).sum())
 
