@@ -56,7 +56,6 @@ cdef extern from "cblas.h" nogil:
 
     void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
     int scipy_openblas_get_num_threads()
-    void scipy_openblas_set_num_threads(int num_threads)
 
 cdef extern from *:
     void __builtin_prefetch(const void* addr, int rw, int locality) nogil  # gcc and clang
@@ -75,8 +74,8 @@ cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
     """OpenBLAS hands its parallel work here instead of to its own pthreads pool. Its jobs
     wait for each other, so they must run at once, one per thread: ``_gemm`` checks that
     OpenMP will give the whole team before it lets OpenBLAS come here. Called from inside
-    one of our own regions (only if OpenBLAS's thread count was raised during a sliced
-    first layer, see ``_solo_begin``), the jobs get fresh threads instead."""
+    one of our own regions (a chunk of a sliced first layer that OpenBLAS split after all,
+    see ``_slices``), the jobs get fresh threads instead."""
     cdef int i
     if cbn_in_parallel():
         cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
@@ -115,20 +114,14 @@ cdef extern from *:
     #include <sched.h>
     #include <stdio.h>
     #include <stdlib.h>
-    /* OpenBLAS's thread count is process-wide (its pthreads build has no per-call count),
-       and its results depend on it in the last bits. The sliced first layer sets it to 1 for
-       its regions, holding this lock exclusively; every other product, and every reading of
-       the count, holds it shared. So a network trained in another thread meanwhile never
-       sees the count at 1, and gets the same bits as when trained alone. */
-    static pthread_rwlock_t cbn_blas_lock = PTHREAD_RWLOCK_INITIALIZER;
-    static void cbn_blas_shared(void) { pthread_rwlock_rdlock(&cbn_blas_lock); }
-    static void cbn_blas_exclusive(void) { pthread_rwlock_wrlock(&cbn_blas_lock); }
-    static void cbn_blas_unlock(void) { pthread_rwlock_unlock(&cbn_blas_lock); }
+    /* Set when OpenBLAS split a product of a sliced first layer after all (see _slices). */
+    static int cbn_slicing_failed = 0;
 
     /* Run OpenBLAS's jobs at once, one fresh thread each but the first: for a GEMM that
-       OpenBLAS splits from inside one of our own parallel regions (someone raised its thread
-       count meanwhile), where the pool has no thread to spare and the jobs, which wait for
-       each other, would hang if run in turn. The new threads wait at a gate until all of them
+       OpenBLAS splits from inside one of our own parallel regions (a chunk of the sliced first
+       layer that an OpenBLAS with other thresholds splits), where the pool has no thread to
+       spare and the jobs, which wait for each other, would hang if run in turn. It also
+       switches slicing off for good. The new threads wait at a gate until all of them
        exist, so a failed pthread_create leaves no job half-run; then the process stops with a
        message rather than hang (it is out of threads). */
     typedef void (*cbn_dojob_t)(int, void*, int);
@@ -146,6 +139,7 @@ cdef extern from *:
         pthread_t threads[CBN_MAX_JOBS];
         cbn_job_t jobs[CBN_MAX_JOBS];
         int gate = 0, i, started;
+        __atomic_store_n(&cbn_slicing_failed, 1, __ATOMIC_RELAXED);
         if (numjobs > CBN_MAX_JOBS) {
             fprintf(stderr, "cbn: OpenBLAS asked for %d jobs inside a parallel region\\n", numjobs);
             abort();
@@ -167,20 +161,17 @@ cdef extern from *:
             abort();
         }
     }
+    static int cbn_slicing_ok(void) { return !__atomic_load_n(&cbn_slicing_failed, __ATOMIC_RELAXED); }
     #else
-    /* No sliced first layer (so no lock, and no product from inside our own regions). */
+    /* No sliced first layer (so no product from inside our own regions). */
     #define CBN_SLICING 0
-    static void cbn_blas_shared(void) {}
-    static void cbn_blas_exclusive(void) {}
-    static void cbn_blas_unlock(void) {}
+    static int cbn_slicing_ok(void) { return 0; }
     static void cbn_run_jobs_on_new_threads(void (*dojob)(int, void*, int), int numjobs,
                                             size_t elsize, void* jobdata, int dojob_data) {}
     #endif
     """
     int CBN_SLICING
-    void cbn_blas_shared() nogil
-    void cbn_blas_exclusive() nogil
-    void cbn_blas_unlock() nogil
+    int cbn_slicing_ok() nogil
     void cbn_run_jobs_on_new_threads(openblas_dojob_callback dojob, int numjobs,
                                      size_t elsize, void* jobdata, int dojob_data) nogil
 
@@ -219,15 +210,8 @@ if OPENMP:
 
 
 cdef inline int _threads() noexcept nogil:
-    """Threads for our parallel loops: OpenBLAS's count, which threadpoolctl controls (read
-    under the BLAS lock: not the 1 of another thread's sliced first layer)."""
-    cdef int n
-    if not _pool:
-        return 1
-    cbn_blas_shared()
-    n = scipy_openblas_get_num_threads()
-    cbn_blas_unlock()
-    return n
+    """Threads for our parallel loops: OpenBLAS's count, which threadpoolctl controls."""
+    return scipy_openblas_get_num_threads() if _pool else 1
 
 
 def threads():
@@ -258,16 +242,11 @@ cdef void _gemm_ld(bint ta, bint tb, int M, int N, int K, floating alpha, const 
 cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
                 const floating* B, floating beta, floating* C) noexcept nogil:
     """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C, all operands contiguous."""
-    cdef bint locked = _pool  # no sliced regions (so no lock) without the pool
     if M <= 0 or N <= 0:
         return
-    if locked:
-        cbn_blas_shared()
     _check_pool()
     _gemm_ld(ta, tb, M, N, K, alpha, A, max(M if ta else K, 1), B, max(K if tb else N, 1),
              beta, C, N)
-    if locked:
-        cbn_blas_unlock()
 
 
 # The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
@@ -795,66 +774,69 @@ cdef void _gather_columns(Net* p, Py_ssize_t offset, int n, int j0, int j1,
 #
 # OpenBLAS splits a product between its threads by rows and columns of the output, and its
 # threads wait for each other's packed panels; the first layer's products are long and thin
-# (100 x 3072 x 50), and their two-thread split ran well behind two one-thread products on
-# half of the inputs each. So with two or more threads each one takes a slice of the input
+# (100 x 3072 x 50), and their two-thread split ran well behind one-thread products on part
+# of the inputs each. So with two or more threads each one takes a slice of the input
 # columns: it gathers them, multiplies them by its rows of W into a partial product, and in
 # the backward pass updates (or takes the gradient of) those rows of W from the same columns,
-# still in its cache. The partial products are then summed. OpenBLAS must run one thread per
-# call meanwhile; its pthreads build only has a process-wide count, so the count is set to 1
-# for the region, under the BLAS lock (cbn_blas_lock above says why it is a lock).
+# still in its cache. The partial products are then summed.
+#
+# Each thread's products must run on one thread. OpenBLAS's pthreads build has no per-call
+# thread count (only a process-wide one, which other threads and threadpoolctl read), but it
+# runs a product on one thread when m*n*k is below 2 x 65536 x GEMM_MULTITHREAD_THRESHOLD
+# (interface/gemm.c; 524,288 with the default threshold of 4). So each thread's share goes
+# in chunks below that size. Should a chunk be split anyway (another OpenBLAS), its jobs run
+# on fresh threads (_run_blas_jobs) and slicing is switched off for good (cbn_slicing_ok).
 # ---------------------------------------------------------------------------------------
 
 cdef int _SLICED_FROM = 256
 FIRST_LAYER_SLICED_FROM = _SLICED_FROM  # inputs; narrower first layers are not sliced
+cdef Py_ssize_t _ONE_THREAD_MNK = 524287  # largest m*n*k OpenBLAS runs on one thread
+cdef int _MIN_CHUNK = 48                  # narrower chunks cost more than slicing saves
+
+
+def first_layer_slicing():
+    """Whether wide first layers may run in column slices: built with OpenMP (not on
+    Windows), and OpenBLAS never split one of their one-thread chunks."""
+    return bool(cbn_slicing_ok())
+
+
+cdef inline int _chunk(int n, int m) noexcept nogil:
+    """Inputs per one-thread product of the sliced first layer on n rows and m outputs."""
+    return <int>(_ONE_THREAD_MNK // (<Py_ssize_t>n * m))
 
 
 cdef inline int _slices(Net* p, int n) noexcept nogil:
     """Column slices for the first layer on ``n`` rows now: 1 (not sliced) without the pool,
-    one thread or the workspace, and from _TRANSPOSED_FROM rows, where the transposed weight
-    product does as well (batch 500: sliced steps 0.88-1.17x the time, median 1.06, float32;
-    0.89-1.05x, median 0.98, float64)."""
+    one thread or the workspace, or when the one-thread chunks would be too narrow."""
     cdef int t
-    if p.P == NULL or not _pool or not CBN_SLICING or n >= _TRANSPOSED_FROM:
+    if (p.P == NULL or not _pool or not cbn_slicing_ok()
+            or _chunk(n, p.layers[0].d_out) < _MIN_CHUNK):
         return 1
     t = _threads()
     return t if t < p.slices else p.slices
-
-
-cdef inline int _solo_begin() noexcept nogil:
-    """Take the BLAS lock exclusively and set OpenBLAS to one thread; returns the count to
-    restore."""
-    cdef int saved
-    cbn_blas_exclusive()
-    saved = scipy_openblas_get_num_threads()
-    scipy_openblas_set_num_threads(1)
-    return saved
-
-
-cdef inline void _solo_end(int saved) noexcept nogil:
-    """Restore OpenBLAS's thread count, unless someone changed it meanwhile, and unlock."""
-    if scipy_openblas_get_num_threads() == 1:
-        scipy_openblas_set_num_threads(saved)
-    cbn_blas_unlock()
 
 
 cdef void _first_layer_forward(Net* p, Py_ssize_t offset, int n, int slices,
                                floating* X) noexcept nogil:
     """S := X W + b for the first layer, X gathered on the way, in ``slices`` column slices."""
     cdef Layer* ly = &p.layers[0]
-    cdef int d = ly.d_in, m = ly.d_out, t, j0, j1, saved
+    cdef int d = ly.d_in, m = ly.d_out, t, j, j0, j1, c
+    cdef int chunk = _chunk(n, m)
     cdef floating* P = <floating*>p.P
     cdef floating* S = <floating*>ly.S
     cdef const floating* W = <floating*>ly.W
     cdef const floating* b = <floating*>ly.b
     cdef Py_ssize_t i, k, size = <Py_ssize_t>n * m
-    saved = _solo_begin()
     for t in prange(slices, num_threads=slices, schedule="static"):
         j0 = <int>((<Py_ssize_t>d * t) // slices)
         j1 = <int>((<Py_ssize_t>d * (t + 1)) // slices)
         _gather_columns(p, offset, n, j0, j1, X)
-        _gemm_ld(False, False, n, m, j1 - j0, <floating>1, X + j0, d, W + <Py_ssize_t>j0 * m,
-                 m, <floating>0, P + t * size, m)
-    _solo_end(saved)
+        j = j0
+        while j < j1:
+            c = min(chunk, j1 - j)
+            _gemm_ld(False, False, n, m, c, <floating>1, X + j, d, W + <Py_ssize_t>j * m, m,
+                     <floating>(j > j0), P + t * size, m)
+            j = j + c
     for i in range(n):
         for k in range(m):
             S[i * m + k] = b[k]
@@ -869,23 +851,27 @@ cdef void _first_layer_weights(Net* p, int n, int slices, const floating* X, con
     """The first layer's weight product in the same column slices as the forward pass:
     with ``update`` W := decay W - lr X^T dS, else dW := X^T dS + lam2 W."""
     cdef Layer* ly = &p.layers[0]
-    cdef int d = ly.d_in, m = ly.d_out, t, j0, j1, saved
+    cdef int d = ly.d_in, m = ly.d_out, t, j, j0, j1, c
+    cdef int chunk = _chunk(n, m)
     cdef floating* W = <floating*>ly.W
     cdef floating* dW = <floating*>ly.dW
     cdef Py_ssize_t k
-    saved = _solo_begin()
     for t in prange(slices, num_threads=slices, schedule="static"):
         j0 = <int>((<Py_ssize_t>d * t) // slices)
         j1 = <int>((<Py_ssize_t>d * (t + 1)) // slices)
-        if update:
-            _gemm_ld(True, False, j1 - j0, m, n, -lr, X + j0, d, dS, m, decay,
-                     W + <Py_ssize_t>j0 * m, m)
-        else:
+        if not update:
             for k in range(<Py_ssize_t>j0 * m, <Py_ssize_t>j1 * m):
                 dW[k] = lam2 * W[k]
-            _gemm_ld(True, False, j1 - j0, m, n, <floating>1, X + j0, d, dS, m, <floating>1,
-                     dW + <Py_ssize_t>j0 * m, m)
-    _solo_end(saved)
+        j = j0
+        while j < j1:
+            c = min(chunk, j1 - j)
+            if update:
+                _gemm_ld(True, False, c, m, n, -lr, X + j, d, dS, m, decay,
+                         W + <Py_ssize_t>j * m, m)
+            else:
+                _gemm_ld(True, False, c, m, n, <floating>1, X + j, d, dS, m, <floating>1,
+                         dW + <Py_ssize_t>j * m, m)
+            j = j + c
 
 
 cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,

@@ -24,8 +24,7 @@ def two_threads():
 
 
 def expect_slices(net, rows):
-    """The plan for ``rows`` can slice the first layer (below 400 rows it does) exactly when
-    it should."""
+    """The plan for ``rows`` can slice the first layer exactly when it should."""
     sliced = _ops.OPENMP and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM
     assert net._plan(rows).first_layer_slices == (2 if sliced else 1)
 
