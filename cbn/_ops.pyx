@@ -545,14 +545,18 @@ cdef void _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int 
             o[j] = (<floating>row[j] - shift[j]) * scale[j]
 
 
-cdef void _gather(int n, int d, const source_t* src, const int64_t* idx,
-                  const floating* shift, const floating* scale,
+cdef void _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
+                  const int64_t* idx, const floating* shift, const floating* scale,
                   floating* out) noexcept nogil:
-    """out[i, j] = (src[idx[i], j] - shift[j]) scale[j]: mini-batch rows straight from
-    the stored images (uint8 or float), standardised on the fly, rows split over threads."""
+    """out[i, j] = (src[idx[i], j] - shift[j]) scale[j] for columns j0..j1-1: mini-batch rows
+    straight from the stored images (uint8 or float), standardised on the fly; rows split
+    over the threads if ``parallel``, else all on the calling thread."""
     cdef Py_ssize_t i
+    if not parallel:
+        _gather_block(0, n, n, d, j0, j1, src, idx, shift, scale, out)
+        return
     for i in prange(n, num_threads=_threads(), schedule="static"):
-        _gather_block(i, i + 1, n, d, 0, d, src, idx, shift, scale, out)
+        _gather_block(i, i + 1, n, d, j0, j1, src, idx, shift, scale, out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -666,8 +670,8 @@ def sum_of_squares(const floating[::1] x):
 
 def _product_inside_parallel_region(const double[:, ::1] A, const double[:, ::1] B,
                                     double[:, ::1] C):
-    """C := A B, computed by one thread of a two-thread region of ours with OpenBLAS's thread
-    count left as it is: what happens if the count is raised during a sliced first layer.
+    """C := A B, computed by one thread of a two-thread region of ours, large enough for
+    OpenBLAS to split it: what would happen if it split a chunk of the sliced first layer.
     For the tests of ``_run_blas_jobs``'s fallback."""
     cdef int t
     with nogil:
@@ -681,8 +685,8 @@ def _product_inside_parallel_region(const double[:, ::1] A, const double[:, ::1]
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
                 const floating[::1] shift, const floating[::1] scale, floating[:, ::1] out):
     with nogil:
-        _gather(idx.shape[0], src.shape[1], &src[0, 0], &idx[0], &shift[0], &scale[0],
-                &out[0, 0])
+        _gather(idx.shape[0], src.shape[1], 0, src.shape[1], True, &src[0, 0], &idx[0],
+                &shift[0], &scale[0], &out[0, 0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -743,30 +747,18 @@ cdef size_t _addr_or_null(object a) except? 0:
     return 0 if a is None else _addr(a)
 
 
-cdef void _gather_batch(Net* p, Py_ssize_t offset, int n, floating* X) noexcept nogil:
+cdef void _gather_batch(Net* p, Py_ssize_t offset, int n, int j0, int j1, bint parallel,
+                        floating* X) noexcept nogil:
+    """Columns j0..j1-1 of the batch (rows idx[offset:offset+n]) into X (see _gather)."""
     cdef const int64_t* idx = p.idx + offset
     cdef const floating* shift = <floating*>p.shift
     cdef const floating* scale = <floating*>p.scale
     if p.src_kind == 0:
-        _gather(n, p.d0, <uint8_t*>p.src, idx, shift, scale, X)
+        _gather(n, p.d0, j0, j1, parallel, <uint8_t*>p.src, idx, shift, scale, X)
     elif p.src_kind == 1:
-        _gather(n, p.d0, <float*>p.src, idx, shift, scale, X)
+        _gather(n, p.d0, j0, j1, parallel, <float*>p.src, idx, shift, scale, X)
     else:
-        _gather(n, p.d0, <double*>p.src, idx, shift, scale, X)
-
-
-cdef void _gather_columns(Net* p, Py_ssize_t offset, int n, int j0, int j1,
-                          floating* X) noexcept nogil:
-    """Columns j0..j1-1 of the batch, on the calling thread."""
-    cdef const int64_t* idx = p.idx + offset
-    cdef const floating* shift = <floating*>p.shift
-    cdef const floating* scale = <floating*>p.scale
-    if p.src_kind == 0:
-        _gather_block(0, n, n, p.d0, j0, j1, <uint8_t*>p.src, idx, shift, scale, X)
-    elif p.src_kind == 1:
-        _gather_block(0, n, n, p.d0, j0, j1, <float*>p.src, idx, shift, scale, X)
-    else:
-        _gather_block(0, n, n, p.d0, j0, j1, <double*>p.src, idx, shift, scale, X)
+        _gather(n, p.d0, j0, j1, parallel, <double*>p.src, idx, shift, scale, X)
 
 
 # ---------------------------------------------------------------------------------------
@@ -830,7 +822,7 @@ cdef void _first_layer_forward(Net* p, Py_ssize_t offset, int n, int slices,
     for t in prange(slices, num_threads=slices, schedule="static"):
         j0 = <int>((<Py_ssize_t>d * t) // slices)
         j1 = <int>((<Py_ssize_t>d * (t + 1)) // slices)
-        _gather_columns(p, offset, n, j0, j1, X)
+        _gather_batch(p, offset, n, j0, j1, False, X)
         j = j0
         while j < j1:
             c = min(chunk, j1 - j)
@@ -885,7 +877,7 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
     cdef double factor
     cdef int slices = _slices(p, n)
     if slices == 1:
-        _gather_batch(p, offset, n, X)
+        _gather_batch(p, offset, n, 0, p.d0, True, X)
     for l in range(p.L):
         ly = &p.layers[l]
         if l == 0 and slices > 1:
