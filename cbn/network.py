@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterator, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import (Dict, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
@@ -39,6 +40,14 @@ PLAN_CACHE_BYTES = 64 * 2**20
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 FORMAT_VERSION = 1
+
+
+class _CachedPlan(NamedTuple):
+    """A plan, the arrays behind it (one spec dict per layer) and their bytes."""
+    capacity: int
+    plan: "_ops.Plan"
+    layers: list
+    nbytes: int
 
 
 class LiveArrays(MutableMapping):
@@ -140,9 +149,8 @@ class Network:
         self._initialize(np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
             raise ValueError(f"init sigma={init} is too large for {self.dtype}: weights overflow")
-        self._plans: Dict[int, _ops.Plan] = {}  # by capacity, least recently used first
-        self._workspaces: Dict[int, list] = {}  # the arrays behind each plan, by capacity
-        self._plan_bytes: Dict[int, int] = {}
+        # Plans by capacity, least recently used first.
+        self._plans: Dict[int, _CachedPlan] = {}
         self._last_workspace: list = []         # of the plan _plan returned last
         self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
@@ -210,10 +218,10 @@ class Network:
         one serves its call and is freed once no one holds it (the plan keeps its arrays)."""
         fits = [cap for cap in self._plans if cap >= rows]
         if fits:
-            cap = min(fits)
-            self._plans[cap] = self._plans.pop(cap)  # most recently used last
-            self._last_workspace = self._workspaces[cap]
-            return self._plans[cap]
+            cached = self._plans.pop(min(fits))
+            self._plans[cached.capacity] = cached  # most recently used last
+            self._last_workspace = cached.layers
+            return cached.plan
         cap = rows
         dt, k = self.dtype, self.num_layers
         X = np.zeros((cap, self.input_dim), dt)
@@ -253,11 +261,9 @@ class Network:
             spec[key].nbytes for spec in layers for key in ("S", "H", "Shat") if key in spec)
         if size > PLAN_CACHE_BYTES:
             return plan
-        self._plans[cap], self._workspaces[cap], self._plan_bytes[cap] = plan, layers, size
-        while sum(self._plan_bytes.values()) > PLAN_CACHE_BYTES:
-            oldest = next(iter(self._plans))
-            for cache in (self._plans, self._workspaces, self._plan_bytes):
-                del cache[oldest]
+        self._plans[cap] = _CachedPlan(cap, plan, layers, size)
+        while sum(cached.nbytes for cached in self._plans.values()) > PLAN_CACHE_BYTES:
+            del self._plans[next(iter(self._plans))]
         return plan
 
     def _relu_pattern(self, rows: int) -> np.ndarray:

@@ -261,7 +261,7 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     net = Network(20, [5], 4, seed=0, dtype=np.float64)
     net.cost_and_grads(X[:50], y[:50])
     small = net._plan(50)
-    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._plan_bytes[50])  # ~205 rows
+    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._plans[50].nbytes)  # ~205 rows
     cost, grads = net.cost_and_grads(X, y)      # 1000 rows: over the budget, not kept
     assert set(net._plans) == {50}
     fresh = Network(20, [5], 4, seed=0, dtype=np.float64)
@@ -273,4 +273,4 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     net._plan(50)
     net._plan(80)                               # ... until the least recently used goes
     assert list(net._plans) == [70, 50, 80]
-    assert sum(net._plan_bytes.values()) <= network.PLAN_CACHE_BYTES
+    assert sum(c.nbytes for c in net._plans.values()) <= network.PLAN_CACHE_BYTES
