@@ -46,13 +46,28 @@ ctypedef void (*openblas_threads_callback)(int sync, openblas_dojob_callback doj
                                            void* jobdata, int dojob_data) noexcept nogil
 
 cdef extern from "cblas.h" nogil:
-    enum: CblasRowMajor, CblasNoTrans, CblasTrans
+    enum: CblasRowMajor
+    ctypedef enum CBLAS_TRANSPOSE:
+        CblasNoTrans
+        CblasTrans
     void scipy_cblas_sgemm(int order, int transa, int transb, int M, int N, int K,
                            float alpha, const float* A, int lda, const float* B, int ldb,
                            float beta, float* C, int ldc)
     void scipy_cblas_dgemm(int order, int transa, int transb, int M, int N, int K,
                            double alpha, const double* A, int lda, const double* B, int ldb,
                            double beta, double* C, int ldc)
+
+    # Batches of products, each run whole on one thread (group sizes all 1 here).
+    void scipy_cblas_sgemm_batch(int order, const CBLAS_TRANSPOSE* ta, const CBLAS_TRANSPOSE* tb,
+                                 const int* M, const int* N, const int* K, const float* alpha,
+                                 const float** A, const int* lda, const float** B,
+                                 const int* ldb, const float* beta, float** C, const int* ldc,
+                                 int group_count, const int* group_size)
+    void scipy_cblas_dgemm_batch(int order, const CBLAS_TRANSPOSE* ta, const CBLAS_TRANSPOSE* tb,
+                                 const int* M, const int* N, const int* K, const double* alpha,
+                                 const double** A, const int* lda, const double** B,
+                                 const int* ldb, const double* beta, double** C, const int* ldc,
+                                 int group_count, const int* group_size)
 
     void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
     int scipy_openblas_get_num_threads()
@@ -72,16 +87,15 @@ ctypedef fused source_t:
 cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
                          size_t jobdata_elsize, void* jobdata, int dojob_data) noexcept nogil:
     """OpenBLAS hands its parallel work here instead of to its own pthreads pool. Its jobs
-    wait for each other, so they must run at once, one per thread: ``_gemm`` checks that
-    OpenMP will give the whole team before it lets OpenBLAS come here. Called from inside
-    one of our own regions (a chunk of a sliced first layer that OpenBLAS split after all,
-    see ``_slices``), the jobs get fresh threads instead."""
+    may wait for each other, so they must run at once, one per thread: every product goes
+    through ``_check_pool``, which makes sure OpenMP will give the whole team first. Job i
+    runs on thread i, which the sliced first layer counts on (see ``_slice_products``), and
+    one batch runs at a time (``cbn_jobs_enter``)."""
     cdef int i
-    if cbn_in_parallel():
-        cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
-        return
+    cbn_jobs_enter()
     for i in prange(numjobs, num_threads=numjobs, schedule="static"):
         dojob(threadid(), <char*>jobdata + i * jobdata_elsize, dojob_data)
+    cbn_jobs_leave()
 
 
 cdef extern from *:
@@ -89,91 +103,34 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     #define CBN_OPENMP 1
+    /* One batch of OpenBLAS jobs at a time in the whole process. OpenBLAS 0.3.34's
+       callback path is not safe for two batches at once: two networks trained in two
+       Python threads, whose products (first-layer slices, or wide layers) went through here
+       together, drifted from the same runs made one after the other, or blew up to NaN
+       (tests/test_reliability.py). Each batch uses every thread anyway. */
+    static omp_lock_t cbn_jobs_lock;
+    static void cbn_jobs_init(void) { omp_init_lock(&cbn_jobs_lock); }
+    static void cbn_jobs_enter(void) { omp_set_lock(&cbn_jobs_lock); }
+    static void cbn_jobs_leave(void) { omp_unset_lock(&cbn_jobs_lock); }
     /* 1 if a parallel region asking for n threads might get fewer: dynamic team sizes
        (OMP_DYNAMIC), a thread limit below n (OMP_THREAD_LIMIT), or a call from inside an
        active region (nested regions get one thread). */
     static int cbn_team_may_fall_short(int n) {
         return omp_get_dynamic() || omp_in_parallel() || omp_get_thread_limit() < n;
     }
-    static int cbn_in_parallel(void) { return omp_in_parallel(); }
     #else
     #define CBN_OPENMP 0
     static int cbn_team_may_fall_short(int n) { return 1; }
-    static int cbn_in_parallel(void) { return 0; }
+    static void cbn_jobs_enter(void) {}
+    static void cbn_jobs_leave(void) {}
+    static void cbn_jobs_init(void) {}
     #endif
     """
     int CBN_OPENMP
     int cbn_team_may_fall_short(int n) nogil
-    int cbn_in_parallel() nogil
-
-cdef extern from *:
-    """
-    #if defined(_OPENMP) && !defined(_WIN32)
-    #define CBN_SLICING 1
-    #include <pthread.h>
-    #include <sched.h>
-    #include <stdio.h>
-    #include <stdlib.h>
-    /* Set when OpenBLAS split a product of a sliced first layer after all (see _slices). */
-    static int cbn_slicing_failed = 0;
-
-    /* Run OpenBLAS's jobs at once, one fresh thread each but the first: for a GEMM that
-       OpenBLAS splits from inside one of our own parallel regions (a chunk of the sliced first
-       layer that an OpenBLAS with other thresholds splits), where the pool has no thread to
-       spare and the jobs, which wait for each other, would hang if run in turn. It also
-       switches slicing off for good. The new threads wait at a gate until all of them
-       exist, so a failed pthread_create leaves no job half-run; then the process stops with a
-       message rather than hang (it is out of threads). */
-    typedef void (*cbn_dojob_t)(int, void*, int);
-    typedef struct { cbn_dojob_t dojob; void* data; int dojob_data; int num; int* gate; } cbn_job_t;
-    static void* cbn_job_main(void* arg) {
-        cbn_job_t* job = (cbn_job_t*)arg;
-        int gate;
-        while ((gate = __atomic_load_n(job->gate, __ATOMIC_ACQUIRE)) == 0) sched_yield();
-        if (gate > 0) job->dojob(job->num, job->data, job->dojob_data);
-        return NULL;
-    }
-    #define CBN_MAX_JOBS 256
-    static void cbn_run_jobs_on_new_threads(cbn_dojob_t dojob, int numjobs, size_t elsize,
-                                            void* jobdata, int dojob_data) {
-        pthread_t threads[CBN_MAX_JOBS];
-        cbn_job_t jobs[CBN_MAX_JOBS];
-        int gate = 0, i, started;
-        __atomic_store_n(&cbn_slicing_failed, 1, __ATOMIC_RELAXED);
-        if (numjobs > CBN_MAX_JOBS) {
-            fprintf(stderr, "cbn: OpenBLAS asked for %d jobs inside a parallel region\\n", numjobs);
-            abort();
-        }
-        for (i = 0; i < numjobs; i++) {
-            jobs[i].dojob = dojob; jobs[i].data = (char*)jobdata + i * elsize;
-            jobs[i].dojob_data = dojob_data; jobs[i].num = i; jobs[i].gate = &gate;
-        }
-        for (started = 1; started < numjobs; started++)
-            if (pthread_create(&threads[started], NULL, cbn_job_main, &jobs[started]) != 0)
-                break;
-        __atomic_store_n(&gate, started == numjobs ? 1 : -1, __ATOMIC_RELEASE);
-        if (started == numjobs) {
-            jobs[0].dojob(0, jobs[0].data, dojob_data);
-        }
-        for (i = 1; i < started; i++) pthread_join(threads[i], NULL);
-        if (started < numjobs) {
-            fprintf(stderr, "cbn: could not start the threads OpenBLAS's jobs need\\n");
-            abort();
-        }
-    }
-    static int cbn_slicing_ok(void) { return !__atomic_load_n(&cbn_slicing_failed, __ATOMIC_RELAXED); }
-    #else
-    /* No sliced first layer (so no product from inside our own regions). */
-    #define CBN_SLICING 0
-    static int cbn_slicing_ok(void) { return 0; }
-    static void cbn_run_jobs_on_new_threads(void (*dojob)(int, void*, int), int numjobs,
-                                            size_t elsize, void* jobdata, int dojob_data) {}
-    #endif
-    """
-    int CBN_SLICING
-    int cbn_slicing_ok() nogil
-    void cbn_run_jobs_on_new_threads(openblas_dojob_callback dojob, int numjobs,
-                                     size_t elsize, void* jobdata, int dojob_data) nogil
+    void cbn_jobs_enter() nogil
+    void cbn_jobs_leave() nogil
+    void cbn_jobs_init() nogil
 
 OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
 cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
@@ -205,6 +162,7 @@ def pool_in_use():
 
 
 if OPENMP:
+    cbn_jobs_init()
     scipy_openblas_set_threads_callback_function(_run_blas_jobs)
     os.register_at_fork(after_in_child=_leave_pool_after_fork)
 
@@ -223,30 +181,21 @@ def threads():
 # Kernels
 # ---------------------------------------------------------------------------------------
 
-cdef void _gemm_ld(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
-                   int lda, const floating* B, int ldb, floating beta, floating* C,
-                   int ldc) noexcept nogil:
-    """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C with leading dimensions."""
-    if M <= 0 or N <= 0:
-        return
-    if floating is float:
-        scipy_cblas_sgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
-                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
-                          beta, C, ldc)
-    else:
-        scipy_cblas_dgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
-                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
-                          beta, C, ldc)
-
-
 cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
                 const floating* B, floating beta, floating* C) noexcept nogil:
     """Row-major C(M,N) := alpha op(A)(M,K) op(B)(K,N) + beta C, all operands contiguous."""
+    cdef int lda = max(M if ta else K, 1), ldb = max(K if tb else N, 1)
     if M <= 0 or N <= 0:
         return
     _check_pool()
-    _gemm_ld(ta, tb, M, N, K, alpha, A, max(M if ta else K, 1), B, max(K if tb else N, 1),
-             beta, C, N)
+    if floating is float:
+        scipy_cblas_sgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                          beta, C, N)
+    else:
+        scipy_cblas_dgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                          beta, C, N)
 
 
 # The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
@@ -466,6 +415,11 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     cdef double mx, s, zt = 0, e, inv_s
     loss[0] = 0
     correct[0] = 0
+    # The labels of shuffled rows lie all over y, out of cache after the first layer's work:
+    # ask for all of them at once rather than wait for each in turn (~15 us a batch of 100).
+    if y != NULL and yidx != NULL:
+        for i in range(n):
+            __builtin_prefetch(&y[yidx[i]], 0, 3)
     for i in range(n):
         z = Z + i * K
         mx = z[0]
@@ -668,20 +622,6 @@ def sum_of_squares(const floating[::1] x):
     return total
 
 
-def _product_inside_parallel_region(const double[:, ::1] A, const double[:, ::1] B,
-                                    double[:, ::1] C):
-    """C := A B, computed by one thread of a two-thread region of ours, large enough for
-    OpenBLAS to split it: what would happen if it split a chunk of the sliced first layer.
-    For the tests of ``_run_blas_jobs``'s fallback."""
-    cdef int t
-    with nogil:
-        for t in prange(2, num_threads=2, schedule="static"):
-            if t == 0:
-                _gemm_ld(False, False, <int>A.shape[0], <int>B.shape[1], <int>A.shape[1],
-                         1.0, &A[0, 0], <int>A.shape[1], &B[0, 0], <int>B.shape[1], 0.0,
-                         &C[0, 0], <int>C.shape[1])
-
-
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
                 const floating[::1] shift, const floating[::1] scale, floating[:, ::1] out):
     with nogil:
@@ -768,67 +708,98 @@ cdef void _gather_batch(Net* p, Py_ssize_t offset, int n, int j0, int j1, bint p
 # threads wait for each other's packed panels; the first layer's products are long and thin
 # (100 x 3072 x 50), and their two-thread split ran well behind one-thread products on part
 # of the inputs each. So with two or more threads each one takes a slice of the input
-# columns: it gathers them, multiplies them by its rows of W into a partial product, and in
-# the backward pass updates (or takes the gradient of) those rows of W from the same columns,
-# still in its cache. The partial products are then summed.
+# columns: it gathers them, then multiplies them by its rows of W into a partial product,
+# and in the backward pass updates (or takes the gradient of) those rows of W from the same
+# columns, still in its cache. The partial products are then summed.
 #
-# Each thread's products must run on one thread. OpenBLAS's pthreads build has no per-call
-# thread count (only a process-wide one, which other threads and threadpoolctl read), but it
-# runs a product on one thread when m*n*k is below 2 x 65536 x GEMM_MULTITHREAD_THRESHOLD
-# (interface/gemm.c; 524,288 with the default threshold of 4). So each thread's share goes
-# in chunks below that size. Should a chunk be split anyway (another OpenBLAS), its jobs run
-# on fresh threads (_run_blas_jobs) and slicing is switched off for good (cbn_slicing_ok).
+# The products of all slices go to OpenBLAS as one batch (cblas_?gemm_batch), which runs
+# each product whole on one thread, job t on thread t of our pool (_run_blas_jobs): the
+# thread that gathered slice t. No product is ever called from inside one of our regions,
+# and OpenBLAS's process-wide thread count is never touched.
 # ---------------------------------------------------------------------------------------
 
 cdef int _SLICED_FROM = 256
 FIRST_LAYER_SLICED_FROM = _SLICED_FROM  # inputs; narrower first layers are not sliced
-cdef Py_ssize_t _ONE_THREAD_MNK = 524287  # largest m*n*k OpenBLAS runs on one thread
-cdef int _MIN_CHUNK = 48                  # narrower chunks cost more than slicing saves
+cdef enum: _MAX_SLICES = 8  # a constant: it sizes the arrays of _slice_products
+MAX_SLICES = _MAX_SLICES
 
 
-def first_layer_slicing():
-    """Whether wide first layers may run in column slices: built with OpenMP (not on
-    Windows), and OpenBLAS never split one of their one-thread chunks."""
-    return bool(cbn_slicing_ok())
-
-
-cdef inline int _chunk(int n, int m) noexcept nogil:
-    """Inputs per one-thread product of the sliced first layer on n rows and m outputs."""
-    return <int>(_ONE_THREAD_MNK // (<Py_ssize_t>n * m))
-
-
-cdef inline int _slices(Net* p, int n) noexcept nogil:
-    """Column slices for the first layer on ``n`` rows now: 1 (not sliced) without the pool,
-    one thread or the workspace, or when the one-thread chunks would be too narrow."""
+cdef inline int _slices(Net* p) noexcept nogil:
+    """Column slices for the first layer now: as many as threads, up to the plan's
+    workspace; 1 (not sliced) without the pool or the workspace."""
     cdef int t
-    if (p.P == NULL or not _pool or not cbn_slicing_ok()
-            or _chunk(n, p.layers[0].d_out) < _MIN_CHUNK):
+    if p.P == NULL or not _pool:
         return 1
     t = _threads()
     return t if t < p.slices else p.slices
+
+
+cdef inline int _slice_start(int d, int slices, int t) noexcept nogil:
+    """First input column of slice t (slices as even as d allows)."""
+    return <int>((<Py_ssize_t>d * t) // slices)
+
+
+cdef void _slice_products(int slices, int d, int n, int m, bint backward, floating alpha,
+                          const floating* X, const floating* B, floating beta,
+                          floating* C) noexcept nogil:
+    """One product per column slice [j0, j1) of X (n, d), all in one batch call:
+    forward (B = W, d x m):   C[t] (n, m) := alpha X[:, j0:j1] W[j0:j1] + beta C[t],
+                              C[t] = C + t n m (the partial products);
+    backward (B = dS, n x m): C[j0:j1] := alpha X[:, j0:j1]^T dS + beta C[j0:j1] (C: d x m)."""
+    cdef CBLAS_TRANSPOSE ta[_MAX_SLICES]
+    cdef CBLAS_TRANSPOSE tb[_MAX_SLICES]
+    cdef int M[_MAX_SLICES]
+    cdef int N[_MAX_SLICES]
+    cdef int K[_MAX_SLICES]
+    cdef int lda[_MAX_SLICES]
+    cdef int ldb[_MAX_SLICES]
+    cdef int ldc[_MAX_SLICES]
+    cdef int one[_MAX_SLICES]
+    cdef floating alphas[_MAX_SLICES]
+    cdef floating betas[_MAX_SLICES]
+    cdef const floating* As[_MAX_SLICES]
+    cdef const floating* Bs[_MAX_SLICES]
+    cdef floating* Cs[_MAX_SLICES]
+    cdef int t, j0, j1
+    for t in range(slices):
+        j0 = _slice_start(d, slices, t)
+        j1 = _slice_start(d, slices, t + 1)
+        ta[t] = CblasTrans if backward else CblasNoTrans
+        tb[t] = CblasNoTrans
+        M[t] = j1 - j0 if backward else n
+        N[t] = m
+        K[t] = n if backward else j1 - j0
+        alphas[t] = alpha
+        betas[t] = beta
+        As[t] = X + j0
+        lda[t] = d
+        Bs[t] = B if backward else B + <Py_ssize_t>j0 * m
+        ldb[t] = m
+        Cs[t] = C + (<Py_ssize_t>j0 * m if backward else <Py_ssize_t>t * n * m)
+        ldc[t] = m
+        one[t] = 1
+    _check_pool()
+    if floating is float:
+        scipy_cblas_sgemm_batch(CblasRowMajor, ta, tb, M, N, K, alphas, As, lda, Bs, ldb,
+                                betas, Cs, ldc, slices, one)
+    else:
+        scipy_cblas_dgemm_batch(CblasRowMajor, ta, tb, M, N, K, alphas, As, lda, Bs, ldb,
+                                betas, Cs, ldc, slices, one)
 
 
 cdef void _first_layer_forward(Net* p, Py_ssize_t offset, int n, int slices,
                                floating* X) noexcept nogil:
     """S := X W + b for the first layer, X gathered on the way, in ``slices`` column slices."""
     cdef Layer* ly = &p.layers[0]
-    cdef int d = ly.d_in, m = ly.d_out, t, j, j0, j1, c
-    cdef int chunk = _chunk(n, m)
+    cdef int d = ly.d_in, m = ly.d_out, t
     cdef floating* P = <floating*>p.P
     cdef floating* S = <floating*>ly.S
-    cdef const floating* W = <floating*>ly.W
     cdef const floating* b = <floating*>ly.b
     cdef Py_ssize_t i, k, size = <Py_ssize_t>n * m
     for t in prange(slices, num_threads=slices, schedule="static"):
-        j0 = <int>((<Py_ssize_t>d * t) // slices)
-        j1 = <int>((<Py_ssize_t>d * (t + 1)) // slices)
-        _gather_batch(p, offset, n, j0, j1, False, X)
-        j = j0
-        while j < j1:
-            c = min(chunk, j1 - j)
-            _gemm_ld(False, False, n, m, c, <floating>1, X + j, d, W + <Py_ssize_t>j * m, m,
-                     <floating>(j > j0), P + t * size, m)
-            j = j + c
+        _gather_batch(p, offset, n, _slice_start(d, slices, t), _slice_start(d, slices, t + 1),
+                      False, X)
+    _slice_products(slices, d, n, m, False, <floating>1, X, <floating*>ly.W, <floating>0, P)
     for i in range(n):
         for k in range(m):
             S[i * m + k] = b[k]
@@ -843,27 +814,16 @@ cdef void _first_layer_weights(Net* p, int n, int slices, const floating* X, con
     """The first layer's weight product in the same column slices as the forward pass:
     with ``update`` W := decay W - lr X^T dS, else dW := X^T dS + lam2 W."""
     cdef Layer* ly = &p.layers[0]
-    cdef int d = ly.d_in, m = ly.d_out, t, j, j0, j1, c
-    cdef int chunk = _chunk(n, m)
+    cdef int d = ly.d_in, m = ly.d_out
     cdef floating* W = <floating*>ly.W
     cdef floating* dW = <floating*>ly.dW
     cdef Py_ssize_t k
-    for t in prange(slices, num_threads=slices, schedule="static"):
-        j0 = <int>((<Py_ssize_t>d * t) // slices)
-        j1 = <int>((<Py_ssize_t>d * (t + 1)) // slices)
-        if not update:
-            for k in range(<Py_ssize_t>j0 * m, <Py_ssize_t>j1 * m):
-                dW[k] = lam2 * W[k]
-        j = j0
-        while j < j1:
-            c = min(chunk, j1 - j)
-            if update:
-                _gemm_ld(True, False, c, m, n, -lr, X + j, d, dS, m, decay,
-                         W + <Py_ssize_t>j * m, m)
-            else:
-                _gemm_ld(True, False, c, m, n, <floating>1, X + j, d, dS, m, <floating>1,
-                         dW + <Py_ssize_t>j * m, m)
-            j = j + c
+    if update:
+        _slice_products(slices, d, n, m, True, -lr, X, dS, decay, W)
+        return
+    for k in range(<Py_ssize_t>d * m):
+        dW[k] = lam2 * W[k]
+    _slice_products(slices, d, n, m, True, <floating>1, X, dS, <floating>1, dW)
 
 
 cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
@@ -875,7 +835,7 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
     cdef Layer* ly
     cdef const floating* A = X
     cdef double factor
-    cdef int slices = _slices(p, n)
+    cdef int slices = _slices(p)
     if slices == 1:
         _gather_batch(p, offset, n, 0, p.d0, True, X)
     for l in range(p.L):
@@ -937,7 +897,7 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
     cdef const floating* A
     cdef floating* dS
     cdef floating* W
-    cdef int slices = _slices(p, n)  # as in the forward pass: same threads, same count
+    cdef int slices = _slices(p)  # as in the forward pass: same threads, same count
     for l in range(p.L - 1, -1, -1):
         ly = &p.layers[l]
         dS = <floating*>ly.S
@@ -1023,6 +983,10 @@ cdef class Plan:
         cdef Layer* ly
         self.dbl = dbl
         self._keep = (X, theta, grad, layers, partials)
+        if partials is not None and not (1 < partials.shape[0] <= _MAX_SLICES
+                                         and partials.shape[1:] == (cap, layers[0]["d_out"])):
+            raise ValueError(f"partials must be (2..{_MAX_SLICES}, cap, d1), "
+                             f"got {partials.shape}")
         self.net.P = <void*>_addr_or_null(partials)
         self.net.slices = 1 if partials is None else partials.shape[0]
         self.net.L = len(layers)

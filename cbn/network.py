@@ -249,8 +249,8 @@ class Network:
                     spec[key] = np.zeros(d_out, dt)
             layers.append(spec)
         # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
-        # many threads as there are now, up to 8.
-        slices = min(_ops.threads(), 8)
+        # many threads as there are now, up to MAX_SLICES.
+        slices = min(_ops.threads(), _ops.MAX_SLICES)
         partials = (np.zeros((slices, cap, self.dims[1]), dt)
                     if slices > 1 and self.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
         plan = _ops.Plan(cap, self.input_dim, dt == np.float64, X, self._theta, self._grad,
