@@ -739,13 +739,18 @@ cdef inline int _slice_start(int d, int slices, int t) noexcept nogil:
     return <int>((<Py_ssize_t>d * t) // slices)
 
 
-cdef void _slice_products(int slices, int d, int n, int m, bint backward, floating alpha,
+# The three products _slice_products batches, one per column slice [j0, j1) of X (n, d):
+cdef enum SliceProduct:
+    FORWARD      # P[t] (n, m) := alpha X[:, j0:j1] W[j0:j1] + beta P[t]    (B = W, C = P)
+    WEIGHTS      # C[j0:j1] (w, m) := alpha X[:, j0:j1]^T dS + beta C[j0:j1] (B = dS, C = W or dW)
+    TRANSPOSED   # T[t] (m, w) := alpha dS^T X[:, j0:j1], T[t] at C + j0 m   (B = dS, C = workspace)
+
+
+cdef void _slice_products(int slices, int d, int n, int m, SliceProduct form, floating alpha,
                           const floating* X, const floating* B, floating beta,
                           floating* C) noexcept nogil:
-    """One product per column slice [j0, j1) of X (n, d), all in one batch call:
-    forward (B = W, d x m):   C[t] (n, m) := alpha X[:, j0:j1] W[j0:j1] + beta C[t],
-                              C[t] = C + t n m (the partial products);
-    backward (B = dS, n x m): C[j0:j1] := alpha X[:, j0:j1]^T dS + beta C[j0:j1] (C: d x m)."""
+    """The products of all column slices of X in one batch call (forms: SliceProduct);
+    P[t] = C + t n m, w = j1 - j0."""
     cdef CBLAS_TRANSPOSE ta[_MAX_SLICES]
     cdef CBLAS_TRANSPOSE tb[_MAX_SLICES]
     cdef int M[_MAX_SLICES]
@@ -764,20 +769,24 @@ cdef void _slice_products(int slices, int d, int n, int m, bint backward, floati
     for t in range(slices):
         j0 = _slice_start(d, slices, t)
         j1 = _slice_start(d, slices, t + 1)
-        ta[t] = CblasTrans if backward else CblasNoTrans
-        tb[t] = CblasNoTrans
-        M[t] = j1 - j0 if backward else n
-        N[t] = m
-        K[t] = n if backward else j1 - j0
         alphas[t] = alpha
         betas[t] = beta
-        As[t] = X + j0
-        lda[t] = d
-        Bs[t] = B if backward else B + <Py_ssize_t>j0 * m
-        ldb[t] = m
-        Cs[t] = C + (<Py_ssize_t>j0 * m if backward else <Py_ssize_t>t * n * m)
-        ldc[t] = m
         one[t] = 1
+        if form == FORWARD:
+            ta[t], tb[t], M[t], N[t], K[t] = CblasNoTrans, CblasNoTrans, n, m, j1 - j0
+            As[t], lda[t] = X + j0, d
+            Bs[t], ldb[t] = B + <Py_ssize_t>j0 * m, m
+            Cs[t], ldc[t] = C + <Py_ssize_t>t * n * m, m
+        elif form == WEIGHTS:
+            ta[t], tb[t], M[t], N[t], K[t] = CblasTrans, CblasNoTrans, j1 - j0, m, n
+            As[t], lda[t] = X + j0, d
+            Bs[t], ldb[t] = B, m
+            Cs[t], ldc[t] = C + <Py_ssize_t>j0 * m, m
+        else:
+            ta[t], tb[t], M[t], N[t], K[t] = CblasTrans, CblasNoTrans, m, j1 - j0, n
+            As[t], lda[t] = B, m
+            Bs[t], ldb[t] = X + j0, d
+            Cs[t], ldc[t] = C + <Py_ssize_t>j0 * m, j1 - j0
     _check_pool()
     if floating is float:
         scipy_cblas_sgemm_batch(CblasRowMajor, ta, tb, M, N, K, alphas, As, lda, Bs, ldb,
@@ -799,7 +808,7 @@ cdef void _first_layer_forward(Net* p, Py_ssize_t offset, int n, int slices,
     for t in prange(slices, num_threads=slices, schedule="static"):
         _gather_batch(p, offset, n, _slice_start(d, slices, t), _slice_start(d, slices, t + 1),
                       False, X)
-    _slice_products(slices, d, n, m, False, <floating>1, X, <floating*>ly.W, <floating>0, P)
+    _slice_products(slices, d, n, m, FORWARD, <floating>1, X, <floating*>ly.W, <floating>0, P)
     for i in range(n):
         for k in range(m):
             S[i * m + k] = b[k]
@@ -812,18 +821,33 @@ cdef void _first_layer_weights(Net* p, int n, int slices, const floating* X, con
                                bint update, floating lr, floating decay,
                                floating lam2) noexcept nogil:
     """The first layer's weight product in the same column slices as the forward pass:
-    with ``update`` W := decay W - lr X^T dS, else dW := X^T dS + lam2 W."""
+    with ``update`` W := decay W - lr X^T dS, else dW := X^T dS + lam2 W. From
+    _TRANSPOSED_FROM rows, as in _weight_product: each slice's product transposed into the
+    workspace, then added into its rows by the thread that made it."""
     cdef Layer* ly = &p.layers[0]
-    cdef int d = ly.d_in, m = ly.d_out
+    cdef int d = ly.d_in, m = ly.d_out, t, j0, j1, w
     cdef floating* W = <floating*>ly.W
     cdef floating* dW = <floating*>ly.dW
-    cdef Py_ssize_t k
-    if update:
-        _slice_products(slices, d, n, m, True, -lr, X, dS, decay, W)
+    cdef floating* T = <floating*>ly.WT
+    cdef floating* C = W if update else dW
+    cdef floating alpha = -lr if update else 1
+    cdef floating beta = decay if update else lam2
+    cdef Py_ssize_t i, k
+    if T == NULL or n < _TRANSPOSED_FROM:
+        if not update:
+            for k in range(<Py_ssize_t>d * m):
+                dW[k] = lam2 * W[k]
+        _slice_products(slices, d, n, m, WEIGHTS, alpha, X, dS,
+                        <floating>(decay if update else 1), C)
         return
-    for k in range(<Py_ssize_t>d * m):
-        dW[k] = lam2 * W[k]
-    _slice_products(slices, d, n, m, True, <floating>1, X, dS, <floating>1, dW)
+    _slice_products(slices, d, n, m, TRANSPOSED, alpha, X, dS, <floating>0, T)
+    for t in prange(slices, num_threads=slices, schedule="static"):
+        j0 = _slice_start(d, slices, t)
+        j1 = _slice_start(d, slices, t + 1)
+        w = j1 - j0
+        for i in range(w):  # row j0 + i of C takes column i of this slice's block (m, w)
+            for k in range(m):
+                C[(j0 + i) * m + k] = beta * W[(j0 + i) * m + k] + T[j0 * m + k * w + i]
 
 
 cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
@@ -867,7 +891,8 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
             _relu(<Py_ssize_t>n * ly.d_out, <floating*>ly.S, <floating*>ly.H)
         A = <floating*>ly.H
     ly = &p.layers[p.L - 1]
-    _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n, <floating*>ly.S if grad_out else NULL, probs, loss, correct)
+    _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n,
+                  <floating*>ly.S if grad_out else NULL, probs, loss, correct)
 
 
 cdef int _not_finite(Py_ssize_t size, const floating* x) noexcept nogil:
