@@ -82,6 +82,36 @@ def test_cost_and_grads_match_numpy_reference(two_threads, dt, hidden, bn, lam, 
         np.testing.assert_allclose(g, rgrads[name], **TOL[dt])
 
 
+@pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP: nothing is sliced")
+@pytest.mark.parametrize("rows", ROWS)
+def test_three_uneven_slices_match_the_reference(rows):
+    """Three BLAS threads (fine on fewer cores): 263 inputs in slices of 87, 88 and 88."""
+    with threadpool_limits(3, user_api="blas"):
+        rng = np.random.default_rng(rows)
+        net = Network(263, [16, 8], 6, dtype=np.float64, seed=3)
+        X, y = data(rng, rows, 263, 6)
+        cost, grads = net.cost_and_grads(X, y, 0.01)
+        assert net._plan(rows).first_layer_slices == 3
+    reference = ReferenceNet(dict(net.params), True)
+    rcost, rgrads, _ = reference.cost_and_grads(X, y, 0.01)
+    assert cost == pytest.approx(rcost, rel=1e-10)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, rgrads[name], **TOL[np.float64])
+
+
+def test_a_plan_refuses_a_partials_workspace_it_cannot_use():
+    """The sliced first layer keeps one entry per slice on the stack: at most MAX_SLICES."""
+    net = Network(300, [5], 3, dtype=np.float64)
+    good = net._plan(4)  # builds the workspace the right way
+    assert good is not None
+    for shape in [(_ops.MAX_SLICES + 1, 4, 5), (1, 4, 5), (2, 3, 5), (2, 4, 6)]:
+        with pytest.raises(ValueError, match="partials"):
+            _ops.Plan(4, 300, True, np.zeros((4, 300)), net.flat_params, None, 0,
+                      [dict(d_in=300, d_out=5, hidden=False, bn=False,
+                            W=np.zeros((300, 5)), b=np.zeros(5), S=np.zeros((4, 5)))],
+                      1e-5, 0.9, False, np.zeros(shape))
+
+
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("bn", [True, False])
 @pytest.mark.parametrize("rows", ROWS)
