@@ -26,7 +26,7 @@ import os
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, sqrt
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
@@ -270,18 +270,14 @@ cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
 
 
-cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
-                             const floating* beta, floating eps, floating* mean,
-                             floating* var, floating* inv_std, floating* Shat,
-                             floating* H) noexcept nogil:
-    """Per feature j over the n rows: mean, biased var, inv_std = 1/sqrt(var + eps);
-    Shat = (S - mean) inv_std;  H = max(0, gamma Shat + beta)."""
-    # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
+cdef int _batch_stats(int n, int m, const floating* S, floating eps, floating* mean,
+                      floating* var, floating* inv_std) noexcept nogil:
+    """Per feature j over the n rows: mean, biased var, inv_std = 1/sqrt(var + eps).
+    Returns 1 if a mean or variance is NaN or infinite (an overflowing batch), else 0."""
     cdef Py_ssize_t i, j
-    cdef floating t, z
+    cdef floating t
     cdef const floating* s
-    cdef floating* sh
-    cdef floating* h
+    cdef int bad = 0
     for j in range(m):
         mean[j] = 0
         var[j] = 0
@@ -300,6 +296,24 @@ cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* ga
     for j in range(m):
         var[j] /= n
         inv_std[j] = 1 / sqrt(var[j] + eps)
+        bad |= (mean[j] - mean[j]) != 0
+        bad |= (var[j] - var[j]) != 0
+    return bad
+
+
+cdef int _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
+                            const floating* beta, floating eps, floating* mean,
+                            floating* var, floating* inv_std, floating* Shat,
+                            floating* H) noexcept nogil:
+    """Batch statistics (``_batch_stats``);  Shat = (S - mean) inv_std;
+    H = max(0, gamma Shat + beta). Returns _batch_stats' flag."""
+    # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
+    cdef Py_ssize_t i, j
+    cdef floating z
+    cdef const floating* s
+    cdef floating* sh
+    cdef floating* h
+    cdef int bad = _batch_stats(n, m, S, eps, mean, var, inv_std)
     for i in range(n):
         s = S + i * m
         sh = Shat + i * m
@@ -311,6 +325,55 @@ cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* ga
         for j in range(m):
             z = gamma[j] * sh[j] + beta[j]
             h[j] = z if z > 0 else 0
+    return bad
+
+
+cdef int _bn_fwd_train(int n, int m, const floating* S, const floating* gamma,
+                       const floating* beta, floating eps, floating* mean, floating* var,
+                       floating* inv_std, floating* Shat, floating* Z) noexcept nogil:
+    """Batch statistics (``_batch_stats``);  Shat = (S - mean) inv_std;  Z = gamma Shat + beta.
+    Returns _batch_stats' flag."""
+    cdef Py_ssize_t i, j
+    cdef const floating* s
+    cdef floating* sh
+    cdef floating* z
+    cdef int bad = _batch_stats(n, m, S, eps, mean, var, inv_std)
+    for i in range(n):
+        s = S + i * m
+        sh = Shat + i * m
+        z = Z + i * m
+        for j in range(m):
+            sh[j] = (s[j] - mean[j]) * inv_std[j]
+        for j in range(m):
+            z[j] = gamma[j] * sh[j] + beta[j]
+    return bad
+
+
+cdef void _bn_bwd(int n, int m, const floating* dZ, const floating* Shat,
+                  const floating* gamma, const floating* inv_std, floating* dgamma,
+                  floating* dbeta, floating* dS) noexcept nogil:
+    """dgamma = sum dZ Shat;  dbeta = sum dZ;  dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).
+    dS may alias dZ."""
+    cdef Py_ssize_t i, j
+    cdef floating inv_n = (<floating>1) / n
+    cdef const floating* dz
+    cdef const floating* sh
+    cdef floating* ds
+    for j in range(m):
+        dgamma[j] = 0
+        dbeta[j] = 0
+    for i in range(n):
+        dz = dZ + i * m
+        sh = Shat + i * m
+        for j in range(m):
+            dgamma[j] += dz[j] * sh[j]
+            dbeta[j] += dz[j]
+    for i in range(n):
+        dz = dZ + i * m
+        sh = Shat + i * m
+        ds = dS + i * m
+        for j in range(m):
+            ds[j] = gamma[j] * inv_std[j] * (dz[j] - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
 
 
 cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
@@ -371,6 +434,19 @@ cdef void _affine_relu(int n, int m, const floating* S, const floating* scale,
             H[k] = z if z > 0 else 0
 
 
+cdef void _affine(int n, int m, const floating* S, const floating* scale,
+                  const floating* shift, floating* Z) noexcept nogil:
+    """Z = S scale + shift, per feature (batch norm in evaluation mode)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* s
+    cdef floating* z
+    for i in range(n):
+        s = S + i * m
+        z = Z + i * m
+        for j in range(m):
+            z[j] = s[j] * scale[j] + shift[j]
+
+
 cdef void _running_update(int m, const floating* mean, const floating* var,
                           floating* rmean, floating* rvar, floating alpha,
                           floating var_factor, bint first) noexcept nogil:
@@ -399,6 +475,47 @@ cdef void _relu_bwd(Py_ssize_t size, const floating* dH, const floating* H,
     cdef Py_ssize_t k
     for k in range(size):
         dS[k] = dH[k] if H[k] > 0 else 0
+
+
+# Dropout masks come from a counter-based hash, so the forward and backward passes (and a
+# gradient check holding the seed) regenerate the same mask without storing it. The key mixes
+# (seed, step, layer) with splitmix64 once; each element then takes a 32-bit hash of its
+# index, which the compiler vectorises (a 64-bit multiply per element would stay scalar).
+
+cdef inline uint64_t _splitmix64(uint64_t x) noexcept nogil:
+    """splitmix64's output function of x + golden gamma."""
+    x += 0x9E3779B97F4A7C15ULL
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline uint64_t _dropout_key(uint64_t seed, uint64_t step, uint64_t layer) noexcept nogil:
+    """One 64-bit key per (seed, step, layer)."""
+    return _splitmix64(_splitmix64(_splitmix64(seed) ^ step) ^ layer)
+
+
+cdef inline uint32_t _hash32(uint32_t x) noexcept nogil:
+    """A 32-bit integer hash (lowbias32)."""
+    x ^= x >> 16
+    x *= 0x7FEB352DU
+    x ^= x >> 15
+    x *= 0x846CA68BU
+    x ^= x >> 16
+    return x
+
+
+cdef void _dropout(Py_ssize_t size, uint64_t key, uint32_t threshold, floating scale,
+                   const floating* A, floating* B) noexcept nogil:
+    """B[k] = A[k] scale if hash(k, key) >= threshold, else A[k] 0 (NaN stays NaN), with
+    hash(k, key) = h32(h32(k ^ lo(key)) ^ hi(key)) and h32 = ``_hash32``. The forward pass
+    and the backward pass (A = dB, B = dA) are this one map. B may alias A."""
+    cdef Py_ssize_t k
+    cdef uint32_t lo = <uint32_t>key, hi = <uint32_t>(key >> 32)
+    cdef floating keep
+    for k in range(size):
+        keep = scale if _hash32(_hash32(<uint32_t>k ^ lo) ^ hi) >= threshold else 0
+        B[k] = A[k] * keep
 
 
 cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
@@ -578,6 +695,45 @@ def relu_backward(const floating[:, ::1] dH, const floating[:, ::1] H, floating[
         _relu_bwd(dH.shape[0] * dH.shape[1], &dH[0, 0], &H[0, 0], &dS[0, 0])
 
 
+def bn_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
+                     const floating[::1] beta, double eps, floating[::1] mean,
+                     floating[::1] var, floating[::1] inv_std, floating[:, ::1] Shat,
+                     floating[:, ::1] Z):
+    """Returns True if a batch mean or variance is not finite."""
+    cdef int bad
+    with nogil:
+        bad = _bn_fwd_train(S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
+                            <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0], &Z[0, 0])
+    return bool(bad)
+
+
+def bn_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
+                    const floating[::1] beta, const floating[::1] running_mean,
+                    const floating[::1] running_var, double eps, floating[::1] scale,
+                    floating[::1] shift, floating[:, ::1] Z):
+    with nogil:
+        _bn_eval_affine(S.shape[1], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
+                        <floating>eps, &scale[0], &shift[0])
+        _affine(S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &Z[0, 0])
+
+
+def bn_backward(const floating[:, ::1] dZ, const floating[:, ::1] Shat,
+                const floating[::1] gamma, const floating[::1] inv_std, floating[::1] dgamma,
+                floating[::1] dbeta, floating[:, ::1] dS):
+    with nogil:
+        _bn_bwd(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &Shat[0, 0], &gamma[0], &inv_std[0],
+                &dgamma[0], &dbeta[0], &dS[0, 0])
+
+
+def dropout(const floating[:, ::1] A, floating[:, ::1] B, double p, uint64_t seed,
+            uint64_t step, uint64_t layer):
+    """B = A times the inverted-dropout mask of (seed, step, layer): forward and backward."""
+    cdef uint32_t threshold = <uint32_t>min(round(p * 2.0 ** 32), 2 ** 32 - 1)
+    with nogil:
+        _dropout(<Py_ssize_t>A.shape[0] * A.shape[1], _dropout_key(seed, step, layer),
+                 threshold, <floating>(1 / (1 - p)), &A[0, 0], &B[0, 0])
+
+
 def softmax_cross_entropy(const floating[:, ::1] Z, const int64_t[::1] y=None,
                           floating[:, ::1] G=None, floating[:, ::1] P=None):
     """Returns (sum of losses, number correct); fills G and P when given."""
@@ -633,28 +789,51 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
 # Plan: a whole network at one batch capacity, run step by step without the GIL.
 # ---------------------------------------------------------------------------------------
 
-cdef struct Layer:
-    int d_in, d_out
-    bint hidden, bn
-    void* W
-    void* b
-    void* gamma
+# A network is a sequence of blocks: a linear layer followed by up to MAX_OPS element-wise
+# ops (the hidden blocks' activations; none after the output layer). Each op reads the
+# previous op's output (the linear layer's S first) and writes its own ``out``; the backward
+# pass runs the ops in reverse, in place on the block's S buffer, which then holds the
+# gradient w.r.t. S. Adding an op: a kernel pair, an OpKind, its two cases in
+# _op_forward/_op_backward and a constructor on OpSpec.
+
+cdef enum OpKind:
+    OP_BN_RELU = 0   # batch norm then ReLU, fused (the course's block)
+    OP_RELU = 1
+    OP_BN = 2
+    OP_DROPOUT = 3   # inverted dropout, in place on its input; training only
+
+cdef enum: MAX_OPS = 4
+
+
+cdef struct Op:
+    OpKind kind
+    void* out      # (cap, m) output; the input when in place (dropout)
+    void* gamma    # batch norm: parameters, gradients, running and batch statistics
     void* beta
-    void* dW
-    void* db
     void* dgamma
     void* dbeta
     void* rmean
     void* rvar
-    void* S        # (cap, d_out) pre-activation; reused for the gradient dS
-    void* Shat     # (cap, d_out) normalised pre-activation (BN only)
-    void* H        # (cap, d_out) activation (hidden only)
-    void* mean     # (d_out,) batch statistics (BN only)
+    void* Shat     # (cap, m) normalised input
+    void* mean     # (m,) batch statistics
     void* var
     void* inv_std
-    void* escale   # (d_out,) evaluation-mode affine map (BN only)
+    void* escale   # (m,) evaluation-mode affine map
     void* eshift
+    uint32_t drop_threshold   # dropout: an element is kept if its hash >= this (p 2^32)
+    double drop_scale         # 1 / (1 - p)
+
+
+cdef struct Layer:
+    int d_in, d_out, n_ops
+    void* W
+    void* b
+    void* dW
+    void* db
+    void* S        # (cap, d_out) pre-activation; reused for the gradient dS
+    void* H        # (cap, d_out) the block's output: its last op's out (hidden blocks)
     void* WT       # (d_out, d_in) workspace of _weight_product, or NULL (small batches)
+    Op ops[MAX_OPS]
 
 
 cdef struct Net:
@@ -675,6 +854,9 @@ cdef struct Net:
     const int64_t* idx
     void* P              # (slices, cap, d1) partial first-layer products, or NULL
     int slices           # at most this many column slices in the first layer
+    uint64_t drop_seed   # dropout masks of the next step: keys of (drop_seed, drop_step, layer)
+    uint64_t drop_step
+    bint drop_on         # the last forward pass applied dropout (its backward must too)
 
 
 cdef size_t _addr(object a) except 0:
@@ -850,15 +1032,81 @@ cdef void _first_layer_weights(Net* p, int n, int slices, const floating* X, con
                 C[(j0 + i) * m + k] = beta * W[(j0 + i) * m + k] + T[j0 * m + k * w + i]
 
 
-cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
-                   bint first, floating* X, floating* probs, bint grad_out, double* loss,
-                   int64_t* correct) noexcept nogil:
-    """Gather rows idx[offset:offset+n], run every layer, then softmax cross-entropy.
-    With grad_out the output gradient (P - Y)/n overwrites the logits buffer."""
-    cdef int l
+cdef int _op_forward(Net* p, Op* op, int layer, int n, int m, const floating* A,
+                     bint training, bint update_stats, bint first) noexcept nogil:
+    """One element-wise op of hidden block ``layer`` on A (n, m) into op.out. Returns 1 if a
+    batch mean or variance is not finite, else 0."""
+    cdef floating* out = <floating*>op.out
+    cdef double factor
+    cdef int bad = 0
+    if op.kind == OP_RELU:
+        _relu(<Py_ssize_t>n * m, A, out)
+    elif op.kind == OP_DROPOUT:
+        if training and p.drop_on:
+            _dropout(<Py_ssize_t>n * m, _dropout_key(p.drop_seed, p.drop_step, layer),
+                     op.drop_threshold, <floating>op.drop_scale, A, out)
+    elif training:  # batch norm on the batch's statistics
+        if op.kind == OP_BN_RELU:
+            bad = _bn_relu_fwd_train(n, m, A, <floating*>op.gamma, <floating*>op.beta,
+                                     <floating>p.eps, <floating*>op.mean, <floating*>op.var,
+                                     <floating*>op.inv_std, <floating*>op.Shat, out)
+        else:
+            bad = _bn_fwd_train(n, m, A, <floating*>op.gamma, <floating*>op.beta,
+                                <floating>p.eps, <floating*>op.mean, <floating*>op.var,
+                                <floating*>op.inv_std, <floating*>op.Shat, out)
+        if update_stats:
+            factor = n / (n - 1.0) if (p.unbiased and n > 1) else 1.0
+            _running_update(m, <floating*>op.mean, <floating*>op.var, <floating*>op.rmean,
+                            <floating*>op.rvar, <floating>p.alpha, <floating>factor, first)
+    else:  # batch norm on the running statistics
+        _bn_eval_affine(m, <floating*>op.gamma, <floating*>op.beta, <floating*>op.rmean,
+                        <floating*>op.rvar, <floating>p.eps, <floating*>op.escale,
+                        <floating*>op.eshift)
+        if op.kind == OP_BN_RELU:
+            _affine_relu(n, m, A, <floating*>op.escale, <floating*>op.eshift, out)
+        else:
+            _affine(n, m, A, <floating*>op.escale, <floating*>op.eshift, out)
+    return bad
+
+
+cdef int _op_backward(Net* p, Op* op, int layer, int n, int m, floating* G, bint update,
+                      floating lr) noexcept nogil:
+    """Back through one element-wise op of hidden block ``layer``: G (n, m) holds the gradient
+    w.r.t. the op's output and receives the one w.r.t. its input. Batch-norm gradients go to
+    dgamma, dbeta; with ``update`` gamma and beta also take their SGD step. Returns 1 if an
+    updated value is not finite."""
+    cdef int bad = 0
+    if op.kind == OP_RELU:
+        _relu_bwd(<Py_ssize_t>n * m, G, <floating*>op.out, G)
+        return 0
+    if op.kind == OP_DROPOUT:
+        if p.drop_on:
+            _dropout(<Py_ssize_t>n * m, _dropout_key(p.drop_seed, p.drop_step, layer),
+                     op.drop_threshold, <floating>op.drop_scale, G, G)
+        return 0
+    if op.kind == OP_BN_RELU:
+        _bn_relu_bwd(n, m, G, <floating*>op.out, <floating*>op.Shat, <floating*>op.gamma,
+                     <floating*>op.inv_std, <floating*>op.dgamma, <floating*>op.dbeta, G)
+    else:
+        _bn_bwd(n, m, G, <floating*>op.Shat, <floating*>op.gamma, <floating*>op.inv_std,
+                <floating*>op.dgamma, <floating*>op.dbeta, G)
+    if update:
+        bad |= _sgd_update(m, <floating*>op.gamma, <floating*>op.dgamma, <floating*>NULL, lr,
+                           <floating>0, <floating>0)
+        bad |= _sgd_update(m, <floating*>op.beta, <floating*>op.dbeta, <floating*>NULL, lr,
+                           <floating>0, <floating>0)
+    return bad
+
+
+cdef int _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
+                  bint first, floating* X, floating* probs, bint grad_out, double* loss,
+                  int64_t* correct) noexcept nogil:
+    """Gather rows idx[offset:offset+n], run every block, then softmax cross-entropy.
+    With grad_out the output gradient (P - Y)/n overwrites the logits buffer. Returns 1 if a
+    batch-norm batch mean or variance was not finite, else 0."""
+    cdef int l, o, bad = 0
     cdef Layer* ly
     cdef const floating* A = X
-    cdef double factor
     cdef int slices = _slices(p)
     if slices == 1:
         _gather_batch(p, offset, n, 0, p.d0, True, X)
@@ -869,30 +1117,16 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
         else:
             _linear_fwd(n, ly.d_in, ly.d_out, A, <floating*>ly.W, <floating*>ly.b,
                         <floating*>ly.S)
-        if not ly.hidden:
+        if l == p.L - 1:
             break
-        if ly.bn and training:
-            _bn_relu_fwd_train(n, ly.d_out, <floating*>ly.S, <floating*>ly.gamma,
-                               <floating*>ly.beta, <floating>p.eps, <floating*>ly.mean,
-                               <floating*>ly.var, <floating*>ly.inv_std,
-                               <floating*>ly.Shat, <floating*>ly.H)
-            if update_stats:
-                factor = n / (n - 1.0) if (p.unbiased and n > 1) else 1.0
-                _running_update(ly.d_out, <floating*>ly.mean, <floating*>ly.var,
-                                <floating*>ly.rmean, <floating*>ly.rvar,
-                                <floating>p.alpha, <floating>factor, first)
-        elif ly.bn:
-            _bn_eval_affine(ly.d_out, <floating*>ly.gamma, <floating*>ly.beta,
-                            <floating*>ly.rmean, <floating*>ly.rvar, <floating>p.eps,
-                            <floating*>ly.escale, <floating*>ly.eshift)
-            _affine_relu(n, ly.d_out, <floating*>ly.S, <floating*>ly.escale,
-                         <floating*>ly.eshift, <floating*>ly.H)
-        else:
-            _relu(<Py_ssize_t>n * ly.d_out, <floating*>ly.S, <floating*>ly.H)
-        A = <floating*>ly.H
+        A = <floating*>ly.S
+        for o in range(ly.n_ops):
+            bad |= _op_forward(p, &ly.ops[o], l, n, ly.d_out, A, training, update_stats, first)
+            A = <floating*>ly.ops[o].out
     ly = &p.layers[p.L - 1]
     _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n,
                   <floating*>ly.S if grad_out else NULL, probs, loss, correct)
+    return bad
 
 
 cdef int _not_finite(Py_ssize_t size, const floating* x) noexcept nogil:
@@ -916,7 +1150,7 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
     weights are not scanned here (a pass over every weight costs up to ~15 % of a small step):
     a non-finite weight makes the next loss NaN, and ``all_finite`` checks them whenever
     the caller keeps the state."""
-    cdef int l, bad = 0
+    cdef int l, o, bad = 0
     cdef Layer* ly
     cdef Layer* below = NULL
     cdef const floating* A
@@ -952,21 +1186,9 @@ cdef int _backward(Net* p, int n, floating lam2, floating* X, bint update, float
                          <floating*>ly.WT)
         if l == 0:
             break
-        if below.bn:
-            _bn_relu_bwd(n, below.d_out, <floating*>below.S, <floating*>below.H,
-                         <floating*>below.Shat, <floating*>below.gamma,
-                         <floating*>below.inv_std, <floating*>below.dgamma,
-                         <floating*>below.dbeta, <floating*>below.S)
-            if update:
-                bad |= _sgd_update(below.d_out, <floating*>below.gamma,
-                                   <floating*>below.dgamma, <floating*>NULL, lr,
-                                   <floating>0, <floating>0)
-                bad |= _sgd_update(below.d_out, <floating*>below.beta,
-                                   <floating*>below.dbeta, <floating*>NULL, lr,
-                                   <floating>0, <floating>0)
-        else:
-            _relu_bwd(<Py_ssize_t>n * below.d_out, <floating*>below.S,
-                      <floating*>below.H, <floating*>below.S)
+        for o in range(below.n_ops - 1, -1, -1):
+            bad |= _op_backward(p, &below.ops[o], l - 1, n, below.d_out, <floating*>below.S,
+                                update, lr)
     return bad
 
 
@@ -983,14 +1205,106 @@ cdef int _update(Net* p, floating lr, floating wd, floating momentum,
     return bad
 
 
+cdef size_t _buffer(str name, object a, object dtype, Py_ssize_t size,
+                    bint writeable=True) except 0:
+    """The address of ``a`` after checking it can hold ``size`` values of ``dtype``,
+    contiguous (and writeable when the plan writes it): the kernels trust these pointers."""
+    if a is None:
+        raise ValueError(f"{name}: missing buffer")
+    if not hasattr(a, "__array_interface__") or a.dtype != dtype:
+        raise TypeError(f"{name} must be a {dtype} array, got {type(a).__name__} "
+                        f"{getattr(a, 'dtype', '')}")
+    if not a.flags.c_contiguous or a.size < size or (writeable and not a.flags.writeable):
+        raise ValueError(f"{name} must be a C-contiguous{' writeable' if writeable else ''} "
+                         f"array of at least {size} values, got shape {a.shape}")
+    return _addr(a)
+
+
+cdef class OpSpec:
+    """One element-wise op of a hidden block and the arrays it works on: the typed seam
+    between ``cbn.network`` (which allocates) and ``Plan`` (which runs). Made by the
+    constructors ``relu``, ``batch_norm`` and ``dropout``; Plan checks every array's dtype
+    and size against the block's width and its batch capacity."""
+    cdef readonly int kind
+    cdef readonly object out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar
+    cdef readonly object mean, var, inv_std, escale, eshift
+    cdef readonly double p
+
+    @staticmethod
+    def relu(out):
+        """H = max(0, A); ``out`` (cap, m) receives H."""
+        cdef OpSpec op = OpSpec()
+        op.kind, op.out = OP_RELU, out
+        return op
+
+    @staticmethod
+    def batch_norm(*, out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar, mean, var, inv_std,
+                   escale, eshift, bint relu=False):
+        """Z = gamma (A - mean) / sqrt(var + eps) + beta, then max(0, Z) with ``relu`` (one
+        fused kernel). ``out`` and ``Shat`` are (cap, m) workspaces, the rest (m,) vectors."""
+        cdef OpSpec op = OpSpec()
+        op.kind = OP_BN_RELU if relu else OP_BN
+        op.out, op.Shat, op.gamma, op.beta, op.dgamma, op.dbeta = out, Shat, gamma, beta, dgamma, dbeta
+        op.rmean, op.rvar, op.mean, op.var, op.inv_std = rmean, rvar, mean, var, inv_std
+        op.escale, op.eshift = escale, eshift
+        return op
+
+    @staticmethod
+    def dropout(double p):
+        """Inverted dropout in place, drop probability 0 <= p < 1, in training only."""
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        cdef OpSpec op = OpSpec()
+        op.kind, op.p = OP_DROPOUT, p
+        return op
+
+    @property
+    def is_relu(self):
+        """True if the op ends in a ReLU (its output > 0 marks the active units)."""
+        return self.kind in (OP_RELU, OP_BN_RELU)
+
+
+cdef class LayerSpec:
+    """A linear layer S = A W + b (W (d_in, d_out), S (cap, d_out)) with its gradients dW, db,
+    the optional transposed-product workspace WT, and the ops that follow it (none after the
+    output layer)."""
+    cdef readonly object W, b, dW, db, S, WT
+    cdef readonly tuple ops
+
+    def __init__(self, W, b, dW, db, S, WT=None, ops=()):
+        self.W, self.b, self.dW, self.db, self.S, self.WT = W, b, dW, db, S, WT
+        self.ops = tuple(ops)
+        if len(self.ops) > MAX_OPS or not all(isinstance(op, OpSpec) for op in self.ops):
+            raise ValueError(f"ops must be at most {MAX_OPS} OpSpec, got {self.ops!r}")
+        if len(W.shape) != 2:
+            raise ValueError(f"W must be 2-D, got shape {W.shape}")
+
+    @property
+    def d_in(self):
+        return self.W.shape[0]
+
+    @property
+    def d_out(self):
+        return self.W.shape[1]
+
+    @property
+    def output(self):
+        """The block's output: its last op's ``out`` (dropout works in place), else S."""
+        for op in reversed(self.ops):
+            if op.out is not None:
+                return op.out
+        return self.S
+
+
 cdef class Plan:
     """Pointers to one network's parameters, gradients and workspace at one batch capacity.
 
-    Built by ``cbn.network.Network``, which owns (and keeps alive) every array passed in;
-    the plan keeps references too so the pointers stay valid.
+    Built by ``cbn.network`` from ``LayerSpec``/``OpSpec`` objects, whose arrays it checks
+    and keeps alive (the pointers stay valid while the plan lives).
     """
     cdef Net net
     cdef bint dbl
+    cdef Py_ssize_t n_idx
     cdef object _keep
     cdef object _data
     cdef object _vel
@@ -998,21 +1312,32 @@ cdef class Plan:
     def __cinit__(self):
         self.net.layers = NULL
 
-    def __init__(self, int cap, int d0, bint dbl, object X, object theta, object grad,
-                 Py_ssize_t n_weights, list layers, double eps,
-                 double alpha, bint unbiased, object partials=None):
-        """layers: list of dicts with keys d_in, d_out, hidden, bn and the arrays of
-        the ``Layer`` struct (None where absent). partials: (slices, cap, d1) workspace of
-        the sliced first layer, or None (not sliced)."""
-        cdef int l
+    def __init__(self, int cap, int d0, object X, object theta, object grad,
+                 Py_ssize_t n_weights, list layers, double eps, double alpha, bint unbiased,
+                 object partials=None):
+        """layers: one ``LayerSpec`` per linear layer, input to output, of theta's dtype.
+        partials: (slices, cap, d1) workspace of the sliced first layer, or None (not sliced)."""
+        cdef int l, o, m
         cdef Layer* ly
-        self.dbl = dbl
+        cdef Op* op
+        cdef LayerSpec spec
+        cdef OpSpec spec_op
+        if cap < 1 or d0 < 1 or not layers:
+            raise ValueError(f"a plan needs cap >= 1, d0 >= 1 and layers, got {cap}, {d0}, "
+                             f"{len(layers)} layers")
+        dt = theta.dtype
+        if dt.name not in ("float32", "float64"):
+            raise TypeError(f"theta must be float32 or float64, got {dt}")
+        self.dbl = dt.name == "float64"
         self._keep = (X, theta, grad, layers, partials)
+        if not all(isinstance(spec, LayerSpec) for spec in layers):
+            raise TypeError("layers must be LayerSpec objects")
         if partials is not None and not (1 < partials.shape[0] <= _MAX_SLICES
-                                         and partials.shape[1:] == (cap, layers[0]["d_out"])):
+                                         and partials.shape[1:] == (cap, layers[0].d_out)):
             raise ValueError(f"partials must be (2..{_MAX_SLICES}, cap, d1), "
                              f"got {partials.shape}")
-        self.net.P = <void*>_addr_or_null(partials)
+        self.net.P = <void*>(0 if partials is None else
+                             _buffer("partials", partials, dt, partials.size))
         self.net.slices = 1 if partials is None else partials.shape[0]
         self.net.L = len(layers)
         self.net.cap = cap
@@ -1020,44 +1345,75 @@ cdef class Plan:
         self.net.layers = <Layer*>calloc(self.net.L, sizeof(Layer))
         if self.net.layers == NULL:
             raise MemoryError()
-        self.net.X = <void*>_addr(X)
-        self.net.theta = <void*>_addr(theta)
-        self.net.grad = <void*>_addr_or_null(grad)
+        self.net.X = <void*>_buffer("X", X, dt, <Py_ssize_t>cap * d0)
+        self.net.theta = <void*>_buffer("theta", theta, dt, theta.size)
+        self.net.n_params = theta.size
+        self.net.grad = <void*>_buffer("grad", grad, dt, self.net.n_params)
         self.net.vel = NULL
-        self.net.n_params = theta.shape[0]
+        if not 0 <= n_weights <= self.net.n_params:
+            raise ValueError(f"n_weights must be in [0, {self.net.n_params}], got {n_weights}")
         self.net.n_weights = n_weights
         self.net.eps = eps
         self.net.alpha = alpha
         self.net.unbiased = unbiased
         for l, spec in enumerate(layers):
             ly = &self.net.layers[l]
-            ly.d_in = spec["d_in"]
-            ly.d_out = spec["d_out"]
-            ly.hidden = spec["hidden"]
-            ly.bn = spec["bn"]
-            ly.W = <void*>_addr(spec["W"])
-            ly.b = <void*>_addr(spec["b"])
-            ly.S = <void*>_addr(spec["S"])
-            ly.dW = <void*>_addr_or_null(spec.get("dW"))
-            ly.db = <void*>_addr_or_null(spec.get("db"))
-            ly.H = <void*>_addr_or_null(spec.get("H"))
-            ly.gamma = <void*>_addr_or_null(spec.get("gamma"))
-            ly.beta = <void*>_addr_or_null(spec.get("beta"))
-            ly.dgamma = <void*>_addr_or_null(spec.get("dgamma"))
-            ly.dbeta = <void*>_addr_or_null(spec.get("dbeta"))
-            ly.rmean = <void*>_addr_or_null(spec.get("rmean"))
-            ly.rvar = <void*>_addr_or_null(spec.get("rvar"))
-            ly.Shat = <void*>_addr_or_null(spec.get("Shat"))
-            ly.mean = <void*>_addr_or_null(spec.get("mean"))
-            ly.var = <void*>_addr_or_null(spec.get("var"))
-            ly.inv_std = <void*>_addr_or_null(spec.get("inv_std"))
-            ly.escale = <void*>_addr_or_null(spec.get("escale"))
-            ly.eshift = <void*>_addr_or_null(spec.get("eshift"))
-            ly.WT = <void*>_addr_or_null(spec.get("WT"))
+            ly.d_in, ly.d_out = spec.d_in, spec.d_out
+            m = ly.d_out
+            expected = d0 if l == 0 else layers[l - 1].d_out
+            hidden = l < self.net.L - 1
+            if ly.d_in != expected or m < 1:
+                raise ValueError(f"layer {l + 1}: W is {spec.W.shape}, expected ({expected}, m >= 1)")
+            if hidden == (len(spec.ops) == 0):
+                raise ValueError(f"layer {l + 1}: hidden layers need ops, the output layer none")
+            if hidden and spec.output is spec.S:
+                raise ValueError(f"layer {l + 1}: the block's output must not be S, which "
+                                 "the backward pass reuses for the gradient")
+            name = f"layer {l + 1} "
+            ly.W = <void*>_buffer(name + "W", spec.W, dt, <Py_ssize_t>ly.d_in * m)
+            ly.b = <void*>_buffer(name + "b", spec.b, dt, m)
+            ly.dW = <void*>_buffer(name + "dW", spec.dW, dt, <Py_ssize_t>ly.d_in * m)
+            ly.db = <void*>_buffer(name + "db", spec.db, dt, m)
+            ly.S = <void*>_buffer(name + "S", spec.S, dt, <Py_ssize_t>cap * m)
+            ly.WT = <void*>(0 if spec.WT is None else
+                            _buffer(name + "WT", spec.WT, dt, <Py_ssize_t>ly.d_in * m))
+            ly.n_ops = len(spec.ops)
+            previous = spec.S
+            for o, spec_op in enumerate(spec.ops):
+                op = &ly.ops[o]
+                op.kind = <OpKind>spec_op.kind
+                if spec_op.kind == OP_DROPOUT:
+                    op.out = <void*>_addr(previous)
+                    # Kept when a uniform 32-bit hash is >= p 2^32: probability 1 - p.
+                    op.drop_threshold = <uint32_t>min(round(spec_op.p * 2.0 ** 32), 2 ** 32 - 1)
+                    op.drop_scale = 1.0 / (1.0 - spec_op.p)
+                    continue
+                op.out = <void*>_buffer(name + "op out", spec_op.out, dt, <Py_ssize_t>cap * m)
+                previous = spec_op.out
+                if spec_op.kind == OP_RELU:
+                    continue
+                op.Shat = <void*>_buffer(name + "Shat", spec_op.Shat, dt, <Py_ssize_t>cap * m)
+                op.gamma = <void*>_buffer(name + "gamma", spec_op.gamma, dt, m)
+                op.beta = <void*>_buffer(name + "beta", spec_op.beta, dt, m)
+                op.dgamma = <void*>_buffer(name + "dgamma", spec_op.dgamma, dt, m)
+                op.dbeta = <void*>_buffer(name + "dbeta", spec_op.dbeta, dt, m)
+                op.rmean = <void*>_buffer(name + "rmean", spec_op.rmean, dt, m)
+                op.rvar = <void*>_buffer(name + "rvar", spec_op.rvar, dt, m)
+                op.mean = <void*>_buffer(name + "mean", spec_op.mean, dt, m)
+                op.var = <void*>_buffer(name + "var", spec_op.var, dt, m)
+                op.inv_std = <void*>_buffer(name + "inv_std", spec_op.inv_std, dt, m)
+                op.escale = <void*>_buffer(name + "escale", spec_op.escale, dt, m)
+                op.eshift = <void*>_buffer(name + "eshift", spec_op.eshift, dt, m)
+            ly.H = <void*>_addr(spec.output)
         self.net.K = self.net.layers[self.net.L - 1].d_out
 
     def __dealloc__(self):
         free(self.net.layers)
+
+    @property
+    def capacity(self):
+        """Rows of workspace: the largest batch the plan runs."""
+        return self.net.cap
 
     @property
     def first_layer_slices(self):
@@ -1066,7 +1422,8 @@ cdef class Plan:
 
     def set_velocity(self, object velocity):
         """Momentum buffer shaped like the parameters (None: plain SGD)."""
-        self.net.vel = <void*>_addr_or_null(velocity)
+        self.net.vel = <void*>(0 if velocity is None else _buffer(
+            "velocity", velocity, self._keep[1].dtype, self.net.n_params))
         self._vel = velocity
 
     def set_data(self, object src, object labels, object idx, object shift, object scale):
@@ -1077,17 +1434,33 @@ cdef class Plan:
         self.net.src = <void*>_addr(src)
         self.net.labels = <const int64_t*>_addr_or_null(labels)
         self.net.idx = <const int64_t*>_addr(idx)
+        self.n_idx = idx.shape[0]
         self.net.shift = <void*>_addr(shift)
         self.net.scale = <void*>_addr(scale)
         self._data = (src, labels, idx, shift, scale)
 
+    def set_dropout(self, seed, step):
+        """Key the dropout masks of the next steps by (seed, step) (and each layer), both
+        integers in [0, 2^64); a step given to ``train_step``/``grad_step`` overrides ``step``."""
+        self.net.drop_seed = seed
+        self.net.drop_step = step
+
+    cdef int _rows(self, Py_ssize_t offset, int n) except -1:
+        if n < 1 or n > self.net.cap or offset < 0 or offset + n > self.n_idx:
+            raise ValueError(f"rows {offset}..{offset + n} do not fit a plan of capacity "
+                             f"{self.net.cap} over {self.n_idx} rows")
+        return 0
+
     def forward(self, Py_ssize_t offset, int n, bint training, bint update_stats=False,
-                bint first=False, object probs=None, bint grad_out=False):
+                bint first=False, object probs=None, bint grad_out=False, bint dropout=False):
         """Forward pass on rows idx[offset:offset+n]; returns (sum of losses, correct).
-        probs, if given, receives the (n, K) class probabilities."""
+        probs, if given, receives the (n, K) class probabilities. ``dropout`` (training only)
+        applies the dropout ops with the masks of ``set_dropout``."""
         cdef double loss = 0
         cdef int64_t correct = 0
         cdef void* pp = <void*>_addr_or_null(probs)
+        self._rows(offset, n)
+        self.net.drop_on = training and dropout
         with nogil:
             if self.dbl:
                 _forward(&self.net, offset, n, training, update_stats, first,
@@ -1105,34 +1478,67 @@ cdef class Plan:
             else:
                 _backward(&self.net, n, <float>(2 * lam), <float*>self.net.X, False, 0, 1)
 
+    def grad_step(self, Py_ssize_t offset, int n, double lam, bint first, bint dropout=False,
+                  step=None):
+        """A training step without the update: gather, forward in training mode (running
+        statistics updated, dropout applied with ``dropout``, masks keyed by ``step``), and
+        the gradient of the cost (L2 term included) into the gradient buffer, all with the
+        GIL released. Returns (sum of losses, correct, finite): ``finite`` is False if a
+        gradient or a batch statistic is NaN or infinite."""
+        cdef double loss = 0
+        cdef int64_t correct = 0
+        cdef int bad
+        self._rows(offset, n)
+        if step is not None:
+            self.net.drop_step = step
+        self.net.drop_on = dropout
+        with nogil:
+            if self.dbl:
+                bad = _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
+                               <double*>NULL, True, &loss, &correct)
+                _backward(&self.net, n, <double>(2 * lam), <double*>self.net.X, False, 0, 1)
+                bad |= _not_finite(self.net.n_params, <double*>self.net.grad)
+            else:
+                bad = _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
+                               <float*>NULL, True, &loss, &correct)
+                _backward(&self.net, n, <float>(2 * lam), <float*>self.net.X, False, 0, 1)
+                bad |= _not_finite(self.net.n_params, <float*>self.net.grad)
+        return loss, correct, not bad
+
     def train_step(self, Py_ssize_t offset, int n, double lr, double lam, double momentum,
-                   bint first):
-        """One SGD step on rows idx[offset:offset+n] with the GIL released throughout.
+                   bint first, bint dropout=False, step=None):
+        """One SGD step on rows idx[offset:offset+n] with the GIL released throughout
+        (``dropout`` and ``step`` as in ``grad_step``).
 
         Without a velocity buffer (``set_velocity(None)``) the update is folded into the
         backward pass; with one, gradients are taken first, then the momentum update.
         Returns (sum of losses before the update, correct, finite): ``finite`` is False if
-        an updated value was NaN or infinite; without momentum the weights are left out of
-        that check (see ``_backward``): check them with ``all_finite`` before keeping them."""
+        a batch statistic or an updated value was NaN or infinite; without momentum the
+        weights are left out of that check (see ``_backward``): check them with
+        ``all_finite`` before keeping them."""
         cdef double loss = 0
         cdef int64_t correct = 0
         cdef int bad
         cdef bint fused = self.net.vel == NULL
+        self._rows(offset, n)
+        if step is not None:
+            self.net.drop_step = step
+        self.net.drop_on = dropout
         with nogil:
             if self.dbl:
-                _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
-                         <double*>NULL, True, &loss, &correct)
-                bad = _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
-                                <double>lr, <double>(1 - 2 * lam * lr))
+                bad = _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
+                               <double*>NULL, True, &loss, &correct)
+                bad |= _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
+                                 <double>lr, <double>(1 - 2 * lam * lr))
                 if not fused:
-                    bad = _update(&self.net, <double>lr, <double>(2 * lam), <double>momentum,
-                                  <double*>self.net.theta)
+                    bad |= _update(&self.net, <double>lr, <double>(2 * lam),
+                                   <double>momentum, <double*>self.net.theta)
             else:
-                _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
-                         <float*>NULL, True, &loss, &correct)
-                bad = _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
-                                <float>lr, <float>(1 - 2 * lam * lr))
+                bad = _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
+                               <float*>NULL, True, &loss, &correct)
+                bad |= _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
+                                 <float>lr, <float>(1 - 2 * lam * lr))
                 if not fused:
-                    bad = _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
-                                  <float*>self.net.theta)
+                    bad |= _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
+                                   <float*>self.net.theta)
         return loss, correct, not bad

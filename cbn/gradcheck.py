@@ -69,7 +69,7 @@ def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: flo
     for k in (1, -1, 2, -2):
         flat[i] = old + k * h
         values[k] = net.cost(X, y, lam)
-        kink = kink or not np.array_equal(net._relu_pattern(len(y)), pattern)
+        kink = kink or not np.array_equal(net._active_units(len(y)), pattern)
     flat[i] = old
     return (8 * (values[1] - values[-1]) - (values[2] - values[-2])) / (12 * h), kink
 
@@ -127,7 +127,7 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
 
     _, analytic = net.cost_and_grads(X, y, lam)  # validates X, y
     net.cost(X, y, lam)
-    pattern = net._relu_pattern(len(y))
+    pattern = net._active_units(len(y))
     zero_by_construction = {f"b{l}" for l in range(1, net.num_layers)} if net.batch_norm else set()
     result = GradcheckResult(tolerance=tolerance, h=h, floor=floor)
     for name, param in net.params.items():

@@ -1,8 +1,10 @@
 """The k-layer fully connected network: parameters, running statistics, and the compiled plans
 that run it.
 
-Architecture: ``input -> [Linear -> BatchNorm -> ReLU] x (k-1) -> Linear -> softmax``;
-without batch norm the hidden blocks are ``Linear -> ReLU``. All parameters live in one
+Architecture: ``input -> [Linear -> BatchNorm -> ReLU -> Dropout] x (k-1) -> Linear -> softmax``;
+with ``bn_placement="after"`` the hidden blocks are ``Linear -> ReLU -> BatchNorm -> Dropout``,
+without batch norm ``Linear -> ReLU -> Dropout``; dropout is there only where its probability
+is above 0, and active in training only. All parameters live in one
 flat buffer (weights first), and ``params`` exposes named views into it, so one kernel
 call updates every parameter and a checkpoint is one array.
 
@@ -21,33 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import (Dict, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence, Tuple,
-                    Union)
+from typing import Dict, Iterator, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _ops
 from . import _validate as check
+from .workspace import EVAL_BLOCK, Workspace
 
-# Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
-# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
-# faster than 1024 on one thread (docs/benchmarks.md).
-EVAL_BLOCK = 256
-# Workspace bytes a network keeps cached across calls. Each batch size gets its own plan
-# (its buffers hold every row), so a one-off call on a whole data set (cost_and_grads on
-# 45,000 images: ~0.6 GB) would otherwise stay allocated for the network's lifetime.
-PLAN_CACHE_BYTES = 64 * 2**20
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
+BN_PLACEMENTS = ("before", "after")
 FORMAT_VERSION = 1
-
-
-class _CachedPlan(NamedTuple):
-    """A plan, the arrays behind it (one spec dict per layer) and their bytes."""
-    capacity: int
-    plan: "_ops.Plan"
-    layers: list
-    nbytes: int
 
 
 class LiveArrays(MutableMapping):
@@ -98,7 +85,7 @@ class Network:
     num_classes : int
         Number of output classes K (>= 2).
     batch_norm : bool
-        Batch normalisation before each hidden ReLU (never on the output layer).
+        Batch normalisation in each hidden block (never on the output layer).
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
@@ -108,6 +95,14 @@ class Network:
         Seed of the initialisation.
     bn_alpha, bn_eps, bn_init, bn_unbiased
         Batch-norm options; see the module docstring for their PyTorch equivalents.
+    bn_placement : "before" or "after"
+        Batch norm before each hidden ReLU (the course's ``Linear -> BN -> ReLU``) or after it
+        (``Linear -> ReLU -> BN``, whose output feeds the next linear layer).
+    dropout : float or sequence of float
+        Inverted dropout after each hidden block: the probability 0 <= p < 1 of zeroing a
+        unit (kept units are scaled by 1/(1-p)), one value for every hidden layer or one per
+        hidden layer. Training steps only; masks come from a hash of (seed, step, layer,
+        unit), so runs, resumes and gradient checks repeat them exactly.
 
     Layout: ``params`` maps ``W1, b1, gamma1, beta1, ..., Wk, bk`` to arrays; ``Wl`` has
     shape (d_{l-1}, d_l), so a layer computes ``S = X W + b`` on rows of samples.
@@ -117,7 +112,8 @@ class Network:
                  batch_norm: bool = True, init: Union[str, float] = "he",
                  dtype=np.float64, seed: Optional[int] = None, bn_alpha: float = 0.9,
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
-                 bn_unbiased: bool = False) -> None:
+                 bn_unbiased: bool = False, bn_placement: str = "before",
+                 dropout: Union[float, Sequence[float]] = 0.0) -> None:
         self.input_dim = check.integer("input_dim", input_dim, low=1)
         self.hidden = check.widths("hidden", hidden)
         self.num_classes = check.integer("num_classes", num_classes, low=2)
@@ -143,15 +139,15 @@ class Network:
         if not isinstance(bn_unbiased, (bool, np.bool_)):
             raise TypeError(f"bn_unbiased must be True or False, got {bn_unbiased!r}")
         self.bn_unbiased = bool(bn_unbiased)
+        self.bn_placement = check.choice("bn_placement", bn_placement, BN_PLACEMENTS)
+        self.dropout = _dropout_rates(dropout, len(self.hidden))
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
         self._build_buffers()
         self._initialize(np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
             raise ValueError(f"init sigma={init} is too large for {self.dtype}: weights overflow")
-        # Plans by capacity, least recently used first.
-        self._plans: Dict[int, _CachedPlan] = {}
-        self._last_workspace: list = []         # of the plan _plan returned last
+        self._workspace = Workspace(self)
         self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
         self._identity_scale = np.ones(self.input_dim, self.dtype)
@@ -211,67 +207,22 @@ class Network:
             if self.batch_norm and l < self.num_layers:
                 self._params[f"gamma{l}"][...] = 1
 
-    def _plan(self, rows: int) -> _ops.Plan:
-        """A compiled plan with workspace for at least ``rows`` rows: the smallest one cached,
-        else a new one. Callers set its data each time. Plans stay cached while their
-        workspaces total at most PLAN_CACHE_BYTES (least recently used dropped first); a larger
-        one serves its call and is freed once no one holds it (the plan keeps its arrays)."""
-        fits = [cap for cap in self._plans if cap >= rows]
-        if fits:
-            cached = self._plans.pop(min(fits))
-            self._plans[cached.capacity] = cached  # most recently used last
-            self._last_workspace = cached.layers
-            return cached.plan
-        cap = rows
-        dt, k = self.dtype, self.num_layers
-        X = np.zeros((cap, self.input_dim), dt)
-        # One workspace for every layer's transposed weight product (used one layer at a time).
-        WT = (np.zeros(max(self.dims[l - 1] * self.dims[l] for l in range(1, k + 1)), dt)
-              if cap >= _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM else None)
-        layers = []
-        for l in range(1, k + 1):
-            d_in, d_out = self.dims[l - 1], self.dims[l]
-            hidden = l < k
-            bn = self.batch_norm and hidden
-            spec = dict(d_in=d_in, d_out=d_out, hidden=hidden, bn=bn,
-                        W=self._params[f"W{l}"], b=self._params[f"b{l}"],
-                        dW=self._grads[f"W{l}"], db=self._grads[f"b{l}"],
-                        S=np.zeros((cap, d_out), dt), WT=WT)
-            if hidden:
-                spec["H"] = np.zeros((cap, d_out), dt)
-            if bn:
-                spec.update(gamma=self._params[f"gamma{l}"], beta=self._params[f"beta{l}"],
-                            dgamma=self._grads[f"gamma{l}"], dbeta=self._grads[f"beta{l}"],
-                            rmean=self._running[f"running_mean{l}"],
-                            rvar=self._running[f"running_var{l}"],
-                            Shat=np.zeros((cap, d_out), dt))
-                for key in ("mean", "var", "inv_std", "escale", "eshift"):
-                    spec[key] = np.zeros(d_out, dt)
-            layers.append(spec)
-        # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
-        # many threads as there are now, up to MAX_SLICES.
-        slices = min(_ops.threads(), _ops.MAX_SLICES)
-        partials = (np.zeros((slices, cap, self.dims[1]), dt)
-                    if slices > 1 and self.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
-        plan = _ops.Plan(cap, self.input_dim, dt == np.float64, X, self._theta, self._grad,
-                         self.n_weights, layers, self.bn_eps, self.bn_alpha,
-                         self.bn_unbiased, partials)
-        self._last_workspace = layers
-        size = X.nbytes + sum(0 if a is None else a.nbytes for a in (WT, partials)) + sum(
-            spec[key].nbytes for spec in layers for key in ("S", "H", "Shat") if key in spec)
-        if size > PLAN_CACHE_BYTES:
-            return plan
-        self._plans[cap] = _CachedPlan(cap, plan, layers, size)
-        while sum(cached.nbytes for cached in self._plans.values()) > PLAN_CACHE_BYTES:
-            del self._plans[next(iter(self._plans))]
-        return plan
+    # -- the internal seams of fit and gradcheck -------------------------------------------
 
-    def _relu_pattern(self, rows: int) -> np.ndarray:
-        """Which hidden units were active (H > 0) in the last forward pass, over its first
-        ``rows`` rows, made with the plan ``_plan`` returned last; used to spot ReLU kinks in
-        gradient checks."""
-        active = [spec["H"][:rows].ravel() > 0 for spec in self._last_workspace if spec["hidden"]]
-        return np.concatenate(active) if active else np.zeros(0, dtype=bool)
+    def _plan(self, rows: int) -> _ops.Plan:
+        """A compiled plan with workspace for at least ``rows`` rows (``Workspace.plan``);
+        its data is set by the caller."""
+        return self._workspace.plan(rows)
+
+    def _active_units(self, rows: int) -> np.ndarray:
+        """Which ReLU outputs were positive in the last forward pass (first ``rows`` rows),
+        flat bool: a gradient check compares them to spot ReLU kinks."""
+        return self._workspace.active_units(rows)
+
+    @property
+    def has_dropout(self) -> bool:
+        """True if any hidden layer drops units in training."""
+        return any(p > 0 for p in self.dropout)
 
     # -- parameters and state -------------------------------------------------------------
 
@@ -303,7 +254,8 @@ class Network:
                     num_classes=self.num_classes, batch_norm=self.batch_norm,
                     init=self.init, dtype=self.dtype.name, seed=self.seed,
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
-                    bn_unbiased=self.bn_unbiased)
+                    bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
+                    dropout=list(self.dropout))
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter and running statistic, plus ``stats_seen``."""
@@ -395,9 +347,11 @@ class Network:
         return X, mean.astype(self.dtype), scale
 
     def _evaluate(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
-                  training: bool = False) -> Tuple[float, int]:
+                  training: bool = False, dropout_seed: Optional[int] = None
+                  ) -> Tuple[float, int]:
         """Forward src in blocks (evaluation mode unless ``training``); sum of losses and
-        number correct (both 0 without labels); fills ``probs`` when given."""
+        number correct (both 0 without labels); fills ``probs`` when given. In training mode
+        a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0)."""
         n = src.shape[0]
         if training:
             if self.batch_norm and n < 2:
@@ -409,11 +363,14 @@ class Network:
         if self._rows.shape[0] < n:
             self._rows = np.arange(n, dtype=np.int64)
         plan.set_data(src, y, self._rows, shift, scale)
+        dropout = training and dropout_seed is not None and self.has_dropout
+        if dropout:
+            plan.set_dropout(dropout_seed, 0)
         loss, correct = 0.0, 0
         for start in range(0, n, cap):
             stop = min(start + cap, n)
             out = None if probs is None else probs[start:stop]
-            l, c = plan.forward(start, stop - start, training, probs=out)
+            l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
             loss += l
             correct += c
         return loss, correct
@@ -453,24 +410,31 @@ class Network:
         """Fraction of rows classified correctly, in evaluation mode."""
         return self.evaluate(X, y, normalization=normalization)["accuracy"]
 
-    def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0) -> float:
-        """Cost of one batch in training mode (batch statistics; running statistics untouched)."""
+    def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
+             dropout_seed: Optional[int] = 0) -> float:
+        """Cost of one batch in training mode (batch statistics; running statistics untouched),
+        with the dropout masks of ``dropout_seed`` as in ``cost_and_grads`` (None: no dropout)."""
         lam = check.real("lam", lam, low=0.0)
+        dropout_seed = _dropout_seed(dropout_seed)
         src, shift, scale = self._source(X, None)
         y = check.labels("y", y, src.shape[0], self.num_classes)
-        loss, _ = self._evaluate(src, y, shift, scale, training=True)
+        loss, _ = self._evaluate(src, y, shift, scale, training=True, dropout_seed=dropout_seed)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
         return cost
 
-    def cost_and_grads(self, X: np.ndarray, y: np.ndarray,
-                       lam: float = 0.0) -> Tuple[float, Dict[str, np.ndarray]]:
+    def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
+                       dropout_seed: Optional[int] = 0) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
 
         cost = mean cross-entropy + lam * sum of squared weights. Batch norm uses the batch's
-        statistics; the running statistics are left untouched. Returns ``(cost, grads)``
-        with ``grads`` keyed like ``params`` (fresh arrays)."""
+        statistics; the running statistics are left untouched. Dropout layers apply the
+        masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
+        every call with the same seed, so ``cost`` with that seed is the function these are
+        the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
+        (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
+        dropout_seed = _dropout_seed(dropout_seed)
         src, shift, scale = self._source(X, None)
         n = src.shape[0]
         y = check.labels("y", y, n, self.num_classes)
@@ -478,7 +442,10 @@ class Network:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
         plan = self._plan(n)
         plan.set_data(src, y, np.arange(n, dtype=np.int64), shift, scale)
-        loss, _ = plan.forward(0, n, True, grad_out=True)
+        dropout = dropout_seed is not None and self.has_dropout
+        if dropout:
+            plan.set_dropout(dropout_seed, 0)
+        loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout)
         plan.backward(n, lam)
         cost = loss / n + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
@@ -486,7 +453,10 @@ class Network:
         return cost, {k: v.copy() for k, v in self._grads.items()}
 
     def __repr__(self) -> str:
-        bn = "BN" if self.batch_norm else "no BN"
+        bn = ("BN" + (" after ReLU" if self.bn_placement == "after" else "")
+              if self.batch_norm else "no BN")
+        if self.has_dropout:
+            bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")
 
@@ -506,3 +476,21 @@ def _check_config_fits(config, arrays: Mapping[str, np.ndarray], source: str) ->
         if shape != (dims[l - 1], dims[l]):
             raise ValueError(f"{source}: W{l} has shape {shape} but network_config says "
                              f"({dims[l - 1]}, {dims[l]})")
+
+
+def _dropout_rates(dropout, hidden_layers: int) -> Tuple[float, ...]:
+    """One drop probability in [0, 1) per hidden layer, from one value or a sequence."""
+    if isinstance(dropout, (str, bytes)) or not np.ndim(dropout) in (0, 1):
+        raise TypeError(f"dropout must be a number or a sequence of numbers, got {dropout!r}")
+    if np.ndim(dropout) == 0:
+        rates = [dropout] * hidden_layers
+    else:
+        rates = list(dropout)
+        if len(rates) != hidden_layers:
+            raise ValueError(f"dropout needs one value per hidden layer ({hidden_layers}), "
+                             f"got {len(rates)}: {rates}")
+    return tuple(check.real("dropout", p, low=0.0, high=1.0, high_open=True) for p in rates)
+
+
+def _dropout_seed(seed) -> Optional[int]:
+    return None if seed is None else check.integer("dropout_seed", seed, low=0, high=2**64 - 1)

@@ -99,17 +99,50 @@ def test_three_uneven_slices_match_the_reference(rows):
         np.testing.assert_allclose(g, rgrads[name], **TOL[np.float64])
 
 
+def output_layer(d_in=300, d_out=5, cap=4):
+    W = np.zeros((d_in, d_out))
+    return _ops.LayerSpec(W, np.zeros(d_out), np.zeros_like(W), np.zeros(d_out),
+                          np.zeros((cap, d_out)))
+
+
 def test_a_plan_refuses_a_partials_workspace_it_cannot_use():
     """The sliced first layer keeps one entry per slice on the stack: at most MAX_SLICES."""
     net = Network(300, [5], 3, dtype=np.float64)
     good = net._plan(4)  # builds the workspace the right way
     assert good is not None
+    theta = np.zeros(10)
     for shape in [(_ops.MAX_SLICES + 1, 4, 5), (1, 4, 5), (2, 3, 5), (2, 4, 6)]:
         with pytest.raises(ValueError, match="partials"):
-            _ops.Plan(4, 300, True, np.zeros((4, 300)), net.flat_params, None, 0,
-                      [dict(d_in=300, d_out=5, hidden=False, bn=False,
-                            W=np.zeros((300, 5)), b=np.zeros(5), S=np.zeros((4, 5)))],
+            _ops.Plan(4, 300, np.zeros((4, 300)), theta, np.zeros(10), 0, [output_layer()],
                       1e-5, 0.9, False, np.zeros(shape))
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(S=np.zeros((3, 5))), ValueError, "S must be"),              # fewer rows than cap
+    (dict(b=np.zeros(5, np.float32)), TypeError, "b must be"),        # another dtype
+    (dict(W=np.zeros((5, 300)).T), ValueError, "layer 1 W must be"),  # not contiguous
+    (dict(dW=None), ValueError, "dW: missing"),
+])
+def test_a_plan_refuses_buffers_its_kernels_cannot_use(change, error, match):
+    """Kernels run without bounds checks, so a plan checks every buffer it is given."""
+    args = dict(W=np.zeros((300, 5)), b=np.zeros(5), dW=np.zeros((300, 5)), db=np.zeros(5),
+                S=np.zeros((4, 5)))
+    args.update(change)
+    with pytest.raises(error, match=match):
+        _ops.Plan(4, 300, np.zeros((4, 300)), np.zeros(10), np.zeros(10), 0,
+                  [_ops.LayerSpec(**args)], 1e-5, 0.9, False)
+
+
+def test_a_plan_refuses_a_hidden_block_without_ops_or_output():
+    hidden = output_layer(300, 5)
+    with pytest.raises(ValueError, match="hidden layers need ops"):
+        _ops.Plan(4, 300, np.zeros((4, 300)), np.zeros(10), np.zeros(10), 0,
+                  [hidden, output_layer(5, 3)], 1e-5, 0.9, False)
+    in_place = _ops.LayerSpec(hidden.W, hidden.b, hidden.dW, hidden.db, hidden.S,
+                              ops=[_ops.OpSpec.dropout(0.5)])
+    with pytest.raises(ValueError, match="must not be S"):
+        _ops.Plan(4, 300, np.zeros((4, 300)), np.zeros(10), np.zeros(10), 0,
+                  [in_place, output_layer(5, 3)], 1e-5, 0.9, False)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
@@ -285,22 +318,22 @@ def test_negative_lambda_is_rejected():
 
 
 def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
-    import cbn.network as network
+    import cbn.workspace as network
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((1000, 20)), rng.integers(0, 4, 1000)
     net = Network(20, [5], 4, seed=0, dtype=np.float64)
     net.cost_and_grads(X[:50], y[:50])
     small = net._plan(50)
-    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._plans[50].nbytes)  # ~205 rows
+    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._workspace.plans[50].nbytes)  # ~205 rows
     cost, grads = net.cost_and_grads(X, y)      # 1000 rows: over the budget, not kept
-    assert set(net._plans) == {50}
+    assert set(net._workspace.plans) == {50}
     fresh = Network(20, [5], 4, seed=0, dtype=np.float64)
     expected_cost, expected = fresh.cost_and_grads(X, y)
     assert cost == expected_cost and all(np.array_equal(grads[k], expected[k]) for k in grads)
     assert net._plan(40) is small               # the smallest cached plan that fits
     net._plan(60), net._plan(70)                # within budget: cached, ...
-    assert list(net._plans) == [50, 60, 70]
+    assert list(net._workspace.plans) == [50, 60, 70]
     net._plan(50)
     net._plan(80)                               # ... until the least recently used goes
-    assert list(net._plans) == [70, 50, 80]
-    assert sum(c.nbytes for c in net._plans.values()) <= network.PLAN_CACHE_BYTES
+    assert list(net._workspace.plans) == [70, 50, 80]
+    assert sum(c.nbytes for c in net._workspace.plans.values()) <= network.PLAN_CACHE_BYTES

@@ -1,0 +1,123 @@
+"""The compiled plans of one network: its architecture laid out as a sequence of typed ops
+over preallocated buffers, one plan per batch capacity, cached under a memory budget.
+
+Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
+``if`` per option (``_block_ops``); the output layer is a linear layer alone. Adding an op
+to the architecture means one ``OpSpec`` constructor in ``cbn/_ops.pyx`` and one line here.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, NamedTuple
+
+import numpy as np
+
+from . import _ops
+
+if TYPE_CHECKING:
+    from .network import Network
+
+# Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
+# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
+# faster than 1024 on one thread (docs/benchmarks.md).
+EVAL_BLOCK = 256
+# Workspace bytes a network keeps cached across calls. Each batch size gets its own plan
+# (its buffers hold every row), so a one-off call on a whole data set (cost_and_grads on
+# 45,000 images: ~0.6 GB) would otherwise stay allocated for the network's lifetime.
+PLAN_CACHE_BYTES = 64 * 2**20
+
+
+class CachedPlan(NamedTuple):
+    """A plan, the layer specs behind it and the bytes of its workspace."""
+    capacity: int
+    plan: "_ops.Plan"
+    layers: List["_ops.LayerSpec"]
+    nbytes: int
+
+
+class Workspace:
+    """Plans of one network by capacity, least recently used first; see ``plan``."""
+
+    def __init__(self, net: "Network") -> None:
+        self._net = net
+        self.plans: Dict[int, CachedPlan] = {}
+        self._last: List["_ops.LayerSpec"] = []   # the layers of the plan returned last
+
+    def plan(self, rows: int) -> "_ops.Plan":
+        """A compiled plan with workspace for at least ``rows`` rows: the smallest one cached,
+        else a new one. Callers set its data each time. Plans stay cached while their
+        workspaces total at most PLAN_CACHE_BYTES (least recently used dropped first); a larger
+        one serves its call and is freed once no one holds it (the plan keeps its arrays)."""
+        fits = [cap for cap in self.plans if cap >= rows]
+        if fits:
+            cached = self.plans.pop(min(fits))
+            self.plans[cached.capacity] = cached  # most recently used last
+            self._last = cached.layers
+            return cached.plan
+        plan, layers, size = self._build(rows)
+        self._last = layers
+        if size > PLAN_CACHE_BYTES:
+            return plan
+        self.plans[rows] = CachedPlan(rows, plan, layers, size)
+        while sum(cached.nbytes for cached in self.plans.values()) > PLAN_CACHE_BYTES:
+            del self.plans[next(iter(self.plans))]
+        return plan
+
+    def active_units(self, rows: int) -> np.ndarray:
+        """Which ReLU outputs were positive in the last forward pass, over its first ``rows``
+        rows, of the plan ``plan`` returned last (flat bool); used to spot ReLU kinks."""
+        active = [op.out[:rows].ravel() > 0 for spec in self._last for op in spec.ops
+                  if op.is_relu]
+        return np.concatenate(active) if active else np.zeros(0, dtype=bool)
+
+    def _build(self, cap: int):
+        net = self._net
+        dt, dims, k = net.dtype, net.dims, net.num_layers
+        allocated: List[np.ndarray] = []
+
+        def buffer(*shape: int) -> np.ndarray:
+            a = np.zeros(shape, dt)
+            allocated.append(a)
+            return a
+
+        X = buffer(cap, net.input_dim)
+        # One workspace for every layer's transposed weight product (used one layer at a time).
+        WT = (buffer(max(dims[l - 1] * dims[l] for l in range(1, k + 1)))
+              if cap >= _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM else None)
+        layers = []
+        for l in range(1, k + 1):
+            ops = self._block_ops(l, cap, buffer) if l < k else ()
+            layers.append(_ops.LayerSpec(
+                net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
+                net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
+        # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
+        # many threads as there are now, up to MAX_SLICES.
+        slices = min(_ops.threads(), _ops.MAX_SLICES)
+        partials = (buffer(slices, cap, dims[1])
+                    if slices > 1 and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
+        plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,
+                         net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
+        return plan, layers, sum(a.nbytes for a in allocated)
+
+    def _block_ops(self, l: int, cap: int, buffer) -> list:
+        """The element-wise ops of hidden block ``l`` (1-based), in order."""
+        net = self._net
+        m = net.dims[l]
+
+        def batch_norm(relu: bool) -> "_ops.OpSpec":
+            return _ops.OpSpec.batch_norm(
+                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu,
+                gamma=net._params[f"gamma{l}"], beta=net._params[f"beta{l}"],
+                dgamma=net._grads[f"gamma{l}"], dbeta=net._grads[f"beta{l}"],
+                rmean=net._running[f"running_mean{l}"], rvar=net._running[f"running_var{l}"],
+                mean=buffer(m), var=buffer(m), inv_std=buffer(m), escale=buffer(m),
+                eshift=buffer(m))
+
+        if not net.batch_norm:
+            ops = [_ops.OpSpec.relu(buffer(cap, m))]
+        elif net.bn_placement == "before":
+            ops = [batch_norm(relu=True)]  # the fused kernel
+        else:
+            ops = [_ops.OpSpec.relu(buffer(cap, m)), batch_norm(relu=False)]
+        if net.dropout[l - 1] > 0:
+            ops.append(_ops.OpSpec.dropout(net.dropout[l - 1]))
+        return ops
