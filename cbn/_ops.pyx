@@ -1244,7 +1244,8 @@ cdef class OpSpec:
         fused kernel). ``out`` and ``Shat`` are (cap, m) workspaces, the rest (m,) vectors."""
         cdef OpSpec op = OpSpec()
         op.kind = OP_BN_RELU if relu else OP_BN
-        op.out, op.Shat, op.gamma, op.beta, op.dgamma, op.dbeta = out, Shat, gamma, beta, dgamma, dbeta
+        op.out, op.Shat, op.gamma, op.beta = out, Shat, gamma, beta
+        op.dgamma, op.dbeta = dgamma, dbeta
         op.rmean, op.rvar, op.mean, op.var, op.inv_std = rmean, rvar, mean, var, inv_std
         op.escale, op.eshift = escale, eshift
         return op
@@ -1305,6 +1306,7 @@ cdef class Plan:
     cdef Net net
     cdef bint dbl
     cdef Py_ssize_t n_idx
+    cdef bint stats_bad
     cdef object _keep
     cdef object _data
     cdef object _vel
@@ -1363,7 +1365,8 @@ cdef class Plan:
             expected = d0 if l == 0 else layers[l - 1].d_out
             hidden = l < self.net.L - 1
             if ly.d_in != expected or m < 1:
-                raise ValueError(f"layer {l + 1}: W is {spec.W.shape}, expected ({expected}, m >= 1)")
+                raise ValueError(f"layer {l + 1}: W is {spec.W.shape}, "
+                                 f"expected ({expected}, m >= 1)")
             if hidden == (len(spec.ops) == 0):
                 raise ValueError(f"layer {l + 1}: hidden layers need ops, the output layer none")
             if hidden and spec.output is spec.S:
@@ -1409,6 +1412,12 @@ cdef class Plan:
 
     def __dealloc__(self):
         free(self.net.layers)
+
+    @property
+    def batch_stats_finite(self):
+        """False if the last training step met a batch-norm batch mean or variance that was
+        NaN or infinite (its ``finite`` result is then False too)."""
+        return not self.stats_bad
 
     @property
     def capacity(self):
@@ -1494,15 +1503,17 @@ cdef class Plan:
         self.net.drop_on = dropout
         with nogil:
             if self.dbl:
-                bad = _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
-                               <double*>NULL, True, &loss, &correct)
+                self.stats_bad = _forward(&self.net, offset, n, True, True, first,
+                                          <double*>self.net.X, <double*>NULL, True, &loss,
+                                          &correct)
                 _backward(&self.net, n, <double>(2 * lam), <double*>self.net.X, False, 0, 1)
-                bad |= _not_finite(self.net.n_params, <double*>self.net.grad)
+                bad = self.stats_bad | _not_finite(self.net.n_params, <double*>self.net.grad)
             else:
-                bad = _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
-                               <float*>NULL, True, &loss, &correct)
+                self.stats_bad = _forward(&self.net, offset, n, True, True, first,
+                                          <float*>self.net.X, <float*>NULL, True, &loss,
+                                          &correct)
                 _backward(&self.net, n, <float>(2 * lam), <float*>self.net.X, False, 0, 1)
-                bad |= _not_finite(self.net.n_params, <float*>self.net.grad)
+                bad = self.stats_bad | _not_finite(self.net.n_params, <float*>self.net.grad)
         return loss, correct, not bad
 
     def train_step(self, Py_ssize_t offset, int n, double lr, double lam, double momentum,
@@ -1526,18 +1537,20 @@ cdef class Plan:
         self.net.drop_on = dropout
         with nogil:
             if self.dbl:
-                bad = _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
-                               <double*>NULL, True, &loss, &correct)
-                bad |= _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
-                                 <double>lr, <double>(1 - 2 * lam * lr))
+                self.stats_bad = _forward(&self.net, offset, n, True, True, first,
+                                          <double*>self.net.X, <double*>NULL, True, &loss,
+                                          &correct)
+                bad = self.stats_bad | _backward(&self.net, n, <double>0, <double*>self.net.X,
+                                                 fused, <double>lr, <double>(1 - 2 * lam * lr))
                 if not fused:
                     bad |= _update(&self.net, <double>lr, <double>(2 * lam),
                                    <double>momentum, <double*>self.net.theta)
             else:
-                bad = _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
-                               <float*>NULL, True, &loss, &correct)
-                bad |= _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
-                                 <float>lr, <float>(1 - 2 * lam * lr))
+                self.stats_bad = _forward(&self.net, offset, n, True, True, first,
+                                          <float*>self.net.X, <float*>NULL, True, &loss,
+                                          &correct)
+                bad = self.stats_bad | _backward(&self.net, n, <float>0, <float*>self.net.X,
+                                                 fused, <float>lr, <float>(1 - 2 * lam * lr))
                 if not fused:
                     bad |= _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
                                    <float*>self.net.theta)

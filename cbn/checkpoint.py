@@ -11,15 +11,20 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .history import History
+    from .network import Network
 
 PathLike = Union[str, os.PathLike]
 
 CHECKPOINT_FORMAT = "cbn.fit checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2   # 2 added the optimizer state and the dropout key; 1 is still read
 HISTORY_PREFIX = "history_"
+OPTIMIZER_PREFIX = "optimizer_"
 HISTORY_INT_FIELDS = ("step",)
 
 
@@ -102,6 +107,9 @@ class TrainingCheckpoint:
     elapsed : seconds of training before this checkpoint (``wall_time`` continues from it).
     run : what defines the run (fit's arguments and a data checksum); resuming with anything
         else is refused.
+    optimizer : the optimizer's ``state_dict()`` (None for fit's built-in SGD): its arrays
+        are stored as ``optimizer_<key>``, everything else as one JSON string.
+    dropout_key : the seed of the run's dropout masks (0 without dropout).
 
     On disk (``to_arrays``) a SHA-256 of everything is added as ``checksum``, so a file
     changed other than by ``save_checkpoint`` is refused when read.
@@ -118,6 +126,8 @@ class TrainingCheckpoint:
     batch_count: int
     elapsed: float
     run: dict = field(default_factory=dict)
+    optimizer: Optional[dict] = None
+    dropout_key: int = 0
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """The checkpoint as named arrays (what ``save_checkpoint`` writes)."""
@@ -134,7 +144,16 @@ class TrainingCheckpoint:
             batch_count=np.array(self.batch_count, dtype=np.int64),
             elapsed=np.array(self.elapsed, dtype=np.float64),
             run=np.array(json.dumps(self.run)),
+            dropout_key=np.array(self.dropout_key, dtype=np.uint64),
         )
+        optimizer = self.optimizer or {}
+        arrays["optimizer"] = np.array(json.dumps(
+            None if self.optimizer is None else
+            {k: v for k, v in optimizer.items() if not isinstance(v, np.ndarray)},
+            default=lambda value: value.item()))  # numpy scalars
+        for key, value in optimizer.items():
+            if isinstance(value, np.ndarray):
+                arrays[OPTIMIZER_PREFIX + key] = value
         for name, values in self.history.items():
             dtype = np.int64 if name in HISTORY_INT_FIELDS else np.float64
             arrays[HISTORY_PREFIX + name] = np.array(values, dtype=dtype).reshape(-1)
@@ -153,15 +172,25 @@ class TrainingCheckpoint:
             raise fail(f"not a cbn training checkpoint (checkpoint_format={fmt!r})")
         arrays = verified(arrays, fail)
         version = _whole(arrays, "checkpoint_version", fail)
-        if version != CHECKPOINT_VERSION:
+        if version not in (1, CHECKPOINT_VERSION):
             raise fail(f"checkpoint version {version} is not supported (this cbn reads "
-                       f"version {CHECKPOINT_VERSION})")
+                       f"versions 1 to {CHECKPOINT_VERSION})")
         if "network_config" not in arrays:
             raise fail("holds no network (no 'network_config')")
         reserved = {"checkpoint_format", "checkpoint_version", "velocity", "step", "epoch_start",
-                    "order", "rng_state", "batch_loss_sum", "batch_count", "elapsed", "run"}
-        network = {k: v for k, v in arrays.items()
-                   if k not in reserved and not k.startswith(HISTORY_PREFIX)}
+                    "order", "rng_state", "batch_loss_sum", "batch_count", "elapsed", "run",
+                    "optimizer", "dropout_key"}
+        network = {k: v for k, v in arrays.items() if k not in reserved
+                   and not k.startswith((HISTORY_PREFIX, OPTIMIZER_PREFIX))}
+        optimizer, dropout_key = None, 0
+        if version >= 2:
+            optimizer = _json(arrays, "optimizer", fail)
+            if optimizer is not None and not isinstance(optimizer, dict):
+                raise fail("optimizer must be a JSON object or null")
+            if optimizer is not None:
+                optimizer.update({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
+                                  if k.startswith(OPTIMIZER_PREFIX)})
+            dropout_key = _whole(arrays, "dropout_key", fail)
         velocity = _array(arrays, "velocity", fail)
         if velocity.ndim != 1 or velocity.dtype.kind != "f":
             raise fail(f"velocity must be a 1-D float array, got {velocity.dtype} {velocity.shape}")
@@ -190,7 +219,68 @@ class TrainingCheckpoint:
         return cls(network=network, velocity=None if velocity.size == 0 else velocity,
                    step=step, epoch_start=epoch_start, order=order, rng_state=rng_state,
                    history=history, batch_loss_sum=_real(arrays, "batch_loss_sum", fail),
-                   batch_count=batch_count, elapsed=_real(arrays, "elapsed", fail), run=run)
+                   batch_count=batch_count, elapsed=_real(arrays, "elapsed", fail), run=run,
+                   optimizer=optimizer, dropout_key=dropout_key)
+
+
+def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network", "History"]:
+    """Check that ``ckpt`` continues ``run`` (a ``cbn.train.RunSpec``): same network
+    configuration, same arguments and data, a position inside the run, a permutation of the
+    training rows, a history of the right series, a momentum buffer exactly when the run uses
+    one. Returns the stored network and history; raises ``CheckpointError`` naming ``source``."""
+    from .history import History
+    from .network import Network
+
+    def fail(message: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {message}")
+
+    try:  # checks the stored sizes, shapes and finiteness
+        saved = Network.from_arrays(ckpt.network, source)
+    except (TypeError, ValueError) as exc:
+        raise fail(f"holds no valid network: {exc}") from exc
+    ignore = ("seed", "init")  # only shape the initial values, which the checkpoint replaces
+    a = {k: v for k, v in saved.config().items() if k not in ignore}
+    b = {k: v for k, v in run.net.config().items() if k not in ignore}
+    if a != b:
+        raise fail(f"holds a network configured {a}, not {b}")
+    stored, current = ckpt.run, run.signature()
+    differ = [f"{k} (checkpoint {stored.get(k)!r}, this call {current.get(k)!r})"
+              for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    if differ:
+        raise fail("belongs to a different run; differs in " + "; ".join(differ))
+
+    per_epoch, step, start = run.per_epoch, ckpt.step, ckpt.epoch_start
+    if step > run.total or start % per_epoch or not 0 <= step - start <= per_epoch:
+        raise fail(f"step {step} / epoch start {start} do not fit a run of {run.total} "
+                   f"steps with {per_epoch} per epoch")
+    order = ckpt.order
+    if (order.shape != (run.n,) or order.min() < 0 or order.max() >= run.n
+            or not (np.bincount(order, minlength=run.n) == 1).all()):
+        raise fail(f"order is not a permutation of the {run.n} training rows")
+    if (ckpt.velocity is None) != (not run.fused_momentum):
+        raise fail("velocity present without momentum, or missing with it")
+    if ckpt.velocity is not None:
+        v, shape = ckpt.velocity, run.net.flat_params.shape
+        if v.shape != shape or not np.isfinite(v).all():
+            raise fail(f"velocity must be finite with shape {shape}")
+    if (ckpt.optimizer is None) != (run.optimizer is None):
+        raise fail("optimizer state present without an optimizer, or missing with one")
+    try:
+        history = History.from_dict(ckpt.history)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    points = len(history.step)
+    for name, series in history.as_dict().items():
+        expected = points
+        if (name.startswith("train_") and not run.eval_train) or \
+                (name.startswith("val_") and run.val_src is None):
+            expected = 0
+        if len(series) != expected:
+            raise fail(f"history {name} has {len(series)} entries, expected {expected}")
+    if history.step and (history.step[0] < 1 or history.step[-1] > step
+                         or any(b <= a for a, b in zip(history.step, history.step[1:]))):
+        raise fail(f"history steps must increase from 1 to at most {step}")
+    return saved, history
 
 
 def save_checkpoint(path: PathLike, checkpoint: TrainingCheckpoint) -> None:

@@ -22,8 +22,8 @@ class GradcheckResult:
     did at the smallest step and so have no valid finite difference).
 
     The relative error of one entry is |a - n| / max(floor, |a| + |n|). Parameters whose
-    gradient is 0 by construction (the biases of layers followed by batch norm, which the
-    normalisation cancels) are compared with an absolute floor of 1 instead, since their
+    gradient is 0 by construction (the biases of layers followed directly by batch norm,
+    which the normalisation cancels) are compared with an absolute floor of 1 instead, since their
     relative error would only divide rounding noise by rounding noise.
     """
 
@@ -59,7 +59,7 @@ class GradcheckResult:
 
 
 def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: float,
-                pattern: np.ndarray) -> Tuple[float, bool]:
+                pattern: np.ndarray, dropout_seed: int) -> Tuple[float, bool]:
     """Fourth-order centered difference of the cost along entry i of ``flat``:
     (8 (f(+h) - f(-h)) - (f(+2h) - f(-2h))) / 12h. Also says whether any evaluation
     switched a ReLU relative to ``pattern`` (then the cost has a kink within the stencil)."""
@@ -68,8 +68,8 @@ def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: flo
     kink = False
     for k in (1, -1, 2, -2):
         flat[i] = old + k * h
-        values[k] = net.cost(X, y, lam)
-        kink = kink or not np.array_equal(net._active_units(len(y)), pattern)
+        values[k] = net.cost(X, y, lam, dropout_seed=dropout_seed)
+        kink = kink or not np.array_equal(net.active_units(len(y)), pattern)
     flat[i] = old
     return (8 * (values[1] - values[-1]) - (values[2] - values[-2])) / (12 * h), kink
 
@@ -79,7 +79,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
               hidden: Sequence[int] = (50, 50), batch_norm: bool = True, input_dim: int = 10,
               num_classes: int = 10, n: int = 8, init="he", seed: int = 0, h: float = 1e-3,
               floor: float = 1e-6, tolerance: float = 1e-6,
-              max_entries: Optional[int] = None) -> GradcheckResult:
+              max_entries: Optional[int] = None, bn_placement: str = "before",
+              dropout=0.0, dropout_seed: int = 0) -> GradcheckResult:
     """Compare ``net.cost_and_grads`` with centered finite differences for every parameter
     of every layer, in float64 and training mode.
 
@@ -91,13 +92,16 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
     through a float64 copy); otherwise a network with ``hidden`` widths, ``batch_norm``
     and ``init`` is built on ``input_dim`` features with ``n`` random samples (normal
     inputs, labels covering the classes), from ``seed``.
+    ``bn_placement`` and ``dropout`` configure that network as ``Network`` does.
     ``max_entries`` checks a random subset of that many entries per parameter (all when None).
+    Dropout masks are held fixed: every cost evaluation uses those of ``dropout_seed``.
     """
     lam = check.real("lam", lam, low=0.0)
     h = check.real("h", h, low=0.0, low_open=True)
     floor = check.real("floor", floor, low=0.0, low_open=True)
     tolerance = check.real("tolerance", tolerance, low=0.0)
     seed = check.integer("seed", seed, low=0)
+    dropout_seed = check.integer("dropout_seed", dropout_seed, low=0, high=2**64 - 1)
     if max_entries is not None:
         max_entries = check.integer("max_entries", max_entries, low=1)
     rng = np.random.default_rng(seed)
@@ -106,7 +110,7 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
             raise ValueError("X and y go with net; without a net, gradcheck makes its own data")
         n = check.integer("n", n, low=2 if batch_norm else 1)
         net = Network(input_dim, hidden, num_classes, batch_norm=batch_norm, init=init,
-                      dtype=np.float64, seed=seed)
+                      dtype=np.float64, seed=seed, bn_placement=bn_placement, dropout=dropout)
         X = rng.standard_normal((n, net.input_dim))
         y = np.arange(n, dtype=np.int64) % net.num_classes
         rng.shuffle(y)
@@ -125,10 +129,12 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
         if type(X) is np.ndarray and X.dtype in check.FLOAT_DTYPES:  # not a masked array
             X = np.ascontiguousarray(X, dtype=np.float64)  # other dtypes: refused below
 
-    _, analytic = net.cost_and_grads(X, y, lam)  # validates X, y
-    net.cost(X, y, lam)
-    pattern = net._active_units(len(y))
-    zero_by_construction = {f"b{l}" for l in range(1, net.num_layers)} if net.batch_norm else set()
+    _, analytic = net.cost_and_grads(X, y, lam, dropout_seed=dropout_seed)  # validates X, y
+    net.cost(X, y, lam, dropout_seed=dropout_seed)
+    pattern = net.active_units(len(y))
+    # A bias right before batch norm shifts what the normalisation subtracts again.
+    zero_by_construction = ({f"b{l}" for l in range(1, net.num_layers)}
+                            if net.batch_norm and net.bn_placement == "before" else set())
     result = GradcheckResult(tolerance=tolerance, h=h, floor=floor)
     for name, param in net.params.items():
         flat = param.reshape(-1)
@@ -141,7 +147,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
         kinks = 0
         for j, i in enumerate(entries):
             for step in (h, h / 10, h / 100):
-                numeric[j], kink = _derivative(net, X, y, lam, flat, i, step, pattern)
+                numeric[j], kink = _derivative(net, X, y, lam, flat, i, step, pattern,
+                                               dropout_seed)
                 if not kink:
                     break
                 kinks += step == h

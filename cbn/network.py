@@ -207,17 +207,33 @@ class Network:
             if self.batch_norm and l < self.num_layers:
                 self._params[f"gamma{l}"][...] = 1
 
-    # -- the internal seams of fit and gradcheck -------------------------------------------
+    # -- seams for cbn.train and cbn.gradcheck (not needed for ordinary use) ---------------
 
-    def _plan(self, rows: int) -> _ops.Plan:
-        """A compiled plan with workspace for at least ``rows`` rows (``Workspace.plan``);
-        its data is set by the caller."""
+    def plan(self, rows: int) -> _ops.Plan:
+        """The compiled plan with workspace for at least ``rows`` rows (``Workspace.plan``);
+        the caller points it at its data (``set_data``) before each use."""
         return self._workspace.plan(rows)
 
-    def _active_units(self, rows: int) -> np.ndarray:
+    def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass (first ``rows`` rows),
         flat bool: a gradient check compares them to spot ReLU kinks."""
         return self._workspace.active_units(rows)
+
+    @property
+    def flat_grad(self) -> np.ndarray:
+        """The gradient buffer of the last backward pass, laid out like ``flat_params``
+        (a live view: the next backward pass overwrites it)."""
+        return self._grad
+
+    @property
+    def stats_seen(self) -> bool:
+        """True once a training step has updated the running statistics (with
+        ``bn_init="first_batch"`` the next step then blends into them instead of copying)."""
+        return self._stats_seen
+
+    @stats_seen.setter
+    def stats_seen(self, value: bool) -> None:
+        self._stats_seen = bool(value)
 
     @property
     def has_dropout(self) -> bool:
@@ -329,8 +345,9 @@ class Network:
 
     # -- computation ------------------------------------------------------------------------
 
-    def _source(self, X, normalization) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Validate input rows; return (source, shift, scale) for the gather kernel."""
+    def prepare_input(self, X, normalization=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate input rows (float, or uint8 with a ``normalization`` that has per-feature
+        ``mean`` and ``std``); return (source, shift, scale) for the plan's gather kernel."""
         if normalization is None:
             X = check.matrix("X", X, cols=self.input_dim)
             return X, self._identity_shift, self._identity_scale
@@ -346,7 +363,7 @@ class Network:
             raise ValueError(f"normalization.std is too small: 1/std overflows {self.dtype}")
         return X, mean.astype(self.dtype), scale
 
-    def _evaluate(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
+    def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
                   training: bool = False, dropout_seed: Optional[int] = None
                   ) -> Tuple[float, int]:
         """Forward src in blocks (evaluation mode unless ``training``); sum of losses and
@@ -359,7 +376,7 @@ class Network:
             cap = n
         else:
             cap = min(n, EVAL_BLOCK)
-        plan = self._plan(cap)
+        plan = self.plan(cap)
         if self._rows.shape[0] < n:
             self._rows = np.arange(n, dtype=np.int64)
         plan.set_data(src, y, self._rows, shift, scale)
@@ -384,9 +401,9 @@ class Network:
         at test time, offered to show the difference). ``normalization`` (an object with
         per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly."""
         check.choice("mode", mode, ("eval", "train"))
-        src, shift, scale = self._source(X, normalization)
+        src, shift, scale = self.prepare_input(X, normalization)
         probs = np.empty((src.shape[0], self.num_classes), self.dtype)
-        self._evaluate(src, None, shift, scale, probs, training=(mode == "train"))
+        self.evaluate_prepared(src, None, shift, scale, probs, training=(mode == "train"))
         check.finite_result("predict_proba", probs)
         return probs
 
@@ -398,9 +415,9 @@ class Network:
                  normalization=None) -> Dict[str, float]:
         """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode."""
         lam = check.real("lam", lam, low=0.0)
-        src, shift, scale = self._source(X, normalization)
+        src, shift, scale = self.prepare_input(X, normalization)
         y = check.labels("y", y, src.shape[0], self.num_classes)
-        loss, correct = self._evaluate(src, y, shift, scale)
+        loss, correct = self.evaluate_prepared(src, y, shift, scale)
         n = src.shape[0]
         cost = loss / n + lam * self.l2_penalty()
         check.finite_result("evaluate (loss and cost)", np.array([loss, cost]))
@@ -416,9 +433,10 @@ class Network:
         with the dropout masks of ``dropout_seed`` as in ``cost_and_grads`` (None: no dropout)."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = _dropout_seed(dropout_seed)
-        src, shift, scale = self._source(X, None)
+        src, shift, scale = self.prepare_input(X, None)
         y = check.labels("y", y, src.shape[0], self.num_classes)
-        loss, _ = self._evaluate(src, y, shift, scale, training=True, dropout_seed=dropout_seed)
+        loss, _ = self.evaluate_prepared(src, y, shift, scale, training=True,
+                                         dropout_seed=dropout_seed)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
         return cost
@@ -435,12 +453,12 @@ class Network:
         (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = _dropout_seed(dropout_seed)
-        src, shift, scale = self._source(X, None)
+        src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
         y = check.labels("y", y, n, self.num_classes)
         if self.batch_norm and n < 2:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
-        plan = self._plan(n)
+        plan = self.plan(n)
         plan.set_data(src, y, np.arange(n, dtype=np.int64), shift, scale)
         dropout = dropout_seed is not None and self.has_dropout
         if dropout:

@@ -1,8 +1,11 @@
-"""Training: mini-batch SGD with a learning-rate schedule, L2 regularisation and a history;
-divergence caught and rolled back; checkpoints that resume bit for bit.
+"""Training: mini-batch steps with a learning-rate schedule, L2 regularisation, an optional
+optimizer and a history; divergence caught and rolled back; checkpoints that resume bit for bit.
 
-Each step runs in one compiled call (gather + forward + backward + update, GIL released);
-this module only shuffles, schedules, records, checks and saves.
+Each step runs in one compiled call with the GIL released: gather + forward + backward +
+update for fit's built-in SGD (plain or momentum), or gather + forward + backward into the
+gradient buffer for an optimizer from ``cbn.optim``, whose ``step`` then updates the flat
+parameter vector. This module validates the run (``RunSpec``), shuffles, schedules, records,
+guards against divergence (``DivergenceGuard``) and saves (``cbn.checkpoint``).
 
 Reproducibility (details in docs/reliability.md): with the same network seed, ``seed``,
 data, arguments and dtype, and the same BLAS library and BLAS thread count, two runs give
@@ -22,17 +25,20 @@ import signal
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field, fields
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, Optional, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import _ops
 from . import _validate as check
-from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
+                         save_checkpoint)
+from .history import History
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
+
+__all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
 
 SNAPSHOT_EVERY = 50  # steps between copies of the parameters kept for divergence recovery
 
@@ -60,58 +66,11 @@ class DivergenceError(FloatingPointError):
             f"step {restored_step}. Lower the learning rate (eta_max) or check the input scaling.")
 
 
-@dataclass
-class History:
-    """What training recorded, one entry per evaluation point.
-
-    ``step`` counts updates made, ``epoch`` is fractional (steps / steps per epoch), ``lr``
-    is the learning rate of the last update. ``train_*`` are measured on the whole training
-    set and ``val_*`` on the validation set, both in evaluation mode; ``batch_loss`` is the
-    mean training-mode loss of the mini-batches since the previous point. Costs include
-    ``lam * sum W^2``; losses do not. Accuracies are fractions in [0, 1]. ``wall_time`` is
-    seconds since training started (continued across a resume)."""
-
-    step: List[int] = field(default_factory=list)
-    epoch: List[float] = field(default_factory=list)
-    lr: List[float] = field(default_factory=list)
-    batch_loss: List[float] = field(default_factory=list)
-    train_loss: List[float] = field(default_factory=list)
-    train_cost: List[float] = field(default_factory=list)
-    train_accuracy: List[float] = field(default_factory=list)
-    val_loss: List[float] = field(default_factory=list)
-    val_cost: List[float] = field(default_factory=list)
-    val_accuracy: List[float] = field(default_factory=list)
-    wall_time: List[float] = field(default_factory=list)
-
-    def as_dict(self) -> Dict[str, list]:
-        """Plain dict of lists (JSON-ready); the lists are copies."""
-        # Not dataclasses.asdict, which deep-copies element by element (60 ms for a long run).
-        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
-
-    to_dict = as_dict
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, list]) -> "History":
-        """The inverse of ``as_dict``; unknown or missing series raise ValueError."""
-        names = {f.name for f in fields(cls)}
-        if set(d) != names:
-            raise ValueError(f"history series must be exactly {sorted(names)}; missing "
-                             f"{sorted(names - set(d))}, unexpected {sorted(set(d) - names)}")
-        return cls(**{k: list(v) for k, v in d.items()})
-
-    def __len__(self) -> int:
-        return len(self.step)
-
-    def last(self) -> Dict[str, float]:
-        """The most recent entry of every series that has one."""
-        return {k: v[-1] for k, v in self.as_dict().items() if v}
-
-
 def _copy_state(net: Network, into: Dict[str, np.ndarray]) -> None:
     """Copy the network's parameters and running statistics into preallocated arrays."""
     for name, value in list(net.params.items()) + list(net.running_stats.items()):
         np.copyto(into[name], value)
-    into["stats_seen"][...] = net._stats_seen
+    into["stats_seen"][...] = net.stats_seen
 
 
 def steps_per_epoch(n: int, batch_size: int, batch_norm: bool) -> int:
@@ -128,8 +87,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
-        resume: Union[None, bool, PathLike] = None) -> History:
-    """Train ``net`` in place with mini-batch SGD; return the history.
+        resume: Union[None, bool, PathLike] = None, optimizer=None) -> History:
+    """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
 
     Parameters
     ----------
@@ -141,12 +100,19 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     X_val, y_val : optional validation set, same form as X, y.
     lam : L2 strength; the cost is mean cross-entropy + lam * sum of squared weights.
     batch_size : rows per mini-batch; each epoch visits a fresh random permutation.
-    schedule : ``CyclicLR``, ``ConstantLR`` or a float (constant learning rate).
+    schedule : ``CyclicLR``, ``ConstantLR``, a float (constant learning rate), or any schedule
+        of ``cbn.schedule`` (an object with ``lr(step)`` and ``state_dict()``).
     cycles : run ``cycles * schedule.cycle_length`` steps (CyclicLR only), or
     epochs : run ``epochs`` passes over the data. Give exactly one.
     seed : seeds the shuffling; with the network's seed it fixes the run.
     progress : show a tqdm progress bar.
-    momentum : heavy-ball momentum (0 = plain SGD as in the course).
+    momentum : heavy-ball momentum of the built-in SGD (0 = plain SGD as in the course):
+        v = momentum v - lr g, theta += v.
+    optimizer : None (the built-in SGD with ``momentum``), or an optimizer of ``cbn.optim``
+        (``SGD``, ``Adam``, ``AdamW``; any object with ``bind``, ``step``, ``state_dict``,
+        ``load_state_dict`` and ``fused_momentum``). It gets the schedule's rate every step
+        and the gradient with the L2 term ``2 lam W`` included; SGD without Nesterov runs the
+        built-in fused update, the others a gradient step then ``optimizer.step``.
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
     eval_train : also measure loss/cost/accuracy on the whole training set at each point,
@@ -168,6 +134,9 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     ``checkpoint`` is set, then raises ``KeyboardInterrupt``; the network keeps the progress
     made. A second Ctrl-C stops at once (the last checkpoint written stays valid).
 
+    Dropout layers of ``net`` draw their masks from (``seed``, step, layer), or from a random
+    key kept in the checkpoint when ``seed`` is None.
+
     Raises ``DivergenceError`` if the loss, the parameters, the batch-norm running statistics
     or an evaluation loss become NaN or inf; the network then holds the last good state.
 
@@ -176,8 +145,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
-    run = _Run(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
-               normalization, momentum, eval_every, eval_train)
+    spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
+                   normalization, momentum, eval_every, eval_train, optimizer)
     if checkpoint is not None:
         checkpoint = _path("checkpoint", checkpoint)
     if checkpoint_every is not None:
@@ -191,6 +160,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         source = checkpoint if os.path.exists(checkpoint) else None
     elif resume is not None and resume is not False:
         source = _path("resume", resume)
+    run = _Run(spec)
     if source is not None:
         run.restore(load_checkpoint(source), source)
     return run.train(progress, checkpoint, checkpoint_every)
@@ -239,12 +209,15 @@ def _deferred_interrupt(run: "_Run") -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-class _Run:
-    """One call of ``fit``: the validated arguments, and the loop's position (step, epoch
-    permutation, random state, history, accumulators), which is what a checkpoint holds."""
+OPTIMIZER_METHODS = ("bind", "step", "state_dict", "load_state_dict")
+
+
+class RunSpec:
+    """fit's arguments, validated: the network, the prepared data, the step count, the
+    schedule and the update rule. ``signature()`` is what a checkpoint must match."""
 
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
-                 seed, normalization, momentum, eval_every, eval_train) -> None:
+                 seed, normalization, momentum, eval_every, eval_train, optimizer) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -256,11 +229,27 @@ class _Run:
         self.momentum = check.real("momentum", momentum, low=0.0, high=1.0, high_open=True)
         if isinstance(schedule, numbers.Real) and not isinstance(schedule, (bool, np.bool_)):
             schedule = ConstantLR(schedule)  # any real number, numpy's float32 included
-        if not isinstance(schedule, (CyclicLR, ConstantLR)):
-            raise TypeError("schedule must be a CyclicLR, ConstantLR or a number, "
-                            f"got {schedule!r}")
+        if not (callable(getattr(schedule, "lr", None))
+                and callable(getattr(schedule, "state_dict", None))):
+            raise TypeError("schedule must be a CyclicLR, ConstantLR, another schedule of "
+                            f"cbn.schedule or a number, got {schedule!r}")
         self.schedule = schedule
-        self.src, self.shift, self.scale = net._source(X, normalization)
+        self.optimizer = optimizer
+        self.fused_momentum: Optional[float] = self.momentum
+        if optimizer is not None:
+            missing = [m for m in OPTIMIZER_METHODS if not callable(getattr(optimizer, m, None))]
+            if missing or not hasattr(optimizer, "fused_momentum"):
+                raise TypeError(f"optimizer must be an optimizer of cbn.optim, got {optimizer!r}")
+            if self.momentum:
+                raise ValueError("momentum= sets the built-in SGD; with optimizer= give the "
+                                 "momentum to the optimizer")
+            optimizer.bind(net.flat_params.size, net.n_weights, net.dtype)
+            self.fused_momentum = optimizer.fused_momentum
+            if self.fused_momentum is not None:
+                self.fused_momentum = check.real("optimizer.fused_momentum",
+                                                 self.fused_momentum, low=0.0, high=1.0,
+                                                 high_open=True)
+        self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         self.y = check.labels("y", y, n, net.num_classes)
         if net.batch_norm and min(n, self.batch_size) < 2:
@@ -270,7 +259,7 @@ class _Run:
             raise ValueError("give both X_val and y_val, or neither")
         self.val_src = self.y_val = None
         if X_val is not None:
-            self.val_src, _, _ = net._source(X_val, normalization)
+            self.val_src, _, _ = net.prepare_input(X_val, normalization)
             self.y_val = check.labels("y_val", y_val, self.val_src.shape[0], net.num_classes)
         self.eval_every = (None if eval_every is None
                            else check.integer("eval_every", eval_every, low=1))
@@ -292,86 +281,121 @@ class _Run:
             self.total = check.integer("epochs", epochs, low=1) * self.per_epoch
         if self.total < 1:
             raise ValueError("the run has no steps; raise cycles or epochs")
-
-        # The loop's position: all a checkpoint needs besides the network and velocity.
-        self.rng = np.random.default_rng(seed)
-        self.order = np.empty(n, dtype=np.int64)
-        self.epoch_start: Optional[int] = None  # no permutation drawn yet
-        self.step = 0
-        self.history = History()
-        self.batch_loss_sum, self.batch_count = 0.0, 0
-        self.elapsed_before = 0.0
-
-        # A plan no larger than the data: batch_size may exceed n.
-        self.plan = net._plan(min(self.batch_size, n))
-        self.velocity = np.zeros_like(net.flat_params) if self.momentum > 0 else None
-        # Preallocated copy of the state, refreshed every SNAPSHOT_EVERY steps without allocating.
-        self.snapshot = net.state_dict()
-        self.snapshot_step = 0
-        self.interrupted = False
-        self.started = time.perf_counter()
         self._signature: Optional[dict] = None
 
-    # -- identity of the run ----------------------------------------------------------------
+    @property
+    def fused(self) -> bool:
+        """True if the update runs inside the compiled step (the built-in SGD)."""
+        return self.fused_momentum is not None
 
     def signature(self) -> dict:
         """What must match for a checkpoint to continue this run (JSON-ready)."""
         if self._signature is None:
             schedule = [type(self.schedule).__name__, self.schedule.state_dict()]
+            optimizer = None
+            if self.optimizer is not None:  # its name and hyper-parameters, not its buffers
+                optimizer = {k: v for k, v in self.optimizer.state_dict().items()
+                             if not isinstance(v, np.ndarray) and k != "step"}
             self._signature = json.loads(json.dumps(dict(
                 n=self.n, batch_size=self.batch_size, lam=self.lam, momentum=self.momentum,
                 schedule=schedule, total=self.total, seed=self.seed,
                 eval_every=self.eval_every, eval_train=self.eval_train,
                 data=_checksum(self.src, self.y, self.val_src, self.y_val, self.shift,
-                               self.scale))))
+                               self.scale), **({} if optimizer is None else
+                                               dict(optimizer=optimizer))),
+                default=lambda value: value.item()))
         return self._signature
 
-    # -- checks and recovery ----------------------------------------------------------------
 
-    def diverge(self, step: int, lr: float, loss: float, reason: str) -> None:
+class DivergenceGuard:
+    """The last good state of a network: a preallocated copy refreshed (without allocating)
+    every ``SNAPSHOT_EVERY`` steps, only after checking every value in it is finite."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.snapshot = net.state_dict()
+        self.step = 0
+
+    def diverge(self, step: int, lr: float, loss: float, reason: str,
+                history: History) -> None:
         """Restore the last good snapshot and raise DivergenceError."""
         self.net.load_state_dict(self.snapshot)
-        error = DivergenceError(step, lr, loss, self.snapshot_step, reason)
-        error.history = self.history
+        error = DivergenceError(step, lr, loss, self.step, reason)
+        error.history = history
         raise error
 
-    def check_state(self, lr: float, loss: float) -> None:
-        """Diverge if a weight or a running statistic is not finite. Called before anything
-        keeps the state. Every step checks its loss and the small parameters; a weight that
-        is not finite makes the next loss NaN, and this catches the rest before a snapshot."""
+    def check(self, step: int, lr: float, loss: float, history: History) -> None:
+        """Diverge if a weight or a running statistic is not finite (``step`` updates made).
+        Called before anything keeps the state. Every step checks its loss and the small
+        parameters; a weight that is not finite makes the next loss NaN, and this catches
+        the rest before a snapshot."""
         if not _ops.all_finite(self.net.flat_params):
-            self.diverge(self.step - 1, lr, loss, "the updated parameters")
+            self.diverge(step - 1, lr, loss, "the updated parameters", history)
         for value in self.net.running_stats.values():
             if not _ops.all_finite(value):
-                self.diverge(self.step - 1, lr, loss, "the batch-norm running statistics")
+                self.diverge(step - 1, lr, loss, "the batch-norm running statistics", history)
 
-    def take_snapshot(self, lr: float, loss: float) -> None:
-        self.check_state(lr, loss)
+    def keep(self, step: int, lr: float, loss: float, history: History) -> None:
+        """Check the state after ``step`` updates, then make it the snapshot."""
+        self.check(step, lr, loss, history)
+        self.keep_unchecked(step)
+
+    def keep_unchecked(self, step: int) -> None:
         _copy_state(self.net, self.snapshot)
-        self.snapshot_step = self.step
+        self.step = step
+
+
+class _Run:
+    """One call of ``fit``: the loop's position (step, epoch permutation, random state,
+    history, accumulators, optimizer state), which is what a checkpoint holds, and the loop."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        net = self.net = spec.net
+        self.rng = np.random.default_rng(spec.seed)
+        self.order = np.empty(spec.n, dtype=np.int64)
+        self.epoch_start: Optional[int] = None  # no permutation drawn yet
+        self.step = 0
+        self.history = History()
+        self.batch_loss_sum, self.batch_count = 0.0, 0
+        self.elapsed_before = 0.0
+        # Dropout masks: keyed by the run's seed, else by a random key the checkpoint keeps.
+        self.dropout_key = 0
+        if net.has_dropout:
+            self.dropout_key = (spec.seed if spec.seed is not None
+                                else np.random.SeedSequence().entropy % 2**64)
+
+        # A plan no larger than the data: batch_size may exceed n.
+        self.plan = net.plan(min(spec.batch_size, spec.n))
+        self.velocity = np.zeros_like(net.flat_params) if spec.fused_momentum else None
+        self.guard = DivergenceGuard(net)
+        self.interrupted = False
+        self.started = time.perf_counter()
 
     # -- history ----------------------------------------------------------------------------
 
     def record(self, lr: float, loss: float) -> None:
         """Append one history entry at the current step."""
-        self.check_state(lr, loss)
-        net, history, step = self.net, self.history, self.step
+        spec, net, history, step = self.spec, self.net, self.history, self.step
+        self.guard.check(step, lr, loss, history)
         history.step.append(step)
-        history.epoch.append(step / self.per_epoch)
-        history.lr.append(self.schedule.lr(step - 1) if step else self.schedule.lr(0))
+        history.epoch.append(step / spec.per_epoch)
+        history.lr.append(spec.schedule.lr(step - 1) if step else spec.schedule.lr(0))
         history.batch_loss.append(self.batch_loss_sum / self.batch_count
                                   if self.batch_count else math.nan)
         self.batch_loss_sum, self.batch_count = 0.0, 0
         with np.errstate(over="ignore"):  # an overflow is caught below as divergence
-            penalty = self.lam * net.l2_penalty()
-        for prefix, data in (("train", (self.src, self.y) if self.eval_train else None),
-                             ("val", None if self.val_src is None else (self.val_src, self.y_val))):
+            penalty = spec.lam * net.l2_penalty()
+        for prefix, data in (("train", (spec.src, spec.y) if spec.eval_train else None),
+                             ("val", None if spec.val_src is None
+                              else (spec.val_src, spec.y_val))):
             if data is None:
                 continue
-            total_loss, correct = net._evaluate(data[0], data[1], self.shift, self.scale)
+            total_loss, correct = net.evaluate_prepared(data[0], data[1], spec.shift,
+                                                        spec.scale)
             m = data[0].shape[0]
             if not math.isfinite(total_loss / m + penalty):
-                self.diverge(step - 1, lr, loss, f"the {prefix} evaluation loss")
+                self.guard.diverge(step - 1, lr, loss, f"the {prefix} evaluation loss", history)
             getattr(history, f"{prefix}_loss").append(total_loss / m)
             getattr(history, f"{prefix}_cost").append(total_loss / m + penalty)
             getattr(history, f"{prefix}_accuracy").append(correct / m)
@@ -380,91 +404,58 @@ class _Run:
     # -- checkpoints ------------------------------------------------------------------------
 
     def to_checkpoint(self) -> TrainingCheckpoint:
+        optimizer = self.spec.optimizer
         return TrainingCheckpoint(
             network=self.net.to_arrays(),
             velocity=None if self.velocity is None else self.velocity.copy(),
             step=self.step, epoch_start=self.epoch_start, order=self.order,
             rng_state=self.rng.bit_generator.state, history=self.history.as_dict(),
             batch_loss_sum=self.batch_loss_sum, batch_count=self.batch_count,
-            elapsed=time.perf_counter() - self.started, run=self.signature())
+            elapsed=time.perf_counter() - self.started, run=self.spec.signature(),
+            optimizer=None if optimizer is None else optimizer.state_dict(),
+            dropout_key=self.dropout_key)
 
     def save(self, path: str, lr: float, loss: float) -> None:
-        self.check_state(lr, loss)
+        self.guard.check(self.step, lr, loss, self.history)
         save_checkpoint(path, self.to_checkpoint())
 
     def restore(self, ckpt: TrainingCheckpoint, source: str) -> None:
         """Continue from ``ckpt`` after checking it belongs to this run and network."""
-        def fail(message: str) -> CheckpointError:
-            return CheckpointError(f"{source}: {message}")
-
-        try:  # checks the stored sizes, shapes and finiteness
-            saved = Network.from_arrays(ckpt.network, source)
-        except (TypeError, ValueError) as exc:
-            raise fail(f"holds no valid network: {exc}") from exc
-        ignore = ("seed", "init")  # only shape the initial values, which the checkpoint replaces
-        a = {k: v for k, v in saved.config().items() if k not in ignore}
-        b = {k: v for k, v in self.net.config().items() if k not in ignore}
-        if a != b:
-            raise fail(f"holds a network configured {a}, not {b}")
-        stored, current = ckpt.run, self.signature()
-        differ = [f"{k} (checkpoint {stored.get(k)!r}, this call {current.get(k)!r})"
-                  for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
-        if differ:
-            raise fail("belongs to a different run; differs in " + "; ".join(differ))
-
-        per_epoch, step, start = self.per_epoch, ckpt.step, ckpt.epoch_start
-        if step > self.total or start % per_epoch or not 0 <= step - start <= per_epoch:
-            raise fail(f"step {step} / epoch start {start} do not fit a run of {self.total} "
-                       f"steps with {per_epoch} per epoch")
-        order = ckpt.order
-        if (order.shape != (self.n,) or order.min() < 0 or order.max() >= self.n
-                or not (np.bincount(order, minlength=self.n) == 1).all()):
-            raise fail(f"order is not a permutation of the {self.n} training rows")
-        if (ckpt.velocity is None) != (self.velocity is None):
-            raise fail("velocity present without momentum, or missing with it")
-        if ckpt.velocity is not None:
-            v = ckpt.velocity
-            if v.shape != self.velocity.shape or not np.isfinite(v).all():
-                raise fail(f"velocity must be finite with shape {self.velocity.shape}")
-        try:
-            history = History.from_dict(ckpt.history)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-        points = len(history.step)
-        for name, series in history.as_dict().items():
-            expected = points
-            if (name.startswith("train_") and not self.eval_train) or \
-                    (name.startswith("val_") and self.val_src is None):
-                expected = 0
-            if len(series) != expected:
-                raise fail(f"history {name} has {len(series)} entries, expected {expected}")
-        if history.step and (history.step[0] < 1 or history.step[-1] > step
-                             or any(b <= a for a, b in zip(history.step, history.step[1:]))):
-            raise fail(f"history steps must increase from 1 to at most {step}")
+        saved, history = check_resume(ckpt, self.spec, source)
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = ckpt.rng_state
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
-            raise fail(f"rng_state is not a PCG64 state: {exc!r}") from None
+            raise CheckpointError(f"{source}: rng_state is not a PCG64 state: {exc!r}") from None
+        if self.spec.optimizer is not None:
+            try:
+                self.spec.optimizer.load_state_dict(ckpt.optimizer)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{source}: optimizer state does not fit: {exc}") from None
 
         self.net.load_state_dict(saved.state_dict())
         if self.velocity is not None:
             np.copyto(self.velocity, ckpt.velocity)
-        self.order[:] = order
-        self.step, self.epoch_start, self.rng, self.history = step, start, rng, history
+        self.order[:] = ckpt.order
+        self.step, self.epoch_start, self.rng, self.history = (ckpt.step, ckpt.epoch_start,
+                                                               rng, history)
         self.batch_loss_sum, self.batch_count = ckpt.batch_loss_sum, ckpt.batch_count
         self.elapsed_before = ckpt.elapsed
-        _copy_state(self.net, self.snapshot)
-        self.snapshot_step = step
+        if self.net.has_dropout:
+            self.dropout_key = ckpt.dropout_key
+        self.guard.keep_unchecked(self.step)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def train(self, progress: bool, path: Optional[str], every: Optional[int]) -> History:
-        net, plan, schedule = self.net, self.plan, self.schedule
-        n, batch_size, per_epoch, total = self.n, self.batch_size, self.per_epoch, self.total
-        lam, momentum, eval_every = self.lam, self.momentum, self.eval_every
+        spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
+        schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
+        n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total
+        lam, momentum, eval_every = spec.lam, spec.fused_momentum, spec.eval_every
+        theta, grad, dropout = net.flat_params, net.flat_grad, net.has_dropout
         first_stats = net.batch_norm and net.bn_init == "first_batch"
-        self.plan.set_velocity(self.velocity)
+        plan.set_velocity(self.velocity)
+        plan.set_dropout(self.dropout_key, 0)
         self.started = time.perf_counter() - self.elapsed_before
         bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
@@ -474,31 +465,42 @@ class _Run:
                     if self.epoch_start is None or self.step - self.epoch_start == per_epoch:
                         self.order[:] = self.rng.permutation(n)
                         self.epoch_start = self.step
-                    plan.set_data(self.src, self.y, self.order, self.shift, self.scale)
+                    plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
                     for b in range(self.step - self.epoch_start, per_epoch):
                         start = b * batch_size
                         rows = min(batch_size, n - start)
                         lr = schedule.lr(self.step)
-                        first = first_stats and not net._stats_seen
-                        loss, _, finite = plan.train_step(start, rows, lr, lam, momentum, first)
-                        net._stats_seen = net._stats_seen or net.batch_norm
+                        first = first_stats and not net.stats_seen
+                        if fused:
+                            loss, _, finite = plan.train_step(start, rows, lr, lam, momentum,
+                                                              first, dropout, self.step)
+                        else:
+                            loss, _, finite = plan.grad_step(start, rows, lam, first, dropout,
+                                                             self.step)
+                            if finite:
+                                optimizer.step(theta, grad, lr)
+                        if not net.stats_seen and net.batch_norm:
+                            net.stats_seen = True
                         loss /= rows
                         if not (finite and math.isfinite(loss)):
-                            self.diverge(self.step, lr, loss,
-                                         "the batch loss or the updated parameters")
+                            guard.diverge(self.step, lr, loss, (
+                                "the batch loss or the updated parameters"
+                                if plan.batch_stats_finite else
+                                "the batch-norm batch statistics and running statistics"),
+                                self.history)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
                         self.step += 1
                         step = self.step
                         if step % SNAPSHOT_EVERY == 0:
-                            self.take_snapshot(lr, loss)
+                            guard.keep(step, lr, loss, self.history)
                         if step % 50 == 0:
                             bar.update(50)
                             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                         at_epoch_end = b == per_epoch - 1
                         if step == total or at_epoch_end or (eval_every and step % eval_every == 0):
                             self.record(lr, loss)
-                            plan.set_data(self.src, self.y, self.order, self.shift, self.scale)
+                            plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
                         if path is not None and (
                                 step == total or self.interrupted
                                 or (step % every == 0 if every else at_epoch_end)):

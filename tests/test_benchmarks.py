@@ -128,8 +128,8 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[]
     counter = iter(range(10**12))
 
     if contender == "cbn":
-        src, shift, scale = net._source(X, norm)
-        plan = net._plan(batch)
+        src, shift, scale = net.prepare_input(X, norm)
+        plan = net.plan(batch)
         plan.set_data(src, y, order, shift, scale)
         plan.set_velocity(None)
         return lambda: plan.train_step(starts[next(counter) % len(starts)], batch, LR, LAM,
@@ -159,8 +159,8 @@ def test_numpy_contender_step_equals_reference_and_cbn(batch_norm):
     reference = ReferenceNet(dict(net.params), batch_norm)
     model = NumpyNet(dict(net.params), batch_norm, 100)
     shift, scale = norm.mean, 1 / norm.std
-    plan = net._plan(100)
-    src, pshift, pscale = net._source(X, norm)
+    plan = net.plan(100)
+    src, pshift, pscale = net.prepare_input(X, norm)
     order = np.arange(300, dtype=np.int64)
     plan.set_data(src, y, order, pshift, pscale)
     for b in range(3):

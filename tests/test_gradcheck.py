@@ -30,8 +30,8 @@ def test_a_wrong_gradient_is_caught(monkeypatch):
     net = Network(6, [5], 3, seed=0)
     honest = Network.cost_and_grads
 
-    def off_by_a_bit(self, X, y, lam=0.0):
-        cost, grads = honest(self, X, y, lam)
+    def off_by_a_bit(self, X, y, lam=0.0, **kwargs):
+        cost, grads = honest(self, X, y, lam, **kwargs)
         grads["W1"][2, 3] *= 1.001
         return cost, grads
 

@@ -26,7 +26,7 @@ def two_threads():
 def expect_slices(net, rows):
     """The plan for ``rows`` can slice the first layer exactly when it should."""
     sliced = _ops.OPENMP and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM
-    assert net._plan(rows).first_layer_slices == (2 if sliced else 1)
+    assert net.plan(rows).first_layer_slices == (2 if sliced else 1)
 
 
 def data(rng, n, d, k, dt=np.float64):
@@ -91,7 +91,7 @@ def test_three_uneven_slices_match_the_reference(rows):
         net = Network(263, [16, 8], 6, dtype=np.float64, seed=3)
         X, y = data(rng, rows, 263, 6)
         cost, grads = net.cost_and_grads(X, y, 0.01)
-        assert net._plan(rows).first_layer_slices == 3
+        assert net.plan(rows).first_layer_slices == 3
     reference = ReferenceNet(dict(net.params), True)
     rcost, rgrads, _ = reference.cost_and_grads(X, y, 0.01)
     assert cost == pytest.approx(rcost, rel=1e-10)
@@ -108,7 +108,7 @@ def output_layer(d_in=300, d_out=5, cap=4):
 def test_a_plan_refuses_a_partials_workspace_it_cannot_use():
     """The sliced first layer keeps one entry per slice on the stack: at most MAX_SLICES."""
     net = Network(300, [5], 3, dtype=np.float64)
-    good = net._plan(4)  # builds the workspace the right way
+    good = net.plan(4)  # builds the workspace the right way
     assert good is not None
     theta = np.zeros(10)
     for shape in [(_ops.MAX_SLICES + 1, 4, 5), (1, 4, 5), (2, 3, 5), (2, 4, 6)]:
@@ -323,17 +323,17 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     X, y = rng.standard_normal((1000, 20)), rng.integers(0, 4, 1000)
     net = Network(20, [5], 4, seed=0, dtype=np.float64)
     net.cost_and_grads(X[:50], y[:50])
-    small = net._plan(50)
+    small = net.plan(50)
     monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._workspace.plans[50].nbytes)  # ~205 rows
     cost, grads = net.cost_and_grads(X, y)      # 1000 rows: over the budget, not kept
     assert set(net._workspace.plans) == {50}
     fresh = Network(20, [5], 4, seed=0, dtype=np.float64)
     expected_cost, expected = fresh.cost_and_grads(X, y)
     assert cost == expected_cost and all(np.array_equal(grads[k], expected[k]) for k in grads)
-    assert net._plan(40) is small               # the smallest cached plan that fits
-    net._plan(60), net._plan(70)                # within budget: cached, ...
+    assert net.plan(40) is small               # the smallest cached plan that fits
+    net.plan(60), net.plan(70)                # within budget: cached, ...
     assert list(net._workspace.plans) == [50, 60, 70]
-    net._plan(50)
-    net._plan(80)                               # ... until the least recently used goes
+    net.plan(50)
+    net.plan(80)                               # ... until the least recently used goes
     assert list(net._workspace.plans) == [70, 50, 80]
     assert sum(c.nbytes for c in net._workspace.plans.values()) <= network.PLAN_CACHE_BYTES

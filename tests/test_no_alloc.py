@@ -48,8 +48,8 @@ def plan_step_growth(batch_norm: bool, dtype: str, momentum: float) -> int:
     """Traced-peak growth in bytes over 17 warmed-up Plan.train_step calls."""
     X, y, norm = data()
     net = Network(300, [50, 30], 10, batch_norm=batch_norm, dtype=np.dtype(dtype), seed=0)
-    src, shift, scale = net._source(X, norm)
-    plan = net._plan(100)
+    src, shift, scale = net.prepare_input(X, norm)
+    plan = net.plan(100)
     plan.set_data(src, y, np.arange(2000, dtype=np.int64), shift, scale)
     plan.set_velocity(np.zeros_like(net.flat_params) if momentum else None)
     for b in range(3):
