@@ -137,6 +137,74 @@ def bn_relu_backward(dH: np.ndarray, H: np.ndarray, Shat: np.ndarray, gamma: np.
     return dS, dgamma, dbeta
 
 
+def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                     eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Batch norm with the batch's statistics (no ReLU): Z = gamma Shat + beta with
+    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns Z and a cache with ``Shat``,
+    ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+    S = check.matrix("S", S, min_rows=2)
+    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
+    dt = _same_dtype(S=S, gamma=gamma, beta=beta)
+    m = S.shape[1]
+    cache = {"Shat": np.empty_like(S), "mean": np.empty(m, dt), "var": np.empty(m, dt),
+             "inv_std": np.empty(m, dt)}
+    Z = np.empty_like(S)
+    _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
+                          cache["Shat"], Z)
+    _finite("bn_forward_train", Z, *cache.values())
+    return Z, cache
+
+
+def bn_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                    running_mean: np.ndarray, running_var: np.ndarray,
+                    eps: float = 1e-5) -> np.ndarray:
+    """Batch norm with running statistics (evaluation mode, no ReLU); any n >= 1."""
+    S = check.matrix("S", S)
+    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
+    running_mean = check.vector("running_mean", running_mean, size=S.shape[1])
+    running_var = check.vector("running_var", running_var, size=S.shape[1])
+    if (running_var < 0).any():
+        raise ValueError("running_var must be non-negative")
+    dt = _same_dtype(S=S, gamma=gamma, beta=beta, running_mean=running_mean,
+                     running_var=running_var)
+    scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
+    Z = np.empty_like(S)
+    _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, Z)
+    _finite("bn_forward_eval", Z)
+    return Z
+
+
+def bn_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
+                inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of ``bn_forward_train``: returns dS, dgamma, dbeta."""
+    dZ = check.matrix("dZ", dZ, min_rows=2)
+    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
+    if Shat.shape != dZ.shape:
+        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
+    gamma = check.vector("gamma", gamma, size=dZ.shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=dZ.shape[1])
+    dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
+    dS = np.empty_like(dZ)
+    dgamma, dbeta = np.empty(dZ.shape[1], dt), np.empty(dZ.shape[1], dt)
+    _ops.bn_backward(dZ, Shat, gamma, inv_std, dgamma, dbeta, dS)
+    _finite("bn_backward", dS, dgamma, dbeta)
+    return dS, dgamma, dbeta
+
+
+def dropout(A: np.ndarray, p: float, *, seed: int = 0, step: int = 0,
+            layer: int = 0) -> np.ndarray:
+    """Inverted dropout: A times the mask of (seed, step, layer), whose entries are
+    1 / (1 - p) (kept, probability 1 - p) or 0. The mask depends only on those keys and the
+    element's row-major index, so the same call is also the backward pass (A = dB)."""
+    A = check.matrix("A", A)
+    p = check.real("p", p, low=0.0, high=1.0, high_open=True)
+    keys = [check.integer(name, v, low=0, high=2**64 - 1)
+            for name, v in (("seed", seed), ("step", step), ("layer", layer))]
+    B = np.empty_like(A)
+    _ops.dropout(A, B, p, *keys)
+    return B
+
+
 def running_stats_update(mean: np.ndarray, var: np.ndarray, running_mean: np.ndarray,
                          running_var: np.ndarray, *, alpha: float = 0.9, batch_size: int = 0,
                          unbiased: bool = False, first: bool = False) -> None:

@@ -43,6 +43,52 @@ def bn_relu_backward(dH, H, Shat, gamma, inv_std):
     return dS, dgamma, dbeta
 
 
+def bn_forward_train(S, gamma, beta, eps=1e-5):
+    """Batch norm alone: returns Z = gamma Shat + beta and the cache."""
+    mean = S.mean(axis=0)
+    var = S.var(axis=0)
+    inv_std = 1 / np.sqrt(var + eps)
+    Shat = (S - mean) * inv_std
+    return gamma * Shat + beta, dict(mean=mean, var=var, inv_std=inv_std, Shat=Shat)
+
+
+def bn_forward_eval(S, gamma, beta, running_mean, running_var, eps=1e-5):
+    return gamma * (S - running_mean) / np.sqrt(running_var + eps) + beta
+
+
+def bn_backward(dZ, Shat, gamma, inv_std):
+    """Returns dS, dgamma, dbeta of batch norm alone."""
+    return bn_relu_backward(dZ, np.ones_like(dZ), Shat, gamma, inv_std)
+
+
+def _splitmix64(x: int) -> int:
+    mask = 2**64 - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def _lowbias32(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def dropout_mask(shape, p, seed, step, layer):
+    """The inverted-dropout multiplier of every element (1/(1-p) kept, 0 dropped): element k
+    (row-major) is kept if lowbias32(lowbias32(k ^ lo) ^ hi) >= p 2^32, (hi, lo) the halves of
+    the key splitmix64(splitmix64(splitmix64(seed) ^ step) ^ layer)."""
+    key = _splitmix64(_splitmix64(_splitmix64(seed) ^ step) ^ layer)
+    lo, hi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+    k = np.arange(int(np.prod(shape)), dtype=np.uint32)
+    h = _lowbias32(_lowbias32(k ^ lo) ^ hi)
+    keep = h >= min(round(p * 2**32), 2**32 - 1)
+    return (keep / (1 - p)).reshape(shape)
+
+
 def softmax(Z):
     E = np.exp(Z - Z.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
@@ -59,30 +105,47 @@ def softmax_cross_entropy(Z, y):
 
 
 class ReferenceNet:
-    """The network cbn.Network describes, in NumPy: params keyed W1, b1, gamma1, beta1, ..."""
+    """The network cbn.Network describes, in NumPy: params keyed W1, b1, gamma1, beta1, ...
+    ``placement`` "before" (Linear, BN, ReLU) or "after" (Linear, ReLU, BN); ``dropout`` one
+    probability per hidden layer, applied in training with the masks of ``dropout_key``
+    (seed, step) when that is set."""
 
     def __init__(self, params: Dict[str, np.ndarray], batch_norm: bool, eps: float = 1e-5,
-                 alpha: float = 0.9, running: Optional[Dict[str, np.ndarray]] = None):
+                 alpha: float = 0.9, running: Optional[Dict[str, np.ndarray]] = None,
+                 placement: str = "before", dropout=None, dropout_key=None):
         self.params = {k: v.copy() for k, v in params.items()}
         self.batch_norm = batch_norm
         self.eps = eps
         self.alpha = alpha
         self.k = sum(1 for name in params if name.startswith("W"))
         self.running = {k: v.copy() for k, v in (running or {}).items()}
+        self.placement = placement
+        self.dropout = list(dropout or [0.0] * (self.k - 1))
+        self.dropout_key = dropout_key
 
     def forward(self, X, training: bool):
+        """Logits, one (input, cache) per hidden block, and the last hidden output. The cache
+        holds the block's pre-activation gradient recipe: relu (the ReLU output), bn (batch
+        statistics) and mask (dropout multiplier)."""
         p, caches, A = self.params, [], X
         for l in range(1, self.k):
             S = linear_forward(A, p[f"W{l}"], p[f"b{l}"])
+            cache = {}
+            H = S
+            if self.placement == "after":
+                H = cache["relu"] = np.maximum(0, H)
             if self.batch_norm and training:
-                H, cache = bn_relu_forward_train(S, p[f"gamma{l}"], p[f"beta{l}"], self.eps)
+                H, cache["bn"] = bn_forward_train(H, p[f"gamma{l}"], p[f"beta{l}"], self.eps)
             elif self.batch_norm:
-                H = bn_relu_forward_eval(S, p[f"gamma{l}"], p[f"beta{l}"],
-                                         self.running[f"running_mean{l}"],
-                                         self.running[f"running_var{l}"], self.eps)
-                cache = {}
-            else:
-                H, cache = np.maximum(0, S), {}
+                H = bn_forward_eval(H, p[f"gamma{l}"], p[f"beta{l}"],
+                                    self.running[f"running_mean{l}"],
+                                    self.running[f"running_var{l}"], self.eps)
+            if self.placement == "before":
+                H = cache["relu"] = np.maximum(0, H)
+            if training and self.dropout[l - 1] > 0 and self.dropout_key is not None:
+                seed, step = self.dropout_key
+                cache["mask"] = dropout_mask(H.shape, self.dropout[l - 1], seed, step, l - 1)
+                H = H * cache["mask"]
             caches.append((A, H, cache))
             A = H
         Z = linear_forward(A, p[f"W{self.k}"], p[f"b{self.k}"])
@@ -97,21 +160,26 @@ class ReferenceNet:
         grads[f"W{self.k}"], grads[f"b{self.k}"], dA = linear_backward(A, p[f"W{self.k}"], G, lam)
         for l in range(self.k - 1, 0, -1):
             A_in, H, cache = caches[l - 1]
+            d = dA * cache["mask"] if "mask" in cache else dA
+            if self.placement == "before":
+                d = d * (cache["relu"] > 0)
             if self.batch_norm:
-                dS, grads[f"gamma{l}"], grads[f"beta{l}"] = bn_relu_backward(
-                    dA, H, cache["Shat"], p[f"gamma{l}"], cache["inv_std"])
-            else:
-                dS = dA * (H > 0)
-            grads[f"W{l}"], grads[f"b{l}"], dA = linear_backward(A_in, p[f"W{l}"], dS, lam)
+                bn = cache["bn"]
+                d, grads[f"gamma{l}"], grads[f"beta{l}"] = bn_backward(
+                    d, bn["Shat"], p[f"gamma{l}"], bn["inv_std"])
+            if self.placement == "after":
+                d = d * (cache["relu"] > 0)
+            grads[f"W{l}"], grads[f"b{l}"], dA = linear_backward(A_in, p[f"W{l}"], d, lam)
         return cost, grads, caches
 
     def update_running(self, caches, first: bool):
         for l, (_, _, cache) in enumerate(caches, start=1):
             for stat, key in (("mean", f"running_mean{l}"), ("var", f"running_var{l}")):
                 if first:
-                    self.running[key] = cache[stat].copy()
+                    self.running[key] = cache["bn"][stat].copy()
                 else:
-                    self.running[key] = self.alpha * self.running[key] + (1 - self.alpha) * cache[stat]
+                    self.running[key] = (self.alpha * self.running[key]
+                                         + (1 - self.alpha) * cache["bn"][stat])
 
     def sgd_step(self, X, y, lam, lr, first=False) -> float:
         """One plain SGD step (training-mode BN, running statistics updated). Returns the loss."""

@@ -337,3 +337,91 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     net.plan(80)                               # ... until the least recently used goes
     assert list(net._workspace.plans) == [70, 50, 80]
     assert sum(c.nbytes for c in net._workspace.plans.values()) <= network.PLAN_CACHE_BYTES
+
+
+# -- batch norm after ReLU, dropout ----------------------------------------------------------
+
+VARIANTS = [  # (batch_norm, bn_placement, dropout)
+    (True, "after", 0.0), (True, "after", 0.3), (True, "before", [0.5, 0.2]),
+    (False, "before", 0.4),
+]
+
+
+def reference_of(net, dropout_seed=0, step=0):
+    return ReferenceNet({k: v.astype(np.float64) for k, v in net.params.items()},
+                        net.batch_norm, placement=net.bn_placement, dropout=net.dropout,
+                        dropout_key=None if dropout_seed is None else (dropout_seed, step),
+                        running={k: v.astype(np.float64) for k, v in net.running_stats.items()})
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("bn, placement, dropout", VARIANTS)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("d", INPUTS)
+def test_cost_and_grads_of_every_architecture_match_numpy_reference(two_threads, dt, bn,
+                                                                    placement, dropout, rows, d):
+    rng = np.random.default_rng(rows + d)
+    net = Network(d, [20, 9], 6, batch_norm=bn, dtype=dt, seed=3, bn_placement=placement,
+                  dropout=dropout)
+    X, y = data(rng, rows, d, 6, dt)
+    cost, grads = net.cost_and_grads(X, y, 0.01, dropout_seed=11)
+    expect_slices(net, rows)
+    rcost, rgrads, _ = reference_of(net, 11).cost_and_grads(X.astype(np.float64), y, 0.01)
+    assert cost == pytest.approx(rcost, rel=TOL[dt]["rtol"])
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, rgrads[name], **TOL[dt])
+    assert net.cost(X, y, 0.01, dropout_seed=11) == pytest.approx(cost, rel=1e-6)
+
+
+def test_dropout_seed_none_turns_dropout_off():
+    rng = np.random.default_rng(1)
+    X, y = data(rng, 12, 7, 3)
+    net = Network(7, [10, 10], 3, seed=0, dropout=0.5)
+    plain = Network(7, [10, 10], 3, seed=0)
+    cost, grads = net.cost_and_grads(X, y, dropout_seed=None)
+    pcost, pgrads = plain.cost_and_grads(X, y)
+    assert cost == pcost and all(np.array_equal(grads[k], pgrads[k]) for k in grads)
+    assert net.cost_and_grads(X, y, dropout_seed=1)[0] != cost
+    assert net.cost_and_grads(X, y, dropout_seed=1)[0] == net.cost_and_grads(X, y, dropout_seed=1)[0]
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_evaluation_ignores_dropout_and_uses_running_statistics(placement):
+    rng = np.random.default_rng(5)
+    net = Network(9, [8, 6], 4, seed=1, bn_placement=placement, dropout=0.5)
+    for k, v in net.running_stats.items():
+        v[...] = rng.random(v.shape) + (0.5 if "var" in k else -0.5)
+    X, _ = data(rng, 600, 9, 4)
+    np.testing.assert_allclose(net.predict_proba(X), reference_of(net).predict_proba(X),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_architecture_options_survive_save_and_load(tmp_path):
+    rng = np.random.default_rng(0)
+    net = Network(6, [5, 4], 3, seed=2, bn_placement="after", dropout=[0.1, 0.25])
+    net.save(tmp_path / "net.npz")
+    loaded = Network.load(tmp_path / "net.npz")
+    assert loaded.config() == net.config()
+    assert loaded.bn_placement == "after" and loaded.dropout == (0.1, 0.25)
+    X, y = data(rng, 7, 6, 3)
+    assert loaded.cost(X, y, dropout_seed=4) == net.cost(X, y, dropout_seed=4)
+    assert "BN after ReLU" in repr(loaded) and "dropout" in repr(loaded)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(dropout=1.0), ValueError), (dict(dropout=-0.1), ValueError),
+    (dict(dropout=[0.1]), ValueError), (dict(dropout=[0.1, 0.2, 0.3]), ValueError),
+    (dict(dropout=[0.1, 1.5]), ValueError), (dict(dropout="0.5"), TypeError),
+    (dict(dropout=[[0.1, 0.2]]), TypeError), (dict(dropout=float("nan")), ValueError),
+    (dict(bn_placement="middle"), ValueError), (dict(bn_placement=None), ValueError),
+])
+def test_bad_architecture_arguments_raise(kwargs, error):
+    with pytest.raises(error):
+        Network(5, [4, 3], 3, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 0.5])
+def test_bad_dropout_seed_is_refused(seed):
+    net = Network(5, [4], 3, seed=0, dropout=0.5)
+    with pytest.raises((ValueError, TypeError), match="dropout_seed"):
+        net.cost_and_grads(np.ones((3, 5)), np.zeros(3, int), dropout_seed=seed)
