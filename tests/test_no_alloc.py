@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from cbn import ConstantLR, Network, fit
+from tiny_optim import TinyAdam
 
 SLACK = 320  # bytes above the starting level the traced peak may reach during the steps
 DTYPES = ("float32", "float64")
@@ -44,21 +45,36 @@ def data(n=2000, d=300, k=10, seed=0):
     return X, y, Norm
 
 
-def plan_step_growth(batch_norm: bool, dtype: str, momentum: float) -> int:
-    """Traced-peak growth in bytes over 17 warmed-up Plan.train_step calls."""
+ARCHITECTURES = {  # name: Network options, each op kind in at least one
+    "bn": dict(batch_norm=True), "no_bn": dict(batch_norm=False),
+    "bn_after_dropout": dict(bn_placement="after", dropout=0.3),
+    "no_bn_dropout": dict(batch_norm=False, dropout=[0.5, 0.2]),
+}
+
+
+def plan_step_growth(arch: str, dtype: str, momentum: float, grads_only: bool = False) -> int:
+    """Traced-peak growth in bytes over 17 warmed-up Plan.train_step (or grad_step) calls."""
     X, y, norm = data()
-    net = Network(300, [50, 30], 10, batch_norm=batch_norm, dtype=np.dtype(dtype), seed=0)
+    net = Network(300, [50, 30], 10, dtype=np.dtype(dtype), seed=0, **ARCHITECTURES[arch])
     src, shift, scale = net.prepare_input(X, norm)
     plan = net.plan(100)
     plan.set_data(src, y, np.arange(2000, dtype=np.int64), shift, scale)
     plan.set_velocity(np.zeros_like(net.flat_params) if momentum else None)
+    plan.set_dropout(5, 0)
+    dropout = net.has_dropout
+
+    def step(b):
+        if grads_only:
+            plan.grad_step(b * 100, 100, 0.005, b == 0, dropout, b)
+        else:
+            plan.train_step(b * 100, 100, 0.01, 0.005, momentum, b == 0, dropout, b)
     for b in range(3):
-        plan.train_step(b * 100, 100, 0.01, 0.005, momentum, b == 0)
+        step(b)
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
         for b in range(3, 20):
-            plan.train_step(b * 100, 100, 0.01, 0.005, momentum, False)
+            step(b)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -97,16 +113,18 @@ class LeakyLR(WatchedLR):
         return super().lr(step)
 
 
-def fit_steady_state_growth(dtype: str, schedule_class=WatchedLR) -> int:
+def fit_steady_state_growth(dtype: str, schedule_class=WatchedLR, arch: str = "bn",
+                            optimizer=None) -> int:
     """Traced-peak growth in bytes over steps 25..38 of a 2-epoch fit (20 steps per epoch,
     so the window is clear of the epoch's start, end and evaluation)."""
     X, y, norm = data()
-    net = Network(300, [50, 50], 10, dtype=np.dtype(dtype), seed=0)
+    net = Network(300, [50, 50], 10, dtype=np.dtype(dtype), seed=0, **ARCHITECTURES[arch])
     schedule = schedule_class(0.01, first=25, last=38)
     tracemalloc.start()
     try:
         fit(net, X, y, X_val=X[:300], y_val=y[:300], lam=0.005, batch_size=100,
-            schedule=schedule, epochs=2, seed=0, normalization=norm, progress=False)
+            schedule=schedule, epochs=2, seed=0, normalization=norm, progress=False,
+            optimizer=optimizer)
     finally:
         tracemalloc.stop()
     return schedule.growth
@@ -117,12 +135,16 @@ def measure_all() -> Dict[str, int]:
     gc.collect()
     gc.disable()
     results = {}
-    for bn in (True, False):
+    for arch in ARCHITECTURES:
         for dtype in DTYPES:
             for momentum in (0.0, 0.9):
-                results[f"plan {bn} {dtype} {momentum}"] = plan_step_growth(bn, dtype, momentum)
+                results[f"plan {arch} {dtype} {momentum}"] = plan_step_growth(arch, dtype,
+                                                                              momentum)
+            results[f"grads {arch} {dtype}"] = plan_step_growth(arch, dtype, 0.0, True)
     for dtype in DTYPES:
         results[f"fit {dtype}"] = fit_steady_state_growth(dtype)
+        results[f"fit adam dropout {dtype}"] = fit_steady_state_growth(
+            dtype, arch="bn_after_dropout", optimizer=TinyAdam())
     results["leaky fit"] = fit_steady_state_growth("float32", LeakyLR)
     return results
 
@@ -140,12 +162,25 @@ def growth() -> Dict[str, int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_warm_plan_train_step_allocates_nothing(growth, batch_norm, dtype, momentum):
-    bytes_ = growth[f"plan {batch_norm} {dtype} {momentum}"]
+def test_warm_plan_train_step_allocates_nothing(growth, arch, dtype, momentum):
+    bytes_ = growth[f"plan {arch} {dtype} {momentum}"]
     assert bytes_ <= SLACK, f"the steps allocated up to {bytes_} bytes"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warm_grads_only_step_allocates_nothing(growth, arch, dtype):
+    bytes_ = growth[f"grads {arch} {dtype}"]
+    assert bytes_ <= SLACK, f"the steps allocated up to {bytes_} bytes"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fit_with_an_optimizer_and_dropout_allocates_nothing(growth, dtype):
+    bytes_ = growth[f"fit adam dropout {dtype}"]
+    assert bytes_ <= SLACK, f"fit's steps allocated up to {bytes_} bytes"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
