@@ -7,7 +7,9 @@ Each case is one pytest-benchmark group whose rows are the contenders (tests/con
 ``cbn``, ``numpy`` (the same step in preallocated NumPy), ``torch`` (PyTorch eager; skipped
 without torch) and ``gemm`` (only the step's matrix products, numpy.matmul with ``out=``).
 Cases: one training step of the 3-layer BN network at batch 20, 100 and 500, the 9-layer BN
-network and the 3-layer network without BN at batch 100; one epoch over 45,000 images; an
+network and the 3-layer network without BN at batch 100; the 3-layer network with BN after
+ReLU and with dropout at batch 100 (cbn and the GEMM bound only: the other contenders build
+the course's architecture); one epoch over 45,000 images; an
 evaluation of 10,000 images; each in float32 and float64. Data are synthetic uint8 images
 of CIFAR-10's shape. Every benchmark records the BLAS libraries and thread counts
 (``threadpoolctl``) and torch's thread count in its ``extra_info``.
@@ -40,6 +42,11 @@ STEP_CASES = {  # name: (hidden widths, batch norm, batch size)
     "3-layer BN b500": ((50, 50), True, 500),
     "9-layer BN b100": ((50, 30, 20, 20, 10, 10, 10, 10), True, 100),
     "3-layer b100": ((50, 50), False, 100),
+}
+# Architectures beyond the course's, at batch 100: name -> Network options.
+ARCH_CASES = {
+    "3-layer BN after ReLU b100": dict(bn_placement="after"),
+    "3-layer BN dropout 0.2 b100": dict(dropout=0.2),
 }
 DTYPES = ("float32", "float64")
 CONTENDERS = ("cbn", "numpy", "torch", "gemm")
@@ -114,8 +121,9 @@ def need(contender: str) -> None:
         pytest.skip("torch is not installed (pip install torch==2.13.0)")
 
 
-def net_for(hidden, batch_norm: bool, dtype: str) -> Network:
-    return Network(D, hidden, K, batch_norm=batch_norm, dtype=np.dtype(dtype), seed=0)
+def net_for(hidden, batch_norm: bool, dtype: str, **options) -> Network:
+    return Network(D, hidden, K, batch_norm=batch_norm, dtype=np.dtype(dtype), seed=0,
+                   **options)
 
 
 def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[], None]:
@@ -132,8 +140,13 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[]
         plan = net.plan(batch)
         plan.set_data(src, y, order, shift, scale)
         plan.set_velocity(None)
-        return lambda: plan.train_step(starts[next(counter) % len(starts)], batch, LR, LAM,
-                                       0.0, False)
+        plan.set_dropout(0, 0)
+        dropout = net.has_dropout
+
+        def step():
+            b = next(counter)
+            plan.train_step(starts[b % len(starts)], batch, LR, LAM, 0.0, False, dropout, b)
+        return step
     if contender == "numpy":
         model = NumpyNet(dict(net.params), net.batch_norm, batch)
         return lambda: model.train_step(X, y, order[(s := starts[next(counter) % len(starts)]):
@@ -225,6 +238,20 @@ def test_step(bench, request, step_data, case, dtype, contender):
     step = stepper(contender, net_for(hidden, batch_norm, dtype), *step_data, batch)
     if timing(request):
         for _ in range(3):  # warm up: plans, BLAS buffers and thread pools
+            step()
+    bench(step)
+
+
+@pytest.mark.parametrize("contender", ("cbn", "gemm"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(ARCH_CASES))
+def test_step_architecture(bench, request, step_data, case, dtype, contender):
+    """One training step of an architecture beyond the course's, against the GEMM bound."""
+    bench.group = f"step {case} {dtype}"
+    step = stepper(contender, net_for((50, 50), True, dtype, **ARCH_CASES[case]), *step_data,
+                   100)
+    if timing(request):
+        for _ in range(3):
             step()
     bench(step)
 
