@@ -3,10 +3,22 @@ import os
 import sys
 
 import scipy_openblas32
+from Cython import Tempita
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# -O3 vectorises the per-feature loops; -march=native is opt-in because it makes a non-portable binary.
+# The plan's code, once per dtype from one template (why: its header), rendered before
+# cythonize so that _ops.pyx can include it.
+for template in ["cbn/_plan.pxi.tp"]:
+    with open(template, encoding="utf-8") as f:
+        rendered = Tempita.sub(f.read())
+    target = template[:-len(".tp")]
+    if not os.path.exists(target) or open(target, encoding="utf-8").read() != rendered:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(rendered)
+
+# -O3 vectorises the per-feature loops; -march=native is opt-in because it makes a
+# non-portable binary.
 extra = ["-O3"]
 if os.environ.get("CBN_NATIVE") == "1":
     extra.append("-march=native")
