@@ -21,56 +21,20 @@ Batch-norm conventions (and their PyTorch equivalents):
 """
 from __future__ import annotations
 
-import json
 import os
-from typing import Dict, Iterator, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import serialization
+from .live import LiveArrays
 from .workspace import EVAL_BLOCK, Workspace
 
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 BN_PLACEMENTS = ("before", "after")
-FORMAT_VERSION = 1
-
-
-class LiveArrays(MutableMapping):
-    """A dict-like view of named arrays owned by a network: reading gives the live array,
-    assigning copies the value into it (same shape, finite), so the network always computes
-    with what the mapping shows. Names cannot be added or removed."""
-
-    def __init__(self, arrays: Dict[str, np.ndarray], what: str) -> None:
-        self._arrays = arrays
-        self._what = what
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._arrays[name]
-
-    def __setitem__(self, name: str, value) -> None:
-        if name not in self._arrays:
-            raise KeyError(f"no {self._what} named {name!r}; names: {list(self._arrays)}")
-        target = self._arrays[name]
-        value = check.real_array(name, value)
-        if value.shape != target.shape:
-            raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
-        if not np.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        target[...] = value
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError(f"{self._what}s of a network cannot be removed")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
-
-    def __len__(self) -> int:
-        return len(self._arrays)
-
-    def __repr__(self) -> str:
-        return "{" + ", ".join(f"{k!r}: array{v.shape}" for k, v in self._arrays.items()) + "}"
 
 
 class Network:
@@ -301,14 +265,12 @@ class Network:
         """Write configuration, parameters and running statistics to an ``.npz`` file
         (no pickle), atomically: a crash mid-write leaves any previous file intact. A SHA-256
         ``checksum`` of the content goes with it, so ``load`` refuses a damaged file."""
-        from .checkpoint import atomic_savez, with_checksum
-        atomic_savez(path, **with_checksum(self.to_arrays()))
+        serialization.save(self, path)
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """What ``save`` writes: ``network_config`` (JSON string), ``format_version`` and
         ``state_dict()``; ``from_arrays`` reads it back."""
-        return dict(network_config=np.array(json.dumps(self.config())),
-                    format_version=np.array(FORMAT_VERSION), **self.state_dict())
+        return serialization.to_arrays(self)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Network":
@@ -316,26 +278,12 @@ class Network:
         corrupt or doctored file, or one whose content does not match its checksum, raises
         ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
         checksum load without one."""
-        from .checkpoint import CheckpointError, read_npz, verified
-        arrays = verified(read_npz(path), lambda message: CheckpointError(f"{path}: {message}"),
-                          required=False)
-        return cls.from_arrays(arrays, source=str(path))
+        return serialization.load(cls, path)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":
         """Rebuild a network from the arrays ``save`` writes (``network_config`` + state)."""
-        if "network_config" not in arrays:
-            raise ValueError(f"{source} holds no cbn network (no 'network_config')")
-        try:
-            config = json.loads(str(arrays["network_config"]))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{source}: network_config is not valid JSON: {exc}") from None
-        _check_config_fits(config, arrays, source)
-        net = cls(**config)
-        state = {k: v for k, v in arrays.items()
-                 if k in net._params or k in net._running or k == "stats_seen"}
-        net.load_state_dict(state)
-        return net
+        return serialization.from_arrays(cls, arrays, source)
 
     def copy(self) -> "Network":
         """An independent network with the same configuration and state."""
@@ -477,23 +425,6 @@ class Network:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")
-
-
-def _check_config_fits(config, arrays: Mapping[str, np.ndarray], source: str) -> None:
-    """Check a stored config's layer sizes against the stored weights before building
-    anything, so a doctored file cannot make ``from_arrays`` allocate a huge network."""
-    if not isinstance(config, dict):
-        raise ValueError(f"{source}: network_config must be a JSON object, got {config!r:.80}")
-    hidden = config.get("hidden")
-    if not isinstance(hidden, list):
-        raise ValueError(f"{source}: network_config['hidden'] must be a list, got {hidden!r:.80}")
-    dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
-    for l in range(1, len(dims)):
-        W = arrays.get(f"W{l}")
-        shape = None if W is None else np.shape(W)
-        if shape != (dims[l - 1], dims[l]):
-            raise ValueError(f"{source}: W{l} has shape {shape} but network_config says "
-                             f"({dims[l - 1]}, {dims[l]})")
 
 
 def _dropout_rates(dropout, hidden_layers: int) -> Tuple[float, ...]:
