@@ -8,8 +8,10 @@ row-major data (samples as rows), specialised for float32 and float64 by the fus
 
 Two ways in:
 - thin ``def`` wrappers, one per kernel, over typed memoryviews (used by ``cbn.kernels``);
-- ``Plan``: the buffers of one network at one batch capacity, which runs a whole
-  training step (gather, forward, loss, backward, update) with the GIL released.
+- ``Plan``: the buffers of one network at one batch capacity, described by typed
+  ``LayerSpec``/``OpSpec`` objects, which runs a whole training step (gather, forward, loss,
+  backward, update) with the GIL released. Its code is ``_plan.pxi``, rendered per dtype
+  from the template ``_plan.pxi.tp`` by setup.py and included at the end of this file.
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's
