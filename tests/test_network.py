@@ -304,3 +304,20 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     net._plan(80)                               # ... until the least recently used goes
     assert list(net._plans) == [70, 50, 80]
     assert sum(c.nbytes for c in net._plans.values()) <= network.PLAN_CACHE_BYTES
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_used_network_pickles_and_deep_copies_with_its_state(dtype):
+    import copy
+    import pickle
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 8)).astype(dtype), rng.integers(0, 3, 60)
+    net = Network(8, [6, 5], 3, seed=0, dtype=dtype, bn_init="zeros_ones")
+    fit(net, X, y, lam=0.01, batch_size=20, schedule=0.05, epochs=2, seed=0, progress=False)
+    for other in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+        assert other.config() == net.config()
+        for name, value in net.state_dict().items():
+            np.testing.assert_array_equal(other.state_dict()[name], value)
+        np.testing.assert_array_equal(other.predict_proba(X), net.predict_proba(X))
+        other.params["W1"][...] = 0  # independent of the original
+        assert net.params["W1"].any()
