@@ -3,6 +3,7 @@ schedule and state across partial_fit, early stopping, pickling, validation)."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import pickle
 import subprocess
@@ -293,3 +294,26 @@ def test_cbn_itself_never_imports_sklearn():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_comparison_example_runs_quick_on_the_sample(tmp_path):
+    from test_examples import EXAMPLES, PNG_MAGIC, environment
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "sklearn_comparison.py"), "--quick",
+                           "--blas-threads", "1", "--out", str(out)], cwd=tmp_path,
+                          env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert set(document) == {"cifar10/cbn", "cifar10/sklearn", "digits/cbn", "digits/sklearn",
+                             "meta"}
+    for key in ("cifar10/cbn", "cifar10/sklearn"):
+        curve = document[key]["curve"]
+        assert curve["epoch"] == [1, 2] and len(curve["val_accuracy"]) == 2
+        assert 0 < curve["train_time"][0] < curve["train_time"][1] == document[key]["wall_time"]
+    for key in ("digits/cbn", "digits/sklearn"):
+        assert document[key]["test_accuracy"] > 0.8 and document[key]["best_params"]
+    assert document["meta"]["data"]["source"] == "sample"
+    assert (out / "accuracy_vs_time.png").read_bytes().startswith(PNG_MAGIC)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert summary.count("| cbn.sklearn.MLPClassifier |") == 2
