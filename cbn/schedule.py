@@ -236,8 +236,9 @@ class OneCycleLR(Schedule):
         final = initial / self.final_div_factor
         warm_end = float(self.pct_start * self.total_steps) - 1
         if self.three_phase:
+            down_end = float(2 * self.pct_start * self.total_steps) - 2
             self._phases = ((warm_end, initial, self.max_lr),
-                            (float(2 * self.pct_start * self.total_steps) - 2, self.max_lr, initial),
+                            (down_end, self.max_lr, initial),
                             (self.total_steps - 1, initial, final))
         else:
             self._phases = ((warm_end, initial, self.max_lr),

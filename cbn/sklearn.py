@@ -83,7 +83,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     optimizer : "sgd", "adam", "adamw" or a ``cbn.optim.Optimizer``, default "sgd"
         The update rule; an optimizer object is copied, never changed. Anything but SGD
         without Nesterov needs ``cbn.fit(optimizer=...)``. Adam usually wants ``eta_max``
-        around 1e-3.
+        around 1e-3. The state of Adam, AdamW and Nesterov SGD carries over from epoch to
+        epoch; heavy-ball SGD runs in ``fit``'s compiled update, whose velocity starts from
+        zero at each epoch here (one ``fit`` call per epoch).
     eta_min, eta_max : float, default 1e-5 and 1e-1
         Bounds of the cyclical learning rate, 0 <= eta_min <= eta_max.
     cycles : float > 0, default 2
