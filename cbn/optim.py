@@ -13,6 +13,7 @@ SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -20,6 +21,8 @@ import numpy as np
 from . import _validate as check
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+
+N_CONSTS = 7  # scalar slots an update needs at most (AdamW)
 
 
 class Optimizer:
@@ -39,6 +42,7 @@ class Optimizer:
         self.steps = 0  # updates made so far (PyTorch's ``state["step"]``)
         self._state: Dict[str, np.ndarray] = {}
         self._scratch: Optional[np.ndarray] = None
+        self._consts: Tuple[np.ndarray, ...] = ()
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -59,6 +63,7 @@ class Optimizer:
         self.n_params, self.n_weights, self.dtype = n_params, n_weights, dtype
         self._state = {name: np.zeros(n_params, dtype) for name in self._buffers}
         self._scratch = np.empty(n_params, dtype)
+        self._consts = tuple(np.empty((), dtype) for _ in range(N_CONSTS))
 
     # -- the update -------------------------------------------------------------------------
 
@@ -78,12 +83,20 @@ class Optimizer:
         check.vector("grad", grad, size=self.n_params, dtypes=dtypes, finite=False)
         if np.may_share_memory(theta, grad):
             raise ValueError("theta and grad must not share memory")
-        lr = check.real("lr", lr, low=0.0)
+        if type(lr) is not float or not 0.0 <= lr < math.inf:  # the full check allocates
+            lr = check.real("lr", lr, low=0.0)
         self.steps += 1
         self._update(theta, grad, lr)
 
     def _update(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
         raise NotImplementedError
+
+    def _const(self, slot: int, value: float) -> np.ndarray:
+        """``value`` in preallocated 0-d array ``slot`` of the parameters' dtype: ufuncs convert
+        a Python float afresh on every call, which allocates."""
+        c = self._consts[slot]
+        c[()] = value
+        return c
 
     @property
     def fused_momentum(self) -> Optional[float]:
@@ -196,19 +209,19 @@ class SGD(Optimizer):
         return None if self.nesterov else self.momentum
 
     def _update(self, theta, grad, lr):
-        s = self._scratch
+        s, c = self._scratch, self._const
         if self.momentum == 0:
-            np.multiply(grad, lr, out=s)
+            np.multiply(grad, c(0, lr), out=s)
         else:
-            b = self._state["momentum_buffer"]
-            np.multiply(b, self.momentum, out=b)
+            b, mu = self._state["momentum_buffer"], c(1, self.momentum)
+            np.multiply(b, mu, out=b)
             np.add(b, grad, out=b)
             if self.nesterov:
-                np.multiply(b, self.momentum, out=s)
+                np.multiply(b, mu, out=s)
                 np.add(s, grad, out=s)
-                np.multiply(s, lr, out=s)
+                np.multiply(s, c(0, lr), out=s)
             else:
-                np.multiply(b, lr, out=s)
+                np.multiply(b, c(0, lr), out=s)
         np.subtract(theta, s, out=theta)
 
 
@@ -245,19 +258,19 @@ class Adam(Optimizer):
 
     def _update(self, theta, grad, lr):
         s, m, v = self._scratch, self._state["exp_avg"], self._state["exp_avg_sq"]
-        t = self.steps
+        c, t = self._const, self.steps
         np.subtract(grad, m, out=s)
-        np.multiply(s, 1.0 - self.beta1, out=s)
+        np.multiply(s, c(0, 1.0 - self.beta1), out=s)
         np.add(m, s, out=m)
         np.multiply(grad, grad, out=s)
-        np.multiply(s, 1.0 - self.beta2, out=s)
-        np.multiply(v, self.beta2, out=v)
+        np.multiply(s, c(1, 1.0 - self.beta2), out=s)
+        np.multiply(v, c(2, self.beta2), out=v)
         np.add(v, s, out=v)
         np.sqrt(v, out=s)
-        np.divide(s, (1.0 - self.beta2 ** t) ** 0.5, out=s)
-        np.add(s, self.eps, out=s)
+        np.divide(s, c(3, (1.0 - self.beta2 ** t) ** 0.5), out=s)
+        np.add(s, c(4, self.eps), out=s)
         np.divide(m, s, out=s)
-        np.multiply(s, lr / (1.0 - self.beta1 ** t), out=s)
+        np.multiply(s, c(5, lr / (1.0 - self.beta1 ** t)), out=s)
         np.subtract(theta, s, out=theta)
 
 
@@ -295,8 +308,9 @@ class AdamW(Adam):
         if self.n_weights and self.weight_decay:
             if self._weights_of is not theta:  # a new view per step would allocate
                 self._weights_of, self._weights = theta, theta[:self.n_weights]
-            np.multiply(self._weights, 1.0 - lr * self.weight_decay, out=self._weights)
-        super()._update(theta, grad, lr)
+            np.multiply(self._weights, self._const(6, 1.0 - lr * self.weight_decay),
+                        out=self._weights)
+        Adam._update(self, theta, grad, lr)  # super() would allocate its proxy each step
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
