@@ -1,5 +1,10 @@
-"""Optimizers over the network's flat parameter buffer, with PyTorch's update formulas.
+"""Optimizers over the network's flat parameter buffer, with PyTorch's update formulas:
+``SGD`` (momentum, Nesterov), ``Adam`` and ``AdamW``.
 
+Cost per parameter and step (passes over the n values, each one ufunc): plain SGD 2,
+SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights (timings in
+docs/benchmarks.md).
+"""
 # Design: an optimizer owns its state buffers (allocated once by ``bind``) and updates the flat
 # vector ``theta`` in place from ``grad`` with NumPy ufuncs writing into a preallocated
 # scratch vector (``out=``), so ``step`` allocates nothing. The learning rate is not a
@@ -7,10 +12,6 @@
 # are the weight matrices W1..Wk (the network stores them first); the rest are biases, gamma
 # and beta, which decoupled weight decay leaves alone. ``grad`` already holds the coupled L2
 # term ``2 lam W`` of ``fit``'s cost.
-
-Cost per parameter and step (passes over the n values, each one ufunc): plain SGD 2,
-SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights.
-"""
 from __future__ import annotations
 
 import math

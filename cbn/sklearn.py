@@ -1,12 +1,11 @@
 """A scikit-learn classifier on cbn's networks: ``MLPClassifier`` works in ``Pipeline``,
 ``GridSearchCV``, ``clone`` and pickle like scikit-learn's own. Needs scikit-learn
 (``pip install "cbn[sklearn]"``); the rest of cbn never imports it.
-
+"""
 # Design: the estimator only translates. It validates and encodes the data as scikit-learn
 # does, then trains with ``cbn.fit`` one epoch per call, so that early stopping, ``partial_fit``
 # and the per-epoch ``loss_curve_`` need nothing from the training loop it does not have; the
 # learning-rate schedule and the optimizer state carry over from one call to the next.
-"""
 from __future__ import annotations
 
 import inspect
