@@ -155,6 +155,14 @@ def real_array(name: str, a) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def running_stat(name: str, value: np.ndarray) -> None:
+    """Refuse a negative running variance: evaluation would take the square root of
+    ``var + eps``. (Non-finite values are refused with every other parameter.)"""
+    if name.startswith("running_var") and (np.asarray(value) < 0).any():
+        raise ValueError(f"{name} is a variance and must be >= 0, got a minimum of "
+                         f"{np.min(value):g}")
+
+
 def finite_result(what: str, values: np.ndarray) -> None:
     """Refuse to return NaN or inf: finite inputs can still overflow (values too large for
     the dtype), and parameters written by hand may hold NaN."""

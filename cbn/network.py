@@ -71,6 +71,7 @@ class LiveArrays(MutableMapping):
             raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
         if not np.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or infinite values")
+        check.running_stat(name, value)
         target[...] = value
 
     def __delitem__(self, name: str) -> None:
@@ -326,7 +327,9 @@ class Network:
                 raise ValueError(f"{name} has shape {value.shape}, expected {target.shape}")
             if value.dtype.kind != "f" or not np.isfinite(value).all():
                 raise ValueError(f"{name} must be finite floating-point values")
-            target[...] = value
+            check.running_stat(name, value)
+        for name, target in list(self._params.items()) + list(self._running.items()):
+            target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -344,14 +347,14 @@ class Network:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Network":
-        """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). A truncated,
-        corrupt or doctored file, or one whose content does not match its checksum, raises
-        ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
-        checksum load without one."""
-        from .checkpoint import CheckpointError, read_npz, verified
-        arrays = verified(read_npz(path), lambda message: CheckpointError(f"{path}: {message}"),
-                          required=False)
-        return cls.from_arrays(arrays, source=str(path))
+        """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). Anything wrong
+        with the file (not a cbn ``.npz``, truncated, corrupt, doctored, sizes its
+        configuration does not allow, content not matching its checksum) raises
+        ``cbn.checkpoint.CheckpointError`` (a ValueError) naming it; no array is read before
+        its declared size was checked. Files saved before cbn wrote a checksum load without
+        one."""
+        from .checkpoint import load_network
+        return load_network(path, cls)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":
