@@ -25,7 +25,7 @@ import os
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, sqrt
+from libc.math cimport NAN, exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -270,15 +270,18 @@ cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
 
 
-cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
-                             const floating* beta, floating eps, floating* mean,
-                             floating* var, floating* inv_std, floating* Shat,
-                             floating* H) noexcept nogil:
+cdef int _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
+                            const floating* beta, floating eps, floating* mean,
+                            floating* var, floating* inv_std, floating* Shat,
+                            floating* H) noexcept nogil:
     """Per feature j over the n rows: mean, biased var, inv_std = 1/sqrt(var + eps);
-    Shat = (S - mean) inv_std;  H = max(0, gamma Shat + beta)."""
+    Shat = (S - mean) inv_std;  H = max(0, gamma Shat + beta), NaN kept.
+    Returns 1 if a mean or variance is not finite (an infinite variance would otherwise map
+    every row to beta and hide the overflow), else 0."""
     # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
     cdef Py_ssize_t i, j
     cdef floating t, z
+    cdef int bad = 0
     cdef const floating* s
     cdef floating* sh
     cdef floating* h
@@ -300,6 +303,7 @@ cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* ga
     for j in range(m):
         var[j] /= n
         inv_std[j] = 1 / sqrt(var[j] + eps)
+        bad |= (mean[j] - mean[j] + var[j] - var[j]) != 0
     for i in range(n):
         s = S + i * m
         sh = Shat + i * m
@@ -310,7 +314,8 @@ cdef void _bn_relu_fwd_train(int n, int m, const floating* S, const floating* ga
             sh[j] = (s[j] - mean[j]) * inv_std[j]
         for j in range(m):
             z = gamma[j] * sh[j] + beta[j]
-            h[j] = z if z > 0 else 0
+            h[j] = 0 if z <= 0 else z  # NaN stays NaN, for the finiteness checks
+    return bad
 
 
 cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
@@ -348,35 +353,44 @@ cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
             ds[j] = gamma[j] * inv_std[j] * (g - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
 
 
-cdef void _bn_eval_affine(int m, const floating* gamma, const floating* beta,
-                          const floating* rmean, const floating* rvar, floating eps,
-                          floating* scale, floating* shift) noexcept nogil:
+cdef int _bn_eval_affine(int m, const floating* gamma, const floating* beta,
+                         const floating* rmean, const floating* rvar, floating eps,
+                         floating* scale, floating* shift) noexcept nogil:
     """Fold running statistics into one affine map: scale = gamma / sqrt(rvar + eps),
-    shift = beta - rmean scale."""
+    shift = beta - rmean scale. Returns 1 if a scale or shift is not finite, else 0."""
     cdef Py_ssize_t j
+    cdef int bad = 0
     for j in range(m):
         scale[j] = gamma[j] / sqrt(rvar[j] + eps)
         shift[j] = beta[j] - rmean[j] * scale[j]
+        bad |= (scale[j] - scale[j] + shift[j] - shift[j]) != 0
+    return bad
 
 
-cdef void _affine_relu(int n, int m, const floating* S, const floating* scale,
-                       const floating* shift, floating* H) noexcept nogil:
-    """H = max(0, S scale + shift), per feature (batch norm in evaluation mode, then ReLU)."""
+cdef int _affine_relu(int n, int m, const floating* S, const floating* scale,
+                      const floating* shift, floating* H) noexcept nogil:
+    """H = max(0, S scale + shift), per feature, NaN kept (batch norm in evaluation mode,
+    then ReLU). Returns 1 if an input S is not finite (ReLU would map -inf to 0), else 0."""
     cdef Py_ssize_t i, j, k
     cdef floating z
+    cdef int bad = 0
     for i in range(n):
         for j in range(m):
             k = i * m + j
             z = S[k] * scale[j] + shift[j]
-            H[k] = z if z > 0 else 0
+            H[k] = 0 if z <= 0 else z
+            bad |= (S[k] - S[k]) != 0
+    return bad
 
 
-cdef void _running_update(int m, const floating* mean, const floating* var,
-                          floating* rmean, floating* rvar, floating alpha,
-                          floating var_factor, bint first) noexcept nogil:
+cdef int _running_update(int m, const floating* mean, const floating* var,
+                         floating* rmean, floating* rvar, floating alpha,
+                         floating var_factor, bint first) noexcept nogil:
     """rmean = alpha rmean + (1 - alpha) mean (same for var times var_factor);
-    on the first batch both are copied instead (the course's initialisation)."""
+    on the first batch both are copied instead (the course's initialisation).
+    Returns 1 if a new running statistic is not finite, else 0."""
     cdef Py_ssize_t j
+    cdef int bad = 0
     for j in range(m):
         if first:
             rmean[j] = mean[j]
@@ -384,13 +398,21 @@ cdef void _running_update(int m, const floating* mean, const floating* var,
         else:
             rmean[j] = alpha * rmean[j] + (1 - alpha) * mean[j]
             rvar[j] = alpha * rvar[j] + (1 - alpha) * var[j] * var_factor
+        bad |= (rmean[j] - rmean[j] + rvar[j] - rvar[j]) != 0
+    return bad
 
 
-cdef void _relu(Py_ssize_t size, const floating* S, floating* H) noexcept nogil:
-    """H = max(0, S).  H may alias S."""
+cdef int _relu(Py_ssize_t size, const floating* S, floating* H) noexcept nogil:
+    """H = max(0, S), NaN kept.  H may alias S. Returns 1 if an S is not finite (ReLU would
+    map -inf to 0 and hide it), else 0."""
     cdef Py_ssize_t k
+    cdef floating s
+    cdef int bad = 0
     for k in range(size):
-        H[k] = S[k] if S[k] > 0 else 0
+        s = S[k]
+        bad |= (s - s) != 0
+        H[k] = 0 if s <= 0 else s
+    return bad
 
 
 cdef void _relu_bwd(Py_ssize_t size, const floating* dH, const floating* H,
@@ -407,12 +429,13 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     """Per row i with label t = y[yidx[i]] (y[i] if yidx is NULL):
     lse = log sum exp Z (shifted by the row max);  loss += lse - Z[t];
     correct += (argmax Z == t);  P = exp(Z - lse);  G = (P - onehot(t)) inv_n.
-    y, G and P may be NULL; G or P may alias Z."""
+    y, G and P may be NULL; G or P may alias Z. The loss is NaN if a Z is not finite
+    (an infinite logit can give finite probabilities)."""
     cdef Py_ssize_t i, j, arg
     cdef int64_t t = -1
     cdef const floating* z
     cdef floating* out
-    cdef double mx, s, zt = 0, e, inv_s
+    cdef double mx, s, zt = 0, e, inv_s, spread = 0
     loss[0] = 0
     correct[0] = 0
     # The labels of shuffled rows lie all over y, out of cache after the first layer's work:
@@ -435,6 +458,7 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
         out = P + i * K if P != NULL else (G + i * K if G != NULL else NULL)
         s = 0
         for j in range(K):
+            spread += z[j] - z[j]  # 0 unless some z is NaN or infinite
             e = exp(z[j] - mx)
             s += e
             if out != NULL:
@@ -452,6 +476,8 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
                     if j == t:
                         e -= 1
                     G[i * K + j] = <floating>(e * inv_n)
+    if spread != 0:
+        loss[0] = NAN
 
 
 cdef int _sgd_update(Py_ssize_t size, floating* theta, const floating* grad, floating* vel,
@@ -850,12 +876,16 @@ cdef void _first_layer_weights(Net* p, int n, int slices, const floating* X, con
                 C[(j0 + i) * m + k] = beta * W[(j0 + i) * m + k] + T[j0 * m + k * w + i]
 
 
-cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
-                   bint first, floating* X, floating* probs, bint grad_out, double* loss,
-                   int64_t* correct) noexcept nogil:
+cdef int _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_stats,
+                  bint first, floating* X, floating* probs, bint grad_out, double* loss,
+                  int64_t* correct) noexcept nogil:
     """Gather rows idx[offset:offset+n], run every layer, then softmax cross-entropy.
-    With grad_out the output gradient (P - Y)/n overwrites the logits buffer."""
-    cdef int l
+    With grad_out the output gradient (P - Y)/n overwrites the logits buffer.
+    Returns 1 if something went non-finite that the loss may not show (a batch statistic,
+    a running statistic, the evaluation affine map, a hidden pre-activation), else 0;
+    a non-finite logit makes the loss NaN. All checks are on O(features) values or inside
+    loops that read every value anyway."""
+    cdef int l, bad = 0
     cdef Layer* ly
     cdef const floating* A = X
     cdef double factor
@@ -872,27 +902,28 @@ cdef void _forward(Net* p, Py_ssize_t offset, int n, bint training, bint update_
         if not ly.hidden:
             break
         if ly.bn and training:
-            _bn_relu_fwd_train(n, ly.d_out, <floating*>ly.S, <floating*>ly.gamma,
+            bad |= _bn_relu_fwd_train(n, ly.d_out, <floating*>ly.S, <floating*>ly.gamma,
                                <floating*>ly.beta, <floating>p.eps, <floating*>ly.mean,
                                <floating*>ly.var, <floating*>ly.inv_std,
                                <floating*>ly.Shat, <floating*>ly.H)
             if update_stats:
                 factor = n / (n - 1.0) if (p.unbiased and n > 1) else 1.0
-                _running_update(ly.d_out, <floating*>ly.mean, <floating*>ly.var,
+                bad |= _running_update(ly.d_out, <floating*>ly.mean, <floating*>ly.var,
                                 <floating*>ly.rmean, <floating*>ly.rvar,
                                 <floating>p.alpha, <floating>factor, first)
         elif ly.bn:
-            _bn_eval_affine(ly.d_out, <floating*>ly.gamma, <floating*>ly.beta,
+            bad |= _bn_eval_affine(ly.d_out, <floating*>ly.gamma, <floating*>ly.beta,
                             <floating*>ly.rmean, <floating*>ly.rvar, <floating>p.eps,
                             <floating*>ly.escale, <floating*>ly.eshift)
-            _affine_relu(n, ly.d_out, <floating*>ly.S, <floating*>ly.escale,
+            bad |= _affine_relu(n, ly.d_out, <floating*>ly.S, <floating*>ly.escale,
                          <floating*>ly.eshift, <floating*>ly.H)
         else:
-            _relu(<Py_ssize_t>n * ly.d_out, <floating*>ly.S, <floating*>ly.H)
+            bad |= _relu(<Py_ssize_t>n * ly.d_out, <floating*>ly.S, <floating*>ly.H)
         A = <floating*>ly.H
     ly = &p.layers[p.L - 1]
     _softmax_xent(n, p.K, <floating*>ly.S, p.labels, p.idx + offset, 1.0 / n,
                   <floating*>ly.S if grad_out else NULL, probs, loss, correct)
+    return bad
 
 
 cdef int _not_finite(Py_ssize_t size, const floating* x) noexcept nogil:
@@ -1084,17 +1115,25 @@ cdef class Plan:
     def forward(self, Py_ssize_t offset, int n, bint training, bint update_stats=False,
                 bint first=False, object probs=None, bint grad_out=False):
         """Forward pass on rows idx[offset:offset+n]; returns (sum of losses, correct).
-        probs, if given, receives the (n, K) class probabilities."""
+        probs, if given, receives the (n, K) class probabilities. When a statistic, the
+        evaluation affine map or an activation went non-finite (see ``_forward``), the loss
+        is NaN and probs are filled with NaN: the result is undefined, and every caller's
+        finiteness check then refuses it."""
         cdef double loss = 0
         cdef int64_t correct = 0
+        cdef int bad
         cdef void* pp = <void*>_addr_or_null(probs)
         with nogil:
             if self.dbl:
-                _forward(&self.net, offset, n, training, update_stats, first,
-                         <double*>self.net.X, <double*>pp, grad_out, &loss, &correct)
+                bad = _forward(&self.net, offset, n, training, update_stats, first,
+                               <double*>self.net.X, <double*>pp, grad_out, &loss, &correct)
             else:
-                _forward(&self.net, offset, n, training, update_stats, first,
-                         <float*>self.net.X, <float*>pp, grad_out, &loss, &correct)
+                bad = _forward(&self.net, offset, n, training, update_stats, first,
+                               <float*>self.net.X, <float*>pp, grad_out, &loss, &correct)
+        if bad:
+            loss = NAN
+        if loss != loss and probs is not None:
+            probs.fill(NAN)
         return loss, correct
 
     def backward(self, int n, double lam):
@@ -1113,26 +1152,35 @@ cdef class Plan:
         backward pass; with one, gradients are taken first, then the momentum update.
         Returns (sum of losses before the update, correct, finite): ``finite`` is False if
         an updated value was NaN or infinite; without momentum the weights are left out of
-        that check (see ``_backward``): check them with ``all_finite`` before keeping them."""
+        that check (see ``_backward``): check them with ``all_finite`` before keeping them.
+        A forward pass that went non-finite (see ``forward``) returns a NaN loss and
+        ``finite`` False without updating anything, so the parameters are still those it
+        started from (weights found non-finite then came from the step before)."""
         cdef double loss = 0
         cdef int64_t correct = 0
         cdef int bad
         cdef bint fused = self.net.vel == NULL
         with nogil:
             if self.dbl:
-                _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
-                         <double*>NULL, True, &loss, &correct)
-                bad = _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
-                                <double>lr, <double>(1 - 2 * lam * lr))
-                if not fused:
-                    bad = _update(&self.net, <double>lr, <double>(2 * lam), <double>momentum,
-                                  <double*>self.net.theta)
+                bad = _forward(&self.net, offset, n, True, True, first, <double*>self.net.X,
+                               <double*>NULL, True, &loss, &correct)
+                if not bad and loss - loss == 0:
+                    bad = _backward(&self.net, n, <double>0, <double*>self.net.X, fused,
+                                    <double>lr, <double>(1 - 2 * lam * lr))
+                    if not fused:
+                        bad = _update(&self.net, <double>lr, <double>(2 * lam),
+                                      <double>momentum, <double*>self.net.theta)
+                else:
+                    loss = NAN
             else:
-                _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
-                         <float*>NULL, True, &loss, &correct)
-                bad = _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
-                                <float>lr, <float>(1 - 2 * lam * lr))
-                if not fused:
-                    bad = _update(&self.net, <float>lr, <float>(2 * lam), <float>momentum,
-                                  <float*>self.net.theta)
-        return loss, correct, not bad
+                bad = _forward(&self.net, offset, n, True, True, first, <float*>self.net.X,
+                               <float*>NULL, True, &loss, &correct)
+                if not bad and loss - loss == 0:
+                    bad = _backward(&self.net, n, <float>0, <float*>self.net.X, fused,
+                                    <float>lr, <float>(1 - 2 * lam * lr))
+                    if not fused:
+                        bad = _update(&self.net, <float>lr, <float>(2 * lam),
+                                      <float>momentum, <float*>self.net.theta)
+                else:
+                    loss = NAN
+        return loss, correct, not bad and loss - loss == 0

@@ -335,6 +335,16 @@ class _Run:
         error.history = self.history
         raise error
 
+    def diverge_in_step(self, lr: float, loss: float) -> None:
+        """Diverge at the first step that made something non-finite. A non-finite forward
+        pass (NaN loss) updates nothing, so weights found non-finite then were made by the
+        step before, whose fused update does not scan them: the step reported is the same
+        whether or not ``check_state`` ran after that step (checkpoint_every cannot move it)."""
+        step, reason = self.step, "the batch loss, a batch-norm statistic or the updated parameters"
+        if math.isnan(loss) and step > 0 and not _ops.all_finite(self.net.flat_params):
+            step, reason = step - 1, "the updated parameters"
+        self.diverge(step, self.schedule.lr(step), loss, reason)
+
     def check_state(self, lr: float, loss: float) -> None:
         """Diverge if a weight or a running statistic is not finite. Called before anything
         keeps the state. Every step checks its loss and the small parameters; a weight that
@@ -484,8 +494,7 @@ class _Run:
                         net._stats_seen = net._stats_seen or net.batch_norm
                         loss /= rows
                         if not (finite and math.isfinite(loss)):
-                            self.diverge(self.step, lr, loss,
-                                         "the batch loss or the updated parameters")
+                            self.diverge_in_step(lr, loss)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
                         self.step += 1
