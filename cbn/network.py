@@ -19,8 +19,10 @@ Batch-norm conventions (and their PyTorch equivalents):
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 from typing import (Dict, Iterator, Mapping, MutableMapping, NamedTuple, Optional, Sequence, Tuple,
                     Union)
 
@@ -40,6 +42,16 @@ PLAN_CACHE_BYTES = 64 * 2**20
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 FORMAT_VERSION = 1
+
+
+def _exclusive(method):
+    """Run ``method`` holding the network's lock: its computations share the cached plans and
+    workspaces, so one network computes for one thread at a time."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 class _CachedPlan(NamedTuple):
@@ -112,6 +124,12 @@ class Network:
 
     Layout: ``params`` maps ``W1, b1, gamma1, beta1, ..., Wk, bk`` to arrays; ``Wl`` has
     shape (d_{l-1}, d_l), so a layer computes ``S = X W + b`` on rows of samples.
+
+    Threads: one network may be shared between threads. Its computations (``predict_proba``,
+    ``predict``, ``evaluate``, ``accuracy``, ``cost``, ``cost_and_grads``, ``state_dict``,
+    ``load_state_dict``) take its lock, and ``cbn.fit`` holds it for the whole run, so a
+    call made during training waits until training ends. Different networks never wait
+    for each other.
     """
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
@@ -146,6 +164,7 @@ class Network:
         self.bn_unbiased = bool(bn_unbiased)
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        self._lock = threading.RLock()
         self._build_buffers()
         self._initialize(np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
@@ -306,6 +325,7 @@ class Network:
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
                     bn_unbiased=self.bn_unbiased)
 
+    @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of every parameter and running statistic, plus ``stats_seen``."""
         state = {k: v.copy() for k, v in self._params.items()}
@@ -313,6 +333,7 @@ class Network:
         state["stats_seen"] = np.array(self._stats_seen)
         return state
 
+    @_exclusive
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Copy parameters and running statistics from ``state`` (as made by ``state_dict``)."""
         expected = set(self._params) | set(self._running) | {"stats_seen"}
@@ -421,6 +442,7 @@ class Network:
             correct += c
         return loss, correct
 
+    @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
                       mode: str = "eval") -> np.ndarray:
         """Class probabilities, shape (n, K), in the network's dtype.
@@ -440,6 +462,7 @@ class Network:
         """Predicted class per row (evaluation mode), int64 of shape (n,)."""
         return self.predict_proba(X, normalization=normalization).argmax(axis=1)
 
+    @_exclusive
     def evaluate(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                  normalization=None) -> Dict[str, float]:
         """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode."""
@@ -456,6 +479,7 @@ class Network:
         """Fraction of rows classified correctly, in evaluation mode."""
         return self.evaluate(X, y, normalization=normalization)["accuracy"]
 
+    @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched)."""
         lam = check.real("lam", lam, low=0.0)
@@ -466,6 +490,7 @@ class Network:
         check.finite_result("cost", np.array(cost))
         return cost
 
+    @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray,
                        lam: float = 0.0) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.

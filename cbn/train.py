@@ -171,29 +171,34 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     Raises ``DivergenceError`` if the loss, the parameters, the batch-norm running statistics
     or an evaluation loss become NaN or inf; the network then holds the last good state.
 
+    Holds ``net``'s lock for the whole run: other threads' calls on the same network (a
+    ``predict_proba``, another ``fit``) wait until it ends.
+
     Determinism: the same network seed, ``seed``, data, arguments, dtype, BLAS library and
     BLAS thread count give bit-identical parameters and history (``wall_time`` aside),
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
-    run = _Run(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
-               normalization, momentum, eval_every, eval_train)
-    if checkpoint is not None:
-        checkpoint = _path("checkpoint", checkpoint)
-    if checkpoint_every is not None:
-        if checkpoint is None:
-            raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
-        checkpoint_every = check.integer("checkpoint_every", checkpoint_every, low=1)
-    source = None
-    if resume is True:
-        if checkpoint is None:
-            raise ValueError("resume=True continues from checkpoint=, which is not set")
-        source = checkpoint if os.path.exists(checkpoint) else None
-    elif resume is not None and resume is not False:
-        source = _path("resume", resume)
-    if source is not None:
-        run.restore(load_checkpoint(source), source)
-    return run.train(progress, checkpoint, checkpoint_every)
+    # Held for the whole run: the network's plans are re-pointed at every step.
+    with net._lock if isinstance(net, Network) else contextlib.nullcontext():
+        run = _Run(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
+                   normalization, momentum, eval_every, eval_train)
+        if checkpoint is not None:
+            checkpoint = _path("checkpoint", checkpoint)
+        if checkpoint_every is not None:
+            if checkpoint is None:
+                raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
+            checkpoint_every = check.integer("checkpoint_every", checkpoint_every, low=1)
+        source = None
+        if resume is True:
+            if checkpoint is None:
+                raise ValueError("resume=True continues from checkpoint=, which is not set")
+            source = checkpoint if os.path.exists(checkpoint) else None
+        elif resume is not None and resume is not False:
+            source = _path("resume", resume)
+        if source is not None:
+            run.restore(load_checkpoint(source), source)
+        return run.train(progress, checkpoint, checkpoint_every)
 
 
 def _path(name: str, value) -> str:

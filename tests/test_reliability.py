@@ -295,6 +295,66 @@ def test_two_networks_trained_in_two_threads_match_training_them_one_after_the_o
 
 # -- threads ---------------------------------------------------------------------------------
 
+def _shared_run():
+    X, y = blobs(n=400, d=300, k=10, dtype=np.float32)
+    args = dict(lam=0.001, batch_size=50, schedule=CyclicLR(1e-3, 0.1, 16), cycles=1, seed=0,
+                momentum=0.5, progress=False)
+    return X, y, args
+
+
+def test_one_network_predicts_in_one_thread_while_it_trains_in_another():
+    X, y, args = _shared_run()
+    net = Network(300, [64, 32], 10, seed=1, dtype=np.float32)
+    before = net.predict_proba(X[:120])
+    after_net = net.copy()
+    fit(after_net, X, y, **args)
+    after = after_net.predict_proba(X[:120])
+    seen, errors = [], []
+    started = threading.Event()
+
+    def predict():
+        started.set()
+        try:
+            for _ in range(40):
+                seen.append(net.predict_proba(X[:120]))
+        except Exception as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+
+    reader = threading.Thread(target=predict)
+    reader.start()
+    started.wait()
+    fit(net, X, y, **args)
+    reader.join()
+    assert not errors
+    # Each call ran wholly before or wholly after training: never on a state in between.
+    for probs in seen:
+        assert np.array_equal(probs, before) or np.array_equal(probs, after)
+    np.testing.assert_array_equal(net.predict_proba(X[:120]), after)
+
+
+def test_two_fits_of_one_network_in_two_threads_run_one_after_the_other():
+    X, y, args = _shared_run()
+    net = Network(300, [64, 32], 10, seed=1, dtype=np.float32)
+    reference = net.copy()
+    fit(reference, X, y, **args)
+    fit(reference, X, y, **args)
+    errors = []
+
+    def train():
+        try:
+            fit(net, X, y, **args)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert_same_state(state(net), state(reference))
+
+
 def test_threadpool_limits_set_the_threads_of_the_gather_too():
     """One knob for every thread cbn starts: the BLAS limit (threadpoolctl) also sizes the
     OpenMP loops that run beside OpenBLAS's jobs."""
