@@ -165,7 +165,10 @@ def running_stat(name: str, value: np.ndarray) -> None:
 
 def finite_result(what: str, values: np.ndarray) -> None:
     """Refuse to return NaN or inf: finite inputs can still overflow (values too large for
-    the dtype), and parameters written by hand may hold NaN."""
+    the dtype), and parameters written by hand may hold NaN. The kernels also turn a
+    non-finite batch-norm statistic or evaluation map, which batch norm would otherwise
+    hide behind finite outputs, into a NaN result that this refuses."""
     if not np.isfinite(values).all():
-        raise ValueError(f"{what} came out NaN or infinite: values too large for "
-                         f"{np.asarray(values).dtype} (overflow), or non-finite parameters")
+        raise ValueError(f"{what} came out NaN or infinite: a value overflowed (inputs, "
+                         "normalization or parameters too large for the network's dtype, "
+                         "e.g. a batch-norm variance) or a parameter is not finite")

@@ -413,10 +413,14 @@ class Network:
         std = check.vector("normalization.std", std, size=self.input_dim)
         if (std <= 0).any():
             raise ValueError("normalization.std must be positive")
-        scale = (1.0 / std).astype(self.dtype)
+        with np.errstate(over="ignore"):  # refused below
+            scale = (1.0 / std).astype(self.dtype)
+            shift = mean.astype(self.dtype)
         if not np.isfinite(scale).all():
             raise ValueError(f"normalization.std is too small: 1/std overflows {self.dtype}")
-        return X, mean.astype(self.dtype), scale
+        if not np.isfinite(shift).all():
+            raise ValueError(f"normalization.mean is too large for {self.dtype}")
+        return X, shift, scale
 
     def _evaluate(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
                   training: bool = False) -> Tuple[float, int]:

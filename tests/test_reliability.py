@@ -236,6 +236,16 @@ def test_every_relu_kernel_keeps_nan(dtype):
     np.testing.assert_array_equal(H2, [[np.nan, 0, 2, 0, 3, 0]] * 2)
 
 
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_a_normalization_mean_beyond_float32_is_refused_by_name(batch_norm):
+    from types import SimpleNamespace
+    X = np.random.default_rng(0).integers(0, 256, (20, 10), dtype=np.uint8)
+    net = _bn_net(np.float32, batch_norm=batch_norm)
+    norm = SimpleNamespace(mean=np.full(10, 1e39), std=np.ones(10))
+    with pytest.raises(ValueError, match="normalization.mean is too large for float32"):
+        net.predict_proba(X, normalization=norm)
+
+
 @pytest.mark.parametrize("value", [-1.0, -1e-300])
 def test_a_negative_running_variance_is_refused(value):
     net = _bn_net()
