@@ -336,7 +336,7 @@ def _array_state(state) -> tuple:
         raise RefusedPickle("array state refused: expected (1, shape, dtype, fortran, data)")
     _, shape, spec, fortran, data = state
     if (type(shape) is not tuple or len(shape) > 32
-            or any(type(n) is not int or n < 0 for n in shape)):
+            or any(type(n) is not int or not 0 <= n < 1 << 62 for n in shape)):
         raise RefusedPickle(f"array shape refused: {short_repr(shape)}")
     if type(spec) is not _DtypeSpec:
         raise RefusedPickle(f"array dtype refused: a {type(spec).__name__}, not a numeric dtype")
