@@ -238,3 +238,11 @@ def test_a_real_sized_batch_loads_exactly(tmp_path):
 def test_a_global_outside_the_allowlist_is_still_an_unsafe_pickle_error(tmp_path):
     _refused(tmp_path, b"\x80\x02cos\nsystem\n.", "refused to unpickle global 'os.system'",
              UnsafePickleError)
+
+
+def test_a_shape_of_huge_integers_is_refused_before_multiplying_them(tmp_path):
+    huge = b"\x8a\xff" + (1 << 2030).to_bytes(255, "little", signed=True)  # LONG1
+    shape = b"(" + huge * 32 + b"t"
+    state = b"(" + _py2_value(1) + shape + _dtype(b"u1", PLAIN_STATE) + _py2_value(0) + \
+        _py2_value(b"") + b"t"
+    _refused(tmp_path, _batch(RECONSTRUCT + state + b"b"), "array shape refused")
