@@ -397,7 +397,8 @@ def _differences(saved: dict, wanted: dict) -> List[str]:
 
 # What an "ok" record holds beyond its configuration: the metrics of one run.
 _METRICS = ("wall_time", "resolved_step_size") + tuple(
-    f"{split}_{what}" for split in ("train", "val", "test") for what in ("accuracy", "loss", "cost"))
+    f"{split}_{what}" for split in ("train", "val", "test")
+    for what in ("accuracy", "loss", "cost"))
 
 
 class _ResultsFile:

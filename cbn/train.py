@@ -345,7 +345,8 @@ class _Run:
         pass (NaN loss) updates nothing, so weights found non-finite then were made by the
         step before, whose fused update does not scan them: the step reported is the same
         whether or not ``check_state`` ran after that step (checkpoint_every cannot move it)."""
-        step, reason = self.step, "the batch loss, a batch-norm statistic or the updated parameters"
+        step = self.step
+        reason = "the batch loss, a batch-norm statistic or the updated parameters"
         if math.isnan(loss) and step > 0 and not _ops.all_finite(self.net.flat_params):
             step, reason = step - 1, "the updated parameters"
         self.diverge(step, self.schedule.lr(step), loss, reason)
