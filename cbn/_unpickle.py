@@ -151,7 +151,8 @@ class _Opcodes(dict):
 
 
 class _Unpickler(pickle._Unpickler):
-    """See the module docstring. ``budget`` is the bytes REDUCE and BUILD may create."""
+    """See the module docstring. ``_budget`` counts down the bytes REDUCE and BUILD may
+    still create."""
 
     def __init__(self, file: BinaryIO, size: int) -> None:
         # encoding="bytes": py2 str -> bytes, as the official keys (b"data", ...) expect.
