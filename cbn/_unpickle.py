@@ -27,17 +27,18 @@ import codecs
 import io
 import math
 import pickle
-import reprlib
 from typing import BinaryIO
 
 import numpy as np
+
+from ._validate import short_repr
 
 try:  # numpy >= 2 (1.26 also has this alias); avoids importing the deprecated numpy.core shim
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 1.26: numpy.core is the real module there
     from numpy.core.multiarray import _reconstruct
 
-__all__ = ["RefusedPickle", "UnsafeGlobal", "MAX_DEPTH", "MAX_ELEMENTS", "load", "short_repr"]
+__all__ = ["RefusedPickle", "UnsafeGlobal", "MAX_DEPTH", "MAX_ELEMENTS", "load", "loads"]
 
 # A CIFAR-10 batch nests 3 deep and holds ~20,000 elements (labels and file names).
 MAX_DEPTH = 32
@@ -48,20 +49,6 @@ _NUMERIC_CODES = frozenset(
     ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"])
 _LATIN1 = ("latin1", "latin-1", "iso-8859-1", "iso8859-1")
 _CONTAINERS = (tuple, list, dict, set, frozenset)
-
-_short = reprlib.Repr()
-_short.maxlevel, _short.maxstring, _short.maxother = 2, 40, 40
-_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
-
-
-def short_repr(value, limit: int = 120) -> str:
-    """A repr of bounded size and cost, for error messages about untrusted values."""
-    try:
-        text = _short.repr(value)
-    except Exception:  # e.g. an int with more digits than Python will print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 class RefusedPickle(Exception):
     """The file is not a pickle of plain data and numeric arrays, or exceeds the limits."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import math
 import numbers
+import reprlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -161,6 +162,21 @@ def running_stat(name: str, value: np.ndarray) -> None:
     if name.startswith("running_var") and (np.asarray(value) < 0).any():
         raise ValueError(f"{name} is a variance and must be >= 0, got a minimum of "
                          f"{np.min(value):g}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 40, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+
+
+def short_repr(value, limit: int = 120) -> str:
+    """A repr of bounded size and cost, for error messages about untrusted values (a file's
+    content may be deeply nested, share structure or hold huge numbers)."""
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # e.g. an int with more digits than Python will print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def finite_result(what: str, values: np.ndarray) -> None:

@@ -252,10 +252,10 @@ def _empty_network(members: Dict[str, Member], read, build, fail):
 def _parse_json(text: str, key: str, fail):
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise fail(f"'{key}' is not valid JSON: {exc}") from None
     except RecursionError:
         raise fail(f"'{key}' nests JSON too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        raise fail(f"'{key}' is not valid JSON: {str(exc)[:200]}") from None
 
 
 @dataclass

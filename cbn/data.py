@@ -36,7 +36,7 @@ from typing import Union
 import numpy as np
 
 from . import _unpickle as _safe_pickle
-from ._unpickle import short_repr
+from ._validate import short_repr
 
 __all__ = [
     "CIFAR10",
@@ -342,7 +342,8 @@ def _bytes_keys(obj: object, path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, got {type(obj).__name__}")
     # py3-written files may have str keys; the official ones have bytes keys.
-    return {k.encode("latin-1") if isinstance(k, str) else k: v for k, v in obj.items()}
+    return {k.encode("latin-1", "backslashreplace") if isinstance(k, str) else k: v
+            for k, v in obj.items()}
 
 
 def read_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:

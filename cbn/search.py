@@ -391,8 +391,10 @@ def _execute(pool: Optional[Executor], trials: List[Trial], data,
 # --------------------------------------------------------------------------------------------
 
 def _differences(saved: dict, wanted: dict) -> List[str]:
-    return [f"{key}: file has {saved.get(key)!r}, this search {wanted.get(key)!r}"
-            for key in sorted(set(saved) | set(wanted)) if saved.get(key) != wanted.get(key)]
+    return [f"{str(key)[:40]}: file has {check.short_repr(saved.get(key))}, this "
+            f"search {check.short_repr(wanted.get(key))}"
+            for key in sorted(set(saved) | set(wanted), key=str)[:50]
+            if saved.get(key) != wanted.get(key)]
 
 
 # What an "ok" record holds beyond its configuration: the metrics of one run.
@@ -453,7 +455,7 @@ class _ResultsFile:
             raise ValueError(f"{self.path}, line {number}: not UTF-8 text (byte "
                              f"{line[exc.start]:#04x} at column {exc.start + 1}); not a cbn "
                              "search results file, or damaged") from None
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, too deep, too many digits
             raise ValueError(f"{self.path}: line {number} is not JSON; not a cbn search "
                              "results file, or damaged") from None
 
@@ -472,10 +474,10 @@ def _check_record(where: str, record) -> int:
     index, a status, and for "ok" every metric as a finite number."""
     index = record.get("trial") if isinstance(record, dict) else None
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"{where}: a line without a trial index: {str(record)[:200]}")
+        raise ValueError(f"{where}: a line without a trial index: {check.short_repr(record)}")
     status = record.get("status")
     if status not in ("ok", "failed"):
-        raise ValueError(f"{where}: trial {index} has status {str(status)[:40]!r}, "
+        raise ValueError(f"{where}: trial {index} has status {check.short_repr(status)}, "
                          "not 'ok' or 'failed'")
     if status == "ok":
         bad = [key for key in _METRICS

@@ -177,3 +177,12 @@ def test_saved_files_get_the_mode_a_plain_open_gives(tmp_path, umask):
     assert expected == 0o666 & ~umask
     for name in ("a.npz", "net.npz"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == expected
+
+
+def test_json_with_an_integer_of_too_many_digits_is_a_checkpoint_error(tmp_path):
+    net = Network(6, [5], 3, seed=0)
+    arrays = net.to_arrays()
+    arrays["network_config"] = np.array('{"input_dim": ' + "9" * 5000 + "}")
+    np.savez(tmp_path / "digits.npz", **arrays)
+    with pytest.raises(CheckpointError, match="digits.npz: 'network_config' is not valid JSON"):
+        Network.load(tmp_path / "digits.npz")

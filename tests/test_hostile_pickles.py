@@ -246,3 +246,7 @@ def test_a_shape_of_huge_integers_is_refused_before_multiplying_them(tmp_path):
     state = b"(" + _py2_value(1) + shape + _dtype(b"u1", PLAIN_STATE) + _py2_value(0) + \
         _py2_value(b"") + b"t"
     _refused(tmp_path, _batch(RECONSTRUCT + state + b"b"), "array shape refused")
+
+
+def test_a_key_that_is_not_latin1_text_is_a_data_error(tmp_path):
+    _refused(tmp_path, py3_pickle({"\u20ac": 1}), r"missing key\(s\)")

@@ -199,6 +199,14 @@ def test_an_evaluation_affine_map_that_is_not_finite_is_an_error(how):
         net.predict_proba(X)
 
 
+def test_the_evaluation_kernel_refuses_an_affine_map_that_overflows():
+    from cbn import kernels
+    S = np.ones((4, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kernels.bn_relu_forward_eval(S, np.full(3, 1e300), np.zeros(3), np.full(3, 1e308),
+                                     np.ones(3))
+
+
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("where", ["b1", "W2", "b3"])
 def test_a_nan_parameter_never_gives_finite_probabilities(batch_norm, where):

@@ -430,3 +430,14 @@ def test_loaded_data_is_refused_for_worker_processes():
 def test_a_process_loads_each_data_spec_once():
     from cbn.search import _cached
     assert _cached(DataSpec("sample")) is _cached(DataSpec("sample"))
+
+
+def test_a_results_line_with_an_integer_of_too_many_digits_names_the_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+           progress=False)
+    header = path.read_text().splitlines()[0]
+    path.write_text(header + '\n{"trial": ' + "9" * 5000 + "}\n")
+    with pytest.raises(ValueError, match=f"{path}: line 2 is not JSON"):
+        search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+               progress=False)
