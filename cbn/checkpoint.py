@@ -100,7 +100,8 @@ class Member:
 Expect = Callable[[Dict[str, Member], Callable[[str], np.ndarray]], None]
 
 
-def read_npz(path: PathLike, expect: Optional[Expect] = None) -> Dict[str, np.ndarray]:
+def read_npz(path: PathLike, expect: Optional[Expect] = None,
+             error: type = None) -> Dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read without pickle, each only after every member's
     declared size was checked.
 
@@ -111,23 +112,27 @@ def read_npz(path: PathLike, expect: Optional[Expect] = None) -> Dict[str, np.nd
     member, e.g. a small JSON config that sizes the rest). Only then is the data read.
 
     Raises FileNotFoundError / PermissionError / IsADirectoryError as the OS reports them, and
-    ``CheckpointError`` naming the file for anything else wrong with it (not a zip, a plain
-    ``.npy``, object arrays, truncated or corrupt entries, or refused by ``expect``)."""
+    ``error`` (``CheckpointError`` by default) naming the file for anything else wrong with it
+    (not a zip, a plain ``.npy``, object arrays, truncated or corrupt entries, or refused by
+    ``expect``, whose own exceptions of that type pass through)."""
     path = os.fspath(path)
+    error = CheckpointError if error is None else error
 
-    def fail(message: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {message}")
+    def fail(message: str) -> Exception:
+        return error(f"{path}: {message}")
 
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if f.read(6) == b"\x93NUMPY":
-                raise fail("a single .npy array, not a cbn network or checkpoint (.npz) file")
+                raise fail("a single .npy array, not a cbn network, checkpoint or other .npz "
+                           "file")
             f.seek(0)
             try:
                 archive = zipfile.ZipFile(f)
             except zipfile.BadZipFile:
-                raise fail("not a cbn network or checkpoint file (not an .npz archive)") from None
+                raise fail("not a cbn network, checkpoint or other .npz file (not a zip "
+                           "archive)") from None
             with archive:
                 members = _members(archive, size, fail)
 
@@ -138,7 +143,7 @@ def read_npz(path: PathLike, expect: Optional[Expect] = None) -> Dict[str, np.nd
                 if expect is not None:
                     expect(members, read)
                 return {name: read(name) for name in members}
-    except (FileNotFoundError, PermissionError, IsADirectoryError, CheckpointError):
+    except (FileNotFoundError, PermissionError, IsADirectoryError, error):
         raise
     except MemoryError:
         raise fail("too large to load into memory") from None

@@ -36,6 +36,7 @@ from typing import Union
 import numpy as np
 
 from . import _unpickle as _safe_pickle
+from .checkpoint import read_npz
 from ._validate import short_repr
 
 __all__ = [
@@ -728,20 +729,23 @@ def load_sample(path: PathLike | None = None) -> CIFAR10:
         path: another npz in the same format (for tests); the shipped one by default.
     """
     path = SAMPLE_PATH if path is None else Path(path)
+
+    def expect(members, read) -> None:  # the names, before any array is read
+        missing = [key for key in _SAMPLE_KEYS if key not in members]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}")
+        extra = sorted(set(members) - set(_SAMPLE_KEYS))
+        if extra:
+            raise DataError(f"{path}: holds arrays a sample does not have: {extra[:5]}")
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in _SAMPLE_KEYS if key not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing arrays {missing}")
-            arrays = {key: npz[key] for key in _SAMPLE_KEYS}
-    except DataError:
-        raise
+        arrays = read_npz(path, expect, error=DataError)
     except FileNotFoundError:
         raise DataError(
             f"{path}: the shipped sample is missing (was cbn installed without its package data?)"
         ) from None
-    except Exception as exc:  # zipfile.BadZipFile, ValueError for object arrays, truncation
-        raise DataError(f"{path}: not a readable sample npz: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # a folder, no permission
+        raise DataError(f"{path}: not a readable sample npz: {exc}") from None
     splits = {}
     for name in ("train", "val", "test"):
         images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]

@@ -186,3 +186,13 @@ def test_json_with_an_integer_of_too_many_digits_is_a_checkpoint_error(tmp_path)
     np.savez(tmp_path / "digits.npz", **arrays)
     with pytest.raises(CheckpointError, match="digits.npz: 'network_config' is not valid JSON"):
         Network.load(tmp_path / "digits.npz")
+
+
+def test_a_sample_npz_with_a_member_declaring_far_more_than_the_file_is_a_data_error(tmp_path):
+    from cbn.data import DataError, load_sample
+    path = tmp_path / "sample.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("label_names.npy", _npy(np.array(["x"] * 10)))
+    _add_zeros_member(path, 64 << 20)
+    with pytest.raises(DataError, match=f"{path}: declares"):
+        load_sample(path)
