@@ -101,7 +101,7 @@ Expect = Callable[[Dict[str, Member], Callable[[str], np.ndarray]], None]
 
 
 def read_npz(path: PathLike, expect: Optional[Expect] = None,
-             error: type = None) -> Dict[str, np.ndarray]:
+             error: Optional[type] = None) -> Dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read without pickle, each only after every member's
     declared size was checked.
 
