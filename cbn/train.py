@@ -124,7 +124,8 @@ def steps_per_epoch(n: int, batch_size: int, batch_norm: bool) -> int:
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,
         y_val: Optional[np.ndarray] = None, lam: float, batch_size: int,
         schedule: Union[CyclicLR, ConstantLR, float], cycles: Optional[float] = None,
-        epochs: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
+        epochs: Optional[int] = None, seed: Optional[int] = None,
+        progress: Optional[bool] = None,
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
@@ -145,7 +146,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     cycles : run ``cycles * schedule.cycle_length`` steps (CyclicLR only), or
     epochs : run ``epochs`` passes over the data. Give exactly one.
     seed : seeds the shuffling; with the network's seed it fixes the run.
-    progress : show a tqdm progress bar.
+    progress : show a tqdm progress bar; None (default) shows it only when stderr is a
+        terminal, so redirected logs get no control characters.
     momentum : heavy-ball momentum (0 = plain SGD as in the course).
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
@@ -459,14 +461,15 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, progress: bool, path: Optional[str], every: Optional[int]) -> History:
+    def train(self, progress: Optional[bool], path: Optional[str], every: Optional[int]) -> History:
         net, plan, schedule = self.net, self.plan, self.schedule
         n, batch_size, per_epoch, total = self.n, self.batch_size, self.per_epoch, self.total
         lam, momentum, eval_every = self.lam, self.momentum, self.eval_every
         first_stats = net.batch_norm and net.bn_init == "first_batch"
         self.plan.set_velocity(self.velocity)
         self.started = time.perf_counter() - self.elapsed_before
-        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
+        bar = tqdm(total=total, initial=self.step,
+                   disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
         try:
             with _deferred_interrupt(self):

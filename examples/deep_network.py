@@ -41,7 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for metric in METRICS:
         plot_curves(record.figure(f"{metric}.png"),
-                    {labels[k]: [r.history for r in runs[k]] for k in configs}, metric)
+                    {labels[k]: [r.history for r in runs[k]] for k in configs}, metric,
+                    title=record.caption(seeds))
     config = next(iter(configs.values()))
     widths = "; ".join(f"{d}-layer: {list(HIDDEN[d])}" for d in dict.fromkeys(args.depths))
     summary = "\n".join([

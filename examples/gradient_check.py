@@ -87,7 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "skipped.", "", layer_table(result.rows), ""]
             print(f"{key}: max relative error {result.max_relative_error:.2e} ({verdict})",
                   file=sys.stderr)
-    plot_gradcheck(record.figure("gradcheck.png"), figure_rows, args.tolerance)
+    plot_gradcheck(record.figure("gradcheck.png"), figure_rows, args.tolerance,
+                   title=record.caption())
 
     worst = max(e["max_relative_error"] for e in record.entries.values())
     passed = worst <= args.tolerance

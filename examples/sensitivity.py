@@ -67,9 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     grid = {(f"σ = {key.split('/')[0][6:]}", "with BN" if configs[key].batch_norm
              else "without BN"): [r.history for r in results] for key, results in runs.items()}
-    plot_sensitivity(record.figure("loss_grid.png"), grid, "loss")
-    plot_sensitivity(record.figure("accuracy_grid.png"), grid, "accuracy")
-    plot_bn_statistics(record.figure("bn_statistics.png"), by_source)
+    caption = record.caption(seeds)
+    plot_sensitivity(record.figure("loss_grid.png"), grid, "loss", title=caption)
+    plot_sensitivity(record.figure("accuracy_grid.png"), grid, "accuracy", title=caption)
+    plot_bn_statistics(record.figure("bn_statistics.png"), by_source, title=caption)
 
     stuck = [f"{labels[key]}: {n} of {len(runs[key])}" for key in configs
              if (n := sum(r.metrics["test_accuracy"] < AT_CHANCE for r in runs[key]))]

@@ -34,7 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for metric in METRICS:
         plot_curves(record.figure(f"{metric}.png"),
-                    {LABELS[k]: [r.history for r in runs[k]] for k in LABELS}, metric)
+                    {LABELS[k]: [r.history for r in runs[k]] for k in LABELS}, metric,
+                    title=record.caption(seeds))
     config = configs["bn"]
     summary = "\n".join([
         "# 3-layer network [50, 50], with and without batch normalisation", "",
