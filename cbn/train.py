@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import _ops
 from . import _validate as check
+from . import inputs
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, save_checkpoint
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
@@ -137,6 +138,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     X, y : training rows (n, d) and int labels (n,). X is float32/float64, or uint8 images
         with ``normalization`` (an object with per-feature ``mean`` and ``std``, e.g.
         ``cbn.data.Normalization``), standardised batch by batch so the set stays uint8.
+        The network keeps ``normalization`` (``net.normalization``) and applies it when it
+        predicts; None uses the one it has already, False feeds X as it is (cbn.inputs).
         X must be C-contiguous (pass ``np.ascontiguousarray(X)``; no silent copy of a data
         set); read-only arrays are fine, nothing is written to X or y.
     X_val, y_val : optional validation set, same form as X, y.
@@ -178,8 +181,12 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
+    if isinstance(net, Network):  # the network's own normalization when none is passed
+        normalization = inputs.resolve(X, normalization, net.normalization, net.input_dim)
     run = _Run(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                normalization, momentum, eval_every, eval_train)
+    if normalization is not None:
+        net.normalization = normalization  # kept, so predictions take raw images too
     if checkpoint is not None:
         checkpoint = _path("checkpoint", checkpoint)
     if checkpoint_every is not None:
