@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
+from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import CyclicLR
 from .train import History, fit
@@ -170,7 +171,7 @@ def _saved_run(path: Path, data: CIFAR10, config: RunConfig, seed: int) -> Optio
 def _save_run(path: Path, data: CIFAR10, result: RunResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result.net.save(path.with_suffix(".npz"))
-    _write_text(path.with_suffix(".json"), json.dumps(_json_ready({
+    _write_text(path.with_suffix(".json"), json.dumps(json_ready({
         "config": result.config.as_dict(), "seed": result.seed, "data": _data_identity(data),
         "metrics": result.metrics, "history": result.history.as_dict()})))
 
@@ -280,6 +281,35 @@ def bn_statistics_accuracy(net: Network, images: np.ndarray, labels: np.ndarray,
         scored = n - (n % m == 1)
         out[f"batch of {m}"] = correct / scored
     return out
+
+
+GRADCHECK_NETWORKS = {"3-layer": (50, 50), "9-layer": (50, 30, 20, 20, 10, 10, 10, 10)}
+
+
+def gradient_checks(data: CIFAR10, *, n: int = 10, dims: int = 20, lam: float = 0.005,
+                    tolerance: float = 1e-6, seed: int = 0, dtype: str = "float64",
+                    max_entries: Optional[int] = None,
+                    networks: Mapping[str, Sequence[int]] = GRADCHECK_NETWORKS,
+                    ) -> Dict[str, GradcheckResult]:
+    """:func:`cbn.gradcheck` of every network in ``networks`` (name -> hidden widths), with
+    and without BN, on the first ``n`` training images of ``data``, standardised, reduced to
+    their first ``dims`` features (as the course suggests, to keep the finite differences
+    cheap). Returns the results by ``"<name>/bn"`` and ``"<name>/no_bn"``."""
+    n_train, d = data.train.images.shape
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= n_train:
+        raise ValueError(f"n must be an integer in 2..{n_train}, got {n!r}")
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= d:
+        raise ValueError(f"dims must be an integer in 1..{d}, got {dims!r}")
+    X = np.ascontiguousarray(data.normalization.apply(data.train.images[:n], np.float64)[:, :dims])
+    y = np.asarray(data.train.labels[:n])
+    results = {}
+    for name, hidden in networks.items():
+        for bn in (False, True):
+            net = Network(dims, hidden, len(data.label_names), batch_norm=bn, init="he",
+                          dtype=np.dtype(dtype), seed=seed)
+            results[f"{name}/{'bn' if bn else 'no_bn'}"] = gradcheck(
+                net, X, y, lam, tolerance=tolerance, max_entries=max_entries, seed=seed)
+    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,16 +477,16 @@ def _load_average() -> Optional[List[float]]:
         return None
 
 
-def _json_ready(value):
+def json_ready(value):
     """Replace non-finite floats (a diverged loss) by None so the file is strict JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_ready(value.item())
+        return json_ready(value.item())
     return value
 
 
@@ -593,7 +623,7 @@ class ExampleRecord:
         meta["figures"] = list(self.figures)
         document = dict(self.entries)
         document["meta"] = meta
-        text = json.dumps(_json_ready(document), indent=1, allow_nan=False)
+        text = json.dumps(json_ready(document), indent=1, allow_nan=False)
         _write_text(self.folder / "results.json", text + "\n")
         data = meta["data"]
         title, _, body = summary.strip().partition("\n")

@@ -371,28 +371,41 @@ def build_report(results_dir: Path, report_path: Path) -> str:
     return "\n".join(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``cbn-report [--results DIR] [--out FILE]``: write REPORT.md from the results folders."""
-    parser = argparse.ArgumentParser(
-        prog="cbn-report",
-        description="Gather the examples' results folders (DIR/*/results.json, summary.md "
-                    "and figures) into one Markdown report.")
-    parser.add_argument("--results", metavar="DIR", default="results",
-                        help="folder holding one sub-folder per example (default results)")
-    parser.add_argument("--out", metavar="FILE", default=None,
-                        help="the report to write (default DIR/REPORT.md)")
-    args = parser.parse_args(argv)
-    results_dir = Path(args.results)
-    out = Path(args.out) if args.out else results_dir / "REPORT.md"
-    try:
-        text = build_report(results_dir, out)
-    except ValueError as exc:
-        print(f"cbn-report: {exc}", file=sys.stderr)
-        return 1
+def write_report(results_dir: Path, out: Optional[Path] = None) -> Path:
+    """Write REPORT.md (default ``results_dir/REPORT.md``) from the results folders under
+    ``results_dir``, atomically; return its path. ValueError when there are no results."""
+    results_dir = Path(results_dir)
+    out = Path(out) if out is not None else results_dir / "REPORT.md"
+    text = build_report(results_dir, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
+    return out
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cbn-report`` and ``cbn report``: ``--results`` and ``--out``."""
+    parser.add_argument("--results", metavar="DIR", default="results",
+                        help="folder holding one sub-folder per example (default results)")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="the report to write (default DIR/REPORT.md)")
+
+
+REPORT_DESCRIPTION = ("Gather the examples' results folders (DIR/*/results.json, summary.md "
+                      "and figures) into one Markdown report.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``cbn-report [--results DIR] [--out FILE]``: write REPORT.md from the results folders."""
+    parser = argparse.ArgumentParser(prog="cbn-report", description=REPORT_DESCRIPTION)
+    add_report_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        out = write_report(Path(args.results), Path(args.out) if args.out else None)
+    except ValueError as exc:
+        print(f"cbn-report: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
