@@ -572,7 +572,7 @@ class ExampleRecord:
             runs = (f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
                     f"({', '.join(map(str, seeds))})")
         text = f"{data_description(self.data)}; {runs}"
-        return text + " - QUICK run (tiny budget)" if self.quick else text
+        return text + "\nQUICK run (tiny budget)" if self.quick else text
 
     def figure(self, filename: str) -> Path:
         """The path to save a figure called ``filename`` (a PNG), remembered for the summary

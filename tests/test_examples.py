@@ -366,4 +366,4 @@ def test_figure_captions_state_data_seeds_and_quick(tmp_path):
     assert full.caption([0, 1, 2]) == "CIFAR-10 shipped sample (2000 / 500 / 1000); 3 seeds (0, 1, 2)"
     quick = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "b"), quick=True,
                                                      seed=4), data)
-    assert quick.caption().endswith("1 seed (4) - QUICK run (tiny budget)")
+    assert quick.caption().endswith("1 seed (4)\nQUICK run (tiny budget)")
