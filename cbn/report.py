@@ -110,15 +110,23 @@ def mean_of(value) -> float:
     return float(value)
 
 
+# Runs whose accuracies spread wider than this (a std in fractions) are shown one by one:
+# some trained and some did not, and a mean would describe none of them.
+SPLIT_STD = 0.05
+
+
 def percent(value, digits: int = 2) -> str:
     """An accuracy (fraction, or mean/std dict of fractions) as ``"53.61 ± 0.21"`` percent,
-    with the number of runs when there are several."""
+    with the number of runs when there are several; runs that spread wider than SPLIT_STD
+    as each run's value (``"10.00, 44.06, 50.95 (per run)"``)."""
     if value is None:
         return "–"
     if isinstance(value, Mapping):
         n = len(value.get("values", ()))
         if n <= 1:  # a single run has no spread to show
             return f"{100 * value['mean']:.{digits}f}"
+        if value["std"] > SPLIT_STD:
+            return ", ".join(f"{100 * v:.{digits}f}" for v in value["values"]) + " (per run)"
         return f"{100 * value['mean']:.{digits}f} ± {100 * value['std']:.{digits}f} (n={n})"
     return f"{100 * float(value):.{digits}f}"
 

@@ -367,3 +367,11 @@ def test_figure_captions_state_data_seeds_and_quick(tmp_path):
     quick = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "b"), quick=True,
                                                      seed=4), data)
     assert quick.caption().endswith("1 seed (4)\nQUICK run (tiny budget)")
+
+
+def test_accuracies_of_runs_that_disagree_are_listed_one_by_one():
+    from cbn.report import percent
+    assert percent({"mean": 0.35, "std": 0.179, "values": [0.10, 0.4406, 0.5095]}) == \
+        "10.00, 44.06, 50.95 (per run)"
+    assert percent({"mean": 0.5343, "std": 0.0013, "values": [0.5331, 0.5338, 0.5361]}) == \
+        "53.43 ± 0.13 (n=3)"
