@@ -20,9 +20,9 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .data import CIFAR10, DataError
-from .experiment import (GRADCHECK_NETWORKS, RunConfig, json_ready, data_description,
-                         gradient_checks, open_data, run)
+from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, json_ready, run
 from .network import Network
+from .record import data_description, open_data
 from .report import REPORT_DESCRIPTION, add_report_arguments, write_report
 from .schedule import CyclicLR
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import (GRADCHECK_NETWORKS, ExampleRecord, example_parser, gradient_checks,
-                            load_data, parse_example_args)
+from cbn.experiment import GRADCHECK_NETWORKS, gradient_checks
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_gradcheck
 from cbn.report import markdown_table
 

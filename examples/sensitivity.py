@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import (ExampleRecord, bn_statistics_accuracy, example_config,
-                            example_parser, load_data, mean_std, parse_example_args,
-                            run_configs, setting_sentence)
+from cbn.experiment import (bn_statistics_accuracy, example_config, mean_std, run_configs,
+                            setting_sentence)
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_bn_statistics, plot_sensitivity
 from cbn.report import accuracy_table, markdown_table, percent
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, run_configs, setting_sentence)
+from cbn.experiment import example_config, run_configs, setting_sentence
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import METRICS, plot_curves
 from cbn.report import accuracy_table
 

@@ -18,9 +18,10 @@ import pytest
 
 import cbn
 from cbn.data import load_sample
-from cbn.experiment import QUICK_POINTS_PER_CYCLE, ExampleRecord
 from cbn import plots
+from cbn.experiment import QUICK_POINTS_PER_CYCLE
 from cbn.plots import runs_disagree
+from cbn.record import ExampleRecord
 from cbn.report import REFERENCE_NUMBERS, main as report_main
 from cbn.train import History
 
