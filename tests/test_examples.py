@@ -376,3 +376,12 @@ def test_accuracies_of_runs_that_disagree_are_listed_one_by_one():
         "10.00, 44.06, 50.95 (per run)"
     assert percent({"mean": 0.5343, "std": 0.0013, "values": [0.5331, 0.5338, 0.5361]}) == \
         "53.43 ± 0.13 (n=3)"
+
+
+def test_published_results_link_only_files_that_exist():
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs" / "results").glob("*/summary.md"))]
+    for document in documents:
+        text = document.read_text(encoding="utf-8")
+        for link in re.findall(r"\]\(([^)\s#]+)\)", text):
+            if "://" not in link:
+                assert (document.parent / link).exists(), f"{document}: {link}"
