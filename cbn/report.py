@@ -2,7 +2,7 @@
 ``REPORT.md``, which gathers every example's results folder into one document next to the
 numbers the course and the original report published.
 
-Run ``cbn-report`` (or ``python examples/report.py``) after the examples; see :func:`main`.
+Run ``cbn report`` (or ``cbn-report``, or ``python examples/report.py``) after the examples.
 """
 from __future__ import annotations
 
