@@ -351,7 +351,8 @@ class Network:
         if set(_INPUT_KEYS) & set(state):
             if not set(_INPUT_KEYS) <= set(state):
                 raise ValueError(f"state holds only one of {_INPUT_KEYS}")
-            self.normalization = inputs.Normalization(*(np.asarray(state[k]) for k in _INPUT_KEYS))
+            self.normalization = inputs.Normalization(
+                *(np.asarray(state[k]) for k in _INPUT_KEYS))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file

@@ -468,7 +468,8 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, progress: Optional[bool], path: Optional[str], every: Optional[int]) -> History:
+    def train(self, progress: Optional[bool], path: Optional[str],
+              every: Optional[int]) -> History:
         net, plan, schedule = self.net, self.plan, self.schedule
         n, batch_size, per_epoch, total = self.n, self.batch_size, self.per_epoch, self.total
         lam, momentum, eval_every = self.lam, self.momentum, self.eval_every

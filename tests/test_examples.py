@@ -364,7 +364,8 @@ def test_figure_captions_state_data_seeds_and_quick(tmp_path):
     data = load_sample()
     full = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "a"), quick=False,
                                                     seed=0), data)
-    assert full.caption([0, 1, 2]) == "CIFAR-10 shipped sample (2000 / 500 / 1000); 3 seeds (0, 1, 2)"
+    assert full.caption([0, 1, 2]) == ("CIFAR-10 shipped sample (2000 / 500 / 1000); "
+                                       "3 seeds (0, 1, 2)")
     quick = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "b"), quick=True,
                                                      seed=4), data)
     assert quick.caption().endswith("1 seed (4)\nQUICK run (tiny budget)")
