@@ -25,6 +25,7 @@ from .network import Network
 from .record import data_description, open_data
 from .report import REPORT_DESCRIPTION, add_report_arguments, write_report
 from .schedule import CyclicLR
+from .train import DivergenceError
 
 COMMANDS = ("train", "evaluate", "gradcheck", "report")
 DESCRIPTION = ("Batch-normalized k-layer networks on CIFAR-10. Without a command, cbn runs "
@@ -34,7 +35,7 @@ EXIT_USAGE = 2
 # What a user can get wrong (arguments, files, data); anything else is a bug and keeps
 # its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError,
-               CheckpointError, ValueError, TypeError)
+               CheckpointError, DivergenceError, ValueError, TypeError)
 
 
 class UsageError(Exception):

@@ -96,6 +96,14 @@ def test_a_missing_data_folder_is_one_line_naming_the_option(capsys, tmp_path):
     assert err.startswith("cbn: error: no CIFAR-10 at") and "--download" in err
 
 
+def test_training_that_diverges_is_a_one_line_error(capsys):
+    status, out, err = run_cli(capsys, "--no-bn", "--eta-min", "1e3", "--eta-max", "1e4",
+                               *QUICK)
+    assert status == 2 and out == "" and err.splitlines()[-1].startswith(
+        "cbn: error: training diverged")
+    assert "Traceback" not in err
+
+
 def test_a_file_given_as_data_folder_is_named_as_a_file(capsys, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not CIFAR-10", encoding="utf-8")
