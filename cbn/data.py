@@ -482,7 +482,8 @@ def _find_batches_dir() -> Path:
     raise FileNotFoundError(
         f"CIFAR-10 ('{FOLDER_NAME}' folder, python version) not found. Looked in:\n"
         + "\n".join(looked)
-        + "\nPass root=..., set $CBN_DATA to the folder, or use download=True."
+        + "\nPass root=... (command line: --data DIR), set $CBN_DATA to the folder, or use "
+        "download=True (command line: --download)."
     )
 
 
@@ -599,13 +600,19 @@ def _check_options(protocol: str, val_size: int) -> int:
 def _resolve_root(root: PathLike | None, download: bool, url: str, md5: str) -> Path:
     if root is not None:
         root = Path(root).expanduser()
+        if root.is_file():
+            raise FileNotFoundError(
+                f"{root} is a file, not a folder: give the {FOLDER_NAME} folder or the folder "
+                "holding it (extract a downloaded archive first)"
+            )
         found = _as_batches_dir(root)
         if found is not None:
             return found
         if not download:
             raise FileNotFoundError(
                 f"no CIFAR-10 at {root}: expected {root / FOLDER_NAME} or the batch "
-                "files in that folder itself; pass download=True to fetch it there"
+                "files in that folder itself; to fetch it there, use download=True "
+                "(command line: --download)"
             )
         return _download(root.parent if root.name == FOLDER_NAME else root, url, md5)
     try:

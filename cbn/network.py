@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import inputs
 
 # Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
 # stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
@@ -175,6 +176,7 @@ class Network:
         self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
         self._identity_scale = np.ones(self.input_dim, self.dtype)
+        self._normalization: Optional[inputs.Normalization] = None
 
     # -- construction ---------------------------------------------------------------------
 
@@ -309,6 +311,19 @@ class Network:
         return LiveArrays(self._running, "running statistic")
 
     @property
+    def normalization(self) -> Optional[inputs.Normalization]:
+        """The input standardisation this network applies to raw images when predicting or
+        evaluating without ``normalization=`` (set by ``fit(..., normalization=...)``, kept
+        by ``save``/``load``, ``state_dict`` and ``copy``); None: inputs are used as given.
+        Assign an object with per-feature ``mean`` and ``std``, or None. See cbn.inputs."""
+        return self._normalization
+
+    @normalization.setter
+    def normalization(self, value) -> None:
+        self._normalization = (None if value is None
+                               else inputs.as_normalization(value, self.input_dim))
+
+    @property
     def flat_params(self) -> np.ndarray:
         """All parameters in one contiguous vector (weights first); a live view."""
         return self._theta
@@ -327,18 +342,23 @@ class Network:
 
     @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of every parameter and running statistic, plus ``stats_seen``."""
+        """Copies of every parameter and running statistic, plus ``stats_seen``, and
+        ``input_mean``/``input_std`` when the network has a ``normalization``."""
         state = {k: v.copy() for k, v in self._params.items()}
         state.update({k: v.copy() for k, v in self._running.items()})
         state["stats_seen"] = np.array(self._stats_seen)
+        if self._normalization is not None:
+            state["input_mean"] = self._normalization.mean.copy()
+            state["input_std"] = self._normalization.std.copy()
         return state
 
     @_exclusive
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy parameters and running statistics from ``state`` (as made by ``state_dict``)."""
+        """Copy parameters and running statistics from ``state`` (as made by ``state_dict``);
+        the input normalization too when ``state`` holds one (else it is left as it is)."""
         expected = set(self._params) | set(self._running) | {"stats_seen"}
         missing = expected - set(state)
-        extra = set(state) - expected
+        extra = set(state) - expected - set(_INPUT_KEYS)
         if missing or extra:
             raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
                              f"unexpected {sorted(extra)}")
@@ -352,6 +372,11 @@ class Network:
         for name, target in list(self._params.items()) + list(self._running.items()):
             target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
+        if set(_INPUT_KEYS) & set(state):
+            if not set(_INPUT_KEYS) <= set(state):
+                raise ValueError(f"state holds only one of {_INPUT_KEYS}")
+            self.normalization = inputs.Normalization(
+                *(np.asarray(state[k]) for k in _INPUT_KEYS))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file
@@ -389,7 +414,7 @@ class Network:
         _check_config_fits(config, arrays, source)
         net = cls(**config)
         state = {k: v for k, v in arrays.items()
-                 if k in net._params or k in net._running or k == "stats_seen"}
+                 if k in net._params or k in net._running or k in ("stats_seen", *_INPUT_KEYS)}
         net.load_state_dict(state)
         return net
 
@@ -454,8 +479,11 @@ class Network:
         ``mode="eval"`` (default) uses the running statistics; ``mode="train"`` uses the
         statistics of X itself as one batch (what training-mode BN computes; a common bug
         at test time, offered to show the difference). ``normalization`` (an object with
-        per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly."""
+        per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly;
+        None uses the network's own ``normalization``, False feeds X as it is. Inputs in
+        the wrong units raise or warn (cbn.inputs)."""
         check.choice("mode", mode, ("eval", "train"))
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
         src, shift, scale = self._source(X, normalization)
         probs = np.empty((src.shape[0], self.num_classes), self.dtype)
         self._evaluate(src, None, shift, scale, probs, training=(mode == "train"))
@@ -469,8 +497,10 @@ class Network:
     @_exclusive
     def evaluate(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                  normalization=None) -> Dict[str, float]:
-        """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode."""
+        """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode;
+        ``normalization`` as in ``predict_proba``."""
         lam = check.real("lam", lam, low=0.0)
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
         src, shift, scale = self._source(X, normalization)
         y = check.labels("y", y, src.shape[0], self.num_classes)
         loss, correct = self._evaluate(src, y, shift, scale)
@@ -521,6 +551,9 @@ class Network:
         bn = "BN" if self.batch_norm else "no BN"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")
+
+
+_INPUT_KEYS = ("input_mean", "input_std")  # the normalization in state_dict and saved files
 
 
 def _check_config_fits(config, arrays: Mapping[str, np.ndarray], source: str) -> None:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import _ops
 from . import _validate as check
+from . import inputs
 from .checkpoint import CheckpointError, TrainingCheckpoint, load_checkpoint, save_checkpoint
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
@@ -124,7 +125,8 @@ def steps_per_epoch(n: int, batch_size: int, batch_norm: bool) -> int:
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,
         y_val: Optional[np.ndarray] = None, lam: float, batch_size: int,
         schedule: Union[CyclicLR, ConstantLR, float], cycles: Optional[float] = None,
-        epochs: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
+        epochs: Optional[int] = None, seed: Optional[int] = None,
+        progress: Optional[bool] = None,
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
@@ -136,6 +138,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     X, y : training rows (n, d) and int labels (n,). X is float32/float64, or uint8 images
         with ``normalization`` (an object with per-feature ``mean`` and ``std``, e.g.
         ``cbn.data.Normalization``), standardised batch by batch so the set stays uint8.
+        The network keeps ``normalization`` (``net.normalization``) and applies it when it
+        predicts; None uses the one it has already, False feeds X as it is (cbn.inputs).
         X must be C-contiguous (pass ``np.ascontiguousarray(X)``; no silent copy of a data
         set); read-only arrays are fine, nothing is written to X or y.
     X_val, y_val : optional validation set, same form as X, y.
@@ -145,7 +149,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     cycles : run ``cycles * schedule.cycle_length`` steps (CyclicLR only), or
     epochs : run ``epochs`` passes over the data. Give exactly one.
     seed : seeds the shuffling; with the network's seed it fixes the run.
-    progress : show a tqdm progress bar.
+    progress : show a tqdm progress bar; None (default) shows it only when stderr is a
+        terminal, so redirected logs get no control characters.
     momentum : heavy-ball momentum (0 = plain SGD as in the course).
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
@@ -179,10 +184,14 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
+    if isinstance(net, Network):  # the network's own normalization when none is passed
+        normalization = inputs.resolve(X, normalization, net.normalization, net.input_dim)
     # Held for the whole run: the network's plans are re-pointed at every step.
     with net._lock if isinstance(net, Network) else contextlib.nullcontext():
         run = _Run(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                    normalization, momentum, eval_every, eval_train)
+        if normalization is not None:
+            net.normalization = normalization  # kept, so predictions take raw images too
         if checkpoint is not None:
             checkpoint = _path("checkpoint", checkpoint)
         if checkpoint_every is not None:
@@ -475,14 +484,16 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, progress: bool, path: Optional[str], every: Optional[int]) -> History:
+    def train(self, progress: Optional[bool], path: Optional[str],
+              every: Optional[int]) -> History:
         net, plan, schedule = self.net, self.plan, self.schedule
         n, batch_size, per_epoch, total = self.n, self.batch_size, self.per_epoch, self.total
         lam, momentum, eval_every = self.lam, self.momentum, self.eval_every
         first_stats = net.batch_norm and net.bn_init == "first_batch"
         self.plan.set_velocity(self.velocity)
         self.started = time.perf_counter() - self.elapsed_before
-        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
+        bar = tqdm(total=total, initial=self.step,
+                   disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
         try:
             with _deferred_interrupt(self):
