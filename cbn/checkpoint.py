@@ -34,6 +34,8 @@ class CheckpointError(ValueError):
 MAX_MEMBERS = 4096
 MAX_TEXT_BYTES = 1 << 20  # JSON members (network_config, run, rng_state) and the checksum
 NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
+# The input normalization a network keeps (Network.normalization), saved beside its state.
+INPUT_MEMBERS = ("input_mean", "input_std")
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
                       "elapsed", "run")
@@ -191,7 +193,8 @@ def load_network(path: PathLike, build: Callable[..., Any]):
     arrays = verified(arrays, lambda message: CheckpointError(f"{path}: {message}"),
                       required=False)
     try:
-        net.load_state_dict({name: arrays[name] for name in net.state_dict() if name in arrays})
+        names = set(net.state_dict()) | set(INPUT_MEMBERS)
+        net.load_state_dict({name: arrays[name] for name in names if name in arrays})
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return net
@@ -212,6 +215,7 @@ def _read_network_file(path: str, build: Callable[..., Any]) -> Tuple[Any, Dict[
     def expect(members: Dict[str, Member], read) -> None:
         made["net"] = net = _empty_network(members, read, build, fail)
         shapes = {name: value.shape for name, value in net.state_dict().items()}
+        shapes.update({name: (net.input_dim,) for name in INPUT_MEMBERS})
         allowed = set(shapes) | set(NETWORK_MEMBERS)
         if "checkpoint_format" in members:
             allowed |= set(CHECKPOINT_MEMBERS)
