@@ -27,7 +27,7 @@ import os
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, sqrt
+from libc.math cimport NAN, exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -326,7 +326,7 @@ cdef int _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gam
             sh[j] = (s[j] - mean[j]) * inv_std[j]
         for j in range(m):
             z = gamma[j] * sh[j] + beta[j]
-            h[j] = z if z > 0 else 0
+            h[j] = 0 if z <= 0 else z  # NaN stays NaN, for the finiteness checks
     return bad
 
 
@@ -413,27 +413,34 @@ cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
             ds[j] = gamma[j] * inv_std[j] * (g - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
 
 
-cdef void _bn_eval_affine(int m, const floating* gamma, const floating* beta,
-                          const floating* rmean, const floating* rvar, floating eps,
-                          floating* scale, floating* shift) noexcept nogil:
+cdef int _bn_eval_affine(int m, const floating* gamma, const floating* beta,
+                         const floating* rmean, const floating* rvar, floating eps,
+                         floating* scale, floating* shift) noexcept nogil:
     """Fold running statistics into one affine map: scale = gamma / sqrt(rvar + eps),
-    shift = beta - rmean scale."""
+    shift = beta - rmean scale. Returns 1 if a scale or shift is not finite, else 0."""
     cdef Py_ssize_t j
+    cdef int bad = 0
     for j in range(m):
         scale[j] = gamma[j] / sqrt(rvar[j] + eps)
         shift[j] = beta[j] - rmean[j] * scale[j]
+        bad |= (scale[j] - scale[j] + shift[j] - shift[j]) != 0
+    return bad
 
 
-cdef void _affine_relu(int n, int m, const floating* S, const floating* scale,
-                       const floating* shift, floating* H) noexcept nogil:
-    """H = max(0, S scale + shift), per feature (batch norm in evaluation mode, then ReLU)."""
+cdef int _affine_relu(int n, int m, const floating* S, const floating* scale,
+                      const floating* shift, floating* H) noexcept nogil:
+    """H = max(0, S scale + shift), per feature, NaN kept (batch norm in evaluation mode,
+    then ReLU). Returns 1 if an input S is not finite (ReLU would map -inf to 0), else 0."""
     cdef Py_ssize_t i, j, k
     cdef floating z
+    cdef int bad = 0
     for i in range(n):
         for j in range(m):
             k = i * m + j
             z = S[k] * scale[j] + shift[j]
-            H[k] = z if z > 0 else 0
+            H[k] = 0 if z <= 0 else z
+            bad |= (S[k] - S[k]) != 0
+    return bad
 
 
 cdef void _affine(int n, int m, const floating* S, const floating* scale,
@@ -449,12 +456,14 @@ cdef void _affine(int n, int m, const floating* S, const floating* scale,
             z[j] = s[j] * scale[j] + shift[j]
 
 
-cdef void _running_update(int m, const floating* mean, const floating* var,
-                          floating* rmean, floating* rvar, floating alpha,
-                          floating var_factor, bint first) noexcept nogil:
+cdef int _running_update(int m, const floating* mean, const floating* var,
+                         floating* rmean, floating* rvar, floating alpha,
+                         floating var_factor, bint first) noexcept nogil:
     """rmean = alpha rmean + (1 - alpha) mean (same for var times var_factor);
-    on the first batch both are copied instead (the course's initialisation)."""
+    on the first batch both are copied instead (the course's initialisation).
+    Returns 1 if a new running statistic is not finite, else 0."""
     cdef Py_ssize_t j
+    cdef int bad = 0
     for j in range(m):
         if first:
             rmean[j] = mean[j]
@@ -462,13 +471,21 @@ cdef void _running_update(int m, const floating* mean, const floating* var,
         else:
             rmean[j] = alpha * rmean[j] + (1 - alpha) * mean[j]
             rvar[j] = alpha * rvar[j] + (1 - alpha) * var[j] * var_factor
+        bad |= (rmean[j] - rmean[j] + rvar[j] - rvar[j]) != 0
+    return bad
 
 
-cdef void _relu(Py_ssize_t size, const floating* S, floating* H) noexcept nogil:
-    """H = max(0, S).  H may alias S."""
+cdef int _relu(Py_ssize_t size, const floating* S, floating* H) noexcept nogil:
+    """H = max(0, S), NaN kept.  H may alias S. Returns 1 if an S is not finite (ReLU would
+    map -inf to 0 and hide it), else 0."""
     cdef Py_ssize_t k
+    cdef floating s
+    cdef int bad = 0
     for k in range(size):
-        H[k] = S[k] if S[k] > 0 else 0
+        s = S[k]
+        bad |= (s - s) != 0
+        H[k] = 0 if s <= 0 else s
+    return bad
 
 
 cdef void _relu_bwd(Py_ssize_t size, const floating* dH, const floating* H,
@@ -526,12 +543,13 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     """Per row i with label t = y[yidx[i]] (y[i] if yidx is NULL):
     lse = log sum exp Z (shifted by the row max);  loss += lse - Z[t];
     correct += (argmax Z == t);  P = exp(Z - lse);  G = (P - onehot(t)) inv_n.
-    y, G and P may be NULL; G or P may alias Z."""
+    y, G and P may be NULL; G or P may alias Z. The loss is NaN if a Z is not finite
+    (an infinite logit can give finite probabilities)."""
     cdef Py_ssize_t i, j, arg
     cdef int64_t t = -1
     cdef const floating* z
     cdef floating* out
-    cdef double mx, s, zt = 0, e, inv_s
+    cdef double mx, s, zt = 0, e, inv_s, spread = 0
     loss[0] = 0
     correct[0] = 0
     # The labels of shuffled rows lie all over y, out of cache after the first layer's work:
@@ -554,6 +572,7 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
         out = P + i * K if P != NULL else (G + i * K if G != NULL else NULL)
         s = 0
         for j in range(K):
+            spread += z[j] - z[j]  # 0 unless some z is NaN or infinite
             e = exp(z[j] - mx)
             s += e
             if out != NULL:
@@ -571,6 +590,8 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
                     if j == t:
                         e -= 1
                     G[i * K + j] = <floating>(e * inv_n)
+    if spread != 0:
+        loss[0] = NAN
 
 
 cdef int _sgd_update(Py_ssize_t size, floating* theta, const floating* grad, floating* vel,
@@ -811,10 +832,6 @@ cdef size_t _addr(object a) except 0:
     if a is None:
         raise ValueError("missing buffer")
     return <size_t>a.__array_interface__['data'][0]
-
-
-cdef size_t _addr_or_null(object a) except? 0:
-    return 0 if a is None else _addr(a)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import math
 import numbers
+import reprlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -155,9 +156,35 @@ def real_array(name: str, a) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def running_stat(name: str, value: np.ndarray) -> None:
+    """Refuse a negative running variance: evaluation would take the square root of
+    ``var + eps``. (Non-finite values are refused with every other parameter.)"""
+    if name.startswith("running_var") and (np.asarray(value) < 0).any():
+        raise ValueError(f"{name} is a variance and must be >= 0, got a minimum of "
+                         f"{np.min(value):g}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 40, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+
+
+def short_repr(value, limit: int = 120) -> str:
+    """A repr of bounded size and cost, for error messages about untrusted values (a file's
+    content may be deeply nested, share structure or hold huge numbers)."""
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # e.g. an int with more digits than Python will print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def finite_result(what: str, values: np.ndarray) -> None:
     """Refuse to return NaN or inf: finite inputs can still overflow (values too large for
-    the dtype), and parameters written by hand may hold NaN."""
+    the dtype), and parameters written by hand may hold NaN. The kernels also turn a
+    non-finite batch-norm statistic or evaluation map, which batch norm would otherwise
+    hide behind finite outputs, into a NaN result that this refuses."""
     if not np.isfinite(values).all():
-        raise ValueError(f"{what} came out NaN or infinite: values too large for "
-                         f"{np.asarray(values).dtype} (overflow), or non-finite parameters")
+        raise ValueError(f"{what} came out NaN or infinite: a value overflowed (inputs, "
+                         "normalization or parameters too large for the network's dtype, "
+                         "e.g. a batch-norm variance) or a parameter is not finite")

@@ -9,9 +9,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -33,16 +34,29 @@ class CheckpointError(ValueError):
     run or network. The message starts with the file's path."""
 
 
+# Bounds on what a file may declare before any of its arrays is read: memory stays within a
+# small multiple of the file's size whatever its zip and .npy headers claim.
+MAX_MEMBERS = 4096
+MAX_TEXT_BYTES = 1 << 20  # JSON members (network_config, run, rng_state) and the checksum
+NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
+# The input normalization a network keeps (Network.normalization), saved beside its state.
+INPUT_MEMBERS = ("input_mean", "input_std")
+CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
+                      "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
+                      "elapsed", "run", "optimizer", "dropout_key")
+
+
 def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
     """Write ``arrays`` to ``path`` as an uncompressed ``.npz`` (exactly that name, no suffix
     added), atomically: the data goes to a temporary file in the same folder, is flushed to
     disk, and replaces ``path`` in one ``os.replace``. A crash at any moment leaves either the
     previous file or the new one, never a mix. (A crash mid-write can leave a stray
-    ``.<name>.*.tmp`` file beside it, which is safe to delete.)"""
+    ``.<name>.*.tmp`` file beside it, which is safe to delete.) The file gets the mode a
+    plain ``open`` gives a new file (0666 less the umask)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = _create_beside(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -54,6 +68,19 @@ def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _create_beside(folder: str, name: str) -> Tuple[int, str]:
+    """A new ``.<name>.<random>.tmp`` in ``folder``, created as ``open`` would (mode 0666, the
+    kernel applying the umask); mkstemp's 0600 would make saved files private."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {os.path.join(folder, name)}")
 
 
 def _fsync_folder(folder: str) -> None:
@@ -70,24 +97,180 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, read without pickle.
+@dataclass(frozen=True)
+class Member:
+    """What an ``.npz`` member declares before its data is read."""
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+
+
+Expect = Callable[[Dict[str, Member], Callable[[str], np.ndarray]], None]
+
+
+def read_npz(path: PathLike, expect: Optional[Expect] = None,
+             error: Optional[type] = None) -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read without pickle, each only after every member's
+    declared size was checked.
+
+    First the zip directory and each member's ``.npy`` header are read (names, shapes,
+    dtypes) and checked: plain numeric or text dtypes only, headers agreeing with the zip's
+    sizes, all of it at most twice the file's size (a compressed member cannot expand into
+    gigabytes). Then ``expect(members, read)`` may refuse the layout (``read(name)`` reads one
+    member, e.g. a small JSON config that sizes the rest). Only then is the data read.
 
     Raises FileNotFoundError / PermissionError / IsADirectoryError as the OS reports them, and
-    ``CheckpointError`` for anything else wrong with the file (truncated, not a zip, a plain
-    ``.npy``, object arrays, corrupt entries)."""
+    ``error`` (``CheckpointError`` by default) naming the file for anything else wrong with it
+    (not a zip, a plain ``.npy``, object arrays, truncated or corrupt entries, or refused by
+    ``expect``, whose own exceptions of that type pass through)."""
     path = os.fspath(path)
+    error = CheckpointError if error is None else error
+
+    def fail(message: str) -> Exception:
+        return error(f"{path}: {message}")
+
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path}: expected an .npz archive, got a single array")
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
-    except (FileNotFoundError, PermissionError, IsADirectoryError, CheckpointError):
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(6) == b"\x93NUMPY":
+                raise fail("a single .npy array, not a cbn network, checkpoint or other .npz "
+                           "file")
+            f.seek(0)
+            try:
+                archive = zipfile.ZipFile(f)
+            except zipfile.BadZipFile:
+                raise fail("not a cbn network, checkpoint or other .npz file (not a zip "
+                           "archive)") from None
+            with archive:
+                members = _members(archive, size, fail)
+
+                def read(name: str) -> np.ndarray:
+                    with archive.open(name + ".npy") as member:
+                        return np.lib.format.read_array(member, allow_pickle=False)
+
+                if expect is not None:
+                    expect(members, read)
+                return {name: read(name) for name in members}
+    except (FileNotFoundError, PermissionError, IsADirectoryError, error):
         raise
+    except MemoryError:
+        raise fail("too large to load into memory") from None
     except Exception as exc:  # untrusted bytes: whatever the zip/npy readers raise means corrupt
-        raise CheckpointError(f"{path}: not a readable .npz file (truncated or corrupt?): "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise fail(f"not a readable .npz file (truncated or corrupt?): "
+                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _members(archive: zipfile.ZipFile, size: int, fail) -> Dict[str, Member]:
+    """Names, shapes and dtypes of an archive's members from the headers alone, checked."""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise fail(f"has {len(infos)} members, more than a cbn file ever holds")
+    declared = sum(info.file_size for info in infos)
+    if declared > 2 * size + (1 << 20):
+        raise fail(f"declares {declared} bytes of arrays in a file of {size} bytes")
+    members: Dict[str, Member] = {}
+    for info in infos:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if not name or name in members:
+            raise fail(f"member {info.filename[:80]!r} is not a .npy array or is repeated")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):  # 3.0 only for non-latin-1 structured fields
+                raise fail(f"{name[:80]!r} has .npy format version {version}")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            header = member.tell()
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biufU":
+            raise fail(f"{name[:80]!r} has dtype {dtype}: only numbers and text are allowed")
+        if info.file_size != header + math.prod(shape) * dtype.itemsize:
+            raise fail(f"{name[:80]!r}: its .npy header (shape {shape}, {dtype}) does not "
+                       f"match its size in the archive ({info.file_size} bytes)")
+        members[name] = Member(tuple(shape), dtype)
+    return members
+
+
+def load_network(path: PathLike, build: Callable[..., Any]):
+    """The network saved in ``path`` by ``Network.save`` (or inside a ``fit`` checkpoint),
+    every error a ``CheckpointError`` naming the file; ``build(**config)`` is ``Network``.
+    A file without a checksum (saved before cbn wrote one) loads as it is."""
+    path = os.fspath(path)
+    net, arrays = _read_network_file(path, build)
+    arrays = verified(arrays, lambda message: CheckpointError(f"{path}: {message}"),
+                      required=False)
+    try:
+        names = set(net.state_dict()) | set(INPUT_MEMBERS)
+        net.load_state_dict({name: arrays[name] for name in names if name in arrays})
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return net
+
+
+def _read_network_file(path: str, build: Callable[..., Any]) -> Tuple[Any, Dict[str, np.ndarray]]:
+    """An empty network built from the stored configuration, and every array of the file.
+
+    The configuration is read first and matched to the stored weights' shapes; only then is
+    the network built (so a doctored file cannot make it allocate more than the file holds),
+    and every member must be one the network (or a training checkpoint) has, with the shape
+    the network expects, before any other array is read."""
+    def fail(message: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {message}")
+
+    made = {}
+
+    def expect(members: Dict[str, Member], read) -> None:
+        made["net"] = net = _empty_network(members, read, build, fail)
+        shapes = {name: value.shape for name, value in net.state_dict().items()}
+        shapes.update({name: (net.input_dim,) for name in INPUT_MEMBERS})
+        allowed = set(shapes) | set(NETWORK_MEMBERS)
+        if "checkpoint_format" in members:
+            allowed |= set(CHECKPOINT_MEMBERS)
+            allowed |= {name for name in members
+                        if name.startswith((HISTORY_PREFIX, OPTIMIZER_PREFIX))}
+        unknown = sorted(set(members) - allowed)
+        if unknown:
+            raise fail(f"holds arrays a cbn network does not have: {unknown[:5]}")
+        for name, shape in shapes.items():
+            if name in members and members[name].shape != shape:
+                raise fail(f"{name} has shape {members[name].shape}, expected {shape}")
+
+    arrays = read_npz(path, expect)
+    return made["net"], arrays
+
+
+def _empty_network(members: Dict[str, Member], read, build, fail):
+    if "network_config" not in members:
+        raise fail("holds no cbn network (no 'network_config')")
+    config_member = members["network_config"]
+    if config_member.shape != () or config_member.dtype.kind != "U" or \
+            config_member.dtype.itemsize > MAX_TEXT_BYTES:
+        raise fail(f"'network_config' must be a 0-d string of at most {MAX_TEXT_BYTES} bytes, "
+                   f"got {config_member.dtype} {config_member.shape}")
+    config = _parse_json(str(read("network_config")), "network_config", fail)
+    if not isinstance(config, dict):
+        raise fail(f"network_config must be a JSON object, got {type(config).__name__}")
+    hidden = config.get("hidden")
+    if not isinstance(hidden, list):
+        raise fail(f"network_config['hidden'] must be a list, got {type(hidden).__name__}")
+    dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
+    for l in range(1, len(dims)):  # before building anything: sizes as the weights say
+        stored = members.get(f"W{l}")
+        shape = None if stored is None else stored.shape
+        if shape != (dims[l - 1], dims[l]):
+            raise fail(f"W{l} has shape {shape} but network_config says "
+                       f"({str(dims[l - 1])[:20]}, {str(dims[l])[:20]})")
+    try:
+        return build(**config)
+    except (TypeError, ValueError) as exc:
+        raise fail(f"network_config does not describe a network: {exc}") from None
+
+
+def _parse_json(text: str, key: str, fail):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise fail(f"'{key}' nests JSON too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        raise fail(f"'{key}' is not valid JSON: {str(exc)[:200]}") from None
 
 
 @dataclass
@@ -177,9 +360,7 @@ class TrainingCheckpoint:
                        f"versions 1 to {CHECKPOINT_VERSION})")
         if "network_config" not in arrays:
             raise fail("holds no network (no 'network_config')")
-        reserved = {"checkpoint_format", "checkpoint_version", "velocity", "step", "epoch_start",
-                    "order", "rng_state", "batch_loss_sum", "batch_count", "elapsed", "run",
-                    "optimizer", "dropout_key"}
+        reserved = set(CHECKPOINT_MEMBERS)
         network = {k: v for k, v in arrays.items() if k not in reserved
                    and not k.startswith((HISTORY_PREFIX, OPTIMIZER_PREFIX))}
         optimizer, dropout_key = None, 0
@@ -290,8 +471,12 @@ def save_checkpoint(path: PathLike, checkpoint: TrainingCheckpoint) -> None:
 
 def load_checkpoint(path: PathLike) -> TrainingCheckpoint:
     """Read a checkpoint written by ``fit(..., checkpoint=path)``; ``CheckpointError`` if the
-    file is not a complete, well-formed one."""
-    return TrainingCheckpoint.from_arrays(read_npz(path), source=os.fspath(path))
+    file is not a complete, well-formed one. Every member's size is checked against the
+    stored network before any array is read (see ``_read_network_file``)."""
+    from .network import Network
+    path = os.fspath(path)
+    _, arrays = _read_network_file(path, Network)
+    return TrainingCheckpoint.from_arrays(arrays, source=path)
 
 
 def with_checksum(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -338,10 +523,7 @@ def _text(arrays, key, fail) -> str:
 
 
 def _json(arrays, key, fail):
-    try:
-        return json.loads(_text(arrays, key, fail))
-    except json.JSONDecodeError as exc:
-        raise fail(f"'{key}' is not valid JSON: {exc}") from None
+    return _parse_json(_text(arrays, key, fail), key, fail)
 
 
 def _whole(arrays, key, fail) -> int:

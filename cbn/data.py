@@ -1,8 +1,9 @@
 """Getting CIFAR-10 into memory safely: find, download, unpickle, validate, split, normalise.
 
 The official "CIFAR-10 python version" files are pickles. Unpickling runs whatever code a
-pickle names, so this module never uses the unrestricted loader: :class:`_RestrictedUnpickler`
-admits only the few numpy globals the official files use and refuses everything else.
+pickle names, so this module never uses the unrestricted loader: :mod:`cbn._unpickle` admits
+plain containers and numeric arrays only, checks every array's state before numpy sees it,
+and bounds memory and work by the file's size; everything else is refused.
 
 Images are kept as raw ``uint8`` rows of 3072 values (1024 red, 1024 green, 1024 blue, each
 channel a row-major 32x32 plane), exactly as stored in the files. Float copies are made only
@@ -19,10 +20,8 @@ Public entry points:
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -36,10 +35,9 @@ from typing import Union
 
 import numpy as np
 
-try:  # numpy >= 2 (1.26 also has this alias); avoids importing the deprecated numpy.core shim
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy < 1.26: numpy.core is the real module there
-    from numpy.core.multiarray import _reconstruct
+from . import _unpickle as _safe_pickle
+from .checkpoint import read_npz
+from ._validate import short_repr
 
 __all__ = [
     "CIFAR10",
@@ -320,68 +318,33 @@ class CIFAR10:
 # Reading pickles safely
 # --------------------------------------------------------------------------------------------
 
-# Everything the official files (py2-written) and py3-written equivalents need, nothing else.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # how py3 pickles bytes at protocol 2; latin-1 only
-}
-_LATIN1 = ("latin1", "latin-1", "iso-8859-1", "iso8859-1")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only :data:`_ALLOWED_GLOBALS` and refuses every other global."""
-
-    def __init__(self, file, path: Path) -> None:
-        # encoding="bytes": py2 str -> bytes, as the official keys (b"data", ...) expect.
-        super().__init__(file, encoding="bytes")
-        self._path = path
-
-    def find_class(self, module: str, name: str):
-        try:
-            found = _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._path}: refused to unpickle global '{module}.{name}'; only numpy array "
-                "reconstruction is allowed in CIFAR-10 files, so nothing from this file was run"
-            ) from None
-        if found is codecs.encode:
-            return self._encode_latin1
-        return found
-
-    def _encode_latin1(self, text: str, encoding: str = "utf-8") -> bytes:
-        # py3 pickles bytes b as _codecs.encode(b.decode("latin1"), "latin1"); other codecs
-        # (hex, base64, zlib, ...) could grow or transform data, so they are refused.
-        if not isinstance(text, str) or encoding.lower() not in _LATIN1:
-            raise UnsafePickleError(
-                f"{self._path}: refused _codecs.encode with encoding {encoding!r}; "
-                "only latin-1 (how Python 3 pickles bytes) is allowed"
-            )
-        return codecs.encode(text, "latin1")
-
-
 def _unpickle(path: Path) -> object:
+    """The content of a pickle file through :mod:`cbn._unpickle` (plain data and numeric
+    arrays only, bounded by the file's size); every failure is a DataError naming the file."""
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, path).load()
-    except DataError:
-        raise
+            return _safe_pickle.load(f, os.fstat(f.fileno()).st_size)
+    except _safe_pickle.UnsafeGlobal as exc:
+        raise UnsafePickleError(f"{path}: {exc}") from None
+    except _safe_pickle.RefusedPickle as exc:
+        raise DataError(f"{path}: refused: {exc}") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file is missing") from None
+    except MemoryError:
+        raise DataError(f"{path}: too large to load into memory") from None
     except Exception as exc:  # untrusted input: any failure inside the unpickler means corrupt
         raise DataError(
             f"{path}: not a readable CIFAR-10 pickle (truncated or corrupt?): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+            f"{type(exc).__name__}: {short_repr(str(exc))}"
+        ) from None
 
 
 def _bytes_keys(obj: object, path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, got {type(obj).__name__}")
     # py3-written files may have str keys; the official ones have bytes keys.
-    return {k.encode("latin-1") if isinstance(k, str) else k: v for k, v in obj.items()}
+    return {k.encode("latin-1", "backslashreplace") if isinstance(k, str) else k: v
+            for k, v in obj.items()}
 
 
 def read_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +362,8 @@ def read_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     batch = _bytes_keys(_unpickle(path), path)
     missing = [key.decode() for key in (b"data", b"labels") if key not in batch]
     if missing:
-        raise DataError(f"{path}: missing key(s) {missing}; found {sorted(map(repr, batch))}")
+        found = sorted(short_repr(key) for key in list(batch)[:10])
+        raise DataError(f"{path}: missing key(s) {missing}; found {found}")
     images = batch[b"data"]
     if not isinstance(images, np.ndarray):
         raise DataError(f"{path}: b'data' must be a numpy array, got {type(images).__name__}")
@@ -409,14 +373,7 @@ def read_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: b'data' must have shape (n, {N_FEATURES}) with n >= 1, got {images.shape}"
         )
-    try:
-        labels = np.asarray(batch[b"labels"])
-    except Exception as exc:
-        raise DataError(f"{path}: b'labels' is not a list of integers: {exc}") from exc
-    if labels.ndim != 1 or labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(
-            f"{path}: b'labels' must be a flat list of integers, got {labels.ndim}-D {labels.dtype}"
-        )
+    labels = _labels(batch[b"labels"], path)
     if labels.shape[0] != images.shape[0]:
         raise DataError(f"{path}: {labels.shape[0]} labels for {images.shape[0]} images")
     bad = (labels < 0) | (labels >= N_CLASSES)
@@ -428,18 +385,39 @@ def read_batch(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
+def _labels(value, path: Path) -> np.ndarray:
+    """Labels as a flat list (or tuple) of Python ints or a 1-D integer array, checked before
+    numpy converts them, so nested or shared structures never expand."""
+    if isinstance(value, np.ndarray):
+        labels = value
+    elif type(value) in (list, tuple) and all(type(v) is int for v in value):
+        try:
+            labels = np.array(value, dtype=np.int64)
+        except OverflowError:
+            raise DataError(f"{path}: b'labels' holds integers beyond int64") from None
+    else:
+        kinds = sorted({type(v).__name__ for v in value}) if type(value) in (list, tuple) else []
+        raise DataError(f"{path}: b'labels' must be a flat list of integers, got a "
+                        f"{type(value).__name__}" + (f" of {', '.join(kinds)}" if kinds else ""))
+    if labels.ndim != 1 or labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: b'labels' must be a flat list of integers, got {labels.ndim}-D {labels.dtype}"
+        )
+    return labels
+
+
 def _read_label_names(path: Path) -> tuple[str, ...]:
     meta = _bytes_keys(_unpickle(path), path)
     names = meta.get(b"label_names")
     if not isinstance(names, list) or len(names) != N_CLASSES:
         raise DataError(
-            f"{path}: b'label_names' must be a list of {N_CLASSES} names, got {names!r:.200}"
+            f"{path}: b'label_names' must be a list of {N_CLASSES} names, got {short_repr(names)}"
         )
     if not all(isinstance(name, (bytes, str)) for name in names):
-        raise DataError(f"{path}: b'label_names' must hold strings, got {names!r:.200}")
+        raise DataError(f"{path}: b'label_names' must hold strings, got {short_repr(names)}")
     num_vis = meta.get(b"num_vis", N_FEATURES)
-    if num_vis != N_FEATURES:
-        raise DataError(f"{path}: b'num_vis' is {num_vis!r}, expected {N_FEATURES}")
+    if type(num_vis) is not int or num_vis != N_FEATURES:
+        raise DataError(f"{path}: b'num_vis' is {short_repr(num_vis)}, expected {N_FEATURES}")
     return tuple(
         name.decode("utf-8", "replace") if isinstance(name, bytes) else name for name in names
     )
@@ -504,7 +482,8 @@ def _find_batches_dir() -> Path:
     raise FileNotFoundError(
         f"CIFAR-10 ('{FOLDER_NAME}' folder, python version) not found. Looked in:\n"
         + "\n".join(looked)
-        + "\nPass root=..., set $CBN_DATA to the folder, or use download=True."
+        + "\nPass root=... (command line: --data DIR), set $CBN_DATA to the folder, or use "
+        "download=True (command line: --download)."
     )
 
 
@@ -621,13 +600,19 @@ def _check_options(protocol: str, val_size: int) -> int:
 def _resolve_root(root: PathLike | None, download: bool, url: str, md5: str) -> Path:
     if root is not None:
         root = Path(root).expanduser()
+        if root.is_file():
+            raise FileNotFoundError(
+                f"{root} is a file, not a folder: give the {FOLDER_NAME} folder or the folder "
+                "holding it (extract a downloaded archive first)"
+            )
         found = _as_batches_dir(root)
         if found is not None:
             return found
         if not download:
             raise FileNotFoundError(
                 f"no CIFAR-10 at {root}: expected {root / FOLDER_NAME} or the batch "
-                "files in that folder itself; pass download=True to fetch it there"
+                "files in that folder itself; to fetch it there, use download=True "
+                "(command line: --download)"
             )
         return _download(root.parent if root.name == FOLDER_NAME else root, url, md5)
     try:
@@ -646,9 +631,15 @@ def _read_train_batches(folder: Path, names: tuple[str, ...], val_size: int) -> 
     row needs 3072 bytes of file), an upper bound whose unused tail is never touched and so
     costs no memory.
     """
-    capacity = sum((folder / name).stat().st_size // N_FEATURES for name in names)
-    images = np.empty((capacity, N_FEATURES), dtype=np.uint8)
-    labels = np.empty(capacity, dtype=np.int64)
+    sizes = {name: (folder / name).stat().st_size for name in names}
+    capacity = sum(size // N_FEATURES for size in sizes.values())
+    try:
+        images = np.empty((capacity, N_FEATURES), dtype=np.uint8)
+        labels = np.empty(capacity, dtype=np.int64)
+    except MemoryError:
+        largest = max(sizes, key=sizes.get)
+        raise DataError(f"{folder / largest}: {sizes[largest]} bytes, too large to be a CIFAR-10 "
+                        "batch (no memory for the rows its size allows)") from None
     n_total = 0
     for name in names:
         batch_images, batch_labels = read_batch(folder / name)
@@ -745,20 +736,23 @@ def load_sample(path: PathLike | None = None) -> CIFAR10:
         path: another npz in the same format (for tests); the shipped one by default.
     """
     path = SAMPLE_PATH if path is None else Path(path)
+
+    def expect(members, read) -> None:  # the names, before any array is read
+        missing = [key for key in _SAMPLE_KEYS if key not in members]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}")
+        extra = sorted(set(members) - set(_SAMPLE_KEYS))
+        if extra:
+            raise DataError(f"{path}: holds arrays a sample does not have: {extra[:5]}")
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in _SAMPLE_KEYS if key not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing arrays {missing}")
-            arrays = {key: npz[key] for key in _SAMPLE_KEYS}
-    except DataError:
-        raise
+        arrays = read_npz(path, expect, error=DataError)
     except FileNotFoundError:
         raise DataError(
             f"{path}: the shipped sample is missing (was cbn installed without its package data?)"
         ) from None
-    except Exception as exc:  # zipfile.BadZipFile, ValueError for object arrays, truncation
-        raise DataError(f"{path}: not a readable sample npz: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # a folder, no permission
+        raise DataError(f"{path}: not a readable sample npz: {exc}") from None
     splits = {}
     for name in ("train", "val", "test"):
         images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]

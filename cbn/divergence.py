@@ -2,6 +2,7 @@
 keeps the last good state to roll back to."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
@@ -59,6 +60,21 @@ class DivergenceGuard:
         error = DivergenceError(step, lr, loss, self.step, reason)
         error.history = history
         raise error
+
+    def diverge_in_step(self, step: int, lr, loss: float, forward_finite: bool,
+                        history: History) -> None:
+        """Diverge at the first step that made something non-finite, ``step`` being the one
+        just run (``lr``: the schedule, for the rate of the step reported). A non-finite
+        forward pass (NaN loss) updates nothing, so weights found non-finite then were made by
+        the step before, whose fused update does not scan them: the step reported is the same
+        whether or not ``check`` ran after that step (checkpoint_every cannot move it)."""
+        if math.isnan(loss) and step > 0 and not _ops.all_finite(self.net.flat_params):
+            step, reason = step - 1, "the updated parameters"
+        elif not forward_finite:
+            reason = "a batch-norm statistic or a hidden activation"
+        else:
+            reason = "the batch loss or the updated parameters"
+        self.diverge(step, lr.lr(step), loss, reason, history)
 
     def check(self, step: int, lr: float, loss: float, history: History) -> None:
         """Diverge if a weight or a running statistic is not finite (``step`` updates made).

@@ -1,29 +1,31 @@
 """Experiments: one training run described by a config and scored on train/validation/test
 (the unit the examples repeat and the hyper-parameter search distributes), repeated runs
-summarised as mean +- std, and the plumbing every example shares: its command line, its data,
-and the ``results.json`` / ``summary.md`` it writes with the run's provenance."""
+(each kept on disk and reused) summarised as mean +- std, and the measurements the examples
+share (BN statistics at test time, gradient checks). The examples' command line and output
+folder live in :mod:`cbn.record`."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import CIFAR10, DataError, load_or_sample
+from .data import CIFAR10
+from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import CyclicLR
 from .train import History, fit
+
+if TYPE_CHECKING:
+    from .record import ExampleRecord
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,10 @@ class RunResult:
 
 
 def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
-        progress: bool = False) -> RunResult:
+        progress: Optional[bool] = False) -> RunResult:
     """Train one network on ``data.train`` (validating on ``data.val`` as it goes) and score
-    it on all three splits in evaluation mode. ``seed`` fixes initialisation and shuffling."""
+    it on all three splits in evaluation mode. ``seed`` fixes initialisation and shuffling;
+    ``progress`` None shows a progress bar only on a terminal."""
     n_train = len(data.train)
     net = Network(data.train.images.shape[1], config.hidden, len(data.label_names),
                   batch_norm=config.batch_norm, init=config.init, dtype=np.dtype(config.dtype),
@@ -167,31 +170,39 @@ def _saved_run(path: Path, data: CIFAR10, config: RunConfig, seed: int) -> Optio
 def _save_run(path: Path, data: CIFAR10, result: RunResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result.net.save(path.with_suffix(".npz"))
-    _write_text(path.with_suffix(".json"), json.dumps(_json_ready({
+    write_text(path.with_suffix(".json"), json.dumps(json_ready({
         "config": result.config.as_dict(), "seed": result.seed, "data": _data_identity(data),
         "metrics": result.metrics, "history": result.history.as_dict()})))
 
 
 def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str = "",
-           saved: Optional[Path] = None,
-           reused: Optional[List[int]] = None) -> List[RunResult]:
+           saved: Optional[Path] = None, reuse_from: Optional[Path] = None,
+           reused: Optional[List[int]] = None, progress: Optional[bool] = None,
+           ) -> List[RunResult]:
     """``run(data, config, seed)`` for each seed in turn, with progress bars (one over the
-    runs, one inside each run).
+    runs, one inside each run; ``progress`` None shows them only on a terminal).
 
     With ``saved`` (a folder), each finished run is kept there as ``seed<seed>.json`` (config,
-    data, metrics, history) and ``.npz`` (the network), and a run already kept for the same
-    config, seed and data is loaded instead of trained again (its seed appended to
-    ``reused``), so an interrupted example resumes where it stopped."""
+    data, metrics, history) and ``.npz`` (the network), and a run already kept there, or in
+    ``reuse_from``, for the same config, seed and data is loaded instead of trained again
+    (and kept in ``saved``; its seed appended to ``reused``), so an interrupted or repeated
+    example resumes where it stopped."""
     results = []
-    for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True):
+    disable = None if progress is None else not progress
+    for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True,
+                     disable=disable):
         path = None if saved is None else Path(saved) / f"seed{seed}"
         result = None if path is None else _saved_run(path, data, config, seed)
+        if result is None and path is not None and reuse_from is not None:
+            result = _saved_run(Path(reuse_from) / f"seed{seed}", data, config, seed)
+            if result is not None:
+                _save_run(path, data, result)
         if result is None:
-            result = run(data, config, seed, progress=True)
+            result = run(data, config, seed, progress=progress)
             if path is not None:
                 _save_run(path, data, result)
         else:
-            print(f"{desc or 'run'}: reusing the finished run with seed {seed} from {path}",
+            print(f"{desc or 'run'}: reusing the finished run with seed {seed}",
                   file=sys.stderr)
             if reused is not None:
                 reused.append(seed)
@@ -271,252 +282,49 @@ def bn_statistics_accuracy(net: Network, images: np.ndarray, labels: np.ndarray,
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# What every example shares: command line, data, provenance, output files
-# --------------------------------------------------------------------------------------------
+GRADCHECK_NETWORKS = {"3-layer": (50, 50), "9-layer": (50, 30, 20, 20, 10, 10, 10, 10)}
 
 
-def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
-                   dtype: str = "float32") -> argparse.ArgumentParser:
-    """The options every example takes: ``--data``, ``--protocol``, ``--out`` (default
-    ``results/<name>``), ``--seed``, ``--dtype``, ``--quick`` and, when ``runs`` is given,
-    ``--runs`` (default ``runs``, 1 under ``--quick``)."""
-    parser = argparse.ArgumentParser(
-        prog=f"{name}.py", description=description,
-        epilog="Finished training runs are kept in OUT/runs and reused when the example is "
-               "run again with the same options (so an interrupted run resumes); delete "
-               "OUT/runs to train everything again.")
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="the cifar-10-batches-py folder (or its parent); without it the "
-                             "usual places are searched, then the shipped sample is used "
-                             "with a notice")
-    parser.add_argument("--protocol", choices=("full", "seed"), default="full",
-                        help="full: 45,000 train / 5,000 val from data_batch_1..5; seed: "
-                             "train on data_batch_1, validate on data_batch_2 (default full)")
-    parser.add_argument("--out", metavar="DIR", default=str(Path("results") / name),
-                        help=f"output folder (default results/{name})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="first seed; run i uses seed + i (default 0)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default=dtype,
-                        help=f"precision of training (default {dtype})")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny budget (short cycles, 1 run) that exercises every code path")
-    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
-                        help="limit BLAS to N threads (threadpoolctl; default: the BLAS "
-                             "default). 1 is fastest on a machine busy with other work, where "
-                             "spinning BLAS threads slow the small mini-batch products down")
-    if runs is not None:
-        parser.add_argument("--runs", type=int, default=None,
-                            help=f"runs (seeds) per configuration (default {runs}, "
-                                 "1 with --quick)")
-        parser.set_defaults(default_runs=runs)
-    return parser
+def gradient_checks(data: CIFAR10, *, n: int = 10, dims: int = 20, lam: float = 0.005,
+                    tolerance: float = 1e-6, seed: int = 0, dtype: str = "float64",
+                    max_entries: Optional[int] = None,
+                    networks: Mapping[str, Sequence[int]] = GRADCHECK_NETWORKS,
+                    ) -> Dict[str, GradcheckResult]:
+    """:func:`cbn.gradcheck` of every network in ``networks`` (name -> hidden widths), with
+    and without BN, on the first ``n`` training images of ``data``, standardised, reduced to
+    their first ``dims`` features (as the course suggests, to keep the finite differences
+    cheap). Returns the results by ``"<name>/bn"`` and ``"<name>/no_bn"``."""
+    n_train, d = data.train.images.shape
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= n_train:
+        raise ValueError(f"n must be an integer in 2..{n_train}, got {n!r}")
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= d:
+        raise ValueError(f"dims must be an integer in 1..{d}, got {dims!r}")
+    X = np.ascontiguousarray(data.normalization.apply(data.train.images[:n], np.float64)[:, :dims])
+    y = np.asarray(data.train.labels[:n])
+    results = {}
+    for name, hidden in networks.items():
+        for bn in (False, True):
+            net = Network(dims, hidden, len(data.label_names), batch_norm=bn, init="he",
+                          dtype=np.dtype(dtype), seed=seed)
+            results[f"{name}/{'bn' if bn else 'no_bn'}"] = gradcheck(
+                net, X, y, lam, tolerance=tolerance, max_entries=max_entries, seed=seed)
+    return results
 
 
-def parse_example_args(parser: argparse.ArgumentParser,
-                       argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse and check the shared options; resolves ``runs`` (``--quick`` means 1 run) and
-    applies ``--blas-threads``."""
-    args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    if args.blas_threads is not None:
-        if args.blas_threads < 1:
-            parser.error(f"--blas-threads must be >= 1, got {args.blas_threads}")
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=args.blas_threads)  # for the rest of the process
-    if hasattr(args, "default_runs"):
-        if args.runs is None:
-            args.runs = 1 if args.quick else args.default_runs
-        if args.runs < 1:
-            parser.error(f"--runs must be >= 1, got {args.runs}")
-    return args
-
-
-def load_data(args: argparse.Namespace) -> CIFAR10:
-    """The data the options name (:func:`cbn.data.load_or_sample`: the shipped sample, with a
-    warning on stderr, when no CIFAR-10 is found), with a one-line description printed.
-
-    A ``--data`` folder that does not hold CIFAR-10 ends the program with the loader's
-    message (exit status 1) rather than silently falling back to the sample."""
-    try:
-        data = load_or_sample(args.data, protocol=args.protocol)
-    except (FileNotFoundError, DataError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(f"data: {data.source} (protocol {data.protocol}): {len(data.train)} train, "
-          f"{len(data.val)} val, {len(data.test)} test images", file=sys.stderr)
-    if data.source == "sample":
-        print("NOTICE: running on the small shipped sample, not the full CIFAR-10; "
-              "accuracies are not comparable with the full data set.", file=sys.stderr)
-    return data
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> Dict[str, object]:
-    """Where a result was measured: platform, CPU, cores, Python and library versions, and
-    the BLAS libraries in use with their thread counts (``threadpoolctl``)."""
-    import scipy
-    from threadpoolctl import threadpool_info
-
-    from . import __version__
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",
-            "architecture", "filepath")
-    return {
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "cbn": __version__,
-        "blas": [{k: pool.get(k) for k in keys} for pool in threadpool_info()],
-    }
-
-
-def _load_average() -> Optional[List[float]]:
-    """The 1, 5 and 15 minute load averages: other work on the machine slows every run, so
-    wall times are only comparable with this in view. None where the OS has none."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _json_ready(value):
+def json_ready(value):
     """Replace non-finite floats (a diverged loss) by None so the file is strict JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_ready(value.item())
+        return json_ready(value.item())
     return value
 
 
-class ExampleRecord:
-    """The results of one example run and their provenance, written as ``results.json``
-    (configuration name -> metrics, plus ``"meta"``) and ``summary.md`` into ``out``.
-
-    ``meta`` holds the example's name, the exact command line, the seeds, the data source,
-    protocol and split sizes, the machine (:func:`machine_info`), start and end times (UTC)
-    with the load averages then, the wall time of this invocation, the wall time of each
-    training run (``run_wall_times``, including runs reused from an earlier invocation) and
-    their sum (``training_time``), and the figures written."""
-
-    def __init__(self, name: str, args: argparse.Namespace, data: CIFAR10) -> None:
-        self.name = name
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.entries: Dict[str, object] = {}
-        self.figures: List[str] = []
-        self._other_times: Dict[str, List[Dict[str, float]]] = {}
-        self._started = time.perf_counter()
-        options = {k: v for k, v in vars(args).items() if k != "default_runs"}
-        self.meta: Dict[str, object] = {
-            "example": name,
-            "command": shlex.join([sys.executable] + sys.argv),
-            "cwd": os.getcwd(),
-            "options": options,
-            "data": {"source": data.source, "protocol": data.protocol,
-                     "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "machine": machine_info(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "load_average_start": _load_average(),
-        }
-
-    def add(self, key: str, entry: Mapping[str, object]) -> None:
-        """Record one configuration's metrics under ``key`` (e.g. ``"sigma=1e-3/bn"``)."""
-        if key == "meta":
-            raise ValueError("'meta' is reserved for the provenance entry")
-        self.entries[key] = dict(entry)
-
-    def repeat(self, data: CIFAR10, config: RunConfig, seeds: Sequence[int],
-               key: str) -> List[RunResult]:
-        """:func:`repeat` for configuration ``key``, keeping its finished runs in
-        ``out/runs/<key>`` (delete ``out/runs`` to train everything again) and noting the
-        runs reused from an earlier invocation in ``meta["reused_runs"]``."""
-        reused: List[int] = []
-        saved = self.out / "runs" / key.replace("/", "_").replace("=", "")
-        results = repeat(data, config, seeds, desc=key, saved=saved, reused=reused)
-        if reused:
-            self.meta.setdefault("reused_runs", {})[key] = reused
-        return results
-
-    def figure(self, filename: str) -> Path:
-        """The path to save a figure called ``filename`` (a PNG in ``out``), remembered for
-        the summary and the report."""
-        self.figures.append(filename)
-        return self.out / filename
-
-    def note_run_times(self, key: str, runs: Sequence[Mapping[str, float]]) -> None:
-        """Add the wall times of runs made outside :meth:`repeat` (e.g. search trials:
-        ``seed`` and ``wall_time`` each) to ``meta["run_wall_times"]``."""
-        self._other_times[key] = [{"seed": r["seed"], "wall_time": r["wall_time"]}
-                                  for r in runs]
-
-    def _run_times(self) -> Dict[str, List[Dict[str, float]]]:
-        """Wall time of each run by configuration (as measured when it was trained)."""
-        times = {}
-        for key, entry in self.entries.items():
-            runs = entry.get("runs") if isinstance(entry, dict) else None
-            if runs:
-                times[key] = [{"seed": r["seed"], "wall_time": r["wall_time"]} for r in runs]
-        return times
-
-    def write(self, summary: str) -> Path:
-        """Write ``results.json`` and ``summary.md`` (``summary`` plus the provenance lines
-        and the figures) into ``out``; return the path of results.json."""
-        meta = dict(self.meta)
-        meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        meta["load_average_end"] = _load_average()
-        meta["wall_time"] = time.perf_counter() - self._started
-        own = self._run_times()
-        meta["seeds"] = sorted({r["seed"] for runs in own.values() for r in runs}) \
-            or [meta["options"].get("seed")]
-        meta["run_wall_times"] = {**own, **self._other_times}
-        meta["training_time"] = sum(r["wall_time"] for runs in meta["run_wall_times"].values()
-                                    for r in runs)
-        meta["figures"] = list(self.figures)
-        document = dict(self.entries)
-        document["meta"] = meta
-        text = json.dumps(_json_ready(document), indent=1, allow_nan=False)
-        _write_text(self.out / "results.json", text + "\n")
-        data = meta["data"]
-        lines = [summary.rstrip(), ""]
-        lines += [f"![{Path(f).stem}]({f})" for f in self.figures]
-        trained = (f"Training time (all runs): {meta['training_time']:.1f} s. "
-                   if meta["run_wall_times"] else "")
-        lines += ["", f"Data: {data['source']} (protocol {data['protocol']}; {data['train']} "
-                      f"train / {data['val']} val / {data['test']} test). Seeds: "
-                      f"{', '.join(map(str, meta['seeds']))}. {trained}This invocation: "
-                      f"{meta['wall_time']:.1f} s on {meta['machine']['cpu']} "
-                      f"({meta['machine']['cores']} cores).",
-                  f"Command: `{meta['command']}`", ""]
-        _write_text(self.out / "summary.md", "\n".join(lines))
-        print(f"wrote {self.out / 'results.json'}, {self.out / 'summary.md'} and "
-              f"{len(self.figures)} figure(s)", file=sys.stderr)
-        return self.out / "results.json"
-
-
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

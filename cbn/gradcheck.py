@@ -129,6 +129,12 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
         if type(X) is np.ndarray and X.dtype in check.FLOAT_DTYPES:  # not a masked array
             X = np.ascontiguousarray(X, dtype=np.float64)  # other dtypes: refused below
 
+    with net._lock:  # the perturbed parameters and each cost's ReLU pattern are this call's
+        return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed)
+
+
+def _check_all(net: Network, X, y, lam: float, rng, h: float, floor: float, tolerance: float,
+               max_entries: Optional[int], dropout_seed) -> GradcheckResult:
     _, analytic = net.cost_and_grads(X, y, lam, dropout_seed=dropout_seed)  # validates X, y
     net.cost(X, y, lam, dropout_seed=dropout_seed)
     pattern = net.active_units(len(y))

@@ -114,7 +114,7 @@ def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
     H = np.empty_like(S)
     _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
-    _finite("bn_relu_forward_eval", H)
+    _finite("bn_relu_forward_eval", H, scale, shift)  # an infinite shift gives H = 0
     return H
 
 
@@ -170,7 +170,7 @@ def bn_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
     Z = np.empty_like(S)
     _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, Z)
-    _finite("bn_forward_eval", Z)
+    _finite("bn_forward_eval", Z, scale, shift)  # an infinite shift can give finite Z
     return Z
 
 

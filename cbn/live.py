@@ -29,6 +29,7 @@ class LiveArrays(MutableMapping):
             raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
         if not np.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or infinite values")
+        check.running_stat(name, value)
         target[...] = value
 
     def __delitem__(self, name: str) -> None:

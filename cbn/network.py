@@ -22,20 +22,33 @@ Batch-norm conventions (and their PyTorch equivalents):
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import serialization
+from . import inputs, serialization
+from .checkpoint import INPUT_MEMBERS
 from .live import LiveArrays
 from .workspace import EVAL_BLOCK, Workspace
 
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 BN_PLACEMENTS = ("before", "after")
+
+
+def _exclusive(method):
+    """Run ``method`` holding the network's lock: its computations share the cached plans and
+    workspaces, so one network computes for one thread at a time."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 class Network:
@@ -71,6 +84,13 @@ class Network:
 
     Layout: ``params`` maps ``W1, b1, gamma1, beta1, ..., Wk, bk`` to arrays; ``Wl`` has
     shape (d_{l-1}, d_l), so a layer computes ``S = X W + b`` on rows of samples.
+
+    Threads: one network may be shared between threads. Its computations (``predict_proba``,
+    ``predict``, ``evaluate``, ``accuracy``, ``cost``, ``cost_and_grads``, ``state_dict``,
+    ``load_state_dict``, ``to_arrays``, ``save``, ``copy``, pickling, and the seams ``plan``
+    and ``active_units``) take its lock; ``cbn.fit`` and ``cbn.gradcheck`` hold it for the
+    whole run, so a call made during training waits until training ends. Different
+    networks never wait for each other.
     """
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
@@ -108,6 +128,7 @@ class Network:
         self.dropout = _dropout_rates(dropout, len(self.hidden))
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        self._lock = threading.RLock()
         self._build_buffers()
         self._initialize(np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
@@ -116,6 +137,7 @@ class Network:
         self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
         self._identity_scale = np.ones(self.input_dim, self.dtype)
+        self._normalization: Optional[inputs.Normalization] = None
 
     # -- construction ---------------------------------------------------------------------
 
@@ -174,11 +196,14 @@ class Network:
 
     # -- seams for cbn.train and cbn.gradcheck (not needed for ordinary use) ---------------
 
+    @_exclusive
     def plan(self, rows: int) -> _ops.Plan:
         """The compiled plan with workspace for at least ``rows`` rows (``Workspace.plan``);
-        the caller points it at its data (``set_data``) before each use."""
+        the caller points it at its data (``set_data``) before each use, holding the
+        network's lock (``_lock``) for as long as it uses the plan."""
         return self._workspace.plan(rows)
 
+    @_exclusive
     def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass (first ``rows`` rows),
         flat bool: a gradient check compares them to spot ReLU kinks."""
@@ -221,6 +246,19 @@ class Network:
         return LiveArrays(self._running, "running statistic")
 
     @property
+    def normalization(self) -> Optional[inputs.Normalization]:
+        """The input standardisation this network applies to raw images when predicting or
+        evaluating without ``normalization=`` (set by ``fit(..., normalization=...)``, kept
+        by ``save``/``load``, ``state_dict`` and ``copy``); None: inputs are used as given.
+        Assign an object with per-feature ``mean`` and ``std``, or None. See cbn.inputs."""
+        return self._normalization
+
+    @normalization.setter
+    def normalization(self, value) -> None:
+        self._normalization = (None if value is None
+                               else inputs.as_normalization(value, self.input_dim))
+
+    @property
     def flat_params(self) -> np.ndarray:
         """All parameters in one contiguous vector (weights first); a live view."""
         return self._theta
@@ -238,18 +276,25 @@ class Network:
                     bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
                     dropout=list(self.dropout))
 
+    @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of every parameter and running statistic, plus ``stats_seen``."""
+        """Copies of every parameter and running statistic, plus ``stats_seen``, and
+        ``input_mean``/``input_std`` when the network has a ``normalization``."""
         state = {k: v.copy() for k, v in self._params.items()}
         state.update({k: v.copy() for k, v in self._running.items()})
         state["stats_seen"] = np.array(self._stats_seen)
+        if self._normalization is not None:
+            state["input_mean"] = self._normalization.mean.copy()
+            state["input_std"] = self._normalization.std.copy()
         return state
 
+    @_exclusive
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy parameters and running statistics from ``state`` (as made by ``state_dict``)."""
+        """Copy parameters and running statistics from ``state`` (as made by ``state_dict``);
+        the input normalization too when ``state`` holds one (else it is left as it is)."""
         expected = set(self._params) | set(self._running) | {"stats_seen"}
         missing = expected - set(state)
-        extra = set(state) - expected
+        extra = set(state) - expected - set(INPUT_MEMBERS)
         if missing or extra:
             raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
                              f"unexpected {sorted(extra)}")
@@ -259,15 +304,24 @@ class Network:
                 raise ValueError(f"{name} has shape {value.shape}, expected {target.shape}")
             if value.dtype.kind != "f" or not np.isfinite(value).all():
                 raise ValueError(f"{name} must be finite floating-point values")
-            target[...] = value
+            check.running_stat(name, value)
+        for name, target in list(self._params.items()) + list(self._running.items()):
+            target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
+        if set(INPUT_MEMBERS) & set(state):
+            if not set(INPUT_MEMBERS) <= set(state):
+                raise ValueError(f"state holds only one of {INPUT_MEMBERS}")
+            self.normalization = inputs.Normalization(
+                *(np.asarray(state[k]) for k in INPUT_MEMBERS))
 
+    @_exclusive
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file
         (no pickle), atomically: a crash mid-write leaves any previous file intact. A SHA-256
         ``checksum`` of the content goes with it, so ``load`` refuses a damaged file."""
         serialization.save(self, path)
 
+    @_exclusive
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """What ``save`` writes: ``network_config`` (JSON string), ``format_version`` and
         ``state_dict()``; ``from_arrays`` reads it back."""
@@ -286,6 +340,7 @@ class Network:
         """Rebuild a network from the arrays ``save`` writes (``network_config`` + state)."""
         return serialization.from_arrays(cls, arrays, source)
 
+    @_exclusive
     def copy(self) -> "Network":
         """An independent network with the same configuration and state."""
         net = Network(**self.config())
@@ -314,10 +369,14 @@ class Network:
         std = check.vector("normalization.std", std, size=self.input_dim)
         if (std <= 0).any():
             raise ValueError("normalization.std must be positive")
-        scale = (1.0 / std).astype(self.dtype)
+        with np.errstate(over="ignore"):  # refused below
+            scale = (1.0 / std).astype(self.dtype)
+            shift = mean.astype(self.dtype)
         if not np.isfinite(scale).all():
             raise ValueError(f"normalization.std is too small: 1/std overflows {self.dtype}")
-        return X, mean.astype(self.dtype), scale
+        if not np.isfinite(shift).all():
+            raise ValueError(f"normalization.mean is too large for {self.dtype}")
+        return X, shift, scale
 
     def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
                   training: bool = False, dropout_seed: Optional[int] = None
@@ -348,6 +407,7 @@ class Network:
             correct += c
         return loss, correct
 
+    @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
                       mode: str = "eval") -> np.ndarray:
         """Class probabilities, shape (n, K), in the network's dtype.
@@ -355,8 +415,11 @@ class Network:
         ``mode="eval"`` (default) uses the running statistics; ``mode="train"`` uses the
         statistics of X itself as one batch (what training-mode BN computes; a common bug
         at test time, offered to show the difference). ``normalization`` (an object with
-        per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly."""
+        per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly;
+        None uses the network's own ``normalization``, False feeds X as it is. Inputs in
+        the wrong units raise or warn (cbn.inputs)."""
         check.choice("mode", mode, ("eval", "train"))
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
         src, shift, scale = self.prepare_input(X, normalization)
         probs = np.empty((src.shape[0], self.num_classes), self.dtype)
         self.evaluate_prepared(src, None, shift, scale, probs, training=(mode == "train"))
@@ -367,10 +430,13 @@ class Network:
         """Predicted class per row (evaluation mode), int64 of shape (n,)."""
         return self.predict_proba(X, normalization=normalization).argmax(axis=1)
 
+    @_exclusive
     def evaluate(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                  normalization=None) -> Dict[str, float]:
-        """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode."""
+        """Mean loss, cost (loss + lam * sum W^2) and accuracy in evaluation mode;
+        ``normalization`` as in ``predict_proba``."""
         lam = check.real("lam", lam, low=0.0)
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
         src, shift, scale = self.prepare_input(X, normalization)
         y = check.labels("y", y, src.shape[0], self.num_classes)
         loss, correct = self.evaluate_prepared(src, y, shift, scale)
@@ -383,6 +449,7 @@ class Network:
         """Fraction of rows classified correctly, in evaluation mode."""
         return self.evaluate(X, y, normalization=normalization)["accuracy"]
 
+    @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
              dropout_seed: Optional[int] = 0) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
@@ -397,6 +464,7 @@ class Network:
         check.finite_result("cost", np.array(cost))
         return cost
 
+    @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                        dropout_seed: Optional[int] = 0) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.

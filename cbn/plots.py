@@ -1,7 +1,10 @@
 """The examples' figures, one function per figure, written as PNG files.
 
 Uses matplotlib's Agg backend (no display needed, nothing is shown). Curves over several
-runs are drawn as their mean, with each run as a thin line behind it.
+runs are drawn as their mean, with each run as a thin line behind it, unless the runs end far
+apart (some train, some stay at chance): a mean of such runs describes none of them, so each
+run is then drawn as its own line. Every function takes a ``title`` (the examples state the
+data set, protocol and seeds there).
 """
 from __future__ import annotations
 
@@ -31,17 +34,62 @@ def _series(histories: Sequence[History], name: str) -> Tuple[np.ndarray, np.nda
     return (np.asarray(histories[0].step[:length]), values.mean(axis=0), values.std(axis=0))
 
 
-def _band(ax, histories: Sequence[History], name: str, label: str, color: str) -> None:
+# Runs "disagree" when their final values spread over more than this fraction of how far
+# the curves move (seed noise of runs that all train is a few percent of it) and over more
+# than FLOOR of the values' size (runs stuck at chance move by rounding noise only).
+DISAGREE = 0.25
+FLOOR = 0.05
+
+
+def runs_disagree(histories: Sequence[History], name: str) -> bool:
+    """Whether the runs' final ``name`` values lie so far apart (more than DISAGREE of the
+    curves' own range, and more than FLOOR of their size) that their mean would describe
+    none of them."""
+    steps, _, _ = _series(histories, name)
+    if len(histories) < 2 or not steps.size:
+        return False
+    values = np.array([getattr(h, name)[:steps.size] for h in histories], dtype=np.float64)
+    if not np.isfinite(values).all():
+        return True
+    final = values[:, -1]
+    spread = float(final.max() - final.min())
+    return spread > DISAGREE * float(values.max() - values.min()) and \
+        spread > FLOOR * float(np.abs(values).max())
+
+
+def _band(ax, histories: Sequence[History], name: str, label: str, color: str) -> bool:
     """The mean over runs as a line with markers, and each run as a thin faint line (not a
-    +- std band, which would hide runs that behave differently, e.g. one stuck at chance)."""
+    +- std band, which would hide runs that behave differently); runs that disagree
+    (:func:`runs_disagree`) each as their own labelled line instead. Returns whether the
+    runs were drawn one by one."""
     steps, mean, _ = _series(histories, name)
     if not steps.size:
-        return
+        return False
+    if runs_disagree(histories, name):
+        for k, history in enumerate(histories):
+            ax.plot(steps, getattr(history, name)[:steps.size], color=color,
+                    linestyle=("-", "--", ":", "-.")[k % 4], linewidth=1.2,
+                    label=f"{label}, run {k + 1}")
+        return True
     if len(histories) > 1:
         for history in histories:
             values = getattr(history, name)[:steps.size]
             ax.plot(steps, values, color=color, alpha=0.35, linewidth=0.7)
     ax.plot(steps, mean, color=color, label=label, marker="o", markersize=2.5, linewidth=1.3)
+    return False
+
+
+def _how(runs: int, apart: bool) -> str:
+    if runs < 2:
+        return ""
+    return f" ({runs} runs, one line each)" if apart else f" (mean of {runs} runs)"
+
+
+def _finish(fig, path: PathLike, title: Optional[str]) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig, path: PathLike) -> Path:
@@ -73,21 +121,19 @@ def plot_curves(path: PathLike, panels: Mapping[str, Sequence[History]], metric:
     scale = 100.0 if metric == "accuracy" else 1.0
     for ax, (name, runs) in zip(axes.flat, panels.items()):
         scaled = [_scaled(h, metric, scale) for h in runs]
-        _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
-        _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
-        suffix = f" (mean of {len(runs)} runs)" if len(runs) > 1 else ""
-        ax.set_title(name + suffix, fontsize=10)
+        apart = _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
+        apart |= _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
+        ax.set_title(name + _how(len(runs), apart), fontsize=10)
+        if apart:
+            ax.legend(fontsize=7)
         ax.set_xlabel("update step")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    axes.flat[0].legend(fontsize=8)
+    return _finish(fig, path, title)
 
 
 def _scaled(history: History, metric: str, scale: float) -> History:
@@ -102,7 +148,7 @@ def _scaled(history: History, metric: str, scale: float) -> History:
 
 
 def plot_gradcheck(path: PathLike, results: Mapping[str, Sequence[Mapping[str, float]]],
-                   tolerance: float) -> Path:
+                   tolerance: float, *, title: Optional[str] = None) -> Path:
     """Maximum relative error of every parameter (log scale), one panel per network
     (``results``: title -> gradcheck rows with ``name`` and ``max_relative_error``), with
     the tolerance as a dashed line. Errors of exactly 0 are drawn at 1e-17."""
@@ -129,12 +175,11 @@ def plot_gradcheck(path: PathLike, results: Mapping[str, Sequence[Mapping[str, f
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
 
 
 def plot_sensitivity(path: PathLike, grid: Mapping[Tuple[str, str], Sequence[History]],
-                     metric: str = "loss") -> Path:
+                     metric: str = "loss", *, title: Optional[str] = None) -> Path:
     """A grid of training/validation ``metric`` curves: one row per initial weight scale
     and one column per variant (``grid``: (row label, column label) -> histories). Each
     row shares its y-axis, so BN and no BN at the same sigma compare directly."""
@@ -156,19 +201,21 @@ def plot_sensitivity(path: PathLike, grid: Mapping[Tuple[str, str], Sequence[His
                 ax.axis("off")
                 continue
             scaled = [_scaled(h, metric, scale) for h in runs]
-            _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
-            _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
-            ax.set_title(f"{row}, {col}", fontsize=10)
+            apart = _band(ax, scaled, f"train_{metric}", "training", TRAIN_COLOR)
+            apart |= _band(ax, scaled, f"val_{metric}", "validation", VAL_COLOR)
+            ax.set_title(f"{row}, {col}" + _how(len(runs), apart), fontsize=9)
+            if apart:
+                ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         axes[i, 0].set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
     for ax in axes[-1]:
         ax.set_xlabel("update step")
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
 
 
-def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, float]]) -> Path:
+def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, float]], *,
+                       title: Optional[str] = None) -> Path:
     """Test accuracy of BN networks by where the BN statistics come from at test time
     (``accuracies``: network -> {source of statistics -> accuracy fraction}), as grouped
     bars in percent with chance (10 %) marked."""
@@ -186,18 +233,18 @@ def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, flo
     ax.set_xticklabels(list(accuracies), fontsize=9)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("BN at test time: running statistics vs batch statistics", fontsize=10)
-    # Below the axes: inside, it would hide the bars of the last network.
-    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    # Right of the axes: inside, it would hide the bars of the last network.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
 
 
 def plot_accuracy_vs_lambda(path: PathLike,
                             stages: Mapping[str, Sequence[Tuple[float, float]]],
                             best: Optional[float] = None, *, name: str = "λ",
                             xlabel: str = "λ (L2 strength)",
-                            span: Optional[Tuple[float, float]] = None) -> Path:
+                            span: Optional[Tuple[float, float]] = None,
+                            title: Optional[str] = None) -> Path:
     """Validation accuracy (percent) against lambda on a log axis, one marker style per
     search stage (``stages``: stage name -> (lambda, accuracy fraction) pairs), with the
     chosen lambda marked by a vertical line and, when given, a narrowed range ``span``
@@ -221,8 +268,7 @@ def plot_accuracy_vs_lambda(path: PathLike,
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
 
 
 def plot_search(records: Sequence[Mapping], path: PathLike, param: str = "lam") -> Path:

@@ -11,11 +11,11 @@ from typing import Optional
 import numpy as np
 
 from . import _validate as check
+from . import inputs
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
 
 OPTIMIZER_METHODS = ("bind", "step", "state_dict", "load_state_dict")
-
 
 
 def steps_per_epoch(n: int, batch_size: int, batch_norm: bool) -> int:
@@ -39,7 +39,9 @@ def _checksum(*arrays: Optional[np.ndarray]) -> str:
 
 class RunSpec:
     """fit's arguments, validated: the network, the prepared data, the step count, the
-    schedule and the update rule. ``signature()`` is what a checkpoint must match."""
+    schedule and the update rule. ``signature()`` is what a checkpoint must match.
+    ``normalization`` is the one the run uses: the given one, else the network's own
+    (``cbn.inputs.resolve``)."""
 
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
                  seed, normalization, momentum, eval_every, eval_train, optimizer) -> None:
@@ -74,6 +76,9 @@ class RunSpec:
                 self.fused_momentum = check.real("optimizer.fused_momentum",
                                                  self.fused_momentum, low=0.0, high=1.0,
                                                  high_open=True)
+        # The network's own normalization when none is passed (False: X as it is).
+        normalization = inputs.resolve(X, normalization, net.normalization, net.input_dim)
+        self.normalization = normalization
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         self.y = check.labels("y", y, n, net.num_classes)

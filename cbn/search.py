@@ -391,8 +391,16 @@ def _execute(pool: Optional[Executor], trials: List[Trial], data,
 # --------------------------------------------------------------------------------------------
 
 def _differences(saved: dict, wanted: dict) -> List[str]:
-    return [f"{key}: file has {saved.get(key)!r}, this search {wanted.get(key)!r}"
-            for key in sorted(set(saved) | set(wanted)) if saved.get(key) != wanted.get(key)]
+    return [f"{str(key)[:40]}: file has {check.short_repr(saved.get(key))}, this "
+            f"search {check.short_repr(wanted.get(key))}"
+            for key in sorted(set(saved) | set(wanted), key=str)[:50]
+            if saved.get(key) != wanted.get(key)]
+
+
+# What an "ok" record holds beyond its configuration: the metrics of one run.
+_METRICS = ("wall_time", "resolved_step_size") + tuple(
+    f"{split}_{what}" for split in ("train", "val", "test")
+    for what in ("accuracy", "loss", "cost"))
 
 
 class _ResultsFile:
@@ -400,7 +408,8 @@ class _ResultsFile:
 
     Line 1 is the header identifying the search (seed, space, base config, data); each
     further line is one finished trial's record. A last line cut off by a kill is dropped
-    (that trial runs again)."""
+    (that trial runs again). Read and written as bytes, so the offsets that drop the cut-off
+    line are exact whatever the line ends (``\\n`` or ``\\r\\n``)."""
 
     def __init__(self, path: PathLike, header: dict) -> None:
         self.path = Path(path)
@@ -409,22 +418,17 @@ class _ResultsFile:
 
     def resume(self, trials: List[Trial]) -> Dict[int, dict]:
         """Open the file (creating it with the header if new or empty); return the saved
-        records of ``trials`` by index, after checking they belong to this search."""
-        text = self.path.read_text() if self.path.exists() else ""
-        complete = text[:text.rfind("\n") + 1]  # whole lines only
-        lines = complete.splitlines()
-        if not lines:
+        records of ``trials`` by index, after checking every one of them (before any trial
+        runs) and that they belong to this search. Errors name the file and the line."""
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        complete = raw[:raw.rfind(b"\n") + 1]  # whole lines only
+        lines = complete.split(b"\n")[:-1]
+        if not any(line.strip() for line in lines):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w")
+            self._file = open(self.path, "wb")
             self.append(self.header)
             return {}
-        saved = []
-        for number, line in enumerate(lines, 1):
-            try:
-                saved.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{self.path}: line {number} is not JSON; not a cbn search "
-                                 "results file, or damaged") from None
+        saved = [self._parse(number, line) for number, line in enumerate(lines, 1)]
         head = saved[0]
         if not isinstance(head, dict) or head.get("cbn_search") != FORMAT_VERSION:
             raise ValueError(f"{self.path} is not a cbn search results file (version "
@@ -434,26 +438,54 @@ class _ResultsFile:
             raise ValueError(f"{self.path} holds a different search ({'; '.join(diff)}); "
                              "use another results path to start this one")
         done = {}
-        for record in saved[1:]:
-            index = record.get("trial") if isinstance(record, dict) else None
-            if not isinstance(index, int) or index < 0:
-                raise ValueError(f"{self.path}: a line without a trial index: {record!r:.200}")
+        for number, record in enumerate(saved[1:], 2):
+            index = _check_record(f"{self.path}, line {number}", record)
             if index < len(trials):
                 _check_matches(self.path, record, trials[index])
                 done[index] = record
-        self._file = open(self.path, "r+")
-        self._file.truncate(len(complete.encode()))  # drop a cut-off last line
+        self._file = open(self.path, "r+b")
+        self._file.truncate(len(complete))  # drop a cut-off last line
         self._file.seek(0, os.SEEK_END)
         return done
 
+    def _parse(self, number: int, line: bytes):
+        try:
+            return json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}, line {number}: not UTF-8 text (byte "
+                             f"{line[exc.start]:#04x} at column {exc.start + 1}); not a cbn "
+                             "search results file, or damaged") from None
+        except (ValueError, RecursionError):  # JSONDecodeError, too deep, too many digits
+            raise ValueError(f"{self.path}: line {number} is not JSON; not a cbn search "
+                             "results file, or damaged") from None
+
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write((json.dumps(record) + "\n").encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _check_record(where: str, record) -> int:
+    """A saved trial record's index, after checking it is one ``run_trial`` makes: a trial
+    index, a status, and for "ok" every metric as a finite number."""
+    index = record.get("trial") if isinstance(record, dict) else None
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"{where}: a line without a trial index: {check.short_repr(record)}")
+    status = record.get("status")
+    if status not in ("ok", "failed"):
+        raise ValueError(f"{where}: trial {index} has status {check.short_repr(status)}, "
+                         "not 'ok' or 'failed'")
+    if status == "ok":
+        bad = [key for key in _METRICS
+               if isinstance(record.get(key), bool) or not isinstance(record.get(key), (int, float))
+               or not math.isfinite(record[key])]
+        if bad:
+            raise ValueError(f"{where}: trial {index} is 'ok' but lacks finite {', '.join(bad)}")
+    return index
 
 
 def _check_matches(path: Path, record: dict, trial: Trial) -> None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Dict, Mapping, Type, Union
 
 import numpy as np
 
+from .checkpoint import INPUT_MEMBERS
+
 if TYPE_CHECKING:
     from .network import Network
 
@@ -15,7 +17,8 @@ FORMAT_VERSION = 1
 
 
 def to_arrays(net: "Network") -> Dict[str, np.ndarray]:
-    """``network_config`` (JSON string), ``format_version`` and ``net.state_dict()``."""
+    """``network_config`` (JSON string), ``format_version`` and ``net.state_dict()`` (with
+    ``input_mean``/``input_std`` when the network has a normalization)."""
     return dict(network_config=np.array(json.dumps(net.config())),
                 format_version=np.array(FORMAT_VERSION), **net.state_dict())
 
@@ -27,17 +30,17 @@ def save(net: "Network", path: Union[str, os.PathLike]) -> None:
 
 
 def load(cls: Type["Network"], path: Union[str, os.PathLike]) -> "Network":
-    """The network in ``path``, its checksum verified (files without one load as they are)."""
-    from .checkpoint import CheckpointError, read_npz, verified
-    arrays = verified(read_npz(path), lambda message: CheckpointError(f"{path}: {message}"),
-                      required=False)
-    return from_arrays(cls, arrays, source=str(path))
+    """The network in ``path``, read by ``cbn.checkpoint.load_network``: every member's size
+    checked before any array is read, its checksum verified (files without one load as they
+    are), anything wrong a ``CheckpointError`` naming the file."""
+    from .checkpoint import load_network
+    return load_network(path, cls)
 
 
 def from_arrays(cls: Type["Network"], arrays: Mapping[str, np.ndarray],
                 source: str = "arrays") -> "Network":
-    """Rebuild a network from ``to_arrays``' output (extra arrays, e.g. a checkpoint's, are
-    ignored)."""
+    """Rebuild a network from ``to_arrays``' output, its input normalization included when
+    stored (extra arrays, e.g. a checkpoint's, are ignored)."""
     if "network_config" not in arrays:
         raise ValueError(f"{source} holds no cbn network (no 'network_config')")
     try:
@@ -46,7 +49,7 @@ def from_arrays(cls: Type["Network"], arrays: Mapping[str, np.ndarray],
         raise ValueError(f"{source}: network_config is not valid JSON: {exc}") from None
     _check_config_fits(config, arrays, source)
     net = cls(**config)
-    names = set(net.params) | set(net.running_stats) | {"stats_seen"}
+    names = set(net.params) | set(net.running_stats) | {"stats_seen"} | set(INPUT_MEMBERS)
     net.load_state_dict({k: v for k, v in arrays.items() if k in names})
     return net
 

@@ -45,7 +45,8 @@ PathLike = Union[str, os.PathLike]
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,
         y_val: Optional[np.ndarray] = None, lam: float, batch_size: int,
         schedule: Union[CyclicLR, ConstantLR, float], cycles: Optional[float] = None,
-        epochs: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
+        epochs: Optional[int] = None, seed: Optional[int] = None,
+        progress: Optional[bool] = None,
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
@@ -57,6 +58,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     X, y : training rows (n, d) and int labels (n,). X is float32/float64, or uint8 images
         with ``normalization`` (an object with per-feature ``mean`` and ``std``, e.g.
         ``cbn.data.Normalization``), standardised batch by batch so the set stays uint8.
+        The network keeps ``normalization`` (``net.normalization``) and applies it when it
+        predicts; None uses the one it has already, False feeds X as it is (cbn.inputs).
         X must be C-contiguous (pass ``np.ascontiguousarray(X)``; no silent copy of a data
         set); read-only arrays are fine, nothing is written to X or y.
     X_val, y_val : optional validation set, same form as X, y.
@@ -67,7 +70,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     cycles : run ``cycles * schedule.cycle_length`` steps (CyclicLR only), or
     epochs : run ``epochs`` passes over the data. Give exactly one.
     seed : seeds the shuffling; with the network's seed it fixes the run.
-    progress : show a tqdm progress bar.
+    progress : show a tqdm progress bar; None (default) shows it only when stderr is a
+        terminal, so redirected logs get no control characters.
     momentum : heavy-ball momentum of the built-in SGD (0 = plain SGD as in the course):
         v = momentum v - lr g, theta += v.
     optimizer : None (the built-in SGD with ``momentum``), or an optimizer of ``cbn.optim``
@@ -102,30 +106,37 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     Raises ``DivergenceError`` if the loss, the parameters, the batch-norm running statistics
     or an evaluation loss become NaN or inf; the network then holds the last good state.
 
+    Holds ``net``'s lock for the whole run: other threads' calls on the same network (a
+    ``predict_proba``, another ``fit``) wait until it ends.
+
     Determinism: the same network seed, ``seed``, data, arguments, dtype, BLAS library and
     BLAS thread count give bit-identical parameters and history (``wall_time`` aside),
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
-    spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
-                   normalization, momentum, eval_every, eval_train, optimizer)
-    if checkpoint is not None:
-        checkpoint = _path("checkpoint", checkpoint)
-    if checkpoint_every is not None:
-        if checkpoint is None:
-            raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
-        checkpoint_every = check.integer("checkpoint_every", checkpoint_every, low=1)
-    source = None
-    if resume is True:
-        if checkpoint is None:
-            raise ValueError("resume=True continues from checkpoint=, which is not set")
-        source = checkpoint if os.path.exists(checkpoint) else None
-    elif resume is not None and resume is not False:
-        source = _path("resume", resume)
-    run = _Run(spec)
-    if source is not None:
-        run.restore(load_checkpoint(source), source)
-    return run.train(progress, checkpoint, checkpoint_every)
+    # Held for the whole run: the network's plans are re-pointed at every step.
+    with net._lock if isinstance(net, Network) else contextlib.nullcontext():
+        spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
+                       normalization, momentum, eval_every, eval_train, optimizer)
+        if checkpoint is not None:
+            checkpoint = _path("checkpoint", checkpoint)
+        if checkpoint_every is not None:
+            if checkpoint is None:
+                raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
+            checkpoint_every = check.integer("checkpoint_every", checkpoint_every, low=1)
+        source = None
+        if resume is True:
+            if checkpoint is None:
+                raise ValueError("resume=True continues from checkpoint=, which is not set")
+            source = checkpoint if os.path.exists(checkpoint) else None
+        elif resume is not None and resume is not False:
+            source = _path("resume", resume)
+        run = _Run(spec)
+        if spec.normalization is not None:
+            net.normalization = spec.normalization  # kept, so predictions take raw images too
+        if source is not None:
+            run.restore(load_checkpoint(source), source)
+        return run.train(progress, checkpoint, checkpoint_every)
 
 
 def _path(name: str, value) -> str:
@@ -261,7 +272,8 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def train(self, progress: bool, path: Optional[str], every: Optional[int]) -> History:
+    def train(self, progress: Optional[bool], path: Optional[str],
+              every: Optional[int]) -> History:
         spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
         schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
         n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total
@@ -271,7 +283,8 @@ class _Run:
         plan.set_velocity(self.velocity)
         plan.set_dropout(self.dropout_key, 0)
         self.started = time.perf_counter() - self.elapsed_before
-        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
+        bar = tqdm(total=total, initial=self.step,
+                   disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
         try:
             with _deferred_interrupt(self):
@@ -297,11 +310,8 @@ class _Run:
                             net.stats_seen = True
                         loss /= rows
                         if not (finite and math.isfinite(loss)):
-                            guard.diverge(self.step, lr, loss, (
-                                "the batch loss or the updated parameters"
-                                if plan.batch_stats_finite else
-                                "the batch-norm batch statistics and running statistics"),
-                                self.history)
+                            guard.diverge_in_step(self.step, schedule, loss,
+                                                  plan.batch_stats_finite, self.history)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
                         self.step += 1

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, run_configs, setting_sentence)
+from cbn.experiment import example_config, run_configs, setting_sentence
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import METRICS, plot_curves
 from cbn.report import accuracy_table
 
@@ -41,7 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for metric in METRICS:
         plot_curves(record.figure(f"{metric}.png"),
-                    {labels[k]: [r.history for r in runs[k]] for k in configs}, metric)
+                    {labels[k]: [r.history for r in runs[k]] for k in configs}, metric,
+                    title=record.caption(seeds))
     config = next(iter(configs.values()))
     widths = "; ".join(f"{d}-layer: {list(HIDDEN[d])}" for d in dict.fromkeys(args.depths))
     summary = "\n".join([

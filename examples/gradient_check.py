@@ -15,15 +15,12 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-import numpy as np
-
-from cbn import Network, gradcheck
-from cbn.experiment import ExampleRecord, example_parser, load_data, parse_example_args
+from cbn.experiment import GRADCHECK_NETWORKS, gradient_checks
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_gradcheck
 from cbn.report import markdown_table
 
 NAME = "gradient_check"
-NETWORKS = {"3-layer": (50, 50), "9-layer": (50, 30, 20, 20, 10, 10, 10, 10)}
 PARAMETERS = ("W", "b", "gamma", "beta")
 QUICK_ENTRIES = 5  # entries checked per parameter under --quick
 
@@ -56,38 +53,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--n must be in 2..{len(data.train)} and --dims in "
                      f"1..{data.train.images.shape[1]}")
     record = ExampleRecord(NAME, args, data)
-    # Real images, standardised with the training normalisation, first --dims features.
-    X = np.ascontiguousarray(
-        data.normalization.apply(data.train.images[:args.n], np.float64)[:, :args.dims])
-    y = np.asarray(data.train.labels[:args.n])
     max_entries = QUICK_ENTRIES if args.quick else None
+    checks = gradient_checks(data, n=args.n, dims=args.dims, lam=args.lam,
+                             tolerance=args.tolerance, seed=args.seed, dtype=args.dtype,
+                             max_entries=max_entries)
 
     tables, figure_rows = [], {}
-    for name, hidden in NETWORKS.items():
-        for bn in (False, True):
-            key = f"{name}/{'bn' if bn else 'no_bn'}"
-            net = Network(args.dims, hidden, len(data.label_names), batch_norm=bn, init="he",
-                          dtype=np.dtype(args.dtype), seed=args.seed)
-            result = gradcheck(net, X, y, args.lam, tolerance=args.tolerance,
-                               max_entries=max_entries, seed=args.seed)
-            entry = result.as_dict()
-            entry.update(hidden=list(hidden), batch_norm=bn, n=args.n, input_dim=args.dims,
-                         lam=args.lam, seed=args.seed)
-            record.add(key, entry)
-            label = f"{name} {'with' if bn else 'without'} BN"
-            figure_rows[label] = result.rows
-            verdict = "passed" if result.passed else "**FAILED**"
-            entries = sum(r["entries"] for r in result.rows)
-            kinks = sum(r["kinks"] for r in result.rows)
-            skipped = sum(r["skipped"] for r in result.rows)
-            tables += [f"## {label}: max relative error {result.max_relative_error:.2e} "
-                       f"({verdict})", "",
-                       f"{entries} entries checked; {kinks} crossed a ReLU kink at h = 1e-3 "
-                       f"and were redone with a smaller step, {skipped} still did and were "
-                       "skipped.", "", layer_table(result.rows), ""]
-            print(f"{key}: max relative error {result.max_relative_error:.2e} ({verdict})",
-                  file=sys.stderr)
-    plot_gradcheck(record.figure("gradcheck.png"), figure_rows, args.tolerance)
+    for key, result in checks.items():
+        name, variant = key.split("/")
+        bn = variant == "bn"
+        entry = result.as_dict()
+        entry.update(hidden=list(GRADCHECK_NETWORKS[name]), batch_norm=bn, n=args.n,
+                     input_dim=args.dims, lam=args.lam, seed=args.seed)
+        record.add(key, entry)
+        label = f"{name} {'with' if bn else 'without'} BN"
+        figure_rows[label] = result.rows
+        verdict = "passed" if result.passed else "**FAILED**"
+        entries = sum(r["entries"] for r in result.rows)
+        kinks = sum(r["kinks"] for r in result.rows)
+        skipped = sum(r["skipped"] for r in result.rows)
+        tables += [f"## {label}: max relative error {result.max_relative_error:.2e} "
+                   f"({verdict})", "",
+                   f"{entries} entries checked; {kinks} crossed a ReLU kink at h = 1e-3 "
+                   f"and were redone with a smaller step, {skipped} still did and were "
+                   "skipped.", "", layer_table(result.rows), ""]
+        print(f"{key}: max relative error {result.max_relative_error:.2e} ({verdict})",
+              file=sys.stderr)
+    plot_gradcheck(record.figure("gradcheck.png"), figure_rows, args.tolerance,
+                   title=record.caption())
 
     worst = max(e["max_relative_error"] for e in record.entries.values())
     passed = worst <= args.tolerance

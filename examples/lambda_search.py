@@ -18,8 +18,9 @@ import math
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, summarize)
+from cbn.experiment import example_config, summarize
+from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                        show_progress)
 from cbn.plots import plot_accuracy_vs_lambda
 from cbn.report import accuracy_table, markdown_table, number, percent
 from cbn.search import DataSpec, LogUniform, best, refine, search, write_csv
@@ -73,17 +74,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         trial_data = DataSpec("sample" if data.source == "sample" else data.source,
                               protocol=args.protocol)
         options = dict(executor="processes", max_workers=args.workers, blas_threads=blas)
+    options["progress"] = show_progress(args)
 
     space = {"lam": LogUniform(*COARSE_RANGE)}
     coarse = search(trial_data, space, args.coarse, base=base, seed=args.seed,
-                    results=record.out / "coarse.jsonl", **options)
+                    results=record.folder / "coarse.jsonl", **options)
     fine_space = refine(space, coarse, top=TOP, pad=PAD)
     fine = search(trial_data, fine_space, args.fine, base=base, seed=args.seed + 1,
-                  results=record.out / "fine.jsonl", **options)
+                  results=record.folder / "fine.jsonl", **options)
     for stage, records in (("coarse search", coarse), ("fine search", fine)):
         record.note_run_times(stage, [r for r in records if r["status"] == "ok"])
-    write_csv(coarse, record.out / "coarse.csv")
-    write_csv(fine, record.out / "fine.csv")
+    write_csv(coarse, record.folder / "coarse.csv")
+    write_csv(fine, record.folder / "fine.csv")
     chosen = best(coarse + fine)
     for stage, records in (("coarse", coarse), ("fine", fine)):
         top = best(records)
@@ -100,7 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         record.figure("val_accuracy_vs_lambda.png"),
         {stage: [(r["lam"], r["val_accuracy"]) for r in records if r["status"] == "ok"]
          for stage, records in (("coarse search", coarse), ("fine search", fine))},
-        chosen["lam"], span=(fine_space["lam"].low, fine_space["lam"].high))
+        chosen["lam"], span=(fine_space["lam"].low, fine_space["lam"].high),
+        title=record.caption(runs=f"one run per trial, search seeds {args.seed} (coarse) "
+                                  f"and {args.seed + 1} (fine)"))
 
     final_config = example_config(args, n_train, hidden=HIDDEN, batch_norm=True, cycles=3,
                                   lam=chosen["lam"])

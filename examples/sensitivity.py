@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import (ExampleRecord, bn_statistics_accuracy, example_config,
-                            example_parser, load_data, mean_std, parse_example_args,
-                            run_configs, setting_sentence)
+from cbn.experiment import (bn_statistics_accuracy, example_config, mean_std, run_configs,
+                            setting_sentence)
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_bn_statistics, plot_sensitivity
 from cbn.report import accuracy_table, markdown_table, percent
 
@@ -67,9 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     grid = {(f"σ = {key.split('/')[0][6:]}", "with BN" if configs[key].batch_norm
              else "without BN"): [r.history for r in results] for key, results in runs.items()}
-    plot_sensitivity(record.figure("loss_grid.png"), grid, "loss")
-    plot_sensitivity(record.figure("accuracy_grid.png"), grid, "accuracy")
-    plot_bn_statistics(record.figure("bn_statistics.png"), by_source)
+    caption = record.caption(seeds)
+    plot_sensitivity(record.figure("loss_grid.png"), grid, "loss", title=caption)
+    plot_sensitivity(record.figure("accuracy_grid.png"), grid, "accuracy", title=caption)
+    plot_bn_statistics(record.figure("bn_statistics.png"), by_source, title=caption)
 
     stuck = [f"{labels[key]}: {n} of {len(runs[key])}" for key in configs
              if (n := sum(r.metrics["test_accuracy"] < AT_CHANCE for r in runs[key]))]

@@ -36,8 +36,8 @@ from sklearn.neural_network import MLPClassifier as SklearnMLP  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from cbn.experiment import (ExampleRecord, example_parser, load_data,  # noqa: E402
-                            parse_example_args)
+from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
+                        parse_example_args)
 from cbn.report import markdown_table, number, percent  # noqa: E402
 from cbn.sklearn import MLPClassifier  # noqa: E402
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from cbn.experiment import (ExampleRecord, example_config, example_parser, load_data,
-                            parse_example_args, run_configs, setting_sentence)
+from cbn.experiment import example_config, run_configs, setting_sentence
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import METRICS, plot_curves
 from cbn.report import accuracy_table
 
@@ -34,7 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for metric in METRICS:
         plot_curves(record.figure(f"{metric}.png"),
-                    {LABELS[k]: [r.history for r in runs[k]] for k in LABELS}, metric)
+                    {LABELS[k]: [r.history for r in runs[k]] for k in LABELS}, metric,
+                    title=record.caption(seeds))
     config = configs["bn"]
     summary = "\n".join([
         "# 3-layer network [50, 50], with and without batch normalisation", "",

@@ -541,6 +541,23 @@ def test_meta_without_ten_label_names_raises_data_error(cifar_dir):
         load_cifar10(cifar_dir.folder, val_size=ROWS)
 
 
+@pytest.mark.parametrize("num_vis", [np.array([3072, 3072]), 3072.0, True, "3072"],
+                         ids=["array", "float", "bool", "text"])
+def test_meta_with_num_vis_not_the_int_3072_raises_data_error(cifar_dir, num_vis):
+    meta = {b"label_names": [n.encode() for n in LABEL_NAMES], b"num_vis": num_vis}
+    path = write_batch(cifar_dir.folder, "batches.meta", meta, dump=py3_pickle)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*num_vis"):
+        load_cifar10(cifar_dir.folder, val_size=ROWS)
+
+
+def test_batch_with_a_huge_sparse_tail_raises_data_error_naming_it(cifar_dir):
+    path = cifar_dir.folder / "data_batch_2"
+    with open(path, "r+b") as f:
+        f.truncate(1 << 42)  # 4 TiB of holes after the pickle
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*too large"):
+        load_cifar10(cifar_dir.folder, val_size=ROWS)
+
+
 def test_incomplete_folder_lists_all_missing_files(cifar_dir):
     for name in ("data_batch_4", "test_batch"):
         (cifar_dir.folder / name).unlink()

@@ -1,8 +1,11 @@
 """The examples end to end: each runs with --quick on the shipped sample (in a temporary
 folder, as a user would run it) and writes well-formed results.json, PNG figures and a
-summary.md with a table; the report gathers them into REPORT.md."""
+summary.md with a table; the report gathers them into REPORT.md. The sensitivity example
+also runs with its full budget on the sample, where its findings are robust enough to
+assert."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -10,11 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cbn
+from cbn.data import load_sample
+from cbn import plots
 from cbn.experiment import QUICK_POINTS_PER_CYCLE
+from cbn.plots import runs_disagree
+from cbn.record import ExampleRecord
 from cbn.report import REFERENCE_NUMBERS, main as report_main
+from cbn.train import History
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -52,23 +61,25 @@ def run_example(name: str, args, cwd: Path, **kwargs) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    """Run every example with --quick (two at a time, the machine has two cores); return
-    the results folder and each example's (return code, stderr)."""
+    """Run every example with --quick (two at a time, the machine has two cores) and its
+    default output folder; return the work folder, the results folder (with one
+    ``<name>-quick`` folder per example) and each example's (return code, stderr, stdout)."""
     work = tmp_path_factory.mktemp("examples")
     results = work / "results"
     done = {}
     names = list(RUNS)
     for i in range(0, len(names), 2):
-        procs = {name: run_example(name, ["--quick", "--out", str(results / name),
-                                          *RUNS[name]], work) for name in names[i:i + 2]}
+        procs = {name: run_example(name, ["--quick", *RUNS[name]], work)
+                 for name in names[i:i + 2]}
         for name, proc in procs.items():
-            _, stderr = proc.communicate(timeout=300)
-            done[name] = (proc.returncode, stderr)
+            stdout, stderr = proc.communicate(timeout=300)
+            done[name] = (proc.returncode, stderr, stdout)
     return work, results, done
 
 
 def load(results: Path, name: str) -> dict:
-    return json.loads((results / name / "results.json").read_text(encoding="utf-8"))
+    """The results.json of example ``name``'s quick run."""
+    return json.loads((results / f"{name}-quick" / "results.json").read_text(encoding="utf-8"))
 
 
 def assert_accuracy(value) -> None:
@@ -82,11 +93,34 @@ def assert_accuracy(value) -> None:
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_example_succeeds_on_the_sample_with_a_notice(outputs, name):
+def test_example_succeeds_on_the_sample_with_a_one_line_notice(outputs, name):
     _, _, done = outputs
-    returncode, stderr = done[name]
+    returncode, stderr, _ = done[name]
     assert returncode == 0, stderr[-3000:]
-    assert "shipped sample" in stderr and "NOTICE" in stderr
+    notices = [line for line in stderr.splitlines() if "sample shipped with cbn" in line]
+    assert len(notices) == 1 and notices[0].startswith(f"{name}: notice: ")
+    assert "Warning" not in stderr and "load_or_sample(" not in stderr
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_quick_run_writes_its_own_folder_and_says_quick(outputs, name):
+    _, results, done = outputs
+    assert not (results / name).exists()
+    assert not (results / f"{name}-quick.partial").exists()
+    document = load(results, name)
+    assert document["meta"]["quick"] is True
+    summary = (results / f"{name}-quick" / "summary.md").read_text(encoding="utf-8")
+    assert summary.splitlines()[0].endswith("(QUICK run)")
+    assert "**Quick run**" in summary
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_summary_is_printed_at_the_end_without_progress_bars_in_logs(outputs, name):
+    _, results, done = outputs
+    _, stderr, stdout = done[name]
+    summary = (results / f"{name}-quick" / "summary.md").read_text(encoding="utf-8")
+    assert stdout.strip() == summary.strip()
+    assert "\r" not in stderr and "\x1b" not in stderr  # stderr is a pipe, not a terminal
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -122,9 +156,9 @@ def test_figures_are_nonempty_pngs_and_summary_has_a_table(outputs, name):
     figures = load(results, name)["meta"]["figures"]
     assert figures
     for figure in figures:
-        data = (results / name / figure).read_bytes()
+        data = (results / f"{name}-quick" / figure).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
-    summary = (results / name / "summary.md").read_text(encoding="utf-8")
+    summary = (results / f"{name}-quick" / "summary.md").read_text(encoding="utf-8")
     assert summary.startswith("# ")
     assert re.search(r"^\|.*\|\n\|(---\|)+$", summary, flags=re.MULTILINE)
     for figure in figures:
@@ -185,7 +219,7 @@ def test_lambda_search_narrows_the_range_and_trains_the_best_lambda(outputs):
     assert search["best_lam"] == best["lam"] == document["final"]["config"]["lam"]
     assert document["final"]["config"]["cycles"] == 3
     for stage in ("coarse", "fine"):
-        assert (results / "lambda_search" / f"{stage}.jsonl").exists()
+        assert (results / "lambda_search-quick" / f"{stage}.jsonl").exists()
         assert_accuracy(document[f"{stage}/best"]["val_accuracy"])
 
 
@@ -216,7 +250,8 @@ def test_report_gathers_every_example_with_the_published_numbers(outputs):
     for heading in ("Gradient check", "3-layer network", "Deep networks", "Searching λ",
                     "Sensitivity"):
         assert re.search(rf"^## {re.escape(heading)}", text, flags=re.MULTILINE), heading
-    assert "n/a (protocol sample)" in text  # targets are only judged on the full protocol
+    assert "n/a (quick run)" in text  # targets are only judged on full runs
+    assert "QUICK run" in text and "sample" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) >= 5 and all((report.parent / link).is_file() for link in links)
     assert "openblas" in text.lower() or "blas" in text.lower()
@@ -243,11 +278,16 @@ def test_examples_refuse_a_data_folder_without_cifar10(tmp_path):
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
-def test_rerunning_an_example_reuses_its_finished_runs(outputs):
+def test_rerunning_an_example_reuses_its_finished_runs_and_drops_stale_files(outputs):
     work, results, _ = outputs
-    out = results / "three_layer"
+    out = results / "three_layer-quick"
     before = load(results, "three_layer")
-    proc = run_example("three_layer", ["--quick", "--out", str(out)], work)
+    stale = [out / "stale.png", out / "runs" / "bn" / "seed7.json",
+             out / "runs" / "gone" / "seed0.npz"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left over from another run")
+    proc = run_example("three_layer", ["--quick"], work)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]
     assert "reusing the finished run with seed 0" in stderr
@@ -256,3 +296,93 @@ def test_rerunning_an_example_reuses_its_finished_runs(outputs):
     for key in ("no_bn", "bn"):
         assert after[key]["runs"] == before[key]["runs"]
         assert after[key]["histories"] == before[key]["histories"]
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.name for p in (out / "runs" / "bn").iterdir()) == ["seed0.json",
+                                                                      "seed0.npz"]
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_a_record_replaces_the_output_folder_only_when_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.png").write_bytes(b"from the previous run")
+    args = argparse.Namespace(out=str(out), quick=False, seed=0)
+    record = ExampleRecord("demo", args, load_sample())
+    record.figure("new.png").write_bytes(PNG_MAGIC)
+    record.add("config", {"value": 1.0})
+    assert [p.name for p in out.iterdir()] == ["old.png"]  # unfinished: out untouched
+    record.write("# Demo\n\nbody")
+    assert sorted(p.name for p in out.iterdir()) == ["new.png", "results.json", "summary.md"]
+    assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out.old").exists()
+
+
+def test_sensitivity_on_the_sample_shows_what_batch_norm_does(tmp_path):
+    """With its full budget on the shipped sample (one seed): with BN every σ trains well
+    above chance; without BN, σ = 1e-4 stays exactly at chance."""
+    proc = run_example("sensitivity", ["--runs", "1", "--out", str(tmp_path / "out")],
+                       tmp_path)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    document = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    for sigma in ("1e-1", "1e-3", "1e-4"):
+        assert document[f"sigma={sigma}/bn"]["test_accuracy"]["mean"] > 0.25, sigma
+    assert document["sigma=1e-1/no_bn"]["test_accuracy"]["mean"] > 0.25
+    stuck = document["sigma=1e-4/no_bn"]
+    assert abs(stuck["test_accuracy"]["mean"] - 0.10) < 0.01
+    assert abs(stuck["test_loss"]["mean"] - np.log(10)) < 1e-3
+
+
+def _history(values):
+    return History(step=list(range(1, len(values) + 1)), val_loss=list(values))
+
+
+def test_runs_that_end_apart_are_drawn_one_by_one():
+    bimodal = [_history([2.3, 1.8, 1.3]), _history([2.3, 2.3026, 2.3026])]
+    assert runs_disagree(bimodal, "val_loss")
+    seed_noise = [_history([2.3, 1.8, 1.30]), _history([2.3, 1.7, 1.33])]
+    assert not runs_disagree(seed_noise, "val_loss")
+    stuck = [_history([2.30258, 2.30259, 2.30260]), _history([2.30258, 2.30257, 2.30256])]
+    assert not runs_disagree(stuck, "val_loss")
+
+
+def test_bn_statistics_legend_leaves_the_bars_visible(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    accuracies = {f"σ = {s}": {"running": 0.53, "never updated": 0.39, "batch of 2": 0.2}
+                  for s in ("1e-1", "1e-3", "1e-4", "1e-5")}
+    plots.plot_bn_statistics(tmp_path / "bn.png", accuracies, title="data; 3 seeds")
+    fig = figures[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))
+    assert fig._suptitle.get_text() == "data; 3 seeds"
+
+
+def test_figure_captions_state_data_seeds_and_quick(tmp_path):
+    data = load_sample()
+    full = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "a"), quick=False,
+                                                    seed=0), data)
+    assert full.caption([0, 1, 2]) == ("CIFAR-10 shipped sample (2000 / 500 / 1000); "
+                                       "3 seeds (0, 1, 2)")
+    quick = ExampleRecord("demo", argparse.Namespace(out=str(tmp_path / "b"), quick=True,
+                                                     seed=4), data)
+    assert quick.caption().endswith("1 seed (4)\nQUICK run (tiny budget)")
+
+
+def test_accuracies_of_runs_that_disagree_are_listed_one_by_one():
+    from cbn.report import percent
+    assert percent({"mean": 0.35, "std": 0.179, "values": [0.10, 0.4406, 0.5095]}) == \
+        "10.00, 44.06, 50.95 (per run)"
+    assert percent({"mean": 0.5343, "std": 0.0013, "values": [0.5331, 0.5338, 0.5361]}) == \
+        "53.43 ± 0.13 (n=3)"
+
+
+def test_published_results_link_only_files_that_exist():
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs" / "results").glob("*/summary.md"))]
+    for document in documents:
+        text = document.read_text(encoding="utf-8")
+        for link in re.findall(r"\]\(([^)\s#]+)\)", text):
+            if "://" not in link:
+                assert (document.parent / link).exists(), f"{document}: {link}"

@@ -4,7 +4,8 @@ Each test gives one entry point valid arguments with some of them spoiled: wrong
 ranks, other dtypes (int, bool, float16, long double, complex, object, str), non-contiguous,
 negatively strided, Fortran-ordered, read-only and masked arrays, NaN and inf, huge and tiny
 values, empty arrays, lists and None; numbers that are negative, zero, NaN, inf, bool, str,
-complex or too large; and for files, truncated, bit-flipped, garbage and booby-trapped ones.
+complex or too large; and for files, truncated, bit-flipped, garbage and booby-trapped ones,
+and random streams of the pickle opcodes the batch reader admits.
 
 The property, everywhere:
 
@@ -918,6 +919,43 @@ def test_read_batch_of_a_damaged_file(tmp_path_factory, data_):
         check_batch(*got[1])
     else:
         assert str(path) in got[1], got[1]  # the message names the file
+
+
+# Pieces of pickles made only of what the batch reader admits: containers, memo references
+# (which share structure), the allowed globals, REDUCE and BUILD. Random sequences of them
+# try the reader's limits on sharing, nesting, mutation and object state.
+OPCODE_PIECES = [b"(", b"]", b"}", b")", b"\x85", b"\x86", b"\x87", b"t", b"l", b"d", b"a",
+                 b"e", b"s", b"u", b"N", b"R", b"b", b"0", b"2", b"1",
+                 b"cnumpy\ndtype\n", b"cnumpy\nndarray\n", b"c_codecs\nencode\n",
+                 b"cnumpy.core.multiarray\n_reconstruct\n", b"U\x02u1", b"U\x01b",
+                 b"X\x06\x00\x00\x00latin1", b"U\x01|", b"J\xff\xff\xff\xff"]
+
+
+@st.composite
+def opcode_streams(draw) -> bytes:
+    pieces = []
+    for _ in range(draw(st.integers(1, 80))):
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            pieces.append(b"q" + bytes([draw(st.integers(0, 7))]))   # BINPUT
+        elif kind == 1:
+            pieces.append(b"h" + bytes([draw(st.integers(0, 7))]))   # BINGET
+        elif kind == 2:
+            pieces.append(b"K" + bytes([draw(st.integers(0, 255))]))  # BININT1
+        else:
+            pieces.append(draw(st.sampled_from(OPCODE_PIECES)))
+    return b"\x80\x02" + b"".join(pieces) + b"."
+
+
+@given(stream=opcode_streams())
+def test_read_batch_of_random_admitted_opcodes(tmp_path_factory, stream):
+    path = tmp_path_factory.mktemp("ops") / "data_batch_1"
+    path.write_bytes(stream)
+    got = outcome(lambda: data.read_batch(path))
+    if got[0] == "ok":
+        check_batch(*got[1])
+    else:
+        assert got[1].startswith(str(path)) and len(got[1]) < 600, got[1]
 
 
 def cifar_folder(root: Path, rows=3) -> Path:

@@ -63,7 +63,7 @@ def test_a_non_finite_loss_restores_the_starting_parameters_when_no_snapshot_is_
     X, y = blobs(dtype=np.float32)
     net = Network(10, [8, 8], 3, seed=0, batch_norm=False, dtype=np.float32)
     start = state(net)
-    with pytest.raises(DivergenceError, match="batch loss or the updated parameters") as info:
+    with pytest.raises(DivergenceError, match="batch loss") as info:
         fit(net, X, y, lam=0.0, batch_size=10, schedule=CyclicLR(0.01, 1e8, 2000), cycles=1,
             seed=0, progress=False)
     assert info.value.restored_step == 0
@@ -97,12 +97,13 @@ def test_a_weight_that_turns_nan_is_caught_and_never_kept(batch_norm):
 
 def test_running_statistics_that_overflow_are_divergence_not_silently_kept():
     """float32 inputs near 1e20: batch variances overflow to inf while the loss and the
-    parameters stay finite (BN maps everything to beta). The state must not be kept."""
+    parameters stay finite (BN maps everything to beta). The first step must stop."""
     X, y = blobs(dtype=np.float32)
     net = Network(10, [8], 3, seed=1, dtype=np.float32)
-    with pytest.raises(DivergenceError, match="running statistics"):
+    with pytest.raises(DivergenceError, match="batch-norm statistic") as info:
         fit(net, X * np.float32(1e20), y, lam=0.0, batch_size=10, schedule=0.1, epochs=3,
             seed=0, progress=False)
+    assert info.value.step == 0
     assert all(np.isfinite(v).all() for v in state(net)[1])
     net.copy()  # a finite state can be copied, saved and loaded
 
@@ -113,6 +114,159 @@ def test_fit_refuses_a_network_that_already_holds_nan():
     net.params["W1"][0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         fit(net, X, y, lam=0.0, batch_size=10, schedule=0.1, epochs=1, progress=False)
+
+
+def _diverging_run(batch_norm, momentum, dtype, eta_max, **kwargs):
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 5
+    X = (rng.standard_normal((200, 20)) + 2 * rng.standard_normal((5, 20))[y]).astype(dtype)
+    net = Network(20, [16, 16], 5, seed=0, dtype=dtype, batch_norm=batch_norm)
+    schedule = CyclicLR(1e-2, eta_max, 400)
+    try:
+        fit(net, X, y, lam=0.0, batch_size=20, schedule=schedule, seed=0, progress=False,
+            momentum=momentum, **{"cycles": 1, **kwargs})
+    except DivergenceError as error:
+        return error
+    return None
+
+
+@pytest.mark.parametrize("run", [
+    (True, 0.0, np.float32, 1e8), (True, 0.9, np.float64, 1e30), (False, 0.0, np.float32, 1e3),
+    (False, 0.9, np.float64, 1e30)], ids=["bn-f32", "bn-momentum-f64", "f32", "momentum-f64"])
+def test_the_step_divergence_is_reported_at_does_not_depend_on_checkpoint_every(tmp_path, run):
+    steps = set()
+    for every in (None, 1, 3, 10):
+        checkpoint = {} if every is None else dict(checkpoint=tmp_path / f"{every}.npz",
+                                                   checkpoint_every=every)
+        error = _diverging_run(*run, **checkpoint)
+        assert error is not None
+        steps.add(error.step)
+    assert len(steps) == 1, sorted(steps)
+    # ... and it is the first step whose state is not finite: one step fewer runs through
+    step = steps.pop()
+    assert step > 1
+    assert _diverging_run(*run, cycles=step / 800) is None
+    assert _diverging_run(*run, cycles=(step + 1) / 800).step == step
+
+
+# -- non-finite state never gives a finite answer --------------------------------------------
+
+def _bn_net(dtype=np.float64, **kwargs):
+    return Network(10, [8, 6], 3, seed=0, dtype=dtype, **kwargs)
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float64, 1e300)])
+def test_a_batch_variance_that_overflows_is_an_error_not_log_k(dtype, scale):
+    X, y = blobs(dtype=dtype)
+    net = _bn_net(dtype)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.cost_and_grads(X * dtype(scale), y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.cost(X * dtype(scale), y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.predict_proba(X * dtype(scale), mode="train")
+
+
+def test_weights_so_large_that_the_batch_variance_overflows_are_an_error():
+    X, y = blobs(dtype=np.float32)
+    net = _bn_net(np.float32, init=1e19)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.cost_and_grads(X, y)
+    with pytest.raises(DivergenceError) as info:
+        fit(net, X, y, lam=0.0, batch_size=10, schedule=0.01, epochs=1, progress=False)
+    assert info.value.step == 0
+
+
+def _overflowing_affine_map(net, how):
+    if how == "infinite-mean":  # written into the live array, past the assignment checks
+        net.running_stats["running_mean1"][0] = np.inf
+    elif how == "huge-mean":  # shift = beta - mean * scale overflows
+        net.running_stats["running_mean1"] = np.full(8, 1e308)
+        net.params["gamma1"] = np.full(8, 1e300)
+    else:  # scale = gamma / sqrt(var + eps) overflows
+        net.running_stats["running_var1"] = np.zeros(8)
+        net.params["gamma1"] = np.full(8, 1e300)
+
+
+@pytest.mark.parametrize("how", ["infinite-mean", "huge-mean", "huge-scale"])
+def test_an_evaluation_affine_map_that_is_not_finite_is_an_error(how):
+    X, y = blobs()
+    net = _bn_net(bn_eps=1e-300)
+    _overflowing_affine_map(net, how)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.evaluate(X, y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.predict_proba(X)
+
+
+def test_the_evaluation_kernel_refuses_an_affine_map_that_overflows():
+    from cbn import kernels
+    S = np.ones((4, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kernels.bn_relu_forward_eval(S, np.full(3, 1e300), np.zeros(3), np.full(3, 1e308),
+                                     np.ones(3))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("where", ["b1", "W2", "b3"])
+def test_a_nan_parameter_never_gives_finite_probabilities(batch_norm, where):
+    X, y = blobs()
+    net = _bn_net(batch_norm=batch_norm)
+    net._params[where].flat[0] = np.nan  # as a bug or a bit flip would, past the checks
+    for call in (lambda: net.predict_proba(X), lambda: net.evaluate(X, y),
+                 lambda: net.cost(X, y), lambda: net.cost_and_grads(X, y)):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            call()
+
+
+def test_an_infinite_weight_hidden_by_relu_is_still_an_error():
+    X, y = blobs()
+    net = _bn_net(batch_norm=False)
+    net._params["W1"][:, 0] = -np.inf  # ReLU maps -inf to 0: only the check can tell
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.predict_proba(np.abs(X) + 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_relu_kernel_keeps_nan(dtype):
+    S = np.array([[np.nan, -1, 2, -0.0, np.inf, -np.inf]], dtype)
+    expected = np.array([[np.nan, 0, 2, 0, np.inf, 0]], dtype)
+    H = np.empty_like(S)
+    _ops.relu_forward(S, H)
+    np.testing.assert_array_equal(H, expected)
+    ones, zeros = np.ones(6, dtype), np.zeros(6, dtype)
+    _ops.bn_relu_forward_eval(S, ones, zeros, zeros, ones - dtype(1e-5), 1e-5,
+                              np.empty(6, dtype), np.empty(6, dtype), H)
+    np.testing.assert_array_equal(H, expected)
+    beta = np.array([np.nan, -1, 2, -1, 3, -2], dtype)
+    stats = [np.empty(6, dtype) for _ in range(3)]
+    H2 = np.empty((2, 6), dtype)
+    _ops.bn_relu_forward_train(np.zeros((2, 6), dtype), ones, beta, 1e-5, *stats,
+                               np.empty((2, 6), dtype), H2)
+    np.testing.assert_array_equal(H2, [[np.nan, 0, 2, 0, 3, 0]] * 2)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_a_normalization_mean_beyond_float32_is_refused_by_name(batch_norm):
+    from types import SimpleNamespace
+    X = np.random.default_rng(0).integers(0, 256, (20, 10), dtype=np.uint8)
+    net = _bn_net(np.float32, batch_norm=batch_norm)
+    norm = SimpleNamespace(mean=np.full(10, 1e39), std=np.ones(10))
+    with pytest.raises(ValueError, match="normalization.mean is too large for float32"):
+        net.predict_proba(X, normalization=norm)
+
+
+@pytest.mark.parametrize("value", [-1.0, -1e-300])
+def test_a_negative_running_variance_is_refused(value):
+    net = _bn_net()
+    bad = np.full(8, value)
+    with pytest.raises(ValueError, match="running_var1 .*>= 0"):
+        net.running_stats["running_var1"] = bad
+    state = net.state_dict()
+    state["running_var1"] = bad
+    with pytest.raises(ValueError, match="running_var1 .*>= 0"):
+        net.load_state_dict(state)
+    assert (net.running_stats["running_var1"] == 1).all()
 
 
 # -- determinism -----------------------------------------------------------------------------
@@ -160,6 +314,66 @@ def test_two_networks_trained_in_two_threads_match_training_them_one_after_the_o
 
 
 # -- threads ---------------------------------------------------------------------------------
+
+def _shared_run():
+    X, y = blobs(n=400, d=300, k=10, dtype=np.float32)
+    args = dict(lam=0.001, batch_size=50, schedule=CyclicLR(1e-3, 0.1, 16), cycles=1, seed=0,
+                momentum=0.5, progress=False)
+    return X, y, args
+
+
+def test_one_network_predicts_in_one_thread_while_it_trains_in_another():
+    X, y, args = _shared_run()
+    net = Network(300, [64, 32], 10, seed=1, dtype=np.float32)
+    before = net.predict_proba(X[:120])
+    after_net = net.copy()
+    fit(after_net, X, y, **args)
+    after = after_net.predict_proba(X[:120])
+    seen, errors = [], []
+    started = threading.Event()
+
+    def predict():
+        started.set()
+        try:
+            for _ in range(40):
+                seen.append(net.predict_proba(X[:120]))
+        except Exception as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+
+    reader = threading.Thread(target=predict)
+    reader.start()
+    started.wait()
+    fit(net, X, y, **args)
+    reader.join()
+    assert not errors
+    # Each call ran wholly before or wholly after training: never on a state in between.
+    for probs in seen:
+        assert np.array_equal(probs, before) or np.array_equal(probs, after)
+    np.testing.assert_array_equal(net.predict_proba(X[:120]), after)
+
+
+def test_two_fits_of_one_network_in_two_threads_run_one_after_the_other():
+    X, y, args = _shared_run()
+    net = Network(300, [64, 32], 10, seed=1, dtype=np.float32)
+    reference = net.copy()
+    fit(reference, X, y, **args)
+    fit(reference, X, y, **args)
+    errors = []
+
+    def train():
+        try:
+            fit(net, X, y, **args)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert_same_state(state(net), state(reference))
+
 
 def test_threadpool_limits_set_the_threads_of_the_gather_too():
     """One knob for every thread cbn starts: the BLAS limit (threadpoolctl) also sizes the

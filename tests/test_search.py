@@ -221,6 +221,54 @@ def test_foreign_file_is_refused(tmp_path):
         search("sample", SPACE, 1, base=BASE, executor="serial", results=path, progress=False)
 
 
+def test_a_results_file_with_crlf_line_ends_resumes_exactly(tmp_path, monkeypatch):
+    path = tmp_path / "s.jsonl"
+    first = search("sample", SPACE, 2, base=BASE, seed=3, executor="serial", results=path,
+                   progress=False)
+    raw = path.read_bytes().replace(b"\n", b"\r\n")
+    path.write_bytes(raw[:-25])  # edited on Windows, then cut off in the last record
+    again = search("sample", SPACE, 3, base=BASE, seed=3, executor="serial", results=path,
+                   progress=False)
+    assert without_time(again[:2]) == without_time(first)
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [json.loads(line)["trial"] for line in lines[1:-1]] == [0, 1, 2]
+    monkeypatch.setattr(search_module, "run", lambda *a, **k: pytest.fail("trial rerun"))
+    assert without_time(search("sample", SPACE, 3, base=BASE, seed=3, executor="serial",
+                               results=path, progress=False)) == without_time(again)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("val_accuracy"), "line 2: trial 0 is 'ok' but lacks finite val_accuracy"),
+    (lambda r: r.update(test_loss=float("nan")), "line 2: trial 0 is 'ok' but lacks finite"),
+    (lambda r: r.update(status="maybe"), "line 2: trial 0 has status 'maybe'"),
+    (lambda r: r.update(trial=True), "line 2: a line without a trial index"),
+], ids=["missing-metric", "nan-metric", "unknown-status", "bool-index"])
+def test_every_saved_record_is_checked_before_any_trial_runs(tmp_path, monkeypatch, edit,
+                                                             message):
+    path = tmp_path / "s.jsonl"
+    search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+           progress=False)
+    header, line = path.read_text().splitlines()
+    record = json.loads(line)
+    edit(record)
+    path.write_text(f"{header}\n{json.dumps(record)}\n")
+    monkeypatch.setattr(search_module, "run", lambda *a, **k: pytest.fail("a trial ran"))
+    with pytest.raises(ValueError, match=f"{path}, {message}"):
+        search("sample", SPACE, 2, base=BASE, seed=3, executor="serial", results=path,
+               progress=False)
+
+
+def test_a_results_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+           progress=False)
+    header, line = path.read_bytes().splitlines()
+    path.write_bytes(header + b"\n" + line[:10] + b"\xff" + line[10:] + b"\n")
+    with pytest.raises(ValueError, match=f"{path}, line 2: not UTF-8 .*0xff at column 11"):
+        search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+               progress=False)
+
+
 # --- failures --------------------------------------------------------------------------------
 
 def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path):
@@ -382,3 +430,14 @@ def test_loaded_data_is_refused_for_worker_processes():
 def test_a_process_loads_each_data_spec_once():
     from cbn.search import _cached
     assert _cached(DataSpec("sample")) is _cached(DataSpec("sample"))
+
+
+def test_a_results_line_with_an_integer_of_too_many_digits_names_the_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+           progress=False)
+    header = path.read_text().splitlines()[0]
+    path.write_text(header + '\n{"trial": ' + "9" * 5000 + "}\n")
+    with pytest.raises(ValueError, match=f"{path}: line 2 is not JSON"):
+        search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=path,
+               progress=False)

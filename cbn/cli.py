@@ -1,0 +1,386 @@
+"""The ``cbn`` command: ``cbn train | evaluate | gradcheck | report``.
+
+``cbn`` alone is ``cbn train``: the course's 3-layer batch-norm network on the CIFAR-10 found
+by --data (or in the usual places), else on the sample shipped with the package, so it runs
+straight after ``pip install .``. Every argument is checked before any data is read; errors
+are one line on stderr (``cbn: error: ...``, exit status 2); results go to stdout as a short
+table, or as JSON with --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .checkpoint import CheckpointError
+from .data import CIFAR10, DataError
+from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, json_ready, run
+from .network import Network
+from .record import data_description, open_data
+from .report import REPORT_DESCRIPTION, add_report_arguments, write_report
+from .schedule import CyclicLR
+from .train import DivergenceError
+
+COMMANDS = ("train", "evaluate", "gradcheck", "report")
+DESCRIPTION = ("Batch-normalized k-layer networks on CIFAR-10. Without a command, cbn runs "
+               "'cbn train': the course's 3-layer BN network, on the CIFAR-10 given by --data "
+               "or found in the usual places, else on the small sample shipped with cbn.")
+EXIT_USAGE = 2
+# What a user can get wrong (arguments, files, data); anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError,
+               CheckpointError, DivergenceError, ValueError, TypeError)
+
+
+class UsageError(Exception):
+    """A bad argument or input, reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``cbn: error: <message> (see <prog> --help)``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# -- argument types: checked while parsing, before any data is read --------------------------
+
+
+def _number(text: str, kind, low=None, low_open=False, what=""):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 1, what="an integer")
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(text, int, 0, what="an integer")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0.0, low_open=True, what="a number")
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, 0.0, what="a number")
+
+
+def init_option(text: str):
+    """``he``, ``xavier`` or a positive sigma."""
+    if text in ("he", "xavier"):
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be he, xavier or a positive sigma, got {text!r}")
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR",
+                        help="the cifar-10-batches-py folder or its parent (default: $CBN_DATA, "
+                             "./data, ~/data, ...; else the shipped sample)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch CIFAR-10 (163 MiB, md5-checked) into DIR, or into "
+                             "$CBN_DATA or ~/.cache/cbn, when it is not there yet")
+    parser.add_argument("--protocol", choices=("full", "seed"), default="full",
+                        help="full: 45,000 train / 5,000 val from data_batch_1..5; seed: "
+                             "train on data_batch_1, validate on data_batch_2 (default full)")
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blas-threads", type=positive_int, metavar="N",
+                        help="BLAS threads (default: one per core, or $OPENBLAS_NUM_THREADS)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cbn`` parser with its four subcommands."""
+    parser = _Parser(prog="cbn", description=DESCRIPTION,
+                     epilog="cbn COMMAND --help lists the options of each command.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"cbn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a network and print its scores (default)",
+                           description="Train a k-layer network with mini-batch SGD and a "
+                                       "cyclical learning rate; print its accuracy, loss and "
+                                       "cost on the training, validation and test sets. The "
+                                       "defaults are the course's 3-layer BN setting.")
+    _data_arguments(train)
+    g = train.add_argument_group("network")
+    g.add_argument("--hidden", type=positive_int, nargs="+", default=[50, 50], metavar="W",
+                   help="hidden layer widths (default 50 50)")
+    g.add_argument("--no-bn", action="store_true", help="no batch normalization")
+    g.add_argument("--init", type=init_option, default="he",
+                   help="he, xavier, or sigma: weights drawn from N(0, sigma^2) (default he)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="precision (default float32)")
+    g = train.add_argument_group("training")
+    g.add_argument("--lam", type=nonnegative_float, default=0.005,
+                   help="L2 strength lambda (default 0.005)")
+    g.add_argument("--batch-size", type=positive_int, default=100,
+                   help="mini-batch size (default 100)")
+    g.add_argument("--eta-min", type=positive_float, default=1e-5,
+                   help="smallest learning rate of the cycle (default 1e-5)")
+    g.add_argument("--eta-max", type=positive_float, default=1e-1,
+                   help="largest learning rate of the cycle (default 0.1)")
+    g.add_argument("--step-size", type=positive_int, metavar="N_S",
+                   help="steps per half cycle (default 5 * training images / batch size)")
+    g.add_argument("--cycles", type=positive_float, default=2,
+                   help="learning-rate cycles to train for (default 2)")
+    g.add_argument("--momentum", type=nonnegative_float, default=0.0,
+                   help="heavy-ball momentum, below 1 (default 0: plain SGD)")
+    g.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the initialisation and the shuffling (default 0)")
+    g = train.add_argument_group("output")
+    g.add_argument("--save", metavar="FILE", help="save the trained network (.npz)")
+    g.add_argument("--out", metavar="FILE",
+                   help="write the scores, configuration and training history as JSON")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown only on a terminal anyway)")
+    _common_arguments(train)
+
+    evaluate = sub.add_parser("evaluate", help="score a saved network",
+                              description="Score a network saved by `cbn train --save` (or "
+                                          "Network.save) on the data's splits.")
+    evaluate.add_argument("--model", metavar="FILE", required=True,
+                          help="the saved network (.npz)")
+    _data_arguments(evaluate)
+    evaluate.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                          help="which split to score (default test)")
+    _common_arguments(evaluate)
+
+    check = sub.add_parser("gradcheck", help="check analytic gradients against numerical ones",
+                           description="Compare every parameter's analytic gradient with "
+                                       "fourth-order centred differences in float64, for "
+                                       "3- and 9-layer networks with and without BN, on "
+                                       "real training images reduced to their first DIMS "
+                                       "features. Exit status 1 if an error exceeds the "
+                                       "tolerance.")
+    _data_arguments(check)
+    check.add_argument("--n", type=positive_int, default=10,
+                       help="training images in the batch (>= 2; default 10)")
+    check.add_argument("--dims", type=positive_int, default=20,
+                       help="input features kept (default 20)")
+    check.add_argument("--lam", type=nonnegative_float, default=0.005,
+                       help="L2 strength, so its gradient is checked too (default 0.005)")
+    check.add_argument("--tolerance", type=positive_float, default=1e-6,
+                       help="largest relative error accepted (default 1e-6)")
+    check.add_argument("--seed", type=nonnegative_int, default=0,
+                       help="seed of the networks' initialisation (default 0)")
+    _common_arguments(check)
+
+    report = sub.add_parser("report", help="gather the examples' results into REPORT.md",
+                            description=REPORT_DESCRIPTION + " Same as cbn-report.")
+    add_report_arguments(report)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` (no command means ``train``) and check what the types alone cannot."""
+    argv = list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "train")
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        if args.eta_min >= args.eta_max:
+            raise UsageError(f"--eta-min ({args.eta_min:g}) must be below --eta-max "
+                             f"({args.eta_max:g})")
+        if args.momentum >= 1:
+            raise UsageError(f"--momentum must be below 1, got {args.momentum:g}")
+        if args.batch_size < 2 and not args.no_bn:
+            raise UsageError("--batch-size must be >= 2 with batch normalization")
+        for option in ("save", "out"):
+            _check_writable(f"--{option}", getattr(args, option))
+    if args.command == "evaluate" and not Path(args.model).is_file():
+        raise UsageError(f"--model {args.model}: no such file")
+    if args.command == "gradcheck" and args.n < 2:
+        raise UsageError(f"--n must be >= 2, got {args.n}")
+    return args
+
+
+def _check_writable(option: str, path: Optional[str]) -> None:
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {target.parent} does not exist")
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def _data(args: argparse.Namespace) -> CIFAR10:
+    data = open_data(args.data, protocol=args.protocol, download=args.download)
+    print(f"data: {data_description(data)}" + ("" if data.source == "sample"
+                                                else f" from {data.source}"), file=sys.stderr)
+    return data
+
+
+def _data_json(data: CIFAR10) -> Dict[str, object]:
+    return {"source": data.source, "sample": data.source == "sample",
+            "protocol": data.protocol,
+            "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+
+
+def _scores_table(scores: Dict[str, Dict[str, float]]) -> str:
+    rows = [[split, f"{100 * s['accuracy']:.2f} %", f"{s['loss']:.4f}"]
+            + ([f"{s['cost']:.4f}"] if "cost" in s else [])
+            for split, s in scores.items()]
+    headers = ["split", "accuracy", "loss"] + (["cost"] if rows and len(rows[0]) > 3 else [])
+    return _table(headers, rows)
+
+
+def train(args: argparse.Namespace) -> int:
+    config = RunConfig(hidden=tuple(args.hidden), batch_norm=not args.no_bn, init=args.init,
+                       lam=args.lam, eta_min=args.eta_min, eta_max=args.eta_max,
+                       step_size=args.step_size, cycles=args.cycles,
+                       batch_size=args.batch_size, dtype=args.dtype, momentum=args.momentum)
+    # Build what checks itself (widths, sigma, the schedule) before reading any data.
+    Network(3072, config.hidden, 10, batch_norm=config.batch_norm, init=config.init,
+            dtype=np.dtype(config.dtype))
+    CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
+    data = _data(args)
+    result = run(data, config, seed=args.seed, progress=False if args.no_progress else None)
+    if args.save:
+        result.net.save(args.save)
+    scores = {split: {what: result.metrics[f"{split}_{what}"]
+                      for what in ("accuracy", "loss", "cost")}
+              for split in ("train", "val", "test")}
+    document = {"command": "train", "data": _data_json(data), "config": config.as_dict(),
+                "seed": args.seed, "step_size": result.metrics["step_size"],
+                "wall_time": result.metrics["wall_time"], "scores": scores,
+                "saved": args.save}
+    if args.out:
+        full = dict(document, history=result.history.as_dict())
+        Path(args.out).write_text(json.dumps(json_ready(full), indent=1) + "\n",
+                                  encoding="utf-8")
+    if args.json:
+        print(json.dumps(json_ready(document), indent=1))
+        return 0
+    bn = "with BN" if config.batch_norm else "without BN"
+    print(f"{len(config.hidden) + 1}-layer {list(config.hidden)} {bn}, init {config.init}, "
+          f"{config.dtype}; lambda {config.lam:g}, eta {config.eta_min:g}..{config.eta_max:g}, "
+          f"batch {config.batch_size}, n_s {result.metrics['step_size']:.0f}, "
+          f"{config.cycles:g} cycles, seed {args.seed}")
+    print(f"data: {data_description(data)}" + (" (not comparable with full CIFAR-10)"
+                                              if data.source == "sample" else ""))
+    print(_scores_table(scores))
+    print(f"training took {result.metrics['wall_time']:.1f} s"
+          + (f"; network saved to {args.save}" if args.save else ""))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    net = Network.load(args.model)
+    if net.input_dim != 3072 or net.num_classes != 10:
+        raise UsageError(f"--model {args.model} takes {net.input_dim} inputs and "
+                         f"{net.num_classes} classes, not CIFAR-10's 3072 and 10")
+    data = _data(args)
+    normalization = None
+    if net.normalization is None:
+        normalization = data.normalization
+        print("cbn: notice: the model holds no input normalization; standardising with the "
+              "data's training statistics", file=sys.stderr)
+    splits = ("train", "val", "test") if args.split == "all" else (args.split,)
+    started = time.perf_counter()
+    scores = {}
+    for split in splits:
+        part = data.split(split)
+        s = net.evaluate(part.images, part.labels, normalization=normalization)
+        scores[split] = {"accuracy": s["accuracy"], "loss": s["loss"]}
+    document = {"command": "evaluate", "model": args.model, "network": repr(net),
+                "data": _data_json(data), "scores": scores,
+                "wall_time": time.perf_counter() - started}
+    if args.json:
+        print(json.dumps(json_ready(document), indent=1))
+    else:
+        print(f"{net!r} from {args.model}")
+        print(f"data: {data_description(data)}")
+        print(_scores_table(scores))
+    return 0
+
+
+def gradcheck(args: argparse.Namespace) -> int:
+    data = _data(args)
+    if args.n > len(data.train) or args.dims > data.train.images.shape[1]:
+        raise UsageError(f"--n must be at most {len(data.train)} and --dims at most "
+                         f"{data.train.images.shape[1]}")
+    results = gradient_checks(data, n=args.n, dims=args.dims, lam=args.lam,
+                              tolerance=args.tolerance, seed=args.seed)
+    passed = all(r.passed for r in results.values())
+    if args.json:
+        print(json.dumps(json_ready({
+            "command": "gradcheck", "data": _data_json(data), "passed": passed,
+            "n": args.n, "dims": args.dims, "lam": args.lam, "seed": args.seed,
+            "results": {key: r.as_dict() for key, r in results.items()}}), indent=1))
+    else:
+        print(f"gradient check: {args.n} training images, first {args.dims} features, "
+              f"lambda {args.lam:g}, float64, fourth-order centred differences")
+        rows = [[key.replace("/no_bn", " without BN").replace("/bn", " with BN"),
+                 str(len(GRADCHECK_NETWORKS[key.split("/")[0]]) + 1),
+                 f"{r.max_relative_error:.2e}", "passed" if r.passed else "FAILED"]
+                for key, r in results.items()]
+        print(_table(["network", "layers", "max relative error", f"tol {args.tolerance:g}"],
+                     rows))
+    return 0 if passed else 1
+
+
+def report(args: argparse.Namespace) -> int:
+    out = write_report(Path(args.results), Path(args.out) if args.out else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``cbn`` with ``argv`` (default: the command line); return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse(argv)
+        if getattr(args, "blas_threads", None):
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=args.blas_threads)  # for the rest of the process
+        command = {"train": train, "evaluate": evaluate, "gradcheck": gradcheck,
+                   "report": report}[args.command]
+        return command(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except USER_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("cbn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> int:
+    """Print ``cbn: error: <message>`` as one line on stderr; return the usage exit status."""
+    print("cbn: error: " + " ".join(message.split()), file=sys.stderr)
+    return EXIT_USAGE

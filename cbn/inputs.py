@@ -1,0 +1,141 @@
+"""The input transform a network owns, and the checks that catch inputs in the wrong units.
+
+A network trained with ``fit(..., normalization=...)`` keeps that per-feature standardisation
+``(x - mean) / std`` and applies it to raw images (uint8, or floats in pixel units) whenever
+it predicts or evaluates, so a caller never has to pass it again. Without such checks, raw
+pixels fed to a network trained on standardised features, or features standardised twice,
+give a silent chance-level answer; :func:`resolve` stops both.
+
+The rule (cheap: at most SAMPLE_ROWS rows, strided over X, in float64). With at least
+MIN_ROWS rows, a batch *fits* a standardisation when, after applying it, the median over
+features of |batch mean| is below MEAN_TOL and the median batch standard deviation lies in
+STD_RANGE; the standardisation of features already standardised is the identity (mean 0,
+std 1). When a transform is about to be applied to floats that fit the identity but not the
+transform, they were standardised already: ``ValueError``. Floats that fit neither get an
+:class:`InputWarning`. Floats that look like raw pixels (whole numbers in 0..255) fed to a
+network that has no transform get an :class:`InputWarning` too. uint8 input is raw by
+definition and is never sampled.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from . import _validate as check
+from .data import Normalization
+
+SAMPLE_ROWS = 256    # rows looked at; the statistics of 256 images vary by ~0.1 std
+MIN_ROWS = 10        # fewer rows say too little about per-feature means and spreads
+MEAN_TOL = 1.0       # a class subset of CIFAR-10 moves feature means by well under 1 std
+STD_RANGE = (0.3, 3.0)
+
+# What a caller passes as ``normalization=``: None (the network's own, if any), False (X is
+# already standardised: apply nothing), or an object with per-feature ``mean`` and ``std``.
+NormalizationArg = Union[None, bool, Normalization, object]
+
+
+class InputWarning(UserWarning):
+    """Input that does not look like what the network was trained on."""
+
+
+def as_normalization(value, input_dim: int, name: str = "normalization") -> Normalization:
+    """``value`` (any object with per-feature ``mean`` and ``std`` of length ``input_dim``)
+    as a :class:`cbn.data.Normalization` (float64, read-only copies, std > 0)."""
+    if not (hasattr(value, "mean") and hasattr(value, "std")) or isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must have per-feature mean and std (e.g. data.normalization), "
+                        f"got {type(value).__name__}")
+    arrays = []
+    for part in ("mean", "std"):
+        array = check.real_array(f"{name}.{part}", getattr(value, part))
+        arrays.append(check.vector(f"{name}.{part}", array, size=input_dim))
+    if (arrays[1] <= 0).any():
+        raise ValueError(f"{name}.std must be positive")
+    return Normalization(mean=np.array(arrays[0], np.float64), std=np.array(arrays[1], np.float64))
+
+
+def _sample(X: np.ndarray) -> Optional[np.ndarray]:
+    """Up to SAMPLE_ROWS rows spread over X, in float64; None if any is not finite (the
+    caller's checks then report it)."""
+    step = max(1, X.shape[0] // SAMPLE_ROWS)
+    sample = np.asarray(X[::step][:SAMPLE_ROWS], dtype=np.float64)
+    return sample if np.isfinite(sample).all() else None
+
+
+def _fit(sample: np.ndarray, mean, std) -> Tuple[bool, float, float]:
+    """Whether ``sample`` fits the standardisation (mean, std); with the median |mean| and
+    median std of the standardised sample."""
+    z = (sample - mean) / std
+    centre = float(np.median(np.abs(z.mean(axis=0))))
+    spread = float(np.median(z.std(axis=0)))
+    return centre < MEAN_TOL and STD_RANGE[0] < spread < STD_RANGE[1], centre, spread
+
+
+def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Normalization],
+            input_dim: int) -> Optional[Normalization]:
+    """The standardisation to apply to ``X`` (None: none), after checking that X is in the
+    units it expects.
+
+    ``normalization``: None uses ``stored`` (the network's own, or none); False means X is
+    already standardised; an object with ``mean``/``std`` is used as given. Raises TypeError
+    for uint8 X with no transform to apply, ValueError for floats already standardised that
+    are about to be standardised again (or raw inputs declared standardised with False);
+    warns with :class:`InputWarning` when X fits neither. See the module docstring."""
+    if normalization is False:
+        if stored is not None and isinstance(X, np.ndarray) and X.dtype == np.uint8:
+            raise TypeError("X is uint8 (raw images), but normalization=False says it is "
+                            "standardised already; pass it without normalization= so the "
+                            "network applies its own")
+        if stored is not None and _is_float_matrix(X, input_dim) and X.shape[0] >= MIN_ROWS:
+            sample = _sample(X)
+            if sample is not None and _fit(sample, stored.mean, stored.std)[0] \
+                    and not _fit(sample, 0.0, 1.0)[0]:
+                raise ValueError("X looks like raw inputs (it fits the network's input "
+                                 "normalization), but normalization=False says it is "
+                                 "standardised already; drop normalization=False")
+        return None
+    if normalization is True:
+        raise TypeError("normalization must be None, False or an object with mean and std, "
+                        "got True")
+    transform = stored if normalization is None else as_normalization(normalization, input_dim)
+    if not _is_float_matrix(X, input_dim):
+        if transform is None and isinstance(X, np.ndarray) and X.dtype == np.uint8:
+            raise TypeError("X is uint8 (raw images), but this network has no input "
+                            "normalization; pass normalization= with the statistics it was "
+                            "trained with (e.g. data.normalization), or train it with "
+                            "fit(..., normalization=...) so it keeps them")
+        return transform  # uint8 is raw by definition; other problems are the shape checks'
+    if transform is None:
+        sample = _sample(X)
+        if sample is not None and sample.max() > 1 and sample.min() >= 0 and sample.max() <= 255 \
+                and np.array_equal(sample, np.round(sample)):
+            warnings.warn("X holds whole numbers in 0..255, like raw pixels, but this network "
+                          "has no input normalization; pass normalization= with the "
+                          "statistics it was trained with, or standardise X first",
+                          InputWarning, stacklevel=3)
+        return None
+    if X.shape[0] < MIN_ROWS:
+        return transform
+    sample = _sample(X)
+    if sample is None:
+        return transform
+    fits, centre, spread = _fit(sample, transform.mean, transform.std)
+    if fits:
+        return transform
+    if _fit(sample, 0.0, 1.0)[0]:
+        raise ValueError("X looks standardised already (per-feature mean ~0, std ~1), and "
+                         "standardising it again would give chance-level answers; pass the raw "
+                         "images (uint8, or floats in pixel units), or normalization=False to "
+                         "use X as it is")
+    warnings.warn(f"X does not look like the raw inputs the normalization was fitted on: "
+                  f"standardised, its features have median |mean| {centre:.2g} and median std "
+                  f"{spread:.2g} (expected ~0 and ~1); check its units", InputWarning,
+                  stacklevel=3)
+    return transform
+
+
+def _is_float_matrix(X, input_dim: int) -> bool:
+    """A well-formed float matrix (anything else is left to the caller's own checks)."""
+    return (isinstance(X, np.ndarray) and X.dtype in check.FLOAT_DTYPES and X.ndim == 2
+            and X.shape[1] == input_dim and X.shape[0] >= 1)
