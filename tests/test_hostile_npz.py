@@ -141,6 +141,37 @@ def test_a_doctored_checkpoint_is_a_checkpoint_error_when_resuming(tmp_path):
             load_checkpoint(tmp_path / "doctored.npz")
 
 
+def test_a_checkpoint_with_adam_dropout_and_normalization_loads_through_the_strict_reader(
+        tmp_path):
+    """Every member a current checkpoint holds (optimizer state, dropout key, schedule state,
+    input normalization) is one the member whitelist allows; anything else is still refused."""
+    from cbn.inputs import Normalization
+    from cbn.optim import Adam
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (40, 6)).astype(np.uint8)
+    y = np.arange(40) % 3
+    norm = Normalization(X.mean(axis=0), X.std(axis=0) + 1)
+    run = dict(lam=0.001, batch_size=8, schedule=CyclicLR(1e-3, 0.05, 5), cycles=2, seed=0,
+               progress=False, normalization=norm)
+    new_net = lambda: Network(6, [5, 4], 3, seed=0, dropout=0.3)  # noqa: E731
+    expected = new_net()
+    fit(expected, X, y, optimizer=Adam(), **run)
+    path = tmp_path / "run.npz"
+    fit(new_net(), X, y, optimizer=Adam(), checkpoint=path, **run)
+    assert load_checkpoint(path).optimizer["name"] == "Adam"
+    members = read_npz(path)
+    assert "dropout_key" in members and any(k.startswith("optimizer_") for k in members)
+    loaded = Network.load(path)  # a checkpoint is also a network file
+    np.testing.assert_array_equal(loaded.normalization.mean, norm.mean)
+    net = new_net()
+    fit(net, X, y, optimizer=Adam(), resume=path, **run)
+    np.testing.assert_array_equal(net.flat_params, expected.flat_params)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("surplus.npy", _npy(np.zeros(3)))
+    with pytest.raises(CheckpointError, match="does not have: \\['surplus'\\]"):
+        load_checkpoint(path)
+
+
 def test_a_negative_running_variance_in_a_file_is_refused(tmp_path):
     net = Network(6, [5], 3, seed=0)
     arrays = net.to_arrays()
