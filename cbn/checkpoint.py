@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 
 import numpy as np
 
+from .serialization import INPUT_MEMBERS, check_config_fits
+
 if TYPE_CHECKING:
     from .history import History
     from .network import Network
@@ -39,8 +41,6 @@ class CheckpointError(ValueError):
 MAX_MEMBERS = 4096
 MAX_TEXT_BYTES = 1 << 20  # JSON members (network_config, run, rng_state) and the checksum
 NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
-# The input normalization a network keeps (Network.normalization), saved beside its state.
-INPUT_MEMBERS = ("input_mean", "input_std")
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
                       "elapsed", "run", "optimizer", "dropout_key")
@@ -246,18 +246,9 @@ def _empty_network(members: Dict[str, Member], read, build, fail):
         raise fail(f"'network_config' must be a 0-d string of at most {MAX_TEXT_BYTES} bytes, "
                    f"got {config_member.dtype} {config_member.shape}")
     config = _parse_json(str(read("network_config")), "network_config", fail)
-    if not isinstance(config, dict):
-        raise fail(f"network_config must be a JSON object, got {type(config).__name__}")
-    hidden = config.get("hidden")
-    if not isinstance(hidden, list):
-        raise fail(f"network_config['hidden'] must be a list, got {type(hidden).__name__}")
-    dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
-    for l in range(1, len(dims)):  # before building anything: sizes as the weights say
-        stored = members.get(f"W{l}")
-        shape = None if stored is None else stored.shape
-        if shape != (dims[l - 1], dims[l]):
-            raise fail(f"W{l} has shape {shape} but network_config says "
-                       f"({str(dims[l - 1])[:20]}, {str(dims[l])[:20]})")
+    # before building anything: sizes as the weights say
+    check_config_fits(config, lambda name: members[name].shape if name in members else None,
+                      fail)
     try:
         return build(**config)
     except (TypeError, ValueError) as exc:

@@ -32,7 +32,6 @@ import numpy as np
 from . import _ops
 from . import _validate as check
 from . import inputs, serialization
-from .checkpoint import INPUT_MEMBERS
 from .live import LiveArrays
 from .workspace import EVAL_BLOCK, Workspace
 
@@ -294,7 +293,7 @@ class Network:
         the input normalization too when ``state`` holds one (else it is left as it is)."""
         expected = set(self._params) | set(self._running) | {"stats_seen"}
         missing = expected - set(state)
-        extra = set(state) - expected - set(INPUT_MEMBERS)
+        extra = set(state) - expected - set(serialization.INPUT_MEMBERS)
         if missing or extra:
             raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
                              f"unexpected {sorted(extra)}")
@@ -308,11 +307,11 @@ class Network:
         for name, target in list(self._params.items()) + list(self._running.items()):
             target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
-        if set(INPUT_MEMBERS) & set(state):
-            if not set(INPUT_MEMBERS) <= set(state):
-                raise ValueError(f"state holds only one of {INPUT_MEMBERS}")
+        if set(serialization.INPUT_MEMBERS) & set(state):
+            if not set(serialization.INPUT_MEMBERS) <= set(state):
+                raise ValueError(f"state holds only one of {serialization.INPUT_MEMBERS}")
             self.normalization = inputs.Normalization(
-                *(np.asarray(state[k]) for k in INPUT_MEMBERS))
+                *(np.asarray(state[k]) for k in serialization.INPUT_MEMBERS))
 
     @_exclusive
     def save(self, path: Union[str, os.PathLike]) -> None:

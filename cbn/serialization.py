@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Dict, Mapping, Type, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
-
-from .checkpoint import INPUT_MEMBERS
 
 if TYPE_CHECKING:
     from .network import Network
 
 FORMAT_VERSION = 1
+# The input normalization a network keeps (Network.normalization), saved beside its state.
+INPUT_MEMBERS = ("input_mean", "input_std")
 
 
 def to_arrays(net: "Network") -> Dict[str, np.ndarray]:
@@ -47,25 +47,27 @@ def from_arrays(cls: Type["Network"], arrays: Mapping[str, np.ndarray],
         config = json.loads(str(arrays["network_config"]))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{source}: network_config is not valid JSON: {exc}") from None
-    _check_config_fits(config, arrays, source)
+    check_config_fits(config, lambda name: np.shape(arrays[name]) if name in arrays else None,
+                      lambda message: ValueError(f"{source}: {message}"))
     net = cls(**config)
     names = set(net.params) | set(net.running_stats) | {"stats_seen"} | set(INPUT_MEMBERS)
     net.load_state_dict({k: v for k, v in arrays.items() if k in names})
     return net
 
 
-def _check_config_fits(config, arrays: Mapping[str, np.ndarray], source: str) -> None:
-    """Check a stored config's layer sizes against the stored weights before building
-    anything, so a doctored file cannot make ``from_arrays`` allocate a huge network."""
+def check_config_fits(config, shape_of: Callable[[str], Optional[Tuple[int, ...]]],
+                      fail: Callable[[str], Exception]) -> None:
+    """Check a stored config's layer sizes against the stored weights' shapes
+    (``shape_of(name)``, None if missing) before building anything, so a doctored file
+    cannot make a reader allocate a huge network; ``fail(message)`` makes the error."""
     if not isinstance(config, dict):
-        raise ValueError(f"{source}: network_config must be a JSON object, got {config!r:.80}")
+        raise fail(f"network_config must be a JSON object, got {type(config).__name__}")
     hidden = config.get("hidden")
     if not isinstance(hidden, list):
-        raise ValueError(f"{source}: network_config['hidden'] must be a list, got {hidden!r:.80}")
+        raise fail(f"network_config['hidden'] must be a list, got {type(hidden).__name__}")
     dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
     for l in range(1, len(dims)):
-        W = arrays.get(f"W{l}")
-        shape = None if W is None else np.shape(W)
+        shape = shape_of(f"W{l}")
         if shape != (dims[l - 1], dims[l]):
-            raise ValueError(f"{source}: W{l} has shape {shape} but network_config says "
-                             f"({dims[l - 1]}, {dims[l]})")
+            raise fail(f"W{l} has shape {shape} but network_config says "
+                       f"({str(dims[l - 1])[:20]}, {str(dims[l])[:20]})")

@@ -225,6 +225,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             return np.ascontiguousarray(X, dtype=self.network_.dtype)
         return X
 
+    def _normalization(self):
+        """What the network is told about inputs: this estimator's own standardisation, or
+        False (``standardize=False``: X is used as given, without cbn.inputs' unit checks)."""
+        return False if self.normalization_ is None else self.normalization_
+
     def _encode(self, y: np.ndarray) -> np.ndarray:
         """Class indices of the labels ``y``; labels outside ``classes_`` raise ValueError."""
         idx = np.searchsorted(self.classes_, y)
@@ -276,7 +281,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                         else self._source(X_val), y_val=y_val, lam=self.alpha,
                         batch_size=self.batch_size, schedule=_ContinuedLR(self.schedule_, self.t_),
                         epochs=1, seed=int(rng.randint(2 ** 31)), progress=False,
-                        normalization=self.normalization_, **update)
+                        normalization=self._normalization(), **update)
         self.t_ += history.step[-1]
         self.n_iter_ += 1
         self.loss_curve_.append(history.batch_loss[-1] + self.alpha * net.l2_penalty())
@@ -359,7 +364,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         in the network's dtype (batch norm in evaluation mode)."""
         check_is_fitted(self)
         X = self._check_X(X)
-        return self.network_.predict_proba(self._source(X), normalization=self.normalization_)
+        return self.network_.predict_proba(self._source(X), normalization=self._normalization())
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Logarithm of ``predict_proba`` (-inf where a probability underflowed to 0)."""
