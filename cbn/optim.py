@@ -101,8 +101,8 @@ class Optimizer:
 
     @property
     def fused_momentum(self) -> Optional[float]:
-        """The heavy-ball momentum when ``fit`` may use its compiled SGD update instead of
-        ``step`` (SGD without Nesterov); None otherwise."""
+        """The momentum to use when ``fit`` may run its compiled SGD update instead of ``step``
+        (plain SGD: 0.0); None otherwise."""
         return None
 
     # -- state ------------------------------------------------------------------------------
@@ -188,9 +188,11 @@ class SGD(Optimizer):
     nesterov : bool
         Nesterov momentum; needs momentum > 0, as in PyTorch.
 
-    With ``nesterov=False``, ``fit`` uses its compiled update instead (``fused_momentum``),
-    which keeps the rate inside the velocity (v = mu v - lr g; theta += v): the same steps
-    while the rate is constant, slightly different ones when a schedule changes it.
+    Plain SGD (momentum 0) runs as ``fit``'s compiled update, fused into the weight-gradient
+    product (``fused_momentum`` is 0); with momentum the buffer lives here, so its steps are
+    PyTorch's under any schedule and carry over between ``fit`` calls. (``fit(momentum=...)``
+    without an optimizer keeps the compiled heavy-ball form v = mu v - lr g, theta += v,
+    which matches this only while the rate is constant.)
     """
 
     _hyper = ("momentum", "nesterov")
@@ -207,7 +209,7 @@ class SGD(Optimizer):
 
     @property
     def fused_momentum(self) -> Optional[float]:
-        return None if self.nesterov else self.momentum
+        return 0.0 if self.momentum == 0 else None
 
     def _update(self, theta, grad, lr):
         s, c = self._scratch, self._const

@@ -144,9 +144,9 @@ def test_plain_sgd_matches_a_hand_computed_step():
     np.testing.assert_array_equal(theta, np.array([0.875, -2.25, 1.5], np.float32))
 
 
-def test_fused_momentum_only_for_heavy_ball_sgd():
+def test_only_plain_sgd_takes_the_fused_update():
     assert SGD().fused_momentum == 0.0
-    assert SGD(momentum=0.9).fused_momentum == 0.9
+    assert SGD(momentum=0.9).fused_momentum is None   # PyTorch's buffer, kept by the optimizer
     assert SGD(momentum=0.9, nesterov=True).fused_momentum is None
     assert Adam().fused_momentum is None
     assert AdamW().fused_momentum is None
