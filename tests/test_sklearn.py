@@ -307,7 +307,7 @@ def test_comparison_example_runs_quick_on_the_sample(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(document) == {"cifar10/cbn", "cifar10/sklearn", "digits/cbn", "digits/sklearn",
-                             "meta"}
+                             "targets", "meta"}
     for key in ("cifar10/cbn", "cifar10/sklearn"):
         curve = document[key]["curve"]
         assert curve["epoch"] == [1, 2] and len(curve["val_accuracy"]) == 2
