@@ -8,8 +8,9 @@ inside. scikit-learn: as its users train it, with its defaults otherwise (Adam, 
 rate 1e-3, no batch norm, up to max_iter = 200 epochs, stopping when the training loss has
 not improved by tol = 1e-4 for more than n_iter_no_change = 10 epochs) on float32 pixels
 standardised by a StandardScaler fitted on the training split. Both train one epoch per call
-(partial_fit; for scikit-learn this is exactly its fit loop, given one RandomState for the
-whole run), alternating epoch by epoch so both see the same machine load, and each epoch's
+(partial_fit; for scikit-learn this is its fit loop, given one RandomState for the whole
+run, except that each epoch's order is a fresh permutation, not the last one reshuffled),
+alternating epoch by epoch so both see the same machine load, and each epoch's
 validation and test accuracy are measured against the training time so far (the evaluation
 is not counted; the standardisation is, for both).
 
