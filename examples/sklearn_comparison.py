@@ -84,8 +84,8 @@ class EpochRun:
 
     ``prepare`` (X -> a function mapping rows to what the estimator reads) runs before the
     first epoch: the standardisation a user of that estimator would do, timed on the
-    training rows (fit and transform) but not on the evaluation sets. ``stops`` says after an epoch
-    whether the estimator's own fit would end there."""
+    training rows (fit and transform) but not on the evaluation sets. ``stops`` says after
+    an epoch whether the estimator's own fit would end there."""
 
     def __init__(self, estimator, X, y, evals: Dict[str, tuple], classes, max_epochs: int,
                  prepare=None, stops=None) -> None:
