@@ -375,6 +375,22 @@ def test_normalization_fit_matches_numpy_for_any_chunking(images, chunk_elements
     np.testing.assert_allclose(norm.std, np.where(std == 0, 1.0, std), rtol=1e-9)
 
 
+def test_normalization_fit_of_uint8_is_exact_across_its_row_blocks():
+    # 700 rows span three float32 blocks; all-255 rows are the worst case for their sums.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(700, 5), dtype=np.uint8)
+    images[:300, 0] = 255
+    images[:, 1] = 255
+    images[:, 2] = 7
+    images[-1, 2] = 8  # one differing row: a tiny but nonzero std
+    norm = Normalization.fit(images)
+    reference = images.astype(np.float64)
+    np.testing.assert_allclose(norm.mean, reference.mean(axis=0), rtol=1e-15)
+    np.testing.assert_allclose(norm.std[[0, 2, 3, 4]], reference.std(axis=0)[[0, 2, 3, 4]],
+                               rtol=1e-12)
+    assert norm.std[1] == 1.0
+
+
 def test_normalization_gives_constant_features_unit_std():
     images = np.zeros((5, 4), dtype=np.uint8)
     images[:, 1] = [1, 2, 3, 4, 5]

@@ -307,7 +307,7 @@ def test_comparison_example_runs_quick_on_the_sample(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(document) == {"cifar10/cbn", "cifar10/sklearn", "digits/cbn", "digits/sklearn",
-                             "meta"}
+                             "targets", "meta"}
     for key in ("cifar10/cbn", "cifar10/sklearn"):
         curve = document[key]["curve"]
         assert curve["epoch"] == [1, 2] and len(curve["val_accuracy"]) == 2
@@ -318,3 +318,46 @@ def test_comparison_example_runs_quick_on_the_sample(tmp_path):
     assert (out / "accuracy_vs_time.png").read_bytes().startswith(PNG_MAGIC)
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert summary.count("| cbn.sklearn.MLPClassifier |") == 2
+
+
+def _comparison_example():
+    import importlib.util
+    from test_examples import EXAMPLES
+    spec = importlib.util.spec_from_file_location("sklearn_comparison",
+                                                  EXAMPLES / "sklearn_comparison.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_comparison_stops_scikit_learn_where_its_fit_would():
+    from sklearn.neural_network import MLPClassifier as SklearnMLP
+    example = _comparison_example()
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600]
+    settings = dict(hidden_layer_sizes=(16,), batch_size=50, max_iter=200, tol=1e-2,
+                    n_iter_no_change=3)
+    fitted = SklearnMLP(random_state=0, **settings).fit(X, y)
+    stepped = SklearnMLP(random_state=np.random.RandomState(0), **settings)
+    stops = []
+    for _ in range(settings["max_iter"]):
+        stepped.partial_fit(X, y, classes=np.arange(10))
+        stops.append(example.sklearn_stops(stepped.loss_curve_, stepped.tol,
+                                           stepped.n_iter_no_change))
+        # scikit-learn's own counter, which fit tests after every epoch
+        assert stops[-1] == (stepped._no_improvement_count > stepped.n_iter_no_change)
+        if stops[-1]:
+            break
+    assert stops[-1] and not any(stops[:-1])
+    # Same initialisation and first permutation as fit: one RandomState runs through.
+    assert stepped.loss_curve_[0] == fitted.loss_curve_[0]
+
+
+def test_comparison_reads_accuracy_at_a_time_and_time_to_reach_an_accuracy():
+    example = _comparison_example()
+    curve = {"train_time": [1.0, 2.0, 3.0], "test_accuracy": [0.3, 0.5, 0.4]}
+    assert example.accuracy_at(curve, 0.5) is None
+    assert example.accuracy_at(curve, 2.5) == 0.5
+    assert example.accuracy_at(curve, 3.0) == 0.4
+    assert example.time_to_reach(curve, 0.45) == 2.0
+    assert example.time_to_reach(curve, 0.6) is None
