@@ -15,11 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cbn
 from cbn import CyclicLR, Network, fit
 from cbn.checkpoint import (CheckpointError, atomic_savez, load_checkpoint, read_npz,
                             with_checksum)
 
-ROOT = Path(__file__).resolve().parents[1]
+# The child imports the cbn under test (installed or built in place), never a source tree
+# without its extension: it runs elsewhere, with that cbn's folder on its path.
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(Path(cbn.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -63,8 +67,8 @@ def _peak_growth(call: str, path: Path) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(dict(outcome=outcome, grew=(peak - base) / 1024)))
     """)
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -8,6 +8,7 @@ limit and report their peak memory.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import struct
@@ -19,12 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cbn
 from cbn import _unpickle
 from cbn.data import DataError, UnsafePickleError, _read_label_names, read_batch
 
 from test_data import _py2_value, batch_dict, py2_pickle, py3_pickle
 
-ROOT = Path(__file__).resolve().parents[1]
+# The child imports the cbn under test (installed or built in place), never a source tree
+# without its extension: it runs elsewhere, with that cbn's folder on its path.
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(Path(cbn.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
 RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
 
 
@@ -89,8 +94,8 @@ def _run_read_batch(path: Path, timeout: float = 60) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(dict(outcome=outcome, message=message, grew=(peak - base) / 1024)))
     """)
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"the reader died ({done.returncode}): {done.stderr[-2000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
