@@ -7,15 +7,16 @@ Main entry points: ``Network``, ``CyclicLR``, ``fit``, ``gradcheck`` and ``cbn.d
 # _ops: in-place and editable builds find it only this way (see setup.py).
 import scipy_openblas32  # noqa: F401
 
-from . import data, kernels
+from . import data, kernels, optim
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
-from .schedule import ConstantLR, CyclicLR
+from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from .train import DivergenceError, History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "Network", "CyclicLR", "ConstantLR", "fit", "History", "DivergenceError",
+    "data", "kernels", "optim", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "OneCycleLR", "fit", "History", "DivergenceError",
     "gradcheck", "GradcheckResult", "__version__",
 ]

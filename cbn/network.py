@@ -291,6 +291,13 @@ class Network:
         net.load_state_dict(self.state_dict())
         return net
 
+    def __getstate__(self) -> Dict[str, np.ndarray]:
+        # The compiled plans do not pickle; the configuration and the state rebuild them.
+        return self.to_arrays()
+
+    def __setstate__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.__dict__.update(type(self).from_arrays(arrays, source="pickle").__dict__)
+
     # -- computation ------------------------------------------------------------------------
 
     def prepare_input(self, X, normalization=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

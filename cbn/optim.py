@@ -1,0 +1,318 @@
+"""Optimizers over the network's flat parameter buffer, with PyTorch's update formulas:
+``SGD`` (momentum, Nesterov), ``Adam`` and ``AdamW``.
+
+Cost per parameter and step (passes over the n values, each one ufunc): plain SGD 2,
+SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights (timings in
+docs/benchmarks.md).
+"""
+# Design: an optimizer owns its state buffers (allocated once by ``bind``) and updates the flat
+# vector ``theta`` in place from ``grad`` with NumPy ufuncs writing into a preallocated
+# scratch vector (``out=``), so ``step`` allocates nothing. The learning rate is not a
+# hyper-parameter: the schedule gives it per step. The first ``n_weights`` entries of theta
+# are the weight matrices W1..Wk (the network stores them first); the rest are biases, gamma
+# and beta, which decoupled weight decay leaves alone. ``grad`` already holds the coupled L2
+# term ``2 lam W`` of ``fit``'s cost.
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import _validate as check
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+
+N_CONSTS = 7  # scalar slots an update needs at most (AdamW)
+
+
+class Optimizer:
+    """Base class: one update rule over preallocated buffers shaped like the parameters.
+
+    Subclasses list their hyper-parameters in ``_hyper`` (constructor argument names), their
+    state buffers in ``_buffers``, and implement ``_update``.
+    """
+
+    _hyper: Tuple[str, ...] = ()
+    _buffers: Tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.n_params: Optional[int] = None
+        self.n_weights: Optional[int] = None
+        self.dtype: Optional[np.dtype] = None
+        self.steps = 0  # updates made so far (PyTorch's ``state["step"]``)
+        self._state: Dict[str, np.ndarray] = {}
+        self._scratch: Optional[np.ndarray] = None
+        self._consts: Tuple[np.ndarray, ...] = ()
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    def bind(self, n_params: int, n_weights: int, dtype) -> None:
+        """Allocate the state buffers (zeros) for ``n_params`` parameters of ``dtype`` whose
+        first ``n_weights`` are weights. Binding again to the same sizes keeps the state;
+        other sizes raise ValueError (use a fresh optimizer for another network)."""
+        n_params = check.integer("n_params", n_params, low=1)
+        n_weights = check.integer("n_weights", n_weights, low=0, high=n_params)
+        dtype = check.float_dtype(dtype)
+        if self.n_params is not None:
+            if (self.n_params, self.n_weights, self.dtype) != (n_params, n_weights, dtype):
+                raise ValueError(
+                    f"{type(self).__name__} is bound to {self.n_params} parameters "
+                    f"({self.n_weights} weights) of {self.dtype}, not {n_params} ({n_weights}) "
+                    f"of {dtype}; use a fresh optimizer for another network")
+            return
+        self.n_params, self.n_weights, self.dtype = n_params, n_weights, dtype
+        self._state = {name: np.zeros(n_params, dtype) for name in self._buffers}
+        self._scratch = np.empty(n_params, dtype)
+        self._consts = tuple(np.empty((), dtype) for _ in range(N_CONSTS))
+
+    # -- the update -------------------------------------------------------------------------
+
+    def step(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        """Update ``theta`` in place from ``grad`` with learning rate ``lr``.
+
+        theta, grad : 1-D C-contiguous arrays of the bound size and dtype; theta writeable,
+            and the two must not overlap. Not checked for NaN (``fit`` watches divergence).
+        lr : float >= 0, the schedule's rate for this update.
+        """
+        if self.n_params is None:
+            raise ValueError(f"{type(self).__name__} is not bound to parameters; call "
+                             "bind(n_params, n_weights, dtype) first")
+        dtypes = (self.dtype,)
+        check.vector("theta", theta, size=self.n_params, dtypes=dtypes, finite=False,
+                     writeable=True)
+        check.vector("grad", grad, size=self.n_params, dtypes=dtypes, finite=False)
+        if np.may_share_memory(theta, grad):
+            raise ValueError("theta and grad must not share memory")
+        if type(lr) is not float or not 0.0 <= lr < math.inf:  # the full check allocates
+            lr = check.real("lr", lr, low=0.0)
+        self.steps += 1
+        self._update(theta, grad, lr)
+
+    def _update(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        raise NotImplementedError
+
+    def _const(self, slot: int, value: float) -> np.ndarray:
+        """``value`` in preallocated 0-d array ``slot`` of the parameters' dtype: ufuncs convert
+        a Python float afresh on every call, which allocates."""
+        c = self._consts[slot]
+        c[()] = value
+        return c
+
+    @property
+    def fused_momentum(self) -> Optional[float]:
+        """The heavy-ball momentum when ``fit`` may use its compiled SGD update instead of
+        ``step`` (SGD without Nesterov); None otherwise."""
+        return None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def hyper_parameters(self) -> dict:
+        """The constructor arguments."""
+        return {name: getattr(self, name) for name in self._hyper}
+
+    def state_dict(self) -> dict:
+        """Name, hyper-parameters, sizes, update count and copies of the state buffers."""
+        state = dict(name=type(self).__name__, **self.hyper_parameters(), step=self.steps,
+                     n_params=self.n_params, n_weights=self.n_weights,
+                     dtype=None if self.dtype is None else self.dtype.name)
+        state.update({name: buf.copy() for name, buf in self._state.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what ``state_dict`` returned: hyper-parameters, update count and buffers,
+        so the next ``step`` continues bit-identically. An unbound optimizer binds to the
+        state's sizes; a bound one must match them. Anything wrong raises ValueError and
+        changes nothing."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        try:
+            fresh = self._restored(state)
+        except TypeError as exc:  # a value of the wrong type is a bad state like any other
+            raise ValueError(f"{type(self).__name__} state: {exc}") from exc
+        self.__dict__.update(fresh.__dict__)
+
+    def _restored(self, state: Mapping) -> "Optimizer":
+        """A new optimizer holding ``state``, checked against this one's sizes."""
+        name = type(self).__name__
+        if state.get("name") != name:
+            raise ValueError(f"state is for optimizer {state.get('name')!r}, not {name!r}")
+        missing = sorted(set(self._hyper) - set(state))
+        if missing:
+            raise ValueError(f"{name} state: missing keys {missing}")
+        fresh = type(self)(**{k: state[k] for k in self._hyper})  # validates them
+        expected = {"name", "step", "n_params", "n_weights", "dtype", *fresh._hyper,
+                    *fresh._buffers}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"{name} state: missing keys {missing}, unexpected keys {extra}")
+        fresh.steps = check.integer("step", state["step"], low=0)
+        if state["n_params"] is None:
+            if fresh.steps:
+                raise ValueError(f"{name} state has {fresh.steps} steps but no sizes")
+        else:
+            fresh.bind(state["n_params"], state["n_weights"], state["dtype"])
+            if self.n_params is not None:
+                self.bind(fresh.n_params, fresh.n_weights, fresh.dtype)  # raises if they differ
+            for key in fresh._buffers:
+                buf = state[key]
+                if getattr(buf, "dtype", None) != fresh.dtype:  # a ValueError, as for sizes
+                    raise ValueError(f"{key} must be a {fresh.dtype} array, got "
+                                     f"{getattr(buf, 'dtype', type(buf).__name__)}")
+                check.vector(key, buf, size=fresh.n_params, dtypes=(fresh.dtype,))
+                np.copyto(fresh._state[key], buf)
+        if self.n_params is not None and fresh.n_params is None:
+            raise ValueError(f"{name} is bound to {self.n_params} parameters; the state has none")
+        return fresh
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper_parameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``
+    with ``dampening=0`` and ``weight_decay=0`` (the L2 term is already in the gradient).
+
+    Update at step t with rate lr, gradient g and momentum mu::
+
+        mu = 0:      theta -= lr g
+        mu > 0:      b = mu b + g                      (b = 0 before the first step, so b_1 = g)
+                     theta -= lr b                     (nesterov=False)
+                     theta -= lr (g + mu b)            (nesterov=True)
+
+    Parameters
+    ----------
+    momentum : float
+        0 <= momentum < 1 (PyTorch allows 1 and above; they never converge).
+    nesterov : bool
+        Nesterov momentum; needs momentum > 0, as in PyTorch.
+
+    With ``nesterov=False``, ``fit`` uses its compiled update instead (``fused_momentum``),
+    which keeps the rate inside the velocity (v = mu v - lr g; theta += v): the same steps
+    while the rate is constant, slightly different ones when a schedule changes it.
+    """
+
+    _hyper = ("momentum", "nesterov")
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__()
+        self.momentum = check.real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0, got momentum=0")
+        self._buffers = ("momentum_buffer",) if self.momentum > 0 else ()
+
+    @property
+    def fused_momentum(self) -> Optional[float]:
+        return None if self.nesterov else self.momentum
+
+    def _update(self, theta, grad, lr):
+        s, c = self._scratch, self._const
+        if self.momentum == 0:
+            np.multiply(grad, c(0, lr), out=s)
+        else:
+            b, mu = self._state["momentum_buffer"], c(1, self.momentum)
+            np.multiply(b, mu, out=b)
+            np.add(b, grad, out=b)
+            if self.nesterov:
+                np.multiply(b, mu, out=s)
+                np.add(s, grad, out=s)
+                np.multiply(s, c(0, lr), out=s)
+            else:
+                np.multiply(b, c(0, lr), out=s)
+        np.subtract(theta, s, out=theta)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba, 2015) with PyTorch's formulas (``torch.optim.Adam``, amsgrad off,
+    weight_decay 0: the coupled L2 term is already in the gradient).
+
+    At step t (1-based) with rate lr and gradient g::
+
+        m = m + (1 - beta1) (g - m)          (PyTorch's lerp: beta1 m + (1 - beta1) g)
+        v = beta2 v + (1 - beta2) g^2
+        theta -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    ``eps`` is added after the square root of the bias-corrected v, as PyTorch does (the
+    paper's placement); TensorFlow adds it to the uncorrected sqrt(v) instead, which differs
+    in the first steps.
+
+    Parameters
+    ----------
+    beta1, beta2 : float
+        Decay rates of the first and second moment estimates, in [0, 1).
+    eps : float
+        Added to the denominator, > 0.
+    """
+
+    _hyper = ("beta1", "beta2", "eps")
+    _buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.beta1 = check.real("beta1", beta1, low=0.0, high=1.0, high_open=True)
+        self.beta2 = check.real("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        self.eps = check.real("eps", eps, low=0.0, low_open=True)
+
+    def _update(self, theta, grad, lr):
+        s, m, v = self._scratch, self._state["exp_avg"], self._state["exp_avg_sq"]
+        c, t = self._const, self.steps
+        np.subtract(grad, m, out=s)
+        np.multiply(s, c(0, 1.0 - self.beta1), out=s)
+        np.add(m, s, out=m)
+        np.multiply(grad, grad, out=s)
+        np.multiply(s, c(1, 1.0 - self.beta2), out=s)
+        np.multiply(v, c(2, self.beta2), out=v)
+        np.add(v, s, out=v)
+        np.sqrt(v, out=s)
+        np.divide(s, c(3, (1.0 - self.beta2 ** t) ** 0.5), out=s)
+        np.add(s, c(4, self.eps), out=s)
+        np.divide(m, s, out=s)
+        np.multiply(s, c(5, lr / (1.0 - self.beta1 ** t)), out=s)
+        np.subtract(theta, s, out=theta)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019), as ``torch.optim.AdamW``.
+
+    Each step first shrinks the weights, then takes Adam's step::
+
+        W *= 1 - lr * weight_decay          (theta[:n_weights] only)
+
+    Decoupled decay is not an L2 term: it bypasses Adam's per-coordinate scaling, so every
+    weight decays at the same relative rate whatever its gradient history. It applies to the
+    weights only (biases, gamma and beta are left alone), as usual with batch norm, where
+    shrinking gamma and beta would fight the normalisation. PyTorch decays every tensor given
+    to it; pass only the weights there to compare. ``fit``'s ``lam`` still adds the coupled
+    term to the gradient: use ``lam=0`` for pure AdamW.
+
+    Parameters
+    ----------
+    beta1, beta2, eps : as ``Adam``.
+    weight_decay : float
+        Decoupled decay per unit learning rate, >= 0.
+    """
+
+    _hyper = ("beta1", "beta2", "eps", "weight_decay")
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
+        super().__init__(beta1, beta2, eps)
+        self.weight_decay = check.real("weight_decay", weight_decay, low=0.0)
+        self._weights_of: Optional[np.ndarray] = None
+        self._weights: Optional[np.ndarray] = None
+
+    def _update(self, theta, grad, lr):
+        if self.n_weights and self.weight_decay:
+            if self._weights_of is not theta:  # a new view per step would allocate
+                self._weights_of, self._weights = theta, theta[:self.n_weights]
+            np.multiply(self._weights, self._const(6, 1.0 - lr * self.weight_decay),
+                        out=self._weights)
+        Adam._update(self, theta, grad, lr)  # super() would allocate its proxy each step
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+"""Optimizer classes by lower-case name."""
