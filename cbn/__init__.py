@@ -8,6 +8,7 @@ Main entry points: ``Network``, ``CyclicLR``, ``fit``, ``gradcheck`` and ``cbn.d
 import scipy_openblas32  # noqa: F401
 
 from . import data, kernels, optim
+from .augment import Augment
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
@@ -16,7 +17,7 @@ from .train import DivergenceError, History, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError",
     "gradcheck", "GradcheckResult", "__version__",
 ]

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from . import _validate as check
+from .augment import Augment
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
 
@@ -42,7 +43,8 @@ class RunSpec:
     schedule and the update rule. ``signature()`` is what a checkpoint must match."""
 
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
-                 seed, normalization, momentum, eval_every, eval_train, optimizer) -> None:
+                 seed, normalization, momentum, eval_every, eval_train, optimizer,
+                 augment=None) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -74,6 +76,12 @@ class RunSpec:
                 self.fused_momentum = check.real("optimizer.fused_momentum",
                                                  self.fused_momentum, low=0.0, high=1.0,
                                                  high_open=True)
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment must be a cbn.Augment or None, got {augment!r}")
+        self.augment: Optional[Augment] = augment if augment is not None and augment.active \
+            else None
+        if self.augment is not None:
+            self.augment.shape_for(net.input_dim)
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         self.y = check.labels("y", y, n, net.num_classes)
@@ -127,6 +135,7 @@ class RunSpec:
                 eval_every=self.eval_every, eval_train=self.eval_train,
                 data=_checksum(self.src, self.y, self.val_src, self.y_val, self.shift,
                                self.scale), **({} if optimizer is None else
-                                               dict(optimizer=optimizer))),
+                                               dict(optimizer=optimizer)),
+                **({} if self.augment is None else dict(augment=self.augment.config()))),
                 default=lambda value: value.item()))
         return self._signature
