@@ -273,3 +273,20 @@ def test_plan_refuses_an_image_shape_that_does_not_fit():
     plan = Network(48, [4], 3, seed=0).plan(4)
     with pytest.raises(ValueError, match="48 input features"):
         plan.set_augment((True, 1, 0.0, 3, 4, 5, 0))
+
+
+def test_sklearn_estimator_passes_augment_to_fit_and_checks_it():
+    pytest.importorskip("sklearn")
+    from cbn.sklearn import MLPClassifier
+    src, _ = images(n=60, seed=5)
+    y = np.arange(60) % 3
+    args = dict(hidden_layer_sizes=[8], max_iter=2, batch_size=20, random_state=0)
+    plain = MLPClassifier(**args).fit(src, y)
+    augmented = MLPClassifier(augment=Augment(noise=0.5), **args).fit(src, y)
+    again = MLPClassifier(augment=Augment(noise=0.5), **args).fit(src, y)
+    assert not np.array_equal(plain.network_.flat_params, augmented.network_.flat_params)
+    np.testing.assert_array_equal(augmented.network_.flat_params, again.network_.flat_params)
+    with pytest.raises(TypeError, match="augment"):
+        MLPClassifier(augment=True, **args).fit(src, y)
+    with pytest.raises(ValueError, match="image_shape"):
+        MLPClassifier(augment=Augment(), **args).fit(src[:, :100], y)
