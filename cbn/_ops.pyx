@@ -632,26 +632,32 @@ cdef void _gather_augmented_row(const source_t* row, int j0, int j1, const Augme
     cdef bint flip = aug.flip and (key & 1)
     cdef int dy = <int>(((key >> 8) & 0xFFFF) % (2 * s + 1)) - s
     cdef int dx = <int>(((key >> 24) & 0xFFFF) % (2 * s + 1)) - s
-    cdef int j = j0, c, r, x0, x1, x, sr, sc, f, base
+    cdef int j = j0, c, r, x0, x1, x, a, b, sr, f
     cdef uint32_t lo, hi
+    cdef floating* out
     while j < j1:  # one image row (or the part of it in j0..j1) at a time
         c = j // HW
         r = (j - c * HW) // W
         x0 = j - c * HW - r * W
         x1 = x0 + (j1 - j) if x0 + (j1 - j) < W else W
+        out = o + j - x0  # out[x]: column x of this image row
         sr = r - dy
-        if sr < 0 or sr >= H:
-            for x in range(x0, x1):
-                o[j + x - x0] = 0
+        # Columns a..b-1 read source column x - dx; the others come from outside the image.
+        a, b = (x0 if x0 > dx else dx), (x1 if x1 < W + dx else W + dx)
+        if sr < 0 or sr >= H or a >= b:
+            a = b = x1
+        for x in range(x0, a):
+            out[x] = 0
+        for x in range(b, x1):
+            out[x] = 0
+        if flip:
+            f = c * HW + sr * W + W - 1 + dx  # source feature f - x
+            for x in range(a, b):
+                out[x] = (<floating>row[f - x] - shift[f - x]) * scale[f - x]
         else:
-            base = c * HW + sr * W
-            for x in range(x0, x1):
-                sc = x - dx
-                if sc < 0 or sc >= W:
-                    o[j + x - x0] = 0
-                else:
-                    f = base + (W - 1 - sc if flip else sc)
-                    o[j + x - x0] = (<floating>row[f] - shift[f]) * scale[f]
+            f = c * HW + sr * W - dx          # source feature f + x
+            for x in range(a, b):
+                out[x] = (<floating>row[f + x] - shift[f + x]) * scale[f + x]
         j += x1 - x0
     if aug.noise > 0:
         key = _splitmix64(key)
