@@ -866,9 +866,13 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
     cdef AugmentSpec spec
     cdef AugmentSpec* aug = NULL
     cdef int end = src.shape[1] if j1 is None else j1
+    if not 0 <= j0 <= end <= src.shape[1]:
+        raise ValueError(f"columns {j0}..{end} are not within the {src.shape[1]} of src")
     if augment is not None:
         (spec.flip, spec.shift, spec.noise, spec.C, spec.H, spec.W, spec.seed,
          spec.step) = augment
+        if spec.C * spec.H * spec.W != src.shape[1] or spec.shift < 0:
+            raise ValueError(f"augment {augment} does not fit rows of {src.shape[1]} values")
         aug = &spec
     with nogil:
         _gather(idx.shape[0], src.shape[1], j0, end, j0 == 0 and end == src.shape[1],

@@ -1,12 +1,13 @@
-"""The k-layer fully connected network: parameters, running statistics, and the compiled plans
-that run it.
+"""The k-layer fully connected network: its specification, parameters and running
+statistics, and the calls that run it (its compiled plans: ``cbn.workspace``; its files:
+``cbn.serialization``).
 
 Architecture: ``input -> [Linear -> BatchNorm -> ReLU -> Dropout] x (k-1) -> Linear -> softmax``;
 with ``bn_placement="after"`` the hidden blocks are ``Linear -> ReLU -> BatchNorm -> Dropout``,
 without batch norm ``Linear -> ReLU -> Dropout``; dropout is there only where its probability
-is above 0, and active in training only. All parameters live in one
-flat buffer (weights first), and ``params`` exposes named views into it, so one kernel
-call updates every parameter and a checkpoint is one array.
+is above 0, and active in training only. All parameters live in one flat buffer (weights
+first), and ``params`` exposes named views into it, so one kernel call updates every
+parameter and a checkpoint is one array.
 
 Batch-norm conventions (and their PyTorch equivalents):
 

@@ -442,3 +442,32 @@ def test_a_used_network_pickles_and_deep_copies_with_its_state(dtype):
         np.testing.assert_array_equal(other.predict_proba(X), net.predict_proba(X))
         other.params["W1"][...] = 0  # independent of the original
         assert net.params["W1"].any()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(src=np.zeros((5, 7))), "src must be"),                       # wrong width
+    (dict(src=np.zeros((5, 6), np.int32)), "src must be"),             # wrong dtype
+    (dict(labels=np.zeros(4, np.int64)), "labels must be"),            # fewer labels than rows
+    (dict(idx=np.arange(5, dtype=np.int32)), "idx must be"),           # not int64
+    (dict(shift=np.zeros(6, np.float32)), "shift must be"),            # not the plan's dtype
+    (dict(scale=np.ones(5)), "scale must be"),                         # too short
+])
+def test_a_plan_refuses_data_its_gather_cannot_read(change, match):
+    net = Network(6, [4], 3, seed=0)
+    plan = net.plan(4)
+    args = dict(src=np.zeros((5, 6)), labels=np.zeros(5, np.int64),
+                idx=np.arange(5, dtype=np.int64), shift=np.zeros(6), scale=np.ones(6))
+    plan.set_data(**args)  # the good case
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=match):
+        plan.set_data(**args)
+
+
+def test_a_plan_refuses_rows_beyond_its_capacity_or_data():
+    net = Network(6, [4], 3, seed=0)
+    plan = net.plan(4)
+    plan.set_data(np.zeros((5, 6)), np.zeros(5, np.int64), np.arange(5, dtype=np.int64),
+                  np.zeros(6), np.ones(6))
+    for offset, n in [(0, 5), (3, 3), (-1, 2), (0, 0)]:
+        with pytest.raises(ValueError, match="do not fit"):
+            plan.forward(offset, n, False)
