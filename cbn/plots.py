@@ -248,7 +248,8 @@ def plot_search(records: Sequence[Mapping], path: PathLike, param: str = "lam") 
                                    name="λ" if param == "lam" else param, xlabel=label)
 
 
-def plot_ablation(path: PathLike, accuracies: Mapping[str, Mapping[str, Sequence[float]]]) -> Path:
+def plot_ablation(path: PathLike,
+                  accuracies: Mapping[str, Mapping[str, Sequence[float]]]) -> Path:
     """Validation and test accuracy (mean with ± std error bars over runs, in percent) of
     each configuration (``accuracies``: name -> {"val": [...], "test": [...]}, fractions),
     as horizontal bars in the given order."""
