@@ -11,6 +11,8 @@ accuracy curves.
 
     python examples/bonus.py --data DIR                        # ablation + best (hours)
     python examples/bonus.py --data DIR --best-only --seed S   # the chosen network alone
+
+On a machine shared with other jobs add ``--blas-threads 1`` (docs/bonus.md says why).
 """
 from __future__ import annotations
 
