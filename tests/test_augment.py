@@ -290,3 +290,25 @@ def test_sklearn_estimator_passes_augment_to_fit_and_checks_it():
         MLPClassifier(augment=True, **args).fit(src, y)
     with pytest.raises(ValueError, match="image_shape"):
         MLPClassifier(augment=Augment(), **args).fit(src[:, :100], y)
+
+
+def test_a_warm_augmented_step_allocates_nothing():
+    import tracemalloc
+    src, norm = images(n=40, seed=6)
+    y = np.arange(40) % 10
+    net = Network(3072, [16], 10, batch_norm=True, dtype=np.float32, seed=0)
+    plan = net.plan(20)
+    plan.set_data(src, y, np.arange(40, dtype=np.int64), norm.mean.astype(np.float32),
+                  (1 / norm.std).astype(np.float32))
+    plan.set_velocity(None)
+    plan.set_augment(Augment(hflip=True, shift=4, noise=0.1).plan_args(3072, 0))
+    plan.train_step(0, 20, 0.01, 0.0, 0.0, True, False, 0)  # warm up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for step in range(1, 6):
+            plan.train_step(20 * (step % 2), 20, 0.01, 0.0, 0.0, False, False, step)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 512  # the returned tuples come and go; no buffer
