@@ -22,6 +22,7 @@ except ImportError:
         "in place with `python setup.py build_ext --inplace`") from None
 
 from . import data, kernels, optim
+from .augment import Augment
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
@@ -30,7 +31,7 @@ from .train import DivergenceError, History, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError",
     "gradcheck", "GradcheckResult", "__version__",
 ]

@@ -283,7 +283,7 @@ class TrainingCheckpoint:
         else is refused.
     optimizer : the optimizer's ``state_dict()`` (None for fit's built-in SGD): its arrays
         are stored as ``optimizer_<key>``, everything else as one JSON string.
-    dropout_key : the seed of the run's dropout masks (0 without dropout).
+    dropout_key : the seed of the run's dropout masks and augmentation (0 without either).
 
     On disk (``to_arrays``) a SHA-256 of everything is added as ``checksum``, so a file
     changed other than by ``save_checkpoint`` is refused when read.

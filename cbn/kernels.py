@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from .augment import Augment
 
 
 def _same_dtype(**arrays: np.ndarray) -> np.dtype:
@@ -285,9 +286,11 @@ def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: 
 
 
 def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.ndarray,
-                dtype=np.float32) -> np.ndarray:
+                dtype=np.float32, augment=None, seed: int = 0, step: int = 0) -> np.ndarray:
     """out[i] = (src[idx[i]] - shift) * scale in ``dtype``: mini-batch rows taken straight
-    from stored images (uint8, float32 or float64) and standardised on the way."""
+    from stored images (uint8, float32 or float64) and standardised on the way; with
+    ``augment`` (a ``cbn.Augment``) row i is then transformed with the draws of
+    (seed, step, i), as in a training step of ``fit``."""
     dt = check.float_dtype(dtype)
     src = check.matrix("src", src, dtypes=check.SOURCE_DTYPES)
     if (not isinstance(idx, np.ndarray) or isinstance(idx, np.ma.MaskedArray)
@@ -301,7 +304,13 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
     d = src.shape[1]
     shift = np.ascontiguousarray(check.vector("shift", shift, size=d), dtype=dt)
     scale = np.ascontiguousarray(check.vector("scale", scale, size=d), dtype=dt)
+    args = None
+    if augment is not None:
+        if not isinstance(augment, Augment):
+            raise TypeError(f"augment must be a cbn.Augment or None, got {augment!r}")
+        args = augment.plan_args(d, check.integer("seed", seed, low=0, high=2**64 - 1)) + (
+            check.integer("step", step, low=0, high=2**64 - 1),)
     out = np.empty((idx.size, d), dt)
-    _ops.gather_rows(src, idx, shift, scale, out)
+    _ops.gather_rows(src, idx, shift, scale, out, args)
     _finite("gather_rows", out)
     return out

@@ -292,3 +292,48 @@ def plot_search(records: Sequence[Mapping], path: PathLike, param: str = "lam") 
     label = "λ (L2 strength)" if param == "lam" else param
     return plot_accuracy_vs_lambda(path, stages, best(ok)[param],
                                    name="λ" if param == "lam" else param, xlabel=label)
+
+
+def plot_ablation(path: PathLike,
+                  accuracies: Mapping[str, Mapping[str, Sequence[float]]]) -> Path:
+    """Validation and test accuracy (mean with ± std error bars over runs, in percent) of
+    each configuration (``accuracies``: name -> {"val": [...], "test": [...]}, fractions),
+    as horizontal bars in the given order."""
+    if not accuracies:
+        raise ValueError("accuracies must hold at least one configuration")
+    names = list(accuracies)
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
+    for offset, (split, color) in zip((-0.2, 0.2), (("val", VAL_COLOR), ("test", TRAIN_COLOR))):
+        values = [100 * np.asarray(accuracies[n][split], dtype=np.float64) for n in names]
+        ax.barh(y + offset, [v.mean() for v in values], height=0.38, color=color,
+                xerr=[v.std() for v in values], capsize=2,
+                label="validation" if split == "val" else "test")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy (%)")
+    low = min(100 * min(min(a["val"]), min(a["test"])) for a in accuracies.values())
+    ax.set_xlim(max(0.0, low - 5), None)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_time(path: PathLike, runs: Mapping[str, Sequence[History]]) -> Path:
+    """Validation accuracy (%) against wall-clock seconds of training, one line per run,
+    one colour per configuration (``runs``: name -> histories)."""
+    if not runs or any(not histories for histories in runs.values()):
+        raise ValueError("runs must map each name to at least one history")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (name, histories) in enumerate(runs.items()):
+        color = f"C{i}"
+        for j, h in enumerate(histories):
+            ax.plot(h.wall_time, [100 * a for a in h.val_accuracy], color=color, marker="o",
+                    markersize=2.5, linewidth=1.1, label=name if j == 0 else None)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

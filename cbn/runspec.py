@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _validate as check
 from . import inputs
+from .augment import Augment
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
 
@@ -44,7 +45,8 @@ class RunSpec:
     (``cbn.inputs.resolve``)."""
 
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
-                 seed, normalization, momentum, eval_every, eval_train, optimizer) -> None:
+                 seed, normalization, momentum, eval_every, eval_train, optimizer,
+                 augment=None) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -79,6 +81,12 @@ class RunSpec:
         # The network's own normalization when none is passed (False: X as it is).
         normalization = inputs.resolve(X, normalization, net.normalization, net.input_dim)
         self.normalization = normalization
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment must be a cbn.Augment or None, got {augment!r}")
+        self.augment: Optional[Augment] = augment if augment is not None and augment.active \
+            else None
+        if self.augment is not None:
+            self.augment.shape_for(net.input_dim)
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         self.y = check.labels("y", y, n, net.num_classes)
@@ -132,6 +140,7 @@ class RunSpec:
                 eval_every=self.eval_every, eval_train=self.eval_train,
                 data=_checksum(self.src, self.y, self.val_src, self.y_val, self.shift,
                                self.scale), **({} if optimizer is None else
-                                               dict(optimizer=optimizer))),
+                                               dict(optimizer=optimizer)),
+                **({} if self.augment is None else dict(augment=self.augment.config()))),
                 default=lambda value: value.item()))
         return self._signature

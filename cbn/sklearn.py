@@ -21,6 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _validate as check
+from .augment import Augment
 from .data import Normalization
 from .network import Network
 from .optim import OPTIMIZERS, Optimizer
@@ -72,6 +73,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     dropout : float in [0, 1), default 0.0
         Dropout rate of the hidden activations in training (needs a ``cbn.Network`` with
         ``dropout``).
+    augment : cbn.Augment or None, default None
+        Random flips, translations and jitter of the training images (``cbn.fit``'s
+        ``augment``); rows are images of ``augment.image_shape``, (3, 32, 32) by default for
+        3,072 features. Validation rows and predictions are never augmented.
     alpha : float >= 0, default 0.005
         cbn's L2 strength lambda: the cost is the mean cross-entropy + alpha * sum of squared
         weights, whatever the batch size. scikit-learn's ``MLPClassifier`` adds
@@ -135,7 +140,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
-                 alpha: float = 0.005, batch_size: int = 100,
+                 augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
                  eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
                  standardize: bool = True, early_stopping: bool = False,
@@ -146,6 +151,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.batch_norm = batch_norm
         self.bn_placement = bn_placement
         self.dropout = dropout
+        self.augment = augment
         self.alpha = alpha
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -178,6 +184,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if not _core_accepts(Network, "bn_placement"):
                 raise ValueError("bn_placement='after' and dropout need a cbn.Network that "
                                  "takes them; this one does not")
+        if self.augment is not None and not isinstance(self.augment, Augment):
+            raise TypeError(f"augment must be a cbn.Augment or None, got {self.augment!r}")
         check.real("alpha", self.alpha, low=0.0)
         check.integer("batch_size", self.batch_size, low=1)
         eta_min = check.real("eta_min", self.eta_min, low=0.0)
@@ -255,6 +263,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.network_ = Network(X.shape[1], hidden, len(self.classes_),
                                 batch_norm=bool(self.batch_norm), dtype=np.dtype(self.dtype),
                                 seed=int(rng.randint(2 ** 31)), **extra)
+        if self.augment is not None:
+            self.augment.shape_for(X.shape[1])
         self.normalization_ = Normalization.fit(X) if self.standardize else None
         net = self.network_
         self.optimizer_ = self._new_optimizer()
@@ -277,6 +287,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             update = dict(optimizer=opt)
         else:
             update = dict(momentum=opt.fused_momentum)
+        if self.augment is not None:
+            update["augment"] = self.augment
         history = train(net, self._source(X), y, X_val=X_val if X_val is None
                         else self._source(X_val), y_val=y_val, lam=self.alpha,
                         batch_size=self.batch_size, schedule=_ContinuedLR(self.schedule_, self.t_),

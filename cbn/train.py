@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from . import _validate as check
 from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
                          save_checkpoint)
+from .augment import Augment
 from .divergence import SNAPSHOT_EVERY, DivergenceError, DivergenceGuard
 from .history import History
 from .network import Network
@@ -50,7 +51,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         normalization=None, momentum: float = 0.0, eval_every: Optional[int] = None,
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
-        resume: Union[None, bool, PathLike] = None, optimizer=None) -> History:
+        resume: Union[None, bool, PathLike] = None, optimizer=None,
+        augment: Optional[Augment] = None) -> History:
     """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
 
     Parameters
@@ -96,12 +98,18 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         says what differs. Training continues exactly as if never interrupted, and the
         returned history includes the entries recorded before the interruption.
 
+    augment : a ``cbn.Augment`` (random flips, translations, jitter of each training image,
+        drawn inside the compiled gather), or None. Rows are images of
+        ``augment.image_shape``, (3, 32, 32) by default for 3,072 features. Validation and
+        evaluation never augment.
+
     Ctrl-C (in the main thread) lets the current step finish, writes a checkpoint if
     ``checkpoint`` is set, then raises ``KeyboardInterrupt``; the network keeps the progress
     made. A second Ctrl-C stops at once (the last checkpoint written stays valid).
 
-    Dropout layers of ``net`` draw their masks from (``seed``, step, layer), or from a random
-    key kept in the checkpoint when ``seed`` is None.
+    Dropout layers of ``net`` draw their masks from (``seed``, step, layer), and ``augment``
+    its draws from (``seed``, step, sample), or from a random key kept in the checkpoint when
+    ``seed`` is None.
 
     Raises ``DivergenceError`` if the loss, the parameters, the batch-norm running statistics
     or an evaluation loss become NaN or inf; the network then holds the last good state.
@@ -117,7 +125,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     # Held for the whole run: the network's plans are re-pointed at every step.
     with net._lock if isinstance(net, Network) else contextlib.nullcontext():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
-                       normalization, momentum, eval_every, eval_train, optimizer)
+                       normalization, momentum, eval_every, eval_train, optimizer,
+                       augment)
         if checkpoint is not None:
             checkpoint = _path("checkpoint", checkpoint)
         if checkpoint_every is not None:
@@ -184,9 +193,10 @@ class _Run:
         self.history = History()
         self.batch_loss_sum, self.batch_count = 0.0, 0
         self.elapsed_before = 0.0
-        # Dropout masks: keyed by the run's seed, else by a random key the checkpoint keeps.
+        # Dropout masks and augmentation: keyed by the run's seed, else by a random key the
+        # checkpoint keeps.
         self.dropout_key = 0
-        if net.has_dropout:
+        if self.keyed:
             self.dropout_key = (spec.seed if spec.seed is not None
                                 else np.random.SeedSequence().entropy % 2**64)
 
@@ -196,6 +206,11 @@ class _Run:
         self.guard = DivergenceGuard(net)
         self.interrupted = False
         self.started = time.perf_counter()
+
+    @property
+    def keyed(self) -> bool:
+        """True if the run draws random masks or augmentations from its key."""
+        return self.net.has_dropout or self.spec.augment is not None
 
     # -- history ----------------------------------------------------------------------------
 
@@ -266,7 +281,7 @@ class _Run:
                                                                rng, history)
         self.batch_loss_sum, self.batch_count = ckpt.batch_loss_sum, ckpt.batch_count
         self.elapsed_before = ckpt.elapsed
-        if self.net.has_dropout:
+        if self.keyed:
             self.dropout_key = ckpt.dropout_key
         self.guard.keep_unchecked(self.step)
 
@@ -282,6 +297,8 @@ class _Run:
         first_stats = net.batch_norm and net.bn_init == "first_batch"
         plan.set_velocity(self.velocity)
         plan.set_dropout(self.dropout_key, 0)
+        plan.set_augment(None if spec.augment is None else
+                         spec.augment.plan_args(net.input_dim, self.dropout_key))
         self.started = time.perf_counter() - self.elapsed_before
         bar = tqdm(total=total, initial=self.step,
                    disable=None if progress is None else not progress, unit="step",
@@ -335,6 +352,7 @@ class _Run:
                         if step == total:
                             break
         finally:
+            plan.set_augment(None)  # the cached plan serves later calls too
             bar.update(self.step - bar.n)
             bar.close()
         return self.history

@@ -8,8 +8,9 @@ Each case is one pytest-benchmark group whose rows are the contenders (tests/con
 without torch) and ``gemm`` (only the step's matrix products, numpy.matmul with ``out=``).
 Cases: one training step of the 3-layer BN network at batch 20, 100 and 500, the 9-layer BN
 network and the 3-layer network without BN at batch 100; the 3-layer network with BN after
-ReLU and with dropout at batch 100 (cbn and the GEMM bound only: the other contenders build
-the course's architecture); one epoch over 45,000 images; an
+ReLU, with dropout and with flips and shifts at batch 100, and the wide [1024, 1024] BN network
+at batch 100 and 256 (cbn and the GEMM bound only: the other contenders build the course's
+architecture); one epoch over 45,000 images; an
 evaluation of 10,000 images; each in float32 and float64. Data are synthetic uint8 images
 of CIFAR-10's shape. Every benchmark records the BLAS libraries and thread counts
 (``threadpoolctl``) and torch's thread count in its ``extra_info``.
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from cbn import ConstantLR, Network, fit
+from cbn import Augment, ConstantLR, Network, fit
 from contender_gemm import GemmBound
 from contender_numpy import NumpyNet
 from reference import ReferenceNet
@@ -43,10 +44,16 @@ STEP_CASES = {  # name: (hidden widths, batch norm, batch size)
     "9-layer BN b100": ((50, 30, 20, 20, 10, 10, 10, 10), True, 100),
     "3-layer b100": ((50, 50), False, 100),
 }
-# Architectures beyond the course's, at batch 100: name -> Network options.
+# Architectures beyond the course's: name -> (hidden widths, batch size, Network options;
+# "augment" goes to the training step instead).
 ARCH_CASES = {
-    "3-layer BN after ReLU b100": dict(bn_placement="after"),
-    "3-layer BN dropout 0.2 b100": dict(dropout=0.2),
+    "3-layer BN after ReLU b100": ((50, 50), 100, dict(bn_placement="after")),
+    "3-layer BN dropout 0.2 b100": ((50, 50), 100, dict(dropout=0.2)),
+    "3-layer BN flip+shift b100": ((50, 50), 100, dict(augment=Augment(hflip=True, shift=4))),
+    "[1024, 1024] BN b100": ((1024, 1024), 100, {}),
+    "[1024, 1024] BN b256": ((1024, 1024), 256, {}),
+    "[1024, 1024] BN flip+shift b100": ((1024, 1024), 100,
+                                        dict(augment=Augment(hflip=True, shift=4))),
 }
 DTYPES = ("float32", "float64")
 CONTENDERS = ("cbn", "numpy", "torch", "gemm")
@@ -126,8 +133,10 @@ def net_for(hidden, batch_norm: bool, dtype: str, **options) -> Network:
                    **options)
 
 
-def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[], None]:
-    """One training step per call, on the next batch of a fixed shuffled order."""
+def stepper(contender: str, net: Network, X, y, norm, batch: int,
+            augment=None) -> Callable[[], None]:
+    """One training step per call, on the next batch of a fixed shuffled order (augmented
+    with ``augment`` for cbn; the GEMM bound has no gather to augment)."""
     n_rows = X.shape[0]
     order = np.random.default_rng(1).permutation(n_rows).astype(np.int64)
     starts = list(range(0, n_rows - batch + 1, batch))
@@ -141,6 +150,7 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[]
         plan.set_data(src, y, order, shift, scale)
         plan.set_velocity(None)
         plan.set_dropout(0, 0)
+        plan.set_augment(None if augment is None else augment.plan_args(D, 0))
         dropout = net.has_dropout
 
         def step():
@@ -248,8 +258,11 @@ def test_step(bench, request, step_data, case, dtype, contender):
 def test_step_architecture(bench, request, step_data, case, dtype, contender):
     """One training step of an architecture beyond the course's, against the GEMM bound."""
     bench.group = f"step {case} {dtype}"
-    step = stepper(contender, net_for((50, 50), True, dtype, **ARCH_CASES[case]), *step_data,
-                   100)
+    hidden, batch, options = ARCH_CASES[case]
+    options = dict(options)
+    augment = options.pop("augment", None)
+    step = stepper(contender, net_for(hidden, True, dtype, **options), *step_data, batch,
+                   augment)
     if timing(request):
         for _ in range(3):
             step()

@@ -37,6 +37,7 @@ RUNS = {
     "deep_network": ["--depths", "9", "6"],
     "lambda_search": [],
     "sensitivity": ["--with-1e-5"],
+    "bonus": [],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -386,3 +387,15 @@ def test_published_results_link_only_files_that_exist():
         for link in re.findall(r"\]\(([^)\s#]+)\)", text):
             if "://" not in link:
                 assert (document.parent / link).exists(), f"{document}: {link}"
+
+
+def test_bonus_records_the_best_configuration_and_the_ablation(outputs):
+    _, results, _ = outputs
+    document = load(results, "bonus")
+    for key in ("test_accuracy", "val_accuracy"):
+        assert_accuracy(document[key])
+    assert document["train_seconds"]["mean"] > 0
+    assert document["best"]["config"]["hflip"] is True
+    assert "baseline [50, 50]" in document and "flips" in document
+    assert set(document["meta"]["figures"]) == {"loss.png", "accuracy.png",
+                                                "accuracy_vs_time.png", "ablation.png"}
