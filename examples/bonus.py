@@ -25,8 +25,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import cbn
-from cbn.experiment import (ExampleRecord, RunResult, example_parser, load_data, mean_std,
-                            parse_example_args, summarize)
+from cbn.experiment import RunResult, mean_std, summarize
+from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                        show_progress)
 from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
 from cbn.report import accuracy_table, percent
 
@@ -84,7 +85,7 @@ ABLATION: Dict[str, BonusConfig] = {
 }
 
 
-def train(data, config: BonusConfig, seed: int, *, curves: bool) -> RunResult:
+def train(data, config: BonusConfig, seed: int, *, curves: bool, progress: bool) -> RunResult:
     """Train one network; score it on every split in evaluation mode. ``curves`` also
     records the training set's loss and accuracy at each history point."""
     n_train = len(data.train)
@@ -100,7 +101,7 @@ def train(data, config: BonusConfig, seed: int, *, curves: bool) -> RunResult:
     history = cbn.fit(net, data.train.images, data.train.labels, X_val=data.val.images,
                       y_val=data.val.labels, normalization=data.normalization,
                       lam=config.lam, batch_size=config.batch_size, schedule=schedule,
-                      epochs=config.epochs, seed=seed, progress=True,
+                      epochs=config.epochs, seed=seed, progress=progress,
                       optimizer=cbn.optim.Adam() if config.optimizer == "adam" else None,
                       augment=augment if augment.active else None,
                       eval_every=max(1, total // config.eval_points), eval_train=curves)
@@ -122,11 +123,12 @@ def quick(config: BonusConfig) -> BonusConfig:
 
 
 def run_all(data, configs: Dict[str, BonusConfig], seeds: List[int], record: ExampleRecord,
-            curves: Dict[str, bool]) -> Dict[str, List[RunResult]]:
+            curves: Dict[str, bool], progress: bool) -> Dict[str, List[RunResult]]:
     runs = {}
     for key, config in configs.items():
-        runs[key] = [train(data, config, seed, curves=curves.get(key, False))
-                     for seed in tqdm(seeds, desc=key, unit="run", dynamic_ncols=True)]
+        runs[key] = [train(data, config, seed, curves=curves.get(key, False), progress=progress)
+                     for seed in tqdm(seeds, desc=key, unit="run", dynamic_ncols=True,
+                                      disable=not progress)]
         record.add(key, summarize(runs[key]))
     return runs
 
@@ -143,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         configs = {key: quick(c) for key, c in configs.items()}
     curves = {"best": True, "baseline [50, 50]": True}
-    runs = run_all(data, configs, seeds, record, curves)
+    runs = run_all(data, configs, seeds, record, curves, show_progress(args))
 
     best = runs["best"]
     record.add("test_accuracy", mean_std([r.metrics["test_accuracy"] for r in best]))
