@@ -100,10 +100,8 @@ def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     return H, cache
 
 
-def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                         running_mean: np.ndarray, running_var: np.ndarray,
-                         eps: float = 1e-5) -> np.ndarray:
-    """Batch norm with running statistics, then ReLU (evaluation mode); any n >= 1."""
+def _eval_args(S, gamma, beta, running_mean, running_var, eps):
+    """The checked inputs of an evaluation-mode batch norm, and its scale and shift buffers."""
     S = check.matrix("S", S)
     gamma, beta, eps = _bn_params(S, gamma, beta, eps)
     running_mean = check.vector("running_mean", running_mean, size=S.shape[1])
@@ -113,6 +111,15 @@ def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     dt = _same_dtype(S=S, gamma=gamma, beta=beta, running_mean=running_mean,
                      running_var=running_var)
     scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
+    return S, gamma, beta, running_mean, running_var, eps, scale, shift
+
+
+def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                         running_mean: np.ndarray, running_var: np.ndarray,
+                         eps: float = 1e-5) -> np.ndarray:
+    """Batch norm with running statistics, then ReLU (evaluation mode); any n >= 1."""
+    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
+        S, gamma, beta, running_mean, running_var, eps)
     H = np.empty_like(S)
     _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
     _finite("bn_relu_forward_eval", H, scale, shift)  # an infinite shift gives H = 0
@@ -160,15 +167,8 @@ def bn_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                     running_mean: np.ndarray, running_var: np.ndarray,
                     eps: float = 1e-5) -> np.ndarray:
     """Batch norm with running statistics (evaluation mode, no ReLU); any n >= 1."""
-    S = check.matrix("S", S)
-    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
-    running_mean = check.vector("running_mean", running_mean, size=S.shape[1])
-    running_var = check.vector("running_var", running_var, size=S.shape[1])
-    if (running_var < 0).any():
-        raise ValueError("running_var must be non-negative")
-    dt = _same_dtype(S=S, gamma=gamma, beta=beta, running_mean=running_mean,
-                     running_var=running_var)
-    scale, shift = np.empty(S.shape[1], dt), np.empty(S.shape[1], dt)
+    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
+        S, gamma, beta, running_mean, running_var, eps)
     Z = np.empty_like(S)
     _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, Z)
     _finite("bn_forward_eval", Z, scale, shift)  # an infinite shift can give finite Z

@@ -471,20 +471,3 @@ def test_a_plan_refuses_rows_beyond_its_capacity_or_data():
     for offset, n in [(0, 5), (3, 3), (-1, 2), (0, 0)]:
         with pytest.raises(ValueError, match="do not fit"):
             plan.forward(offset, n, False)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_used_network_pickles_and_deep_copies_with_its_state(dtype):
-    import copy
-    import pickle
-    rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((60, 8)).astype(dtype), rng.integers(0, 3, 60)
-    net = Network(8, [6, 5], 3, seed=0, dtype=dtype, bn_init="zeros_ones")
-    fit(net, X, y, lam=0.01, batch_size=20, schedule=0.05, epochs=2, seed=0, progress=False)
-    for other in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
-        assert other.config() == net.config()
-        for name, value in net.state_dict().items():
-            np.testing.assert_array_equal(other.state_dict()[name], value)
-        np.testing.assert_array_equal(other.predict_proba(X), net.predict_proba(X))
-        other.params["W1"][...] = 0  # independent of the original
-        assert net.params["W1"].any()
