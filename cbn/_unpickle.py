@@ -364,13 +364,13 @@ def _allow() -> None:
 _allow()
 
 
-def load(file: BinaryIO, size: int):
-    """Unpickle plain data and numeric arrays from ``file`` (``size`` bytes from its current
+def read_plain_data(file: BinaryIO, size: int):
+    """Read plain data and numeric arrays from ``file`` (``size`` bytes from its current
     position). Raises ``RefusedPickle`` (``UnsafeGlobal`` for a global outside the allowlist)
     for anything else, and the unpickler's own errors for malformed data."""
     return _Unpickler(file, size).load()
 
 
-def loads(data: bytes):
-    """``load`` from bytes in memory."""
-    return load(io.BytesIO(data), len(data))
+def read_plain_data_from_bytes(data: bytes):
+    """``read_plain_data`` from bytes in memory."""
+    return read_plain_data(io.BytesIO(data), len(data))

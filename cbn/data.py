@@ -35,7 +35,7 @@ from typing import Union
 
 import numpy as np
 
-from . import _unpickle as _safe_pickle
+from . import _unpickle as restricted
 from .checkpoint import read_npz
 from ._validate import short_repr
 
@@ -349,10 +349,10 @@ def _unpickle(path: Path) -> object:
     arrays only, bounded by the file's size); every failure is a DataError naming the file."""
     try:
         with open(path, "rb") as f:
-            return _safe_pickle.load(f, os.fstat(f.fileno()).st_size)
-    except _safe_pickle.UnsafeGlobal as exc:
+            return restricted.read_plain_data(f, os.fstat(f.fileno()).st_size)
+    except restricted.UnsafeGlobal as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
-    except _safe_pickle.RefusedPickle as exc:
+    except restricted.RefusedPickle as exc:
         raise DataError(f"{path}: refused: {exc}") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file is missing") from None

@@ -82,17 +82,24 @@ def _bn_params(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float):
     return gamma, beta, eps
 
 
-def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
-    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
-    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+def _train_args(S, gamma, beta, eps):
+    """The checked inputs of a training-mode batch norm, and its cache (Shat, batch
+    statistics) to fill."""
     S = check.matrix("S", S, min_rows=2)
     gamma, beta, eps = _bn_params(S, gamma, beta, eps)
     dt = _same_dtype(S=S, gamma=gamma, beta=beta)
     m = S.shape[1]
     cache = {"Shat": np.empty_like(S), "mean": np.empty(m, dt), "var": np.empty(m, dt),
              "inv_std": np.empty(m, dt)}
+    return S, gamma, beta, eps, cache
+
+
+def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
+    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
+    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
     H = np.empty_like(S)
     _ops.bn_relu_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"],
                                cache["inv_std"], cache["Shat"], H)
@@ -150,12 +157,7 @@ def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     """Batch norm with the batch's statistics (no ReLU): Z = gamma Shat + beta with
     Shat = (S - mean) / sqrt(var + eps) and var biased. Returns Z and a cache with ``Shat``,
     ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
-    S = check.matrix("S", S, min_rows=2)
-    gamma, beta, eps = _bn_params(S, gamma, beta, eps)
-    dt = _same_dtype(S=S, gamma=gamma, beta=beta)
-    m = S.shape[1]
-    cache = {"Shat": np.empty_like(S), "mean": np.empty(m, dt), "var": np.empty(m, dt),
-             "inv_std": np.empty(m, dt)}
+    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
     Z = np.empty_like(S)
     _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
                           cache["Shat"], Z)

@@ -2,7 +2,7 @@
 
 ``ci`` (the default) is bounded and derandomised, so the suite is quick and every run tries
 the same examples. ``CBN_FUZZ=long`` selects ``long``: fresh random examples, many more of
-them (tests/test_fuzz.py then tries well over 10,000 inputs in all), for a fuzzing session:
+them (tests/test_fuzz.py then tries well over 10,000 inputs in all), for a long fuzzing run:
 
     CBN_FUZZ=long python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 """

@@ -19,7 +19,7 @@ The property, everywhere:
   values passed as a plain C-contiguous array: never silently different.
 
 The hypothesis profile (tests/conftest.py) bounds the examples in CI; CBN_FUZZ=long runs a
-long session. Every file written goes to pytest's tmp folders.
+long fuzzing run. Every file written goes to pytest's tmp folders.
 """
 from __future__ import annotations
 
