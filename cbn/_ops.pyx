@@ -73,6 +73,7 @@ cdef extern from "cblas.h" nogil:
 
     void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
     int scipy_openblas_get_num_threads()
+    void scipy_openblas_set_num_threads(int num_threads)
 
 cdef extern from *:
     void __builtin_prefetch(const void* addr, int rw, int locality) nogil  # gcc and clang
@@ -174,9 +175,35 @@ cdef inline int _threads() noexcept nogil:
     return scipy_openblas_get_num_threads() if _pool else 1
 
 
+cdef inline int _team(int work) noexcept nogil:
+    """Threads for a loop over ``work`` pieces: as many as there are threads, at most one
+    per piece."""
+    cdef int t = _threads()
+    return t if t < work else work
+
+
 def threads():
     """How many threads the gather uses now (OpenBLAS's count; 1 without the pool)."""
     return _threads()
+
+
+cdef int _held_slices = 0  # hold_slices: first-layer slices as for this many threads, or 0
+
+
+def hold_slices(int threads):
+    """Slice the first layer as for ``threads`` threads whatever the thread count (0: as many
+    slices as threads again), so that changing threads changes no result."""
+    global _held_slices
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _held_slices = threads
+
+
+def set_threads(int n):
+    """Set OpenBLAS's thread count (that of the products and of our parallel loops)."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    scipy_openblas_set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------

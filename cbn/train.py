@@ -36,6 +36,7 @@ from .history import History
 from .network import Network
 from .runspec import RunSpec, steps_per_epoch
 from .schedule import ConstantLR, CyclicLR
+from .threads import TeamGovernor
 
 __all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
 
@@ -300,6 +301,7 @@ class _Run:
         plan.set_augment(None if spec.augment is None else
                          spec.augment.plan_args(net.input_dim, self.dropout_key))
         self.started = time.perf_counter() - self.elapsed_before
+        governor = TeamGovernor()
         bar = tqdm(total=total, initial=self.step,
                    disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
@@ -315,6 +317,7 @@ class _Run:
                         rows = min(batch_size, n - start)
                         lr = schedule.lr(self.step)
                         first = first_stats and not net.stats_seen
+                        governor.begin()
                         if fused:
                             loss, _, finite = plan.train_step(start, rows, lr, lam, momentum,
                                                               first, dropout, self.step)
@@ -323,6 +326,7 @@ class _Run:
                                                              self.step)
                             if finite:
                                 optimizer.step(theta, grad, lr)
+                        governor.end(rows == batch_size)
                         if not net.stats_seen and net.batch_norm:
                             net.stats_seen = True
                         loss /= rows
@@ -352,6 +356,7 @@ class _Run:
                         if step == total:
                             break
         finally:
+            governor.close()
             plan.set_augment(None)  # the cached plan serves later calls too
             bar.update(self.step - bar.n)
             bar.close()

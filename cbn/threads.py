@@ -1,0 +1,136 @@
+"""How many threads the training steps get: all of them, or one when a team cannot run.
+
+A team of threads is only as fast as its slowest member: every product waits at its
+barriers for all of them. When another busy process shares the cores, the scheduler parks
+one member for whole time slices and the rest wait, so a two-thread step can take several
+times longer than the same step on one thread. Which is faster depends on the load of the
+moment, so ``TeamGovernor`` measures it: it times the steps, compares short stretches on all
+threads and on one, back to back, and trains on whichever was faster, probing again after
+a stretch that doubles while the choice holds, or at once when the step times shift.
+
+The thread count never changes a result: the first layer's column slices are fixed for the
+whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and columns only.
+``CBN_ADAPTIVE_THREADS=0`` turns the governor off.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from typing import Deque, List, Optional
+
+from . import _ops
+
+# Steps timed on the other side in a comparison (after one untimed step that may pay for
+# waking threads), fewer when it is plainly slower; the choice's side is its last steps.
+PROBE_STEPS = 5
+# Steps between comparisons: from FIRST_STRETCH, doubling while the choice holds, at most
+# LONGEST_STRETCH (then a comparison costs well under 1 % of the run).
+FIRST_STRETCH = 32
+LONGEST_STRETCH = 4096
+# Compare again at once when the recent median step time moves this far from the one the
+# choice was made on (a process started or stopped beside us); stop timing the other side
+# when its steps are this much slower.
+SHIFT = 1.5
+# One thread must be this much faster to be chosen (equal times keep all threads).
+MARGIN = 0.95
+
+
+# One run governs at a time: the thread count is the process's (two networks trained at once
+# in two Python threads keep the count they found).
+_governing = threading.Lock()
+
+
+def enabled() -> bool:
+    """False when ``CBN_ADAPTIVE_THREADS`` is set to 0 (or "off", "false", "no")."""
+    return os.environ.get("CBN_ADAPTIVE_THREADS", "1").strip().lower() not in (
+        "0", "off", "false", "no")
+
+
+class TeamGovernor:
+    """Chooses, stretch by stretch, between ``ceiling`` threads and one for the training
+    steps of one run. Call ``begin()`` before each step and ``end(full)`` after it (``full``:
+    a full-size batch, the only ones timed); ``close()`` restores the thread count."""
+
+    def __init__(self, ceiling: Optional[int] = None) -> None:
+        self.ceiling = _ops.threads() if ceiling is None else ceiling
+        self.active = (self.ceiling > 1 and _ops.OPENMP and enabled()
+                       and _governing.acquire(blocking=False))
+        if self.active:
+            _ops.hold_slices(self.ceiling)
+        self.threads = self.ceiling
+        self.choice = self.ceiling              # what the last comparison chose
+        self.reference: Optional[float] = None  # the choice's median step time then
+        self.stretch = FIRST_STRETCH
+        self.until_probe = PROBE_STEPS + 1      # the first comparison, once the choice is timed
+        self.probing = 0                        # steps of the comparison taken so far
+        self.probe_times: List[float] = []
+        self.recent: Deque[float] = deque(maxlen=PROBE_STEPS)  # the choice's last step times
+        self.switches = 0
+        self._started = 0.0
+
+    def _set(self, threads: int) -> None:
+        if threads != self.threads:
+            _ops.set_threads(threads)
+            self.threads = threads
+
+    def begin(self) -> None:
+        """Before a step: set its thread count."""
+        if not self.active:
+            return
+        if not self.probing and self.until_probe <= 0 and len(self.recent) == PROBE_STEPS:
+            self.probing, self.probe_times = 1, []
+        self._set((1 if self.choice == self.ceiling else self.ceiling) if self.probing
+                  else self.choice)
+        self._started = time.perf_counter()
+
+    def end(self, full: bool = True) -> None:
+        """After a step: time it (``full``: a full-size batch, comparable with the others)."""
+        if not self.active:
+            return
+        seconds = time.perf_counter() - self._started
+        if self.probing:
+            if full and self.probing > 1:  # the first step on the other side is not timed
+                self.probe_times.append(seconds)
+            self.probing += 1
+            mine = statistics.median(self.recent)
+            timed = len(self.probe_times)
+            plainly_slower = timed >= 2 and statistics.median(self.probe_times) > SHIFT * mine
+            if timed == PROBE_STEPS or plainly_slower or self.probing > 2 * PROBE_STEPS:
+                self._decide(mine)
+            return
+        self.until_probe -= 1
+        if full:
+            self.recent.append(seconds)
+            if (self.reference and len(self.recent) == PROBE_STEPS and self.until_probe > 0
+                    and not self.reference / SHIFT < statistics.median(self.recent)
+                    < self.reference * SHIFT):
+                self.until_probe = 0  # the load changed: compare again now
+
+    def _decide(self, mine: float) -> None:
+        self.probing = 0
+        if not self.probe_times:  # no full batch on the other side: keep the choice
+            self.until_probe = self.stretch
+            return
+        other = statistics.median(self.probe_times)
+        one, many = (other, mine) if self.choice == self.ceiling else (mine, other)
+        choice = 1 if one < MARGIN * many else self.ceiling
+        if choice == self.choice:
+            self.stretch = min(2 * self.stretch, LONGEST_STRETCH)
+            self.reference = mine
+        else:
+            self.stretch = FIRST_STRETCH
+            self.switches += 1
+            self.choice, self.reference = choice, other
+            self.recent.clear()
+        self.until_probe = self.stretch
+
+    def close(self) -> None:
+        """Give the thread count back as it was before the run."""
+        if self.active:
+            self._set(self.ceiling)
+            _ops.hold_slices(0)
+            self.active = False
+            _governing.release()
