@@ -1,0 +1,115 @@
+# Threads: one OpenMP pool for OpenBLAS's parallel jobs and for our own parallel loops
+# (why: the module docstring of _ops.pyx). Included by _ops.pyx after _blas.pxi.
+
+cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
+                         size_t jobdata_elsize, void* jobdata, int dojob_data) noexcept nogil:
+    """OpenBLAS hands its parallel work here instead of to its own pthreads pool. Its jobs
+    may wait for each other, so they must run at once, one per thread: every product goes
+    through ``_check_pool``, which makes sure OpenMP will give the whole team first. Job i
+    runs on thread i, which the sliced first layer counts on (see ``_slice_products``), and
+    one batch runs at a time (``cbn_jobs_enter``)."""
+    cdef int i
+    cbn_jobs_enter()
+    for i in prange(numjobs, num_threads=numjobs, schedule="static"):
+        dojob(threadid(), <char*>jobdata + i * jobdata_elsize, dojob_data)
+    cbn_jobs_leave()
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CBN_OPENMP 1
+    /* One batch of OpenBLAS jobs at a time in the whole process. OpenBLAS 0.3.34's
+       callback path is not safe for two batches at once: two networks trained in two
+       Python threads, whose products (first-layer slices, or wide layers) went through here
+       together, drifted from the same runs made one after the other, or blew up to NaN
+       (tests/test_reliability.py). Each batch uses every thread anyway. */
+    static omp_lock_t cbn_jobs_lock;
+    static void cbn_jobs_init(void) { omp_init_lock(&cbn_jobs_lock); }
+    static void cbn_jobs_enter(void) { omp_set_lock(&cbn_jobs_lock); }
+    static void cbn_jobs_leave(void) { omp_unset_lock(&cbn_jobs_lock); }
+    /* 1 if a parallel region asking for n threads might get fewer: dynamic team sizes
+       (OMP_DYNAMIC), a thread limit below n (OMP_THREAD_LIMIT), or a call from inside an
+       active region (nested regions get one thread). */
+    static int cbn_team_may_fall_short(int n) {
+        return omp_get_dynamic() || omp_in_parallel() || omp_get_thread_limit() < n;
+    }
+    #else
+    #define CBN_OPENMP 0
+    static int cbn_team_may_fall_short(int n) { return 1; }
+    static void cbn_jobs_enter(void) {}
+    static void cbn_jobs_leave(void) {}
+    static void cbn_jobs_init(void) {}
+    #endif
+    """
+    int CBN_OPENMP
+    int cbn_team_may_fall_short(int n) nogil
+    void cbn_jobs_enter() nogil
+    void cbn_jobs_leave() nogil
+    void cbn_jobs_init() nogil
+
+OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
+cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
+
+
+cdef void _leave_pool() noexcept nogil:
+    """For good: OpenBLAS back on its own threads, one thread for our loops."""
+    global _pool
+    _pool = False
+    scipy_openblas_set_threads_callback_function(NULL)
+
+
+cdef inline void _check_pool() noexcept nogil:
+    """Leave the pool before a GEMM whose jobs OpenMP might not all run at once: a short
+    team would leave OpenBLAS's jobs waiting for each other forever."""
+    if _pool and cbn_team_may_fall_short(scipy_openblas_get_num_threads()):
+        _leave_pool()
+
+
+def _leave_pool_after_fork():
+    """In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
+    parallel region would wait for it forever."""
+    _leave_pool()
+
+
+if OPENMP:
+    cbn_jobs_init()
+    scipy_openblas_set_threads_callback_function(_run_blas_jobs)
+    os.register_at_fork(after_in_child=_leave_pool_after_fork)
+
+
+cdef inline int _threads() noexcept nogil:
+    """Threads for our parallel loops: OpenBLAS's count, which threadpoolctl controls."""
+    return scipy_openblas_get_num_threads() if _pool else 1
+
+
+cdef inline int _team(int work) noexcept nogil:
+    """Threads for a loop over ``work`` pieces: as many as there are threads, at most one
+    per piece."""
+    cdef int t = _threads()
+    return t if t < work else work
+
+
+def threads():
+    """How many threads the gather uses now (OpenBLAS's count; 1 without the pool)."""
+    return _threads()
+
+
+def set_threads(int n):
+    """Set OpenBLAS's thread count (that of the products and of our parallel loops)."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    scipy_openblas_set_num_threads(n)
+
+
+cdef int _held_slices = 0  # hold_slices: first-layer slices as for this many threads, or 0
+
+
+def hold_slices(int threads):
+    """Slice the first layer as for ``threads`` threads whatever the thread count (0: as many
+    slices as threads again), so that changing threads changes no result (cbn.threads)."""
+    global _held_slices
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _held_slices = threads
