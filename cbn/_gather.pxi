@@ -79,13 +79,15 @@ cdef void _gather_augmented_row(const source_t* row, int j0, int j1, const Augme
             o[j] += <floating>(aug.noise * _normal(lo, hi, <uint32_t>j))
 
 
-cdef void _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j1,
-                        const source_t* src, const int64_t* idx, const floating* shift,
-                        const floating* scale, const AugmentSpec* aug,
-                        floating* out) noexcept nogil:
+cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j1,
+                       const source_t* src, const int64_t* idx, const floating* shift,
+                       const floating* scale, const AugmentSpec* aug,
+                       floating* out) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - shift[j]) scale[j] for rows i0 <= i < i1 (of n) and
-    columns j0 <= j < j1 (of d), on the calling thread; augmented per row i if ``aug``."""
+    columns j0 <= j < j1 (of d), on the calling thread; augmented per row i if ``aug``.
+    Returns 1 if a value written is NaN or infinite, else 0."""
     cdef Py_ssize_t i, j
+    cdef int bad = 0
     cdef Py_ssize_t span = <Py_ssize_t>(j1 - j0) * sizeof(source_t)
     cdef const source_t* row
     cdef const char* ahead
@@ -103,31 +105,38 @@ cdef void _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int 
         if aug != NULL:
             _gather_augmented_row(row, j0, j1, aug, _augment_key(aug.seed, aug.step, i),
                                   shift, scale, o)
-            continue
-        for j in range(j0, j1):
-            o[j] = (<floating>row[j] - shift[j]) * scale[j]
+        else:
+            for j in range(j0, j1):
+                o[j] = (<floating>row[j] - shift[j]) * scale[j]
+        # Inputs are checked here, as they are read, rather than by a pass over the whole
+        # data set before training: the row is still in L1, the pass over it is nearly free.
+        bad |= _not_finite(j1 - j0, o + j0)
+    return bad
 
 
-cdef void _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
-                  const int64_t* idx, const floating* shift, const floating* scale,
-                  const AugmentSpec* aug, floating* out) noexcept nogil:
+cdef int _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
+                 const int64_t* idx, const floating* shift, const floating* scale,
+                 const AugmentSpec* aug, floating* out) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - shift[j]) scale[j] for columns j0..j1-1: mini-batch rows
     straight from the stored images (uint8 or float), standardised on the fly, augmented if
     ``aug`` is not NULL; rows split over the threads if ``parallel``, else all on the
-    calling thread."""
+    calling thread. Returns 1 if a value written is NaN or infinite (a non-finite input,
+    or one that overflows once standardised), else 0."""
     cdef Py_ssize_t i
+    cdef int bad = 0
     if not parallel:
-        _gather_block(0, n, n, d, j0, j1, src, idx, shift, scale, aug, out)
-        return
+        return _gather_block(0, n, n, d, j0, j1, src, idx, shift, scale, aug, out)
     for i in prange(n, num_threads=_threads(), schedule="static"):
-        _gather_block(i, i + 1, n, d, j0, j1, src, idx, shift, scale, aug, out)
+        bad |= _gather_block(i, i + 1, n, d, j0, j1, src, idx, shift, scale, aug, out)
+    return bad
 
 
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
                 const floating[::1] shift, const floating[::1] scale, floating[:, ::1] out,
                 object augment=None, int j0=0, j1=None):
     """augment: None, or (flip, shift, noise, C, H, W, seed, step), checked by the caller.
-    Columns j0..j1-1 only (default: all), on one thread when that is not all of them."""
+    Columns j0..j1-1 only (default: all), on one thread when that is not all of them.
+    Returns False if a value written is NaN or infinite."""
     cdef AugmentSpec spec
     cdef AugmentSpec* aug = NULL
     cdef int end = src.shape[1] if j1 is None else j1
@@ -139,6 +148,8 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
         if spec.C * spec.H * spec.W != src.shape[1] or spec.shift < 0:
             raise ValueError(f"augment {augment} does not fit rows of {src.shape[1]} values")
         aug = &spec
+    cdef int bad
     with nogil:
-        _gather(idx.shape[0], src.shape[1], j0, end, j0 == 0 and end == src.shape[1],
-                &src[0, 0], &idx[0], &shift[0], &scale[0], aug, &out[0, 0])
+        bad = _gather(idx.shape[0], src.shape[1], j0, end, j0 == 0 and end == src.shape[1],
+                      &src[0, 0], &idx[0], &shift[0], &scale[0], aug, &out[0, 0])
+    return not bad

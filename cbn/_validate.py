@@ -179,6 +179,18 @@ def short_repr(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def non_finite_input(name: str, src: np.ndarray, rows: np.ndarray, where: str = "") -> ValueError:
+    """The error for a gathered batch (``rows`` of ``src``) that held a NaN or infinite value:
+    float inputs are checked as the kernels read them, not by a pass before (see
+    ``_gather.pxi``). Names the first such row, or says the value overflowed once
+    standardised."""
+    for r in rows:
+        if not np.isfinite(src[r]).all():
+            return ValueError(f"{name} contains NaN or infinite values (row {int(r)}){where}")
+    return ValueError(f"{name} overflows once standardised (a row of {name}[{int(rows[0])}:]"
+                      f"){where}: normalization.std too small for the network's dtype")
+
+
 def finite_result(what: str, values: np.ndarray) -> None:
     """Refuse to return NaN or inf: finite inputs can still overflow (values too large for
     the dtype), and parameters written by hand may hold NaN. The kernels also turn a

@@ -355,13 +355,16 @@ class Network:
 
     # -- computation ------------------------------------------------------------------------
 
-    def prepare_input(self, X, normalization=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def prepare_input(self, X, normalization=None,
+                      name: str = "X") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validate input rows (float, or uint8 with a ``normalization`` that has per-feature
         ``mean`` and ``std``); return (source, shift, scale) for the plan's gather kernel."""
+        # NaN and inf are refused as the kernels gather the rows (check.non_finite_input), not
+        # by a pass over all of X first, which cost as much as an epoch's reads of it.
         if normalization is None:
-            X = check.matrix("X", X, cols=self.input_dim)
+            X = check.matrix(name, X, cols=self.input_dim, finite=False)
             return X, self._identity_shift, self._identity_scale
-        X = check.matrix("X", X, cols=self.input_dim, dtypes=check.SOURCE_DTYPES)
+        X = check.matrix(name, X, cols=self.input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
         mean, std = (check.real_array(f"normalization.{name}", getattr(normalization, name, None))
                      for name in ("mean", "std"))
         mean = check.vector("normalization.mean", mean, size=self.input_dim)
@@ -378,8 +381,8 @@ class Network:
         return X, shift, scale
 
     def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
-                  training: bool = False, dropout_seed: Optional[int] = None
-                  ) -> Tuple[float, int]:
+                  training: bool = False, dropout_seed: Optional[int] = None,
+                  name: str = "X") -> Tuple[float, int]:
         """Forward src in blocks (evaluation mode unless ``training``); sum of losses and
         number correct (both 0 without labels); fills ``probs`` when given. In training mode
         a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0)."""
@@ -402,6 +405,8 @@ class Network:
             stop = min(start + cap, n)
             out = None if probs is None else probs[start:stop]
             l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+            if not plan.input_finite:
+                raise check.non_finite_input(name, src, self._rows[start:stop])
             loss += l
             correct += c
         return loss, correct
@@ -487,6 +492,8 @@ class Network:
         if dropout:
             plan.set_dropout(dropout_seed, 0)
         loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout)
+        if not plan.input_finite:
+            raise check.non_finite_input("X", src, np.arange(n))
         plan.backward(n, lam)
         cost = loss / n + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))

@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import _ops
 from . import _validate as check
 from . import inputs
 from .augment import Augment
@@ -97,7 +98,10 @@ class RunSpec:
             raise ValueError("give both X_val and y_val, or neither")
         self.val_src = self.y_val = None
         if X_val is not None:
-            self.val_src, _, _ = net.prepare_input(X_val, normalization)
+            self.val_src, _, _ = net.prepare_input(X_val, normalization, name="X_val")
+            # Checked now rather than at the first evaluation, an epoch later.
+            if self.val_src.dtype.kind == "f" and not _ops.all_finite(self.val_src.reshape(-1)):
+                raise check.non_finite_input("X_val", self.val_src, range(len(self.val_src)))
             self.y_val = check.labels("y_val", y_val, self.val_src.shape[0], net.num_classes)
         self.eval_every = (None if eval_every is None
                            else check.integer("eval_every", eval_every, low=1))

@@ -15,11 +15,9 @@ whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and co
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
-from collections import deque
-from typing import Deque, List, Optional
+from typing import Optional
 
 from . import _ops
 
@@ -49,6 +47,40 @@ def enabled() -> bool:
         "0", "off", "false", "no")
 
 
+class _Times:
+    """The last ``size`` step times and their median, in preallocated lists: the governor
+    runs inside the training loop, which allocates nothing per step."""
+
+    def __init__(self, size: int) -> None:
+        self.values = [0.0] * size
+        self.scratch = [0.0] * size
+        self.count = 0  # values held, at most size
+        self.next = 0   # where the next one goes
+
+    def add(self, seconds: float) -> None:
+        self.values[self.next] = seconds
+        self.next = (self.next + 1) % len(self.values)
+        self.count = min(self.count + 1, len(self.values))
+
+    def clear(self) -> None:
+        self.count = self.next = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count == len(self.values)
+
+    def median(self) -> float:
+        """The median (the upper one of an even count); an insertion sort of a few values."""
+        s, n = self.scratch, self.count
+        for k in range(n):
+            v, j = self.values[k], k
+            while j and s[j - 1] > v:
+                s[j] = s[j - 1]
+                j -= 1
+            s[j] = v
+        return s[n // 2]
+
+
 class TeamGovernor:
     """Chooses, stretch by stretch, between ``ceiling`` threads and one for the training
     steps of one run. Call ``begin()`` before each step and ``end(full)`` after it (``full``:
@@ -62,12 +94,12 @@ class TeamGovernor:
             _ops.hold_slices(self.ceiling)
         self.threads = self.ceiling
         self.choice = self.ceiling              # what the last comparison chose
-        self.reference: Optional[float] = None  # the choice's median step time then
+        self.reference = 0.0                    # the choice's median step time then (0: none)
         self.stretch = FIRST_STRETCH
-        self.until_probe = PROBE_STEPS + 1      # the first comparison, once the choice is timed
+        self.until_probe = 0                    # steps before the next comparison
         self.probing = 0                        # steps of the comparison taken so far
-        self.probe_times: List[float] = []
-        self.recent: Deque[float] = deque(maxlen=PROBE_STEPS)  # the choice's last step times
+        self.other = _Times(PROBE_STEPS)        # the other side's times in this comparison
+        self.recent = _Times(PROBE_STEPS)       # the choice's last step times
         self.switches = 0
         self._started = 0.0
 
@@ -80,8 +112,9 @@ class TeamGovernor:
         """Before a step: set its thread count."""
         if not self.active:
             return
-        if not self.probing and self.until_probe <= 0 and len(self.recent) == PROBE_STEPS:
-            self.probing, self.probe_times = 1, []
+        if not self.probing and self.until_probe <= 0 and self.recent.full:
+            self.probing = 1
+            self.other.clear()
         self._set((1 if self.choice == self.ceiling else self.ceiling) if self.probing
                   else self.choice)
         self._started = time.perf_counter()
@@ -93,28 +126,27 @@ class TeamGovernor:
         seconds = time.perf_counter() - self._started
         if self.probing:
             if full and self.probing > 1:  # the first step on the other side is not timed
-                self.probe_times.append(seconds)
+                self.other.add(seconds)
             self.probing += 1
-            mine = statistics.median(self.recent)
-            timed = len(self.probe_times)
-            plainly_slower = timed >= 2 and statistics.median(self.probe_times) > SHIFT * mine
-            if timed == PROBE_STEPS or plainly_slower or self.probing > 2 * PROBE_STEPS:
+            mine = self.recent.median()
+            plainly_slower = self.other.count >= 2 and self.other.median() > SHIFT * mine
+            if self.other.full or plainly_slower or self.probing > 2 * PROBE_STEPS:
                 self._decide(mine)
             return
         self.until_probe -= 1
         if full:
-            self.recent.append(seconds)
-            if (self.reference and len(self.recent) == PROBE_STEPS and self.until_probe > 0
-                    and not self.reference / SHIFT < statistics.median(self.recent)
-                    < self.reference * SHIFT):
-                self.until_probe = 0  # the load changed: compare again now
+            self.recent.add(seconds)
+            if self.reference and self.recent.full and self.until_probe > 0:
+                now = self.recent.median()
+                if not self.reference / SHIFT < now < self.reference * SHIFT:
+                    self.until_probe = 0  # the load changed: compare again now
 
     def _decide(self, mine: float) -> None:
         self.probing = 0
-        if not self.probe_times:  # no full batch on the other side: keep the choice
-            self.until_probe = self.stretch
+        self.until_probe = self.stretch
+        if not self.other.count:  # no full batch on the other side: keep the choice
             return
-        other = statistics.median(self.probe_times)
+        other = self.other.median()
         one, many = (other, mine) if self.choice == self.ceiling else (mine, other)
         choice = 1 if one < MARGIN * many else self.ceiling
         if choice == self.choice:

@@ -232,8 +232,8 @@ class _Run:
                               else (spec.val_src, spec.y_val))):
             if data is None:
                 continue
-            total_loss, correct = net.evaluate_prepared(data[0], data[1], spec.shift,
-                                                        spec.scale)
+            total_loss, correct = net.evaluate_prepared(
+                data[0], data[1], spec.shift, spec.scale, name="X" if prefix == "train" else "X_val")
             m = data[0].shape[0]
             if not math.isfinite(total_loss / m + penalty):
                 self.guard.diverge(step - 1, lr, loss, f"the {prefix} evaluation loss", history)
@@ -327,6 +327,11 @@ class _Run:
                             if finite:
                                 optimizer.step(theta, grad, lr)
                         governor.end(rows == batch_size)
+                        if not plan.input_finite:  # this step changed nothing
+                            raise check.non_finite_input(
+                                "X", spec.src, self.order[start:start + rows],
+                                f"; training stopped at step {self.step}, the network keeps "
+                                "the steps before")
                         if not net.stats_seen and net.batch_norm:
                             net.stats_seen = True
                         loss /= rows

@@ -461,3 +461,59 @@ def test_resident_memory_stays_flat_over_10000_training_steps(tmp_path, checkpoi
     growth = psutil.Process().memory_info().rss - before
     assert history.step[-1] == 10_000
     assert growth < MiB, f"resident memory grew by {growth / MiB:.2f} MiB"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [10, 300])  # 300 inputs: the first layer in column slices
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_input_row_stops_training_by_name_before_it_changes_anything(dtype, d, bad):
+    """Float inputs are checked as the step gathers them: the step that reads the bad row
+    raises, naming it, before it changes a parameter or a running statistic."""
+    X, y = blobs(n=40, d=d, dtype=dtype)
+    X[17, d // 2] = bad
+    net = Network(d, [8], 3, seed=0, dtype=dtype)
+    start = net.state_dict()
+    with threadpool_limits(2, user_api="blas"):
+        # One batch of all 40 rows: the first step reads row 17.
+        with pytest.raises(ValueError, match=r"X contains NaN or infinite values \(row 17\); "
+                                             "training stopped at step 0"):
+            fit(net, X, y, lam=0.0, batch_size=40, epochs=3, seed=3, progress=False,
+                schedule=ConstantLR(0.1))
+        for name, value in net.state_dict().items():
+            np.testing.assert_array_equal(value, start[name], err_msg=name)
+        # Later in a run: the steps before it are kept, and every value is finite.
+        X, y = blobs(n=200, d=d, dtype=dtype)
+        X[150, 0] = bad  # not in the first batches of seed 3
+        with pytest.raises(ValueError, match="contains NaN or infinite values"):
+            fit(net, X, y, lam=0.0, batch_size=20, epochs=1, seed=3, progress=False,
+                schedule=ConstantLR(0.1))
+    assert not all(np.array_equal(value, start[name]) for name, value in net.params.items())
+    assert _ops.all_finite(net.flat_params)
+    for value in net.running_stats.values():
+        assert _ops.all_finite(value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [10, 300])
+def test_predictions_and_evaluation_name_a_non_finite_row(dtype, d):
+    X, y = blobs(n=600, d=d, dtype=dtype)
+    net = Network(d, [8], 3, seed=0, dtype=dtype)
+    fit(net, X, y, lam=0.0, batch_size=20, epochs=1, seed=0, progress=False,
+        schedule=ConstantLR(0.01))
+    X[450, 3] = -np.inf
+    for call in (lambda: net.predict_proba(X), lambda: net.evaluate(X, y),
+                 lambda: net.cost_and_grads(X[440:460], y[440:460])):
+        with pytest.raises(ValueError, match=r"contains NaN or infinite values \(row 10|450\)"):
+            call()
+
+
+def test_a_non_finite_validation_row_is_refused_before_training():
+    X, y = blobs(n=100, d=10)
+    X_val = X[:30].copy()
+    X_val[12, 0] = np.nan
+    net = Network(10, [8], 3, seed=0)
+    start = net.flat_params.copy()
+    with pytest.raises(ValueError, match=r"X_val contains NaN or infinite values \(row 12\)"):
+        fit(net, X, y, X_val=X_val, y_val=y[:30], lam=0.0, batch_size=20, epochs=1,
+            schedule=ConstantLR(0.1), progress=False)
+    np.testing.assert_array_equal(net.flat_params, start)
