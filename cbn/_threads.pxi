@@ -113,3 +113,9 @@ def hold_slices(int threads):
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
     _held_slices = threads
+
+
+def slice_threads():
+    """The thread count the first layer's slices are made for now: the held one, if any,
+    else the current one."""
+    return _held_slices if _held_slices else _threads()

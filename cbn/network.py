@@ -33,6 +33,7 @@ from . import _ops
 from . import _validate as check
 from . import inputs, serialization
 from .live import LiveArrays
+from .threads import GOVERNED_FROM, TeamGovernor
 from .workspace import EVAL_BLOCK, Workspace
 
 INIT_NAMES = ("he", "xavier")
@@ -401,14 +402,21 @@ class Network:
         if dropout:
             plan.set_dropout(dropout_seed, 0)
         loss, correct = 0.0, 0
-        for start in range(0, n, cap):
-            stop = min(start + cap, n)
-            out = None if probs is None else probs[start:stop]
-            l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
-            if not plan.input_finite:
-                raise check.non_finite_input(name, src, self._rows[start:stop])
-            loss += l
-            correct += c
+        # Many blocks: their thread count is chosen as a training run's steps' is.
+        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap)
+        try:
+            for start in range(0, n, cap):
+                stop = min(start + cap, n)
+                out = None if probs is None else probs[start:stop]
+                governor.begin()
+                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+                governor.end(stop - start == cap)
+                if not plan.input_finite:
+                    raise check.non_finite_input(name, src, self._rows[start:stop])
+                loss += l
+                correct += c
+        finally:
+            governor.close()
         return loss, correct
 
     @_exclusive

@@ -36,9 +36,18 @@ SHIFT = 1.5
 MARGIN = 0.95
 
 
+# Evaluations of at least this many blocks are governed too (fewer: too few to compare).
+GOVERNED_FROM = 16
+
 # One run governs at a time: the thread count is the process's (two networks trained at once
 # in two Python threads keep the count they found).
 _governing = threading.Lock()
+
+
+# The last choice made in this process and when (time.monotonic()): a run that starts soon
+# after starts from it, without first timing the other side.
+REMEMBER_SECONDS = 5.0
+_last_choice = {"threads": 0, "at": -1e9}
 
 
 def enabled() -> bool:
@@ -83,12 +92,12 @@ class _Times:
 
 class TeamGovernor:
     """Chooses, stretch by stretch, between ``ceiling`` threads and one for the training
-    steps of one run. Call ``begin()`` before each step and ``end(full)`` after it (``full``:
+    steps of one run (or the blocks of one evaluation); off unless ``active``. Call ``begin()`` before each step and ``end(full)`` after it (``full``:
     a full-size batch, the only ones timed); ``close()`` restores the thread count."""
 
-    def __init__(self, ceiling: Optional[int] = None) -> None:
+    def __init__(self, ceiling: Optional[int] = None, active: bool = True) -> None:
         self.ceiling = _ops.threads() if ceiling is None else ceiling
-        self.active = (self.ceiling > 1 and _ops.OPENMP and enabled()
+        self.active = (active and self.ceiling > 1 and _ops.OPENMP and enabled()
                        and _governing.acquire(blocking=False))
         if self.active:
             _ops.hold_slices(self.ceiling)
@@ -97,6 +106,9 @@ class TeamGovernor:
         self.reference = 0.0                    # the choice's median step time then (0: none)
         self.stretch = FIRST_STRETCH
         self.until_probe = 0                    # steps before the next comparison
+        if (_last_choice["threads"] in (1, self.ceiling)
+                and time.monotonic() - _last_choice["at"] < REMEMBER_SECONDS):
+            self.choice, self.until_probe = _last_choice["threads"], FIRST_STRETCH
         self.probing = 0                        # steps of the comparison taken so far
         self.other = _Times(PROBE_STEPS)        # the other side's times in this comparison
         self.recent = _Times(PROBE_STEPS)       # the choice's last step times
@@ -162,6 +174,7 @@ class TeamGovernor:
     def close(self) -> None:
         """Give the thread count back as it was before the run."""
         if self.active:
+            _last_choice.update(threads=self.choice, at=time.monotonic())
             self._set(self.ceiling)
             _ops.hold_slices(0)
             self.active = False

@@ -91,7 +91,7 @@ class Workspace:
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
         # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
         # many threads as there are now, up to MAX_SLICES.
-        slices = min(_ops.threads(), _ops.MAX_SLICES)
+        slices = min(_ops.slice_threads(), _ops.MAX_SLICES)
         partials = (buffer(slices, cap, dims[1])
                     if slices > 1 and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
         plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,
