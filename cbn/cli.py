@@ -20,7 +20,8 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .data import CIFAR10, DataError
-from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, json_ready, run
+from ._files import json_ready
+from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, run
 from .network import Network
 from .record import data_description, open_data
 from .report import REPORT_DESCRIPTION, add_report_arguments, write_report

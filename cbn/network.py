@@ -23,7 +23,6 @@ Batch-norm conventions (and their PyTorch equivalents):
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -32,6 +31,7 @@ import numpy as np
 from . import _ops
 from . import _validate as check
 from . import inputs, serialization
+from ._files import PathLike
 from .live import LiveArrays
 from .workspace import EVAL_BLOCK, Workspace
 
@@ -314,7 +314,7 @@ class Network:
                 *(np.asarray(state[k]) for k in serialization.INPUT_MEMBERS))
 
     @_exclusive
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: PathLike) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file
         (no pickle), atomically: a crash mid-write leaves any previous file intact. A SHA-256
         ``checksum`` of the content goes with it, so ``load`` refuses a damaged file."""
@@ -327,7 +327,7 @@ class Network:
         return serialization.to_arrays(self)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Network":
+    def load(cls, path: PathLike) -> "Network":
         """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). A truncated,
         corrupt or doctored file, or one whose content does not match its checksum, raises
         ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a

@@ -3,10 +3,12 @@ JSON, its state as arrays, a checksum on disk; no pickle."""
 from __future__ import annotations
 
 import json
-import os
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
+
+from ._files import PathLike, atomic_savez
+from .npz import with_checksum
 
 if TYPE_CHECKING:
     from .network import Network
@@ -23,13 +25,12 @@ def to_arrays(net: "Network") -> Dict[str, np.ndarray]:
                 format_version=np.array(FORMAT_VERSION), **net.state_dict())
 
 
-def save(net: "Network", path: Union[str, os.PathLike]) -> None:
+def save(net: "Network", path: PathLike) -> None:
     """``to_arrays(net)`` with its checksum, written atomically to ``path``."""
-    from .checkpoint import atomic_savez, with_checksum
     atomic_savez(path, **with_checksum(to_arrays(net)))
 
 
-def load(cls: Type["Network"], path: Union[str, os.PathLike]) -> "Network":
+def load(cls: Type["Network"], path: PathLike) -> "Network":
     """The network in ``path``, read by ``cbn.checkpoint.load_network``: every member's size
     checked before any array is read, its checksum verified (files without one load as they
     are), anything wrong a ``CheckpointError`` naming the file."""
