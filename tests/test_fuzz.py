@@ -1035,10 +1035,6 @@ def test_cifar10_methods(split, dtype):
     if features[0] == "ok":
         finite(features[1])
         assert features[1].shape == SAMPLE.split(split).images.shape
-    mean = outcome(lambda: SAMPLE.channel_mean(split))
-    assert (mean[0] == "ok") == valid_split
-    if mean[0] == "ok":
-        assert mean[1].shape == (3,) and ((0 <= mean[1]) & (mean[1] <= 1)).all()
 
 
 @SLOW
