@@ -7,7 +7,7 @@ to the architecture means one ``OpSpec`` constructor in ``cbn/_ops.pyx`` and one
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -27,11 +27,13 @@ PLAN_CACHE_BYTES = 64 * 2**20
 
 
 class CachedPlan(NamedTuple):
-    """A plan, the layer specs behind it and the bytes of its workspace."""
+    """A plan, the layer specs behind it, the bytes of its workspace and the number of column
+    slices its first layer runs in (1: not sliced)."""
     capacity: int
     plan: "_ops.Plan"
     layers: List["_ops.LayerSpec"]
     nbytes: int
+    slices: int
 
 
 class Workspace:
@@ -41,6 +43,7 @@ class Workspace:
         self._net = net
         self.plans: Dict[int, CachedPlan] = {}
         self._last: List["_ops.LayerSpec"] = []   # the layers of the plan returned last
+        self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
 
     def plan(self, rows: int) -> "_ops.Plan":
         """A compiled plan with workspace for at least ``rows`` rows: the smallest one cached,
@@ -53,14 +56,47 @@ class Workspace:
             self.plans[cached.capacity] = cached  # most recently used last
             self._last = cached.layers
             return cached.plan
-        plan, layers, size = self._build(rows)
-        self._last = layers
-        if size > PLAN_CACHE_BYTES:
-            return plan
-        self.plans[rows] = CachedPlan(rows, plan, layers, size)
+        built = self._build(rows)
+        self._last = built.layers
+        if built.nbytes > PLAN_CACHE_BYTES:
+            return built.plan
+        self.plans[rows] = built
         while sum(cached.nbytes for cached in self.plans.values()) > PLAN_CACHE_BYTES:
             del self.plans[next(iter(self.plans))]
-        return plan
+        return built.plan
+
+    def forward_blocks(self, src: np.ndarray, y: Optional[np.ndarray], shift: np.ndarray,
+                       scale: np.ndarray, probs: Optional[np.ndarray] = None,
+                       training: bool = False, dropout_seed: Optional[int] = None
+                       ) -> Tuple[float, int]:
+        """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
+        which takes all n rows as one batch); return the sum of losses and the number correct
+        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. In training mode
+        a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
+        ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
+        net = self._net
+        n = src.shape[0]
+        if training:
+            if net.batch_norm and n < 2:
+                raise ValueError("batch statistics need at least 2 samples")
+            cap = n
+        else:
+            cap = min(n, EVAL_BLOCK)
+        plan = self.plan(cap)
+        if self._rows.shape[0] < n:
+            self._rows = np.arange(n, dtype=np.int64)
+        plan.set_data(src, y, self._rows, shift, scale)
+        dropout = training and dropout_seed is not None and net.has_dropout
+        if dropout:
+            plan.set_dropout(dropout_seed, 0)
+        loss, correct = 0.0, 0
+        for start in range(0, n, cap):
+            stop = min(start + cap, n)
+            out = None if probs is None else probs[start:stop]
+            l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+            loss += l
+            correct += c
+        return loss, correct
 
     def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass, over its first ``rows``
@@ -69,7 +105,7 @@ class Workspace:
                   if op.is_relu]
         return np.concatenate(active) if active else np.zeros(0, dtype=bool)
 
-    def _build(self, cap: int):
+    def _build(self, cap: int) -> CachedPlan:
         net = self._net
         dt, dims, k = net.dtype, net.dims, net.num_layers
         allocated: List[np.ndarray] = []
@@ -92,11 +128,12 @@ class Workspace:
         # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
         # many threads as there are now, up to MAX_SLICES.
         slices = min(_ops.threads(), _ops.MAX_SLICES)
-        partials = (buffer(slices, cap, dims[1])
-                    if slices > 1 and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
+        if net.input_dim < _ops.FIRST_LAYER_SLICED_FROM:
+            slices = 1
+        partials = buffer(slices, cap, dims[1]) if slices > 1 else None
         plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
-        return plan, layers, sum(a.nbytes for a in allocated)
+        return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
     def _block_ops(self, l: int, cap: int, buffer) -> list:
         """The element-wise ops of hidden block ``l`` (1-based), in order."""
