@@ -3,7 +3,7 @@ over preallocated buffers, one plan per batch capacity, cached under a memory bu
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
 ``if`` per option (``_block_ops``); the output layer is a linear layer alone. Adding an op
-to the architecture means one ``OpSpec`` constructor in ``cbn/_ops.pyx`` and one line here.
+to the architecture means one ``OpSpec`` constructor in ``cbn/_specs.pxi`` and one line here.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from . import _ops
 if TYPE_CHECKING:
     from .network import Network
 
-# Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
-# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
-# faster than 1024 on one thread (docs/benchmarks.md).
+# Rows per block when evaluating: small enough that a block's input stays in cache between
+# the gather and the GEMM (docs/benchmarks.md, "What the fast path does").
 EVAL_BLOCK = 256
 # Workspace bytes a network keeps cached across calls. Each batch size gets its own plan
 # (its buffers hold every row), so a one-off call on a whole data set (cost_and_grads on
@@ -125,7 +124,7 @@ class Workspace:
             layers.append(_ops.LayerSpec(
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
-        # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
+        # The first layer in column slices, one per thread (why: cbn/_blas.pxi), for as
         # many threads as there are now, up to MAX_SLICES.
         slices = min(_ops.threads(), _ops.MAX_SLICES)
         if net.input_dim < _ops.FIRST_LAYER_SLICED_FROM:
