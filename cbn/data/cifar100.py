@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .. import _validate as check
 from .._files import PathLike
 from . import fetch, pickled
@@ -80,7 +82,7 @@ def load_cifar100(
                    source=str(folder), protocol="full")
 
 
-def read_file(path: Path, key: bytes, n_classes: int):
+def read_file(path: Path, key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The images and the ``key`` labels (``b"fine_labels"`` or ``b"coarse_labels"``) of one
     CIFAR-100 file: uint8 (n, 3072) and int64 (n,) in 0..n_classes-1.
 
