@@ -28,12 +28,12 @@ if os.environ.get("CBN_NATIVE") == "1":
 openmp = ["-fopenmp"] if os.environ.get("CBN_OPENMP", "1" if sys.platform.startswith("linux")
                                         else "0") == "1" else []
 
-# BLAS: OpenBLAS from the scipy-openblas32 wheel (why not scipy's: see cbn/_ops.pyx), a build
+# BLAS: OpenBLAS from the scipy-openblas32 wheel (why not scipy's: cbn/_blas.pxi), a build
 # requirement and a runtime dependency. Installed, it sits next to cbn in site-packages, where
 # the relative rpath finds it; for in-place and editable builds cbn/__init__.py imports
-# scipy_openblas32 first, which loads the library before cbn._ops needs it. At least 0.3.34:
-# under 0.3.31, two networks trained at once in two Python threads got NaN parameters at
-# their first step through OpenBLAS's threads callback (tests/test_reliability.py).
+# scipy_openblas32 first, which loads the library before cbn._ops needs it. Its minimum
+# version is the first whose threads callback serves two networks trained at once
+# (docs/benchmarks.md, "Which BLAS"; tests/test_reliability.py).
 origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
 ext = Extension(
     "cbn._ops", ["cbn/_ops.pyx"],

@@ -1,15 +1,12 @@
 # OpenBLAS: the cblas declarations, the one product ``_gemm`` and the batched products of the
 # sliced first layer. Included by _ops.pyx.
 
-# OpenBLAS from the scipy-openblas32 wheel (the build numpy and scipy are made with; symbols
-# prefixed "scipy_"), not scipy.linalg.cython_blas: scipy 1.17 bundles OpenBLAS 0.3.30, whose
-# GEMM partitioning OpenBLAS 0.3.31 reverted (races could give wrong results), and which ran
-# the first layer's small products (100 x 3072 x 50) on two threads well behind numpy's 0.3.31.
-# Why not our own threads (OpenMP) instead: docs/benchmarks.md.
+# OpenBLAS from the scipy-openblas32 wheel (symbols prefixed "scipy_"), not
+# scipy.linalg.cython_blas: the OpenBLAS scipy bundles is older, slower on the first layer's
+# small products and unsafe in its GEMM partitioning (docs/benchmarks.md, "Which BLAS").
 
 # OpenBLAS's threads-callback types, declared here rather than taken from cblas.h, whose
-# names for them changed between releases (scipy_openblas_dojob_callback in 0.3.31,
-# openblas_dojob_callback in 0.3.34); the signatures did not.
+# names for them differ between releases while the signatures do not.
 ctypedef void (*openblas_dojob_callback)(int thread_num, void* jobdata,
                                          int dojob_data) noexcept nogil
 ctypedef void (*openblas_threads_callback)(int sync, openblas_dojob_callback dojob,
@@ -67,11 +64,12 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
 #
 # OpenBLAS splits a product between its threads by rows and columns of the output, and its
 # threads wait for each other's packed panels; the first layer's products are long and thin
-# (100 x 3072 x 50), and their two-thread split ran well behind one-thread products on part
-# of the inputs each. So with two or more threads each one takes a slice of the input
-# columns: it gathers them, then multiplies them by its rows of W into a partial product,
-# and in the backward pass updates (or takes the gradient of) those rows of W from the same
-# columns, still in its cache. The partial products are then summed.
+# (100 x 3072 x 50), and their two-thread split runs behind one-thread products on part of
+# the inputs each (docs/benchmarks.md, "What the fast path does"). So with two or more
+# threads each one takes a slice of the input columns: it gathers them, then multiplies them
+# by its rows of W into a partial product, and in the backward pass updates (or takes the
+# gradient of) those rows of W from the same columns, still in its cache. The partial
+# products are then summed.
 #
 # The products of all slices go to OpenBLAS as one batch (cblas_?gemm_batch), which runs
 # each product whole on one thread, job t on thread t of our pool (_run_blas_jobs): the

@@ -2,8 +2,7 @@
 
 # The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
 # from this many rows up: OpenBLAS then packs A's rows as they lie in memory instead of
-# across them. Measured on the first layer (3072 x 50): 10-30 % faster from 400 rows, in
-# float32 and float64, on one and two threads; no faster at 100-250 rows on two threads.
+# across them, which pays from here on (docs/benchmarks.md, "What the fast path does").
 cdef int _TRANSPOSED_FROM = 400
 WEIGHT_PRODUCT_TRANSPOSED_FROM = _TRANSPOSED_FROM
 

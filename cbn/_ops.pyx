@@ -21,12 +21,13 @@ wrappers (``_linear``, ``_batchnorm``, ``_relu``, ``_dropout``, ``_softmax``, ``
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's
-pass). Two pools on two cores would spin against each other; a single one also lets the gather, the largest piece of a step outside
-the GEMMs, use every core instead of one. The thread count is OpenBLAS's: every core, or
-``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` when set, and ``threadpoolctl`` changes it
-at run time like numpy's and scipy's. Built without OpenMP (``OPENMP`` False), OpenBLAS
-runs its own threads and the gather runs on one; a built-in pool is left the same way, for
-good, in a forked child and wherever OpenMP might run a short team (``_check_pool``).
+pass). Two pools on two cores would spin against each other; a single one also lets the
+gather, the largest piece of a step outside the GEMMs, use every core instead of one. The
+thread count is OpenBLAS's: every core, or ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
+when set, and ``threadpoolctl`` changes it at run time like numpy's and scipy's. Built
+without OpenMP (``OPENMP`` False), OpenBLAS runs its own threads and the gather runs on
+one; a built-in pool is left the same way, for good, in a forked child and wherever OpenMP
+might run a short team (``_check_pool``).
 """
 import os
 

@@ -17,7 +17,7 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     loss[0] = 0
     correct[0] = 0
     # The labels of shuffled rows lie all over y, out of cache after the first layer's work:
-    # ask for all of them at once rather than wait for each in turn (~15 us a batch of 100).
+    # ask for all of them at once rather than wait for each in turn (docs/benchmarks.md).
     if y != NULL and yidx != NULL:
         for i in range(n):
             __builtin_prefetch(&y[yidx[i]], 0, 3)

@@ -143,17 +143,21 @@ def choice(name: str, v, options: Sequence[str]) -> str:
     return v
 
 
-def real_array(name: str, a) -> np.ndarray:
-    """``a`` as a float64 array, refusing None, non-numeric, boolean and complex values
-    (``np.asarray(a, float)`` would silently drop imaginary parts)."""
+def real_array(name: str, a, *, keep_dtype: bool = False) -> np.ndarray:
+    """``a`` as a float64 array (in its own integer or float dtype with ``keep_dtype``),
+    refusing None, non-numeric, boolean and complex values (``np.asarray(a, float)`` would
+    silently drop imaginary parts) and what numpy cannot make one array of."""
     if a is None:
         raise TypeError(f"{name} is missing")
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{name} is a masked array; fill it first")
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged nesting, odd objects
+        raise ValueError(f"{name} must be an array of real numbers: {exc}") from None
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
+    return arr if keep_dtype else arr.astype(np.float64)
 
 
 def running_stat(name: str, value: np.ndarray) -> None:

@@ -1,192 +1,37 @@
-"""Files that must survive crashes and hostile edits: atomic ``.npz`` writes, guarded reads, and
-the layout of a training checkpoint (everything ``fit`` needs to continue a run bit for bit).
+"""The layout of a training checkpoint (everything ``fit`` needs to continue a run bit for
+bit) and of a saved network on disk, read through the guarded reader of :mod:`cbn.npz` and
+written atomically by :mod:`cbn._files`.
 
 No pickle anywhere: every value is a numeric array or a JSON string in a 0-d unicode array.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import secrets
-import zipfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ._files import PathLike, atomic_savez
+from .npz import (MAX_TEXT_BYTES, CheckpointError, Member, member_array, member_float,
+                  member_int, member_json, member_text, parse_json, read_npz, verified,
+                  with_checksum)
 from .serialization import INPUT_MEMBERS, check_config_fits
 
 if TYPE_CHECKING:
     from .history import History
     from .network import Network
 
-PathLike = Union[str, os.PathLike]
-
 CHECKPOINT_FORMAT = "cbn.fit checkpoint"
 CHECKPOINT_VERSION = 2   # 2 added the optimizer state and the dropout key; 1 is still read
 HISTORY_PREFIX = "history_"
 OPTIMIZER_PREFIX = "optimizer_"
 HISTORY_INT_FIELDS = ("step",)
-
-
-class CheckpointError(ValueError):
-    """A saved network or checkpoint is truncated, corrupt, incomplete, or belongs to another
-    run or network. The message starts with the file's path."""
-
-
-# Bounds on what a file may declare before any of its arrays is read: memory stays within a
-# small multiple of the file's size whatever its zip and .npy headers claim.
-MAX_MEMBERS = 4096
-MAX_TEXT_BYTES = 1 << 20  # JSON members (network_config, run, rng_state) and the checksum
 NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
                       "elapsed", "run", "optimizer", "dropout_key")
-
-
-def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` as an uncompressed ``.npz`` (exactly that name, no suffix
-    added), atomically: the data goes to a temporary file in the same folder, is flushed to
-    disk, and replaces ``path`` in one ``os.replace``. A crash at any moment leaves either the
-    previous file or the new one, never a mix. (A crash mid-write can leave a stray
-    ``.<name>.*.tmp`` file beside it, which is safe to delete.) The file gets the mode a
-    plain ``open`` gives a new file (0666 less the umask)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = _create_beside(folder, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _create_beside(folder: str, name: str) -> Tuple[int, str]:
-    """A new ``.<name>.<random>.tmp`` in ``folder``, created as ``open`` would (mode 0666, the
-    kernel applying the umask); mkstemp's 0600 would make saved files private."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {os.path.join(folder, name)}")
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class Member:
-    """What an ``.npz`` member declares before its data is read."""
-    shape: Tuple[int, ...]
-    dtype: np.dtype
-
-
-Expect = Callable[[Dict[str, Member], Callable[[str], np.ndarray]], None]
-
-
-def read_npz(path: PathLike, expect: Optional[Expect] = None,
-             error: Optional[type] = None) -> Dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, read without pickle, each only after every member's
-    declared size was checked.
-
-    First the zip directory and each member's ``.npy`` header are read (names, shapes,
-    dtypes) and checked: plain numeric or text dtypes only, headers agreeing with the zip's
-    sizes, all of it at most twice the file's size (a compressed member cannot expand into
-    gigabytes). Then ``expect(members, read)`` may refuse the layout (``read(name)`` reads one
-    member, e.g. a small JSON config that sizes the rest). Only then is the data read.
-
-    Raises FileNotFoundError / PermissionError / IsADirectoryError as the OS reports them, and
-    ``error`` (``CheckpointError`` by default) naming the file for anything else wrong with it
-    (not a zip, a plain ``.npy``, object arrays, truncated or corrupt entries, or refused by
-    ``expect``, whose own exceptions of that type pass through)."""
-    path = os.fspath(path)
-    error = CheckpointError if error is None else error
-
-    def fail(message: str) -> Exception:
-        return error(f"{path}: {message}")
-
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if f.read(6) == b"\x93NUMPY":
-                raise fail("a single .npy array, not a cbn network, checkpoint or other .npz "
-                           "file")
-            f.seek(0)
-            try:
-                archive = zipfile.ZipFile(f)
-            except zipfile.BadZipFile:
-                raise fail("not a cbn network, checkpoint or other .npz file (not a zip "
-                           "archive)") from None
-            with archive:
-                members = _members(archive, size, fail)
-
-                def read(name: str) -> np.ndarray:
-                    with archive.open(name + ".npy") as member:
-                        return np.lib.format.read_array(member, allow_pickle=False)
-
-                if expect is not None:
-                    expect(members, read)
-                return {name: read(name) for name in members}
-    except (FileNotFoundError, PermissionError, IsADirectoryError, error):
-        raise
-    except MemoryError:
-        raise fail("too large to load into memory") from None
-    except Exception as exc:  # untrusted bytes: whatever the zip/npy readers raise means corrupt
-        raise fail(f"not a readable .npz file (truncated or corrupt?): "
-                   f"{type(exc).__name__}: {str(exc)[:200]}") from None
-
-
-def _members(archive: zipfile.ZipFile, size: int, fail) -> Dict[str, Member]:
-    """Names, shapes and dtypes of an archive's members from the headers alone, checked."""
-    infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise fail(f"has {len(infos)} members, more than a cbn file ever holds")
-    declared = sum(info.file_size for info in infos)
-    if declared > 2 * size + (1 << 20):
-        raise fail(f"declares {declared} bytes of arrays in a file of {size} bytes")
-    members: Dict[str, Member] = {}
-    for info in infos:
-        name = info.filename[:-4] if info.filename.endswith(".npy") else None
-        if not name or name in members:
-            raise fail(f"member {info.filename[:80]!r} is not a .npy array or is repeated")
-        with archive.open(info) as member:
-            version = np.lib.format.read_magic(member)
-            if version not in ((1, 0), (2, 0)):  # 3.0 only for non-latin-1 structured fields
-                raise fail(f"{name[:80]!r} has .npy format version {version}")
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(member)
-            header = member.tell()
-        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biufU":
-            raise fail(f"{name[:80]!r} has dtype {dtype}: only numbers and text are allowed")
-        if info.file_size != header + math.prod(shape) * dtype.itemsize:
-            raise fail(f"{name[:80]!r}: its .npy header (shape {shape}, {dtype}) does not "
-                       f"match its size in the archive ({info.file_size} bytes)")
-        members[name] = Member(tuple(shape), dtype)
-    return members
 
 
 def load_network(path: PathLike, build: Callable[..., Any]):
@@ -245,7 +90,7 @@ def _empty_network(members: Dict[str, Member], read, build, fail):
             config_member.dtype.itemsize > MAX_TEXT_BYTES:
         raise fail(f"'network_config' must be a 0-d string of at most {MAX_TEXT_BYTES} bytes, "
                    f"got {config_member.dtype} {config_member.shape}")
-    config = _parse_json(str(read("network_config")), "network_config", fail)
+    config = parse_json(str(read("network_config")), "network_config", fail)
     # before building anything: sizes as the weights say
     check_config_fits(config, lambda name: members[name].shape if name in members else None,
                       fail)
@@ -253,15 +98,6 @@ def _empty_network(members: Dict[str, Member], read, build, fail):
         return build(**config)
     except (TypeError, ValueError) as exc:
         raise fail(f"network_config does not describe a network: {exc}") from None
-
-
-def _parse_json(text: str, key: str, fail):
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise fail(f"'{key}' nests JSON too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
-        raise fail(f"'{key}' is not valid JSON: {str(exc)[:200]}") from None
 
 
 @dataclass
@@ -341,11 +177,11 @@ class TrainingCheckpoint:
         def fail(message: str) -> CheckpointError:
             return CheckpointError(f"{source}: {message}")
 
-        fmt = _text(arrays, "checkpoint_format", fail)
+        fmt = member_text(arrays, "checkpoint_format", fail)
         if fmt != CHECKPOINT_FORMAT:
             raise fail(f"not a cbn training checkpoint (checkpoint_format={fmt!r})")
         arrays = verified(arrays, fail)
-        version = _whole(arrays, "checkpoint_version", fail)
+        version = member_int(arrays, "checkpoint_version", fail)
         if version not in (1, CHECKPOINT_VERSION):
             raise fail(f"checkpoint version {version} is not supported (this cbn reads "
                        f"versions 1 to {CHECKPOINT_VERSION})")
@@ -356,28 +192,28 @@ class TrainingCheckpoint:
                    and not k.startswith((HISTORY_PREFIX, OPTIMIZER_PREFIX))}
         optimizer, dropout_key = None, 0
         if version >= 2:
-            optimizer = _json(arrays, "optimizer", fail)
+            optimizer = member_json(arrays, "optimizer", fail)
             if optimizer is not None and not isinstance(optimizer, dict):
                 raise fail("optimizer must be a JSON object or null")
             if optimizer is not None:
                 optimizer.update({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
                                   if k.startswith(OPTIMIZER_PREFIX)})
-            dropout_key = _whole(arrays, "dropout_key", fail)
-        velocity = _array(arrays, "velocity", fail)
+            dropout_key = member_int(arrays, "dropout_key", fail)
+        velocity = member_array(arrays, "velocity", fail)
         if velocity.ndim != 1 or velocity.dtype.kind != "f":
             raise fail(f"velocity must be a 1-D float array, got {velocity.dtype} {velocity.shape}")
-        order = _array(arrays, "order", fail)
+        order = member_array(arrays, "order", fail)
         if order.ndim != 1 or order.dtype != np.int64:
             raise fail(f"order must be a 1-D int64 array, got {order.dtype} {order.shape}")
-        step = _whole(arrays, "step", fail)
-        epoch_start = _whole(arrays, "epoch_start", fail)
+        step = member_int(arrays, "step", fail)
+        epoch_start = member_int(arrays, "epoch_start", fail)
         if not 0 <= epoch_start <= step:
             raise fail(f"need 0 <= epoch_start <= step, got epoch_start={epoch_start}, step={step}")
-        batch_count = _whole(arrays, "batch_count", fail)
+        batch_count = member_int(arrays, "batch_count", fail)
         if batch_count < 0:
             raise fail(f"batch_count must be >= 0, got {batch_count}")
-        rng_state = _json(arrays, "rng_state", fail)
-        run = _json(arrays, "run", fail)
+        rng_state = member_json(arrays, "rng_state", fail)
+        run = member_json(arrays, "run", fail)
         if not isinstance(rng_state, dict) or not isinstance(run, dict):
             raise fail("rng_state and run must be JSON objects")
         history: Dict[str, List] = {}
@@ -390,8 +226,8 @@ class TrainingCheckpoint:
             history[key[len(HISTORY_PREFIX):]] = values.tolist()
         return cls(network=network, velocity=None if velocity.size == 0 else velocity,
                    step=step, epoch_start=epoch_start, order=order, rng_state=rng_state,
-                   history=history, batch_loss_sum=_real(arrays, "batch_loss_sum", fail),
-                   batch_count=batch_count, elapsed=_real(arrays, "elapsed", fail), run=run,
+                   history=history, batch_loss_sum=member_float(arrays, "batch_loss_sum", fail),
+                   batch_count=batch_count, elapsed=member_float(arrays, "elapsed", fail), run=run,
                    optimizer=optimizer, dropout_key=dropout_key)
 
 
@@ -470,62 +306,3 @@ def load_checkpoint(path: PathLike) -> TrainingCheckpoint:
     return TrainingCheckpoint.from_arrays(arrays, source=path)
 
 
-def with_checksum(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """``arrays`` plus their ``checksum`` (what ``verified`` checks on reading)."""
-    return dict(arrays, checksum=np.array(_digest(arrays)))
-
-
-def verified(arrays: Dict[str, np.ndarray], fail, required: bool = True) -> Dict[str, np.ndarray]:
-    """``arrays`` without their ``checksum``, after checking it; ``fail(message)`` makes the
-    error. Without ``required``, a file that has no checksum (saved before cbn wrote one) passes."""
-    if "checksum" not in arrays and not required:
-        return dict(arrays)
-    checksum = _text(arrays, "checksum", fail)
-    arrays = {k: v for k, v in arrays.items() if k != "checksum"}
-    if checksum != _digest(arrays):
-        raise fail("content does not match its checksum: the file was modified or corrupted")
-    return arrays
-
-
-def _digest(arrays: Dict[str, np.ndarray]) -> str:
-    """SHA-256 of every array's name, dtype, shape and bytes: a checkpoint changed by
-    anything but ``save_checkpoint`` (a bit flip inside the zip's own CRC, an edit) is refused."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-# -- typed access to untrusted arrays -------------------------------------------------------
-
-def _array(arrays, key, fail) -> np.ndarray:
-    if key not in arrays:
-        raise fail(f"missing '{key}'")
-    return np.asarray(arrays[key])
-
-
-def _text(arrays, key, fail) -> str:
-    value = _array(arrays, key, fail)
-    if value.shape != () or value.dtype.kind != "U":
-        raise fail(f"'{key}' must be a 0-d string array, got {value.dtype} {value.shape}")
-    return str(value)
-
-
-def _json(arrays, key, fail):
-    return _parse_json(_text(arrays, key, fail), key, fail)
-
-
-def _whole(arrays, key, fail) -> int:
-    value = _array(arrays, key, fail)
-    if value.shape != () or value.dtype.kind not in "iu":
-        raise fail(f"'{key}' must be a 0-d integer array, got {value.dtype} {value.shape}")
-    return int(value)
-
-
-def _real(arrays, key, fail) -> float:
-    value = _array(arrays, key, fail)
-    if value.shape != () or value.dtype.kind not in "fiu" or not math.isfinite(float(value)):
-        raise fail(f"'{key}' must be a finite 0-d number, got {value.dtype} {value!r:.80}")
-    return float(value)

@@ -20,7 +20,8 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .data import CIFAR10, DataError
-from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, json_ready, run
+from ._files import json_ready
+from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, run
 from .network import Network
 from .record import data_description, open_data
 from .report import REPORT_DESCRIPTION, add_report_arguments, write_report
@@ -264,8 +265,9 @@ def train(args: argparse.Namespace) -> int:
                        lam=args.lam, eta_min=args.eta_min, eta_max=args.eta_max,
                        step_size=args.step_size, cycles=args.cycles,
                        batch_size=args.batch_size, dtype=args.dtype, momentum=args.momentum)
-    # Build what checks itself (widths, sigma, the schedule) before reading any data.
-    Network(3072, config.hidden, 10, batch_norm=config.batch_norm, init=config.init,
+    # Build what checks itself (widths, sigma, the schedule) before reading any data; the
+    # data decides the input and output widths.
+    Network(1, config.hidden, 2, batch_norm=config.batch_norm, init=config.init,
             dtype=np.dtype(config.dtype))
     CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
     data = _data(args)
@@ -301,10 +303,11 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     net = Network.load(args.model)
-    if net.input_dim != 3072 or net.num_classes != 10:
-        raise UsageError(f"--model {args.model} takes {net.input_dim} inputs and "
-                         f"{net.num_classes} classes, not CIFAR-10's 3072 and 10")
     data = _data(args)
+    if (net.input_dim, net.num_classes) != (data.n_features, data.n_classes):
+        raise UsageError(f"--model {args.model} takes {net.input_dim} inputs and "
+                         f"{net.num_classes} classes, not the data's {data.n_features} "
+                         f"and {data.n_classes}")
     normalization = None
     if net.normalization is None:
         normalization = data.normalization

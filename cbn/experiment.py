@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._files import json_ready, write_text
 from .data import CIFAR10
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
@@ -310,22 +309,3 @@ def gradient_checks(data: CIFAR10, *, n: int = 10, dims: int = 20, lam: float = 
                 net, X, y, lam, tolerance=tolerance, max_entries=max_entries, seed=seed)
     return results
 
-
-def json_ready(value):
-    """Replace non-finite floats (a diverged loss) by None so the file is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_ready(value.item())
-    return value
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

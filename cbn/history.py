@@ -30,10 +30,8 @@ class History:
 
     def as_dict(self) -> Dict[str, list]:
         """Plain dict of lists (JSON-ready); the lists are copies."""
-        # Not dataclasses.asdict, which deep-copies element by element (60 ms for a long run).
+        # Not dataclasses.asdict, which deep-copies element by element: slow on long runs.
         return {f.name: list(getattr(self, f.name)) for f in fields(self)}
-
-    to_dict = as_dict
 
     @classmethod
     def from_dict(cls, d: Dict[str, list]) -> "History":

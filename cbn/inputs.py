@@ -55,6 +55,24 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
     return Normalization(mean=np.array(arrays[0], np.float64), std=np.array(arrays[1], np.float64))
 
 
+def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: str = "X"
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``X`` (uint8 or float, shape (n, input_dim)) checked, and the ``(shift, scale)``
+    (``mean`` and ``1 / std`` in ``dtype``, shape (input_dim,)) with which the plan's gather
+    standardises them by ``normalization``. NaN and inf are left to the gather, which
+    refuses them as it reads the rows (``check.non_finite_input``)."""
+    X = check.matrix(name, X, cols=input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
+    norm = as_normalization(normalization, input_dim)
+    with np.errstate(over="ignore"):  # refused below
+        scale = (1.0 / norm.std).astype(dtype)
+        shift = norm.mean.astype(dtype)
+    if not np.isfinite(scale).all():
+        raise ValueError(f"normalization.std is too small: 1/std overflows {dtype}")
+    if not np.isfinite(shift).all():
+        raise ValueError(f"normalization.mean is too large for {dtype}")
+    return X, shift, scale
+
+
 def _sample(X: np.ndarray) -> Optional[np.ndarray]:
     """Up to SAMPLE_ROWS rows spread over X, in float64; None if any is not finite (the
     caller's checks then report it)."""

@@ -23,7 +23,6 @@ Batch-norm conventions (and their PyTorch equivalents):
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,10 +30,10 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs, serialization
+from . import inputs, parameters, serialization
+from ._files import PathLike
 from .live import LiveArrays
-from .threads import GOVERNED_FROM, TeamGovernor
-from .workspace import EVAL_BLOCK, Workspace
+from .workspace import Workspace
 
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
@@ -125,16 +124,19 @@ class Network:
             raise TypeError(f"bn_unbiased must be True or False, got {bn_unbiased!r}")
         self.bn_unbiased = bool(bn_unbiased)
         self.bn_placement = check.choice("bn_placement", bn_placement, BN_PLACEMENTS)
-        self.dropout = _dropout_rates(dropout, len(self.hidden))
+        self.dropout = parameters.dropout_rates(dropout, len(self.hidden))
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
         self._lock = threading.RLock()
-        self._build_buffers()
-        self._initialize(np.random.default_rng(seed))
+        buffers = parameters.allocate(self.dims, self.batch_norm, self.dtype)
+        self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
+        self._params, self._grads, self._running = buffers.params, buffers.grads, buffers.running
+        self._stats_seen = False
+        parameters.initialize(self._params, self.num_layers, self.init, self.batch_norm,
+                              np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
             raise ValueError(f"init sigma={init} is too large for {self.dtype}: weights overflow")
         self._workspace = Workspace(self)
-        self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
         self._identity_shift = np.zeros(self.input_dim, self.dtype)
         self._identity_scale = np.ones(self.input_dim, self.dtype)
         self._normalization: Optional[inputs.Normalization] = None
@@ -145,54 +147,6 @@ class Network:
     def num_layers(self) -> int:
         """k: the number of linear layers."""
         return len(self.dims) - 1
-
-    def _build_buffers(self) -> None:
-        dims, k = self.dims, self.num_layers
-        shapes = [(f"W{l + 1}", (dims[l], dims[l + 1])) for l in range(k)]
-        self.n_weights = sum(a * b for _, (a, b) in shapes)
-        for l in range(k):
-            shapes.append((f"b{l + 1}", (dims[l + 1],)))
-            if self.batch_norm and l < k - 1:
-                shapes.append((f"gamma{l + 1}", (dims[l + 1],)))
-                shapes.append((f"beta{l + 1}", (dims[l + 1],)))
-        total = sum(int(np.prod(s)) for _, s in shapes)
-        self._theta = np.zeros(total, self.dtype)
-        self._grad = np.zeros(total, self.dtype)
-        self._params: Dict[str, np.ndarray] = {}
-        self._grads: Dict[str, np.ndarray] = {}
-        offset = 0
-        for name, shape in shapes:
-            size = int(np.prod(shape))
-            self._params[name] = self._theta[offset:offset + size].reshape(shape)
-            self._grads[name] = self._grad[offset:offset + size].reshape(shape)
-            offset += size
-        order = []
-        for l in range(1, k + 1):
-            order += [f"W{l}", f"b{l}"]
-            if self.batch_norm and l < k:
-                order += [f"gamma{l}", f"beta{l}"]
-        self._params = {name: self._params[name] for name in order}
-        self._grads = {name: self._grads[name] for name in order}
-        self._running: Dict[str, np.ndarray] = {}
-        if self.batch_norm:
-            for l in range(1, k):
-                self._running[f"running_mean{l}"] = np.zeros(dims[l], self.dtype)
-                self._running[f"running_var{l}"] = np.ones(dims[l], self.dtype)
-        self._stats_seen = False
-
-    def _initialize(self, rng: np.random.Generator) -> None:
-        for l in range(1, self.num_layers + 1):
-            W = self._params[f"W{l}"]
-            d_in = W.shape[0]
-            if self.init == "he":
-                sigma = np.sqrt(2.0 / d_in)
-            elif self.init == "xavier":
-                sigma = np.sqrt(1.0 / d_in)
-            else:
-                sigma = float(self.init)
-            W[...] = rng.standard_normal(W.shape) * sigma
-            if self.batch_norm and l < self.num_layers:
-                self._params[f"gamma{l}"][...] = 1
 
     # -- seams for cbn.train and cbn.gradcheck (not needed for ordinary use) ---------------
 
@@ -292,19 +246,7 @@ class Network:
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Copy parameters and running statistics from ``state`` (as made by ``state_dict``);
         the input normalization too when ``state`` holds one (else it is left as it is)."""
-        expected = set(self._params) | set(self._running) | {"stats_seen"}
-        missing = expected - set(state)
-        extra = set(state) - expected - set(serialization.INPUT_MEMBERS)
-        if missing or extra:
-            raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
-                             f"unexpected {sorted(extra)}")
-        for name, target in list(self._params.items()) + list(self._running.items()):
-            value = np.asarray(state[name])
-            if value.shape != target.shape:
-                raise ValueError(f"{name} has shape {value.shape}, expected {target.shape}")
-            if value.dtype.kind != "f" or not np.isfinite(value).all():
-                raise ValueError(f"{name} must be finite floating-point values")
-            check.running_stat(name, value)
+        serialization.check_state(state, {**self._params, **self._running})
         for name, target in list(self._params.items()) + list(self._running.items()):
             target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
@@ -315,7 +257,7 @@ class Network:
                 *(np.asarray(state[k]) for k in serialization.INPUT_MEMBERS))
 
     @_exclusive
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: PathLike) -> None:
         """Write configuration, parameters and running statistics to an ``.npz`` file
         (no pickle), atomically: a crash mid-write leaves any previous file intact. A SHA-256
         ``checksum`` of the content goes with it, so ``load`` refuses a damaged file."""
@@ -328,7 +270,7 @@ class Network:
         return serialization.to_arrays(self)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Network":
+    def load(cls, path: PathLike) -> "Network":
         """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). A truncated,
         corrupt or doctored file, or one whose content does not match its checksum, raises
         ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
@@ -365,59 +307,15 @@ class Network:
         if normalization is None:
             X = check.matrix(name, X, cols=self.input_dim, finite=False)
             return X, self._identity_shift, self._identity_scale
-        X = check.matrix(name, X, cols=self.input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
-        mean, std = (check.real_array(f"normalization.{name}", getattr(normalization, name, None))
-                     for name in ("mean", "std"))
-        mean = check.vector("normalization.mean", mean, size=self.input_dim)
-        std = check.vector("normalization.std", std, size=self.input_dim)
-        if (std <= 0).any():
-            raise ValueError("normalization.std must be positive")
-        with np.errstate(over="ignore"):  # refused below
-            scale = (1.0 / std).astype(self.dtype)
-            shift = mean.astype(self.dtype)
-        if not np.isfinite(scale).all():
-            raise ValueError(f"normalization.std is too small: 1/std overflows {self.dtype}")
-        if not np.isfinite(shift).all():
-            raise ValueError(f"normalization.mean is too large for {self.dtype}")
-        return X, shift, scale
+        return inputs.gather_arguments(X, normalization, self.input_dim, self.dtype, name)
 
     def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
-                  training: bool = False, dropout_seed: Optional[int] = None,
-                  name: str = "X") -> Tuple[float, int]:
-        """Forward src in blocks (evaluation mode unless ``training``); sum of losses and
-        number correct (both 0 without labels); fills ``probs`` when given. In training mode
-        a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0)."""
-        n = src.shape[0]
-        if training:
-            if self.batch_norm and n < 2:
-                raise ValueError("batch statistics need at least 2 samples")
-            cap = n
-        else:
-            cap = min(n, EVAL_BLOCK)
-        plan = self.plan(cap)
-        if self._rows.shape[0] < n:
-            self._rows = np.arange(n, dtype=np.int64)
-        plan.set_data(src, y, self._rows, shift, scale)
-        dropout = training and dropout_seed is not None and self.has_dropout
-        if dropout:
-            plan.set_dropout(dropout_seed, 0)
-        loss, correct = 0.0, 0
-        # Many blocks: their thread count is chosen as a training run's steps' is.
-        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap)
-        try:
-            for start in range(0, n, cap):
-                stop = min(start + cap, n)
-                out = None if probs is None else probs[start:stop]
-                governor.begin()
-                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
-                governor.end(stop - start == cap)
-                if not plan.input_finite:
-                    raise check.non_finite_input(name, src, self._rows[start:stop])
-                loss += l
-                correct += c
-        finally:
-            governor.close()
-        return loss, correct
+                          training: bool = False, dropout_seed: Optional[int] = None,
+                          name: str = "X") -> Tuple[float, int]:
+        """Forward ``src`` (from ``prepare_input``; ``name`` for errors) in blocks:
+        ``Workspace.forward_blocks``."""
+        return self._workspace.forward_blocks(src, y, shift, scale, probs, training,
+                                              dropout_seed, name)
 
     @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
@@ -515,20 +413,6 @@ class Network:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")
-
-
-def _dropout_rates(dropout, hidden_layers: int) -> Tuple[float, ...]:
-    """One drop probability in [0, 1) per hidden layer, from one value or a sequence."""
-    if isinstance(dropout, (str, bytes)) or not np.ndim(dropout) in (0, 1):
-        raise TypeError(f"dropout must be a number or a sequence of numbers, got {dropout!r}")
-    if np.ndim(dropout) == 0:
-        rates = [dropout] * hidden_layers
-    else:
-        rates = list(dropout)
-        if len(rates) != hidden_layers:
-            raise ValueError(f"dropout needs one value per hidden layer ({hidden_layers}), "
-                             f"got {len(rates)}: {rates}")
-    return tuple(check.real("dropout", p, low=0.0, high=1.0, high_open=True) for p in rates)
 
 
 def _dropout_seed(seed) -> Optional[int]:

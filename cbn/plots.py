@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -18,9 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from ._files import PathLike  # noqa: E402
 from .train import History  # noqa: E402
-
-PathLike = Union[str, Path]
 METRICS = ("cost", "loss", "accuracy")
 DPI = 110
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"

@@ -19,7 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
-from .experiment import RunConfig, RunResult, json_ready, repeat, write_text
+from ._files import json_ready, write_text
+from .experiment import RunConfig, RunResult, repeat
 
 
 def example_parser(name: str, description: str, *, runs: Optional[int] = 3,

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ._files import write_text
+
 # --------------------------------------------------------------------------------------------
 # Published numbers and targets
 # --------------------------------------------------------------------------------------------
@@ -387,10 +389,7 @@ def write_report(results_dir: Path, out: Optional[Path] = None) -> Path:
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / "REPORT.md"
     text = build_report(results_dir, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, text)
     return out
 
 

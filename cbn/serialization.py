@@ -3,10 +3,13 @@ JSON, its state as arrays, a checksum on disk; no pickle."""
 from __future__ import annotations
 
 import json
-import os
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
+
+from . import _validate as check
+from ._files import PathLike, atomic_savez
+from .npz import with_checksum
 
 if TYPE_CHECKING:
     from .network import Network
@@ -23,13 +26,12 @@ def to_arrays(net: "Network") -> Dict[str, np.ndarray]:
                 format_version=np.array(FORMAT_VERSION), **net.state_dict())
 
 
-def save(net: "Network", path: Union[str, os.PathLike]) -> None:
+def save(net: "Network", path: PathLike) -> None:
     """``to_arrays(net)`` with its checksum, written atomically to ``path``."""
-    from .checkpoint import atomic_savez, with_checksum
     atomic_savez(path, **with_checksum(to_arrays(net)))
 
 
-def load(cls: Type["Network"], path: Union[str, os.PathLike]) -> "Network":
+def load(cls: Type["Network"], path: PathLike) -> "Network":
     """The network in ``path``, read by ``cbn.checkpoint.load_network``: every member's size
     checked before any array is read, its checksum verified (files without one load as they
     are), anything wrong a ``CheckpointError`` naming the file."""
@@ -53,6 +55,26 @@ def from_arrays(cls: Type["Network"], arrays: Mapping[str, np.ndarray],
     names = set(net.params) | set(net.running_stats) | {"stats_seen"} | set(INPUT_MEMBERS)
     net.load_state_dict({k: v for k, v in arrays.items() if k in names})
     return net
+
+
+def check_state(state: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> None:
+    """Check that ``state`` (as ``Network.state_dict`` makes it) fits a network whose
+    parameters and running statistics are ``arrays``: the same names (plus ``stats_seen``
+    and optionally ``INPUT_MEMBERS``), the same shapes, finite floats, variances >= 0.
+    Raises ValueError naming the first misfit; nothing is copied."""
+    expected = set(arrays) | {"stats_seen"}
+    missing = expected - set(state)
+    extra = set(state) - expected - set(INPUT_MEMBERS)
+    if missing or extra:
+        raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
+                         f"unexpected {sorted(extra)}")
+    for name, target in arrays.items():
+        value = np.asarray(state[name])
+        if value.shape != target.shape:
+            raise ValueError(f"{name} has shape {value.shape}, expected {target.shape}")
+        if value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise ValueError(f"{name} must be finite floating-point values")
+        check.running_stat(name, value)
 
 
 def check_config_fits(config, shape_of: Callable[[str], Optional[Tuple[int, ...]]],

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
+from ._files import PathLike
 from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
                          save_checkpoint)
 from .augment import Augment
@@ -39,9 +40,6 @@ from .schedule import ConstantLR, CyclicLR
 from .threads import TeamGovernor
 
 __all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
-
-
-PathLike = Union[str, os.PathLike]
 
 
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,

@@ -3,22 +3,23 @@ over preallocated buffers, one plan per batch capacity, cached under a memory bu
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
 ``if`` per option (``_block_ops``); the output layer is a linear layer alone. Adding an op
-to the architecture means one ``OpSpec`` constructor in ``cbn/_ops.pyx`` and one line here.
+to the architecture means one ``OpSpec`` constructor in ``cbn/_specs.pxi`` and one line here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import _ops
+from . import _validate as check
+from .threads import GOVERNED_FROM, TeamGovernor
 
 if TYPE_CHECKING:
     from .network import Network
 
-# Rows per block when evaluating. Small enough that a block's input (256 x 3072 float32, 3 MB)
-# stays in cache between the gather and the GEMM: 256 evaluated 45,000 images up to 35 %
-# faster than 1024 on one thread (docs/benchmarks.md).
+# Rows per block when evaluating: small enough that a block's input stays in cache between
+# the gather and the GEMM (docs/benchmarks.md, "What the fast path does").
 EVAL_BLOCK = 256
 # Workspace bytes a network keeps cached across calls. Each batch size gets its own plan
 # (its buffers hold every row), so a one-off call on a whole data set (cost_and_grads on
@@ -27,11 +28,13 @@ PLAN_CACHE_BYTES = 64 * 2**20
 
 
 class CachedPlan(NamedTuple):
-    """A plan, the layer specs behind it and the bytes of its workspace."""
+    """A plan, the layer specs behind it, the bytes of its workspace and the number of column
+    slices its first layer runs in (1: not sliced)."""
     capacity: int
     plan: "_ops.Plan"
     layers: List["_ops.LayerSpec"]
     nbytes: int
+    slices: int
 
 
 class Workspace:
@@ -41,6 +44,7 @@ class Workspace:
         self._net = net
         self.plans: Dict[int, CachedPlan] = {}
         self._last: List["_ops.LayerSpec"] = []   # the layers of the plan returned last
+        self._rows = np.arange(0, dtype=np.int64)  # 0..n-1 for evaluation, grown on demand
 
     def plan(self, rows: int) -> "_ops.Plan":
         """A compiled plan with workspace for at least ``rows`` rows: the smallest one cached,
@@ -53,14 +57,56 @@ class Workspace:
             self.plans[cached.capacity] = cached  # most recently used last
             self._last = cached.layers
             return cached.plan
-        plan, layers, size = self._build(rows)
-        self._last = layers
-        if size > PLAN_CACHE_BYTES:
-            return plan
-        self.plans[rows] = CachedPlan(rows, plan, layers, size)
+        built = self._build(rows)
+        self._last = built.layers
+        if built.nbytes > PLAN_CACHE_BYTES:
+            return built.plan
+        self.plans[rows] = built
         while sum(cached.nbytes for cached in self.plans.values()) > PLAN_CACHE_BYTES:
             del self.plans[next(iter(self.plans))]
-        return plan
+        return built.plan
+
+    def forward_blocks(self, src: np.ndarray, y: Optional[np.ndarray], shift: np.ndarray,
+                       scale: np.ndarray, probs: Optional[np.ndarray] = None,
+                       training: bool = False, dropout_seed: Optional[int] = None,
+                       name: str = "X") -> Tuple[float, int]:
+        """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
+        which takes all n rows as one batch); return the sum of losses and the number correct
+        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. In training mode
+        a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
+        ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
+        net = self._net
+        n = src.shape[0]
+        if training:
+            if net.batch_norm and n < 2:
+                raise ValueError("batch statistics need at least 2 samples")
+            cap = n
+        else:
+            cap = min(n, EVAL_BLOCK)
+        plan = self.plan(cap)
+        if self._rows.shape[0] < n:
+            self._rows = np.arange(n, dtype=np.int64)
+        plan.set_data(src, y, self._rows, shift, scale)
+        dropout = training and dropout_seed is not None and net.has_dropout
+        if dropout:
+            plan.set_dropout(dropout_seed, 0)
+        loss, correct = 0.0, 0
+        # Many blocks: their thread count is chosen as a training run's steps' is.
+        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap)
+        try:
+            for start in range(0, n, cap):
+                stop = min(start + cap, n)
+                out = None if probs is None else probs[start:stop]
+                governor.begin()
+                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+                governor.end(stop - start == cap)
+                if not plan.input_finite:
+                    raise check.non_finite_input(name, src, self._rows[start:stop])
+                loss += l
+                correct += c
+        finally:
+            governor.close()
+        return loss, correct
 
     def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass, over its first ``rows``
@@ -69,7 +115,7 @@ class Workspace:
                   if op.is_relu]
         return np.concatenate(active) if active else np.zeros(0, dtype=bool)
 
-    def _build(self, cap: int):
+    def _build(self, cap: int) -> CachedPlan:
         net = self._net
         dt, dims, k = net.dtype, net.dims, net.num_layers
         allocated: List[np.ndarray] = []
@@ -89,14 +135,15 @@ class Workspace:
             layers.append(_ops.LayerSpec(
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
-        # The first layer in column slices, one per thread (why: cbn/_ops.pyx), for as
+        # The first layer in column slices, one per thread (why: cbn/_blas.pxi), for as
         # many threads as there are now, up to MAX_SLICES.
         slices = min(_ops.slice_threads(), _ops.MAX_SLICES)
-        partials = (buffer(slices, cap, dims[1])
-                    if slices > 1 and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM else None)
+        if net.input_dim < _ops.FIRST_LAYER_SLICED_FROM:
+            slices = 1
+        partials = buffer(slices, cap, dims[1]) if slices > 1 else None
         plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
-        return plan, layers, sum(a.nbytes for a in allocated)
+        return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
     def _block_ops(self, l: int, cap: int, buffer) -> list:
         """The element-wise ops of hidden block ``l`` (1-based), in order."""

@@ -155,6 +155,13 @@ def test_evaluate_standardises_for_a_model_without_normalization(capsys, tmp_pat
     assert json.loads(out)["scores"]["test"]["accuracy"] == expected
 
 
+def test_evaluate_refuses_a_model_whose_widths_differ_from_the_data(capsys, tmp_path):
+    cbn.Network(3072, [10], 7, seed=0).save(tmp_path / "seven.npz")
+    status, out, err = run_cli(capsys, "evaluate", "--model", str(tmp_path / "seven.npz"))
+    assert status == 2 and out == ""
+    assert "takes 3072 inputs and 7 classes, not the data's 3072 and 10" in err
+
+
 def test_evaluate_refuses_a_file_that_is_not_a_network(capsys, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros(3))

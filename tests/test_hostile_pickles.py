@@ -22,7 +22,8 @@ import pytest
 
 import cbn
 from cbn import _unpickle
-from cbn.data import DataError, UnsafePickleError, _read_label_names, read_batch
+from cbn.data import DataError, UnsafePickleError, read_batch
+from cbn.data.cifar10 import _read_label_names
 
 from test_data import _py2_value, batch_dict, py2_pickle, py3_pickle
 
