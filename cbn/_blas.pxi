@@ -40,6 +40,8 @@ cdef extern from "cblas.h" nogil:
     void scipy_openblas_set_threads_callback_function(openblas_threads_callback callback)
     int scipy_openblas_get_num_threads()
     void scipy_openblas_set_num_threads(int num_threads)
+    char* scipy_openblas_get_config()
+    char* scipy_openblas_get_corename()
 
 
 cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const floating* A,
@@ -77,8 +79,27 @@ cdef void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha, const flo
 # and OpenBLAS's process-wide thread count is never touched.
 # ---------------------------------------------------------------------------------------
 
-cdef int _SLICED_FROM = 256
-FIRST_LAYER_SLICED_FROM = _SLICED_FROM  # inputs; narrower first layers are not sliced
+cdef int _SLICED_FROM = 256  # inputs; narrower first layers are not sliced (cbn.tune)
+
+
+def blas_config():
+    """OpenBLAS's build and the kernels it chose for this CPU, e.g. "OpenBLAS 0.3.x
+    DYNAMIC_ARCH ... SkylakeX"."""
+    return (scipy_openblas_get_config().decode(errors="replace") + " "
+            + scipy_openblas_get_corename().decode(errors="replace"))
+
+
+def sliced_from():
+    """Inputs from which a plan built now slices the first layer (``set_sliced_from``)."""
+    return _SLICED_FROM
+
+
+def set_sliced_from(int inputs):
+    """Slice the first layer of plans built from now on when it has this many inputs."""
+    global _SLICED_FROM
+    if inputs < 1:
+        raise ValueError(f"inputs must be >= 1, got {inputs}")
+    _SLICED_FROM = inputs
 cdef enum: _MAX_SLICES = 8  # a constant: it sizes the arrays of _slice_products
 MAX_SLICES = _MAX_SLICES
 

@@ -6,12 +6,20 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from pathlib import Path
 from typing import BinaryIO, Callable, Tuple, Union
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
 """A file-system path: a ``str`` or any ``os.PathLike`` (``pathlib.Path``)."""
+
+
+def cache_dir() -> Path:
+    """cbn's cache folder (downloads, tuned thresholds): ``$XDG_CACHE_HOME/cbn``, else
+    ``~/.cache/cbn``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cbn"
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:

@@ -2,9 +2,22 @@
 
 # The weight product A^T dS is computed as its transpose dS^T A, then added in with one pass,
 # from this many rows up: OpenBLAS then packs A's rows as they lie in memory instead of
-# across them, which pays from here on (docs/benchmarks.md, "What the fast path does").
+# across them. Where that starts to pay depends on the CPU: cbn.tune measures it.
 cdef int _TRANSPOSED_FROM = 400
-WEIGHT_PRODUCT_TRANSPOSED_FROM = _TRANSPOSED_FROM
+
+
+def transposed_from():
+    """Rows from which the weight product is taken transposed (``set_transposed_from``)."""
+    return _TRANSPOSED_FROM
+
+
+def set_transposed_from(int rows):
+    """Take the weight product transposed from ``rows`` rows on (plans built before keep
+    the workspace they have: without one, never)."""
+    global _TRANSPOSED_FROM
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    _TRANSPOSED_FROM = rows
 
 
 cdef void _weight_product(int n, int d_in, int d_out, floating alpha, const floating* A,
@@ -12,8 +25,16 @@ cdef void _weight_product(int n, int d_in, int d_out, floating alpha, const floa
                           floating* tmp) noexcept nogil:
     """C(d_in, d_out) := alpha A(n, d_in)^T dS(n, d_out) + beta C (beta 0: C is not read).
     ``tmp`` is a (d_out, d_in) workspace for the transposed product, or NULL."""
+    _weight_product_as(tmp != NULL and n >= _TRANSPOSED_FROM, n, d_in, d_out, alpha, A, dS,
+                       beta, C, tmp)
+
+
+cdef void _weight_product_as(bint transposed, int n, int d_in, int d_out, floating alpha,
+                             const floating* A, const floating* dS, floating beta, floating* C,
+                             floating* tmp) noexcept nogil:
+    """_weight_product in the form asked for."""
     cdef Py_ssize_t i, j
-    if tmp == NULL or n < _TRANSPOSED_FROM:
+    if not transposed:
         _gemm(True, False, d_in, d_out, n, alpha, A, dS, beta, C)
         return
     _gemm(True, False, d_out, d_in, n, alpha, dS, A, <floating>0, tmp)
@@ -84,3 +105,13 @@ def linear_backward(const floating[:, ::1] X, const floating[:, ::1] W,
     with nogil:
         _linear_bwd(X.shape[0], X.shape[1], W.shape[1], &X[0, 0], &W[0, 0], &dS[0, 0],
                     <floating>lam2, &dW[0, 0], &db[0], pdx)
+
+
+def weight_product(const floating[:, ::1] A, const floating[:, ::1] dS, floating[:, ::1] C,
+                   floating[::1] tmp=None):
+    """C := A^T dS, transposed through ``tmp`` (d_out * d_in values) when it is given, else
+    directly: both forms, whatever the threshold (cbn.tune times them)."""
+    with nogil:
+        _weight_product_as(tmp is not None, A.shape[0], A.shape[1], dS.shape[1], <floating>1,
+                           &A[0, 0], &dS[0, 0], <floating>0, &C[0, 0],
+                           NULL if tmp is None else &tmp[0])

@@ -20,11 +20,9 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     #define CBN_OPENMP 1
-    /* One batch of OpenBLAS jobs at a time in the whole process. OpenBLAS 0.3.34's
-       callback path is not safe for two batches at once: two networks trained in two
-       Python threads, whose products (first-layer slices, or wide layers) went through here
-       together, drifted from the same runs made one after the other, or blew up to NaN
-       (tests/test_reliability.py). Each batch uses every thread anyway. */
+    /* One batch of OpenBLAS jobs at a time in the whole process: OpenBLAS's callback path
+       is not safe for two batches at once (tests/test_reliability.py trains two networks
+       in two Python threads). Each batch uses every thread anyway. */
     static omp_lock_t cbn_jobs_lock;
     static void cbn_jobs_init(void) { omp_init_lock(&cbn_jobs_lock); }
     static void cbn_jobs_enter(void) { omp_set_lock(&cbn_jobs_lock); }

@@ -21,6 +21,7 @@ import numpy as np
 from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
 from ._files import json_ready, write_text
 from .experiment import RunConfig, RunResult, repeat
+from .tune import cpu_name, machine_key
 
 
 def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
@@ -136,17 +137,6 @@ def load_data(args: argparse.Namespace) -> CIFAR10:
     return data
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> Dict[str, object]:
     """Where a result was measured: platform, CPU, cores, Python and library versions, and
     the BLAS libraries in use with their thread counts (``threadpoolctl``)."""
@@ -163,7 +153,8 @@ def machine_info() -> Dict[str, object]:
             "architecture", "filepath")
     return {
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_key": machine_key(),  # family, model, vector extensions, threads, BLAS kernels
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "python": platform.python_version(),

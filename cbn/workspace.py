@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import tune
 from .threads import GOVERNED_FROM, TeamGovernor
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Workspace:
         return np.concatenate(active) if active else np.zeros(0, dtype=bool)
 
     def _build(self, cap: int) -> CachedPlan:
+        tune.ensure()  # the CPU-dependent thresholds below, measured once per machine
         net = self._net
         dt, dims, k = net.dtype, net.dims, net.num_layers
         allocated: List[np.ndarray] = []
@@ -128,7 +130,7 @@ class Workspace:
         X = buffer(cap, net.input_dim)
         # One workspace for every layer's transposed weight product (used one layer at a time).
         WT = (buffer(max(dims[l - 1] * dims[l] for l in range(1, k + 1)))
-              if cap >= _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM else None)
+              if cap >= _ops.transposed_from() else None)
         layers = []
         for l in range(1, k + 1):
             ops = self._block_ops(l, cap, buffer) if l < k else ()
@@ -138,7 +140,7 @@ class Workspace:
         # The first layer in column slices, one per thread (why: cbn/_blas.pxi), for as
         # many threads as there are now, up to MAX_SLICES.
         slices = min(_ops.slice_threads(), _ops.MAX_SLICES)
-        if net.input_dim < _ops.FIRST_LAYER_SLICED_FROM:
+        if net.input_dim < _ops.sliced_from():
             slices = 1
         partials = buffer(slices, cap, dims[1]) if slices > 1 else None
         plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,

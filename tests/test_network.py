@@ -11,9 +11,9 @@ TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol
 ARCHS = [([50, 50], True), ([50, 50], False), ([50, 30, 20, 20, 10, 10, 10, 10], True),
          ([7, 1, 5], True), ([1], False), ([], True)]
 # Batch sizes on both sides of the switch between the two forms of the weight product.
-ROWS = [11, _ops.WEIGHT_PRODUCT_TRANSPOSED_FROM + 13]
+ROWS = [11, _ops.transposed_from() + 13]
 # Inputs on both sides of the switch to the first layer in column slices (two threads).
-INPUTS = [13, _ops.FIRST_LAYER_SLICED_FROM + 7]
+INPUTS = [13, _ops.sliced_from() + 7]
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def two_threads():
 
 def expect_slices(net, rows):
     """The plan for ``rows`` can slice the first layer exactly when it should."""
-    sliced = _ops.OPENMP and net.input_dim >= _ops.FIRST_LAYER_SLICED_FROM
+    sliced = _ops.OPENMP and net.input_dim >= _ops.sliced_from()
     net.plan(rows)
     assert net._workspace.plans[rows].slices == (2 if sliced else 1)
 

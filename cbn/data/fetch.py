@@ -14,14 +14,8 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
-from .._files import PathLike
+from .._files import PathLike, cache_dir
 from .errors import DataError
-
-
-def cache_dir() -> Path:
-    """cbn's download cache: ``$XDG_CACHE_HOME/cbn``, else ``~/.cache/cbn``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cbn"
 
 
 def search_paths(folder_name: str) -> list[tuple[str, Optional[Path]]]:

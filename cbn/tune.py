@@ -1,0 +1,221 @@
+"""The kernels' choices that depend on the CPU, measured on the running machine.
+
+Two thresholds decide how a step runs, and where each starts to pay differs between CPUs
+(and OpenBLAS's kernels for them): the rows from which the weight product is taken
+transposed, and the inputs from which the first layer is split in column slices, one per
+thread. ``ensure()`` measures both once per CPU and thread count, in about a second, the
+first time a network builds a plan on a machine that is not busy, and keeps them in ``$XDG_CACHE_HOME/cbn/tune.json``
+(``~/.cache/cbn``), so later runs on the machine reuse them. ``CBN_AUTOTUNE=0`` keeps the
+built-in values instead.
+
+Results: both thresholds change the last bits of a run (the order of a sum, a rounding),
+as the thread count does; with the cache, runs on one machine repeat bit for bit.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from . import _ops
+from ._files import atomic_write, cache_dir
+
+DEFAULTS = {"transposed_from": _ops.transposed_from(), "sliced_from": _ops.sliced_from()}
+ROWS = (100, 200, 400, 800)           # batch sizes the weight product is timed at
+INPUTS = (64, 128, 256, 512, 1024)    # first-layer widths slicing is timed at
+REPEATS = 3                           # timings per candidate; the fastest counts
+MARGIN = 0.9                          # a way must be 10 % faster to replace the built-in one
+NEVER = 10 ** 9
+
+_lock = threading.RLock()  # reentrant: measuring builds plans, which call ensure()
+_done: Dict[str, Dict[str, int]] = {}  # machine key -> thresholds applied in this process
+_measuring = False
+_wait = [0.0]  # time.monotonic() before which ensure() does not look again (a busy machine)
+BUSY_WAIT = 60.0
+
+
+def current() -> Dict[str, int]:
+    """The thresholds in use now."""
+    return {"transposed_from": _ops.transposed_from(), "sliced_from": _ops.sliced_from()}
+
+
+def enabled() -> bool:
+    """False when ``CBN_AUTOTUNE`` is 0 (or "off", "false", "no")."""
+    return os.environ.get("CBN_AUTOTUNE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> Dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` ({} elsewhere)."""
+    info: Dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
+def machine_key() -> str:
+    """What the thresholds depend on: the CPU (model, family, its vector extensions), the
+    thread count and the OpenBLAS build."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    vector = "+".join(f for f in ("avx2", "avx512f") if f in flags)
+    return "|".join([cpu_name(), info.get("cpu family", ""), info.get("model", ""),
+                     platform.machine(), vector, f"threads={_ops.threads()}",
+                     _ops.blas_config()])
+
+
+def _second_wins(first, second, default: bool) -> bool:
+    """Whether ``second`` is the faster of two ways to do the same work: each timed REPEATS
+    times, alternating (so a change of load hits both), the fastest of each compared; a
+    difference under MARGIN keeps ``default``."""
+    first(), second()  # warm: page faults, packed buffers, woken threads
+    best = [float("inf"), float("inf")]
+    for _ in range(REPEATS):
+        for k, run in enumerate((first, second)):
+            start = time.perf_counter()
+            run()
+            best[k] = min(best[k], time.perf_counter() - start)
+    if best[1] < MARGIN * best[0]:
+        return True
+    if best[0] < MARGIN * best[1]:
+        return False
+    return default
+
+
+def _from(candidates, wins) -> int:
+    """The smallest candidate from which ``wins(c)`` holds for it and every larger one
+    (NEVER if not for the largest)."""
+    chosen = NEVER
+    for c in sorted(candidates, reverse=True):
+        if not wins(c):
+            break
+        chosen = c
+    return chosen
+
+
+def measure_transposed_from(dtype=np.float32) -> int:
+    """The fewest rows (of ROWS) from which the transposed weight product of the course's
+    first layer (3072 x 50) is faster, for that row count and every larger one."""
+    rng = np.random.default_rng(0)
+
+    def transposed_wins(rows: int) -> bool:
+        A = rng.standard_normal((rows, 3072)).astype(dtype)
+        dS = rng.standard_normal((rows, 50)).astype(dtype)
+        C, tmp = np.empty((3072, 50), dtype), np.empty(3072 * 50, dtype)
+        return _second_wins(lambda: _ops.weight_product(A, dS, C),
+                            lambda: _ops.weight_product(A, dS, C, tmp),
+                            rows >= DEFAULTS["transposed_from"])
+    return _from(ROWS, transposed_wins)
+
+
+def measure_sliced_from(dtype=np.float32) -> int:
+    """The fewest inputs (of INPUTS) from which a sliced first layer ([50] hidden, batch 100)
+    trains faster, for that width and every larger one (the built-in value on one thread)."""
+    from .network import Network  # the network builds plans, which call ensure()
+
+    if _ops.threads() < 2 or not _ops.OPENMP:
+        return DEFAULTS["sliced_from"]
+    rng = np.random.default_rng(0)
+    saved = _ops.sliced_from()
+
+    def steps(d: int, sliced: bool):
+        X = rng.standard_normal((400, d)).astype(dtype)
+        y = np.arange(400, dtype=np.int64) % 10
+        _ops.set_sliced_from(1 if sliced else NEVER)
+        plan = Network(d, [50], 10, dtype=dtype, seed=0).plan(100)
+        plan.set_data(X, y, np.arange(400, dtype=np.int64), np.zeros(d, dtype),
+                      np.ones(d, dtype))
+        plan.set_velocity(None)
+        return lambda: [plan.train_step(100 * b, 100, 1e-3, 0.0, 0.0, False) for b in range(2)]
+
+    try:
+        return _from(INPUTS, lambda d: _second_wins(steps(d, False), steps(d, True),
+                                                    d >= DEFAULTS["sliced_from"]))
+    finally:
+        _ops.set_sliced_from(saved)
+
+
+def _busy() -> bool:
+    """True when other work keeps the cores busy (1-minute load average at least the cores
+    this process may use): tuning waits for a later process then."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] >= cores
+    except OSError:  # no load average on this system
+        return False
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cache = json.load(f)
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _valid(entry) -> bool:
+    return (isinstance(entry, dict) and set(entry) == set(DEFAULTS)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                    for v in entry.values()))
+
+
+def ensure(path: Optional[Path] = None) -> Dict[str, int]:
+    """Apply this machine's thresholds: from the cache file (``path``, default
+    ``tune.json`` in cbn's cache folder), else measured now and saved there; the built-in
+    ones when tuning is off. Returns them. Cheap after the first call in a process."""
+    if not enabled():
+        return dict(DEFAULTS)
+    global _measuring
+    with _lock:
+        # While measuring, or during a run whose governor changed the thread count (the
+        # machine's count is the held one): what is set now.
+        if _measuring or _ops.slice_threads() != _ops.threads() or time.monotonic() < _wait[0]:
+            return current()
+        key = machine_key()
+        if key in _done:
+            return _done[key]
+        path = Path(path) if path is not None else cache_dir() / "tune.json"
+        cache = _read_cache(path)
+        found = cache.get(key)
+        if not _valid(found):
+            if _busy():  # timings now would say more about the load than the CPU
+                _wait[0] = time.monotonic() + BUSY_WAIT
+                return current()
+            _measuring = True
+            try:
+                found = {"transposed_from": measure_transposed_from(),
+                         "sliced_from": measure_sliced_from()}
+            finally:
+                _measuring = False
+            cache[key] = found
+            try:
+                atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
+            except OSError:
+                pass  # a read-only home: measured again next time
+        _ops.set_transposed_from(found["transposed_from"])
+        _ops.set_sliced_from(found["sliced_from"])
+        _done[key] = found
+        return found
