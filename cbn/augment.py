@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
+
 from . import _validate as check
 
-__all__ = ["Augment", "CIFAR_SHAPE"]
+__all__ = ["Augment", "CIFAR_SHAPE", "mirror"]
 
 CIFAR_SHAPE = (3, 32, 32)  # CIFAR-10's rows: 1024 red, 1024 green, 1024 blue, row-major
 
@@ -85,3 +87,12 @@ class Augment:
         """The tuple ``Plan.set_augment`` takes, for rows of ``features`` values."""
         C, H, W = self.shape_for(features)
         return (self.hflip, self.shift, self.noise, C, H, W, seed)
+
+
+def mirror(X: np.ndarray, image_shape: Optional[Tuple[int, int, int]] = None) -> np.ndarray:
+    """The images of the rows of ``X`` mirrored left-right, as a new array of X's dtype (for
+    test-time flips: average a network's probabilities for X and for ``mirror(X)``).
+    ``image_shape`` as in ``Augment`` (default (3, 32, 32) for 3,072 features)."""
+    X = check.matrix("X", X, dtypes=check.SOURCE_DTYPES, finite=False)
+    C, H, W = Augment(hflip=True, shift=0, image_shape=image_shape).shape_for(X.shape[1])
+    return np.ascontiguousarray(X.reshape(-1, C, H, W)[..., ::-1]).reshape(X.shape)

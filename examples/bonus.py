@@ -55,6 +55,8 @@ class BonusConfig:
     batch_size: int = 100
     dtype: str = "float32"
     eval_points: int = 10       # history points (validation, and training with curves)
+    tta: bool = False           # test-time flips: average the probabilities of each image
+                                # and of its mirror (validation and test)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -113,6 +115,11 @@ def train(data, config: BonusConfig, seed: int, *, curves: bool, progress: bool)
                               normalization=data.normalization)
         for what in ("accuracy", "loss", "cost"):
             metrics[f"{split}_{what}"] = scores[what]
+        if config.tta and split != "train":
+            metrics[f"{split}_accuracy_one_view"] = scores["accuracy"]
+            probs = sum(net.predict_proba(images, normalization=data.normalization)
+                        for images in (part.images, cbn.augment.mirror(part.images)))
+            metrics[f"{split}_accuracy"] = float(np.mean(probs.argmax(axis=1) == part.labels))
     return RunResult(config, seed, net, history, metrics)
 
 

@@ -312,3 +312,22 @@ def test_a_warm_augmented_step_allocates_nothing():
     finally:
         tracemalloc.stop()
     assert peak - before < 512  # the returned tuples come and go; no buffer
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_mirror_flips_each_image_left_right(dtype):
+    from cbn.augment import mirror
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, (4, 2 * 5 * 7)).astype(dtype)
+    got = mirror(X, image_shape=(2, 5, 7))
+    assert got.dtype == X.dtype and got.shape == X.shape and got.flags.c_contiguous
+    for i in range(4):
+        for c in range(2):
+            for r in range(5):
+                for x in range(7):
+                    assert got[i, c * 35 + r * 7 + x] == X[i, c * 35 + r * 7 + 6 - x]
+    np.testing.assert_array_equal(mirror(got, image_shape=(2, 5, 7)), X)
+    with pytest.raises(ValueError, match="image_shape"):
+        mirror(X)  # 70 features: no default shape
+    with pytest.raises(ValueError):
+        mirror(X[0], image_shape=(2, 5, 7))
