@@ -55,8 +55,8 @@ def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
                              "path; its numbers mean nothing")
     parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
                         help="limit BLAS to N threads (threadpoolctl; default: the BLAS "
-                             "default). 1 is fastest on a machine busy with other work, where "
-                             "spinning BLAS threads slow the small mini-batch products down")
+                             "default, one per core). Training moves to one thread by itself "
+                             "while other work makes that faster (cbn/threads.py)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are shown only on a terminal anyway)")
     if runs is not None:
