@@ -44,10 +44,11 @@ GOVERNED_FROM = 16
 _governing = threading.Lock()
 
 
-# The last choice made in this process and when (time.monotonic()): a run that starts soon
-# after starts from it, without first timing the other side.
+# A run that starts within this many seconds of the last one's end (with the same ceiling)
+# carries on from its state: its choice, step times and the count to the next comparison,
+# so many short calls of fit are governed as one long run.
 REMEMBER_SECONDS = 5.0
-_last_choice = {"threads": 0, "at": -1e9}
+_last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the last run)
 
 
 def enabled() -> bool:
@@ -91,12 +92,15 @@ class _Times:
 
 
 class TeamGovernor:
-    """Chooses, stretch by stretch, between ``ceiling`` threads and one for the training
-    steps of one run (or the blocks of one evaluation); off unless ``active``. Call ``begin()`` before each step and ``end(full)`` after it (``full``:
-    a full-size batch, the only ones timed); ``close()`` restores the thread count."""
+    """Chooses, stretch by stretch, between ``ceiling`` threads and one for the steps of one
+    run of ``kind`` ("fit", or "evaluate" for the blocks of an evaluation); off unless
+    ``active``. Call ``begin()`` before each step and ``end(full)`` after it (``full``: a
+    full-size batch, the only ones timed); ``close()`` restores the thread count."""
 
-    def __init__(self, ceiling: Optional[int] = None, active: bool = True) -> None:
+    def __init__(self, ceiling: Optional[int] = None, active: bool = True,
+                 kind: str = "fit") -> None:
         self.ceiling = _ops.threads() if ceiling is None else ceiling
+        self.kind = kind
         self.active = (active and self.ceiling > 1 and _ops.OPENMP and enabled()
                        and _governing.acquire(blocking=False))
         if self.active:
@@ -106,14 +110,16 @@ class TeamGovernor:
         self.reference = 0.0                    # the choice's median step time then (0: none)
         self.stretch = FIRST_STRETCH
         self.until_probe = 0                    # steps before the next comparison
-        if (_last_choice["threads"] in (1, self.ceiling)
-                and time.monotonic() - _last_choice["at"] < REMEMBER_SECONDS):
-            self.choice, self.until_probe = _last_choice["threads"], FIRST_STRETCH
         self.probing = 0                        # steps of the comparison taken so far
         self.other = _Times(PROBE_STEPS)        # the other side's times in this comparison
         self.recent = _Times(PROBE_STEPS)       # the choice's last step times
         self.switches = 0
         self._started = 0.0
+        at, last = _last.get(kind, (-1e9, None))
+        if (self.active and last is not None and last.ceiling == self.ceiling
+                and time.monotonic() - at < REMEMBER_SECONDS):
+            self.choice, self.reference, self.stretch = last.choice, last.reference, last.stretch
+            self.until_probe, self.recent = last.until_probe, last.recent
 
     def _set(self, threads: int) -> None:
         if threads != self.threads:
@@ -174,7 +180,9 @@ class TeamGovernor:
     def close(self) -> None:
         """Give the thread count back as it was before the run."""
         if self.active:
-            _last_choice.update(threads=self.choice, at=time.monotonic())
+            if self.probing:  # a comparison cut short: the next run starts one afresh
+                self.probing, self.until_probe = 0, 0
+            _last[self.kind] = (time.monotonic(), self)
             self._set(self.ceiling)
             _ops.hold_slices(0)
             self.active = False

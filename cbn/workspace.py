@@ -93,7 +93,7 @@ class Workspace:
             plan.set_dropout(dropout_seed, 0)
         loss, correct = 0.0, 0
         # Many blocks: their thread count is chosen as a training run's steps' is.
-        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap)
+        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap, kind="evaluate")
         try:
             for start in range(0, n, cap):
                 stop = min(start + cap, n)

@@ -10,6 +10,12 @@ from cbn import _ops, threads
 pytestmark = pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
 
 
+@pytest.fixture(autouse=True)
+def fresh_memory(monkeypatch):
+    """Each test starts with no earlier run to carry on from."""
+    monkeypatch.setattr(threads, "_last", {})
+
+
 class FakeRun:
     """Step times by thread count, as a clock the governor reads; records what it sets."""
 
@@ -62,6 +68,22 @@ def test_moves_to_one_thread_under_load_and_back_when_it_lifts(monkeypatch):
     finally:
         governor.close()
     assert run.threads == 2
+
+
+def test_short_runs_back_to_back_are_governed_as_one_long_run(monkeypatch):
+    """fit called once per short epoch (20 steps here): each call carries on from the last
+    one's state, so the choice, once made, holds and comparisons stay rare."""
+    run = FakeRun(monkeypatch, {1: 1.0, 2: 6.0})  # under load from the start
+    for _ in range(100):
+        governor = threads.TeamGovernor(ceiling=2)
+        run.steps(governor, 20)
+        governor.close()
+    late = run.history[-1000:]
+    assert late.count(2) < 0.03 * len(late)
+    # Another kind of run (an evaluation) keeps its own state.
+    evaluation = threads.TeamGovernor(ceiling=2, kind="evaluate")
+    assert evaluation.choice == 2 and evaluation.until_probe == 0
+    evaluation.close()
 
 
 def test_off_with_one_thread_or_the_environment_variable(monkeypatch):
