@@ -47,10 +47,12 @@ def pytest_collection_modifyitems(config, items):
     them as skips; the benchmark files' ordinary tests still run."""
     if benchmarks_on(config):
         return
-    timed = [item for item in items if "benchmark" in getattr(item, "fixturenames", ())]
+    kept, timed = [], []
+    for item in items:
+        (timed if "benchmark" in getattr(item, "fixturenames", ()) else kept).append(item)
     if timed:
         config.hook.pytest_deselected(items=timed)
-        items[:] = [item for item in items if item not in set(timed)]
+        items[:] = kept
 
 
 @pytest.fixture
