@@ -3,8 +3,9 @@
     pytest tests/test_benchmarks.py --benchmark-only [--benchmark-json=bench.json]
     python scripts/bench_ratios.py bench.json [--markdown]
 
-Each case is one benchmark. A round times every contender of the case once, back to back with
-no pause between them, in an order that rotates from round to round: ``cbn``, ``gemm`` (only
+Each case is one benchmark. After a warm-up round, each timed round times every contender of
+the case once, back to back with no pause between them, in an order that rotates from round
+to round (5 to 15 rounds, as many as fit in ``CASE_SECONDS`` by the warm-up round's time): ``cbn``, ``gemm`` (only
 the products the step does, ``numpy.matmul`` with ``out=`` on a fixed batch: the bound),
 ``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch eager; left out
 without torch); see tests/contender_*.py. pytest-benchmark times cbn's block and its setup and
@@ -58,9 +59,10 @@ STEP_CASES = {  # name: (hidden widths, batch norm, batch size)
 }
 CONTENDERS = ("cbn", "numpy", "torch", "gemm")
 DTYPE = "float32"
-ROUNDS = 15           # timed rounds per case (after one warm-up round)
+ROUNDS = (5, 15)      # fewest and most timed rounds per case (after one warm-up round)
+CASE_SECONDS = 10.0   # timed rounds per case: as many as fit in this, by the warm-up round
 STEP_ROWS = 5000      # rows the step cases (and scripts/bench_alternate.py) cycle through
-EPOCH_ROWS = 5000     # rows of an epoch
+EPOCH_ROWS = 3000     # rows of an epoch
 EVAL_ROWS = 10000     # rows of the evaluation
 WIDE_STEPS = {100: 4, 256: 2}   # steps per round of the wide network, by batch size
 BURST = (3, 1024)     # numpy.matmul calls of (n x n) float32 matrices before each block
@@ -225,16 +227,19 @@ def burst() -> Callable[[], None]:
     return repeat(lambda: np.matmul(A, B, out=C), calls)
 
 
-def interleave(benchmark, runs: Dict[str, Callable[[], None]], rounds: int,
-               before: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
+def interleave(benchmark, runs: Dict[str, Callable[[], None]], rounds: Tuple[int, int],
+               before: Optional[Callable[[], None]] = None,
+               seconds: float = CASE_SECONDS) -> Dict[str, List[float]]:
     """Seconds per round of each of ``runs`` (which includes "cbn"): one warm-up round, then
-    ``rounds`` rounds in which every contender runs once, back to back, in an order rotated
-    by one each round. ``benchmark.pedantic`` times cbn; its setup runs the contenders before
-    cbn in the round, its teardown those after. ``before`` runs untimed before every block."""
+    timed rounds in which every contender runs once, back to back, in an order rotated by one
+    each round. ``benchmark.pedantic`` times cbn; its setup runs the contenders before cbn in
+    the round, its teardown those after. ``before`` runs untimed before every block. There
+    are as many timed rounds as the warm-up round says fit in ``seconds``, within ``rounds``
+    (fewest, most), so a loaded machine still ends the run in reasonable time."""
     names = list(runs)
     times: Dict[str, List[float]] = {c: [] for c in names}
     after: List[str] = []
-    counter = iter(range(rounds))
+    counter = iter(range(10**9))
 
     def run(contender: str) -> None:
         if before is not None:
@@ -262,11 +267,15 @@ def interleave(benchmark, runs: Dict[str, Callable[[], None]], rounds: int,
         for contender in after:
             run(contender)
 
+    start = time.perf_counter()
     for contender in names:  # warm-up: plans, BLAS buffers, thread pools, caches
         run(contender)
+    warm_up = time.perf_counter() - start
     for t in times.values():
         t.clear()
-    benchmark.pedantic(cbn, setup=setup, teardown=teardown, rounds=rounds)
+    fewest, most = rounds
+    count = int(min(max(seconds // max(warm_up, 1e-9), fewest), most))
+    benchmark.pedantic(cbn, setup=setup, teardown=teardown, rounds=count)
     return times
 
 
@@ -371,7 +380,7 @@ class Rounds:
 def test_rounds_rotate_the_contenders_back_to_back_with_the_burst_before_each_block():
     log = []
     runs = {c: functools.partial(log.append, c) for c in ("cbn", "gemm", "numpy")}
-    times = interleave(Rounds(), runs, rounds=4, before=functools.partial(log.append, "+"))
+    times = interleave(Rounds(), runs, rounds=(4, 4), before=functools.partial(log.append, "+"))
     blocks_run = [c for c in log if c != "+"]
     assert blocks_run == ["cbn", "gemm", "numpy",            # warm-up
                           "cbn", "gemm", "numpy", "gemm", "numpy", "cbn",
@@ -381,6 +390,13 @@ def test_rounds_rotate_the_contenders_back_to_back_with_the_burst_before_each_bl
     assert all(s >= 0 for t in times.values() for s in t)
 
 
+@pytest.mark.parametrize("seconds, count", [(0.0, 2), (1e9, 6)])
+def test_the_round_count_fits_the_time_budget_within_its_bounds(seconds, count):
+    runs = {"cbn": lambda: None, "gemm": lambda: None}
+    times = interleave(Rounds(), runs, rounds=(2, 6), seconds=seconds)
+    assert CaseResult("c", times).n_rounds == count
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_case_runs_each_contender_once_per_round(name):
     case = CASES[name]
@@ -388,7 +404,7 @@ def test_every_case_runs_each_contender_once_per_round(name):
     runs = blocks(case, rows)
     expected = {"cbn", "numpy", "gemm"} | ({"torch"} if HAS_TORCH else set())
     assert set(runs) == expected and next(iter(runs)) == "cbn"
-    times = interleave(Rounds(), runs, rounds=1, before=burst() if case.burst else None)
+    times = interleave(Rounds(), runs, rounds=(1, 1), before=burst() if case.burst else None)
     assert CaseResult(name, times).n_rounds == 1
 
 
@@ -407,7 +423,7 @@ def blas_info() -> dict:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_case(benchmark, case_results, name):
-    """``ROUNDS`` interleaved rounds of a case; the rounds go to the table of ratios."""
+    """Interleaved rounds of a case (``ROUNDS``, ``CASE_SECONDS``); they go to the table."""
     case = CASES[name]
     rows = {"epoch": EPOCH_ROWS, "step": STEP_ROWS, "evaluate": EVAL_ROWS}[case.kind]
     benchmark.group = name
