@@ -35,9 +35,7 @@ def blas_summary(data: dict) -> List[str]:
     for b in data["benchmarks"]:
         info = b.get("extra_info") or {}
         for pool in info.get("blas", []):
-            line = (f"{pool.get('internal_api')} {pool.get('version')} "
-                    f"({pool.get('architecture')}), {pool.get('num_threads')} threads: "
-                    f"{pool.get('filepath')}")
+            line = bench_table.blas_line(pool)
             if line not in seen:
                 seen.append(line)
         if "torch_threads" in info and f"torch: {info['torch_threads']} threads" not in seen:

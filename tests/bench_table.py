@@ -105,13 +105,12 @@ HEADER = ["case", "cbn ms", "cbn/gemm", "cbn/numpy", "cbn/torch", "rounds",
 
 def verdict(results: Sequence[CaseResult]) -> str:
     """One line: whether the run can be trusted, and which cases cannot."""
-    noisy = [r.case for r in results if r.noisy()]
-    rule = (f"a case is noisy when its GEMM bound's round times spread (IQR/median) by more "
+    noisy = sum(r.noisy() for r in results)
+    rule = (f"a case is NOISY when its GEMM bound's round times spread (IQR/median) by more "
             f"than {NOISE_LIMIT:.0%}")
     if not noisy:
         return f"Run trustworthy: no case noisy ({rule})."
-    return (f"Run TOO NOISY TO TRUST: {len(noisy)} of {len(results)} cases noisy "
-            f"({', '.join(noisy)}); {rule}.")
+    return f"Run TOO NOISY TO TRUST: {noisy} of {len(results)} cases noisy ({rule})."
 
 
 def format_table(results: Sequence[CaseResult], markdown: bool = False) -> str:
@@ -129,6 +128,14 @@ def format_table(results: Sequence[CaseResult], markdown: bool = False) -> str:
     return "\n".join(lines + ["", note, verdict(results)])
 
 
+def blas_line(pool: Mapping) -> str:
+    """One line for a thread pool of ``threadpoolctl.threadpool_info()``."""
+    version = f" {pool['version']}" if pool.get("version") else ""
+    kernel = f" ({pool['architecture']})" if pool.get("architecture") else ""
+    return (f"{pool.get('internal_api')}{version}{kernel}, {pool.get('num_threads')} threads: "
+            f"{pool.get('filepath')}")
+
+
 def to_json(results: Sequence[CaseResult], **context) -> Dict:
     """The table as data: per case its ratios, bound spread and verdict, plus the raw rounds;
     ``context`` (e.g. load average, BLAS) is stored as given."""
@@ -139,6 +146,7 @@ def to_json(results: Sequence[CaseResult], **context) -> Dict:
                       "bound_spread_iqr_over_median": r.bound_spread(), "noisy": r.noisy(),
                       "rounds": {c: list(t) for c, t in r.rounds.items()}})
     return {"noise_limit": NOISE_LIMIT, "noisy": any(r.noisy() for r in results),
+            "noisy_cases": [r.case for r in results if r.noisy()],
             "verdict": verdict(results), "cases": cases, **context}
 
 

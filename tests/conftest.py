@@ -7,7 +7,8 @@ them (tests/test_fuzz.py then tries well over 10,000 inputs in all), for a long 
     CBN_FUZZ=long python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 
 Benchmarks (tests that take pytest-benchmark's ``benchmark`` fixture) run only under
-``--benchmark-only`` (or ``--benchmark-enable``); a plain run deselects them. Such a run ends
+``--benchmark-only``, which runs nothing else, or ``--benchmark-enable``, which runs
+everything; a plain run deselects them. Such a run ends
 with the table of ratios of tests/bench_table.py, also written as ``<name>.ratios.md`` and
 ``<name>.ratios.json`` beside ``--benchmark-json=<name>.json``.
 """
@@ -31,27 +32,23 @@ _RESULTS = pytest.StashKey[list]()
 _LOAD = pytest.StashKey[tuple]()
 
 
-def benchmarks_on(config) -> bool:
-    """True under ``--benchmark-only`` or ``--benchmark-enable``: benchmarks are then run."""
-    return bool(config.getoption("benchmark_only", False)
-                or config.getoption("benchmark_enable", False))
-
-
 def pytest_configure(config):
     config.stash[_RESULTS] = []
     config.stash[_LOAD] = os.getloadavg()
 
 
 def pytest_collection_modifyitems(config, items):
-    """A plain run leaves out the timed benchmarks (they assert nothing) without listing
-    them as skips; the benchmark files' ordinary tests still run."""
-    if benchmarks_on(config):
+    """A plain run leaves out the timed benchmarks (they assert nothing), and
+    ``--benchmark-only`` the ordinary tests, without listing either as skips."""
+    if config.getoption("benchmark_enable", False):
         return
-    kept, timed = [], []
+    only = bool(config.getoption("benchmark_only", False))
+    kept, left = [], []
     for item in items:
-        (timed if "benchmark" in getattr(item, "fixturenames", ()) else kept).append(item)
-    if timed:
-        config.hook.pytest_deselected(items=timed)
+        timed = "benchmark" in getattr(item, "fixturenames", ())
+        (kept if timed == only else left).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
         items[:] = kept
 
 
@@ -64,8 +61,8 @@ def case_results(request) -> list:
 def _context(config) -> dict:
     """Load averages (1, 5, 15 min) at the start and end of the run, and the BLAS in use."""
     from threadpoolctl import threadpool_info
-    blas = [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture')}), "
-            f"{p.get('num_threads')} threads: {p.get('filepath')}" for p in threadpool_info()]
+    import bench_table
+    blas = [bench_table.blas_line(pool) for pool in threadpool_info()]
     return {"load_average_start": list(config.stash[_LOAD]),
             "load_average_end": list(os.getloadavg()), "blas": blas}
 

@@ -76,8 +76,9 @@ def test_the_run_is_too_noisy_to_trust_when_any_case_is():
     shaky = CaseResult("shaky", {"cbn": STEADY, "gemm": [1.0, 1.0, 1.0, 2.0, 2.0]})
     assert bench_table.verdict([steady]).startswith("Run trustworthy")
     line = bench_table.verdict([steady, shaky])
-    assert "TOO NOISY TO TRUST: 1 of 2 cases noisy (shaky)" in line
+    assert "TOO NOISY TO TRUST: 1 of 2 cases noisy" in line
     assert "IQR/median" in line and "20%" in line
+    assert bench_table.to_json([steady, shaky])["noisy_cases"] == ["shaky"]
 
 
 @pytest.mark.parametrize("rounds, message", [
@@ -90,6 +91,12 @@ def test_the_run_is_too_noisy_to_trust_when_any_case_is():
 def test_timings_that_cannot_give_ratios_are_refused(rounds, message):
     with pytest.raises(ValueError, match=message):
         CaseResult("c", rounds)
+
+
+def test_a_thread_pool_line_leaves_out_what_threadpoolctl_does_not_know():
+    pool = {"internal_api": "openmp", "version": None, "architecture": None, "num_threads": 2,
+            "filepath": "/x/libgomp.so.1"}
+    assert bench_table.blas_line(pool) == "openmp, 2 threads: /x/libgomp.so.1"
 
 
 # -- outlets ---------------------------------------------------------------------------------
@@ -119,7 +126,8 @@ def test_the_script_prints_the_table_the_run_printed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert bench_table.format_table(results, markdown=True) in out
     assert "| epoch | 1100.00 | 1.10 | 0.50 | - | 3 | 0% | ok |" in out
-    assert "1 of 2 cases noisy (evaluate)" in out
+    assert "| evaluate | 3000.00 | 3.00 | - | - | 3 | 50% | NOISY |" in out
+    assert "1 of 2 cases noisy" in out
     assert "# openblas 0.3.34 (SkylakeX), 2 threads" in out
 
 
@@ -168,7 +176,8 @@ def test_the_summary_prints_the_table_and_writes_it_beside_the_benchmark_json(tm
     markdown = (tmp_path / "run.ratios.md").read_text()
     assert markdown.strip() == bench_table.format_table(results, markdown=True)
     data = json.loads((tmp_path / "run.ratios.json").read_text())
-    assert data["noisy"] is True and data["load_average_start"] == [1.0, 2.0, 3.0]
+    assert data["noisy"] is True and data["noisy_cases"] == ["evaluate"]
+    assert data["load_average_start"] == [1.0, 2.0, 3.0]
     assert [(c["case"], c["ratios"]["gemm"], c["noisy"]) for c in data["cases"]] == [
         ("epoch", pytest.approx(1.1), False), ("evaluate", 3.0, True)]
 
@@ -179,16 +188,17 @@ def item(name, fixtures):
 
 @pytest.mark.parametrize("options, kept", [
     ({}, ["check", "plain"]),
-    ({"benchmark_only": True}, ["check", "timed", "plain"]),
+    ({"benchmark_only": True}, ["timed"]),
     ({"benchmark_enable": True}, ["check", "timed", "plain"]),
 ])
-def test_a_plain_run_deselects_the_timed_benchmarks(tmp_path, options, kept):
+def test_a_plain_run_deselects_the_timed_benchmarks_and_a_benchmark_run_the_rest(
+        tmp_path, options, kept):
     items = [item("check", ["request"]), item("timed", ["benchmark", "request"]),
              item("plain", [])]
     config = fake_config(tmp_path, options)
     conftest.pytest_collection_modifyitems(config, items)
     assert [i.name for i in items] == kept
-    assert [i.name for i in config.deselected] == ([] if "timed" in kept else ["timed"])
+    assert {i.name for i in config.deselected} == {"check", "timed", "plain"} - set(kept)
 
 
 # -- scripts/bench_alternate.py --------------------------------------------------------------
