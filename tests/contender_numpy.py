@@ -6,7 +6,8 @@ The network is ``input -> [Linear -> BN -> ReLU] x (k-1) -> Linear -> softmax``
 (``Linear -> ReLU`` without BN); cost = mean cross-entropy + lam * sum W^2; plain SGD.
 Batch norm as in cbn and the course: biased batch variance, running statistics with EMA
 factor ``alpha``, the first batch's statistics copied when ``first``.
-Shapes: images (N, d) uint8 (or standardised floats), labels (N,) int64, W (d_in, d_out), per-feature vectors (m,).
+Shapes: images (N, d) uint8 (or standardised floats), labels (N,) int64, W (d_in, d_out),
+per-feature vectors (m,).
 """
 from __future__ import annotations
 

@@ -5,14 +5,14 @@
 
 Each case is one benchmark. After a warm-up round, each timed round times every contender of
 the case once, back to back with no pause between them, in an order that rotates from round
-to round (5 to 15 rounds, as many as fit in ``CASE_SECONDS`` by the warm-up round's time): ``cbn``, ``gemm`` (only
-the products the step does, ``numpy.matmul`` with ``out=`` on a fixed batch: the bound),
-``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch eager; left out
-without torch); see tests/contender_*.py. pytest-benchmark times cbn's block and its setup and
-teardown time the others, so its own table shows cbn and the ratios compare rounds measured
-together. The run ends with one table of per-round ratios and a noise verdict
-(tests/bench_table.py), also written beside ``--benchmark-json`` as ``<name>.ratios.md`` and
-``<name>.ratios.json``.
+to round (5 to 15 rounds, as many as fit in ``CASE_SECONDS`` by the warm-up round's time):
+``cbn``, ``gemm`` (only the products the step does, ``numpy.matmul`` with ``out=`` on a fixed
+batch: the bound), ``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch
+eager; left out without torch); see tests/contender_*.py. pytest-benchmark times cbn's block
+and its setup and teardown time the others, so its own table shows cbn and the ratios compare
+rounds measured together. The run ends with one table of per-round ratios and a noise
+verdict (tests/bench_table.py), also written beside ``--benchmark-json`` as
+``<name>.ratios.md`` and ``<name>.ratios.json``.
 
 Cases (network float32, synthetic images of CIFAR-10's shape):
 - one training epoch over ``EPOCH_ROWS`` images (cbn through ``fit(..., epochs=1)``) of each
