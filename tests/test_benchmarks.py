@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -239,7 +240,7 @@ def interleave(benchmark, runs: Dict[str, Callable[[], None]], rounds: Tuple[int
     names = list(runs)
     times: Dict[str, List[float]] = {c: [] for c in names}
     after: List[str] = []
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def run(contender: str) -> None:
         if before is not None:
