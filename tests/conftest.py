@@ -32,9 +32,14 @@ _RESULTS = pytest.StashKey[list]()
 _LOAD = pytest.StashKey[tuple]()
 
 
+def _load_average() -> tuple:
+    """The 1, 5 and 15 minute load averages, or () where the system does not tell."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else ()
+
+
 def pytest_configure(config):
     config.stash[_RESULTS] = []
-    config.stash[_LOAD] = os.getloadavg()
+    config.stash[_LOAD] = _load_average()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,7 +69,7 @@ def _context(config) -> dict:
     import bench_table
     blas = [bench_table.blas_line(pool) for pool in threadpool_info()]
     return {"load_average_start": list(config.stash[_LOAD]),
-            "load_average_end": list(os.getloadavg()), "blas": blas}
+            "load_average_end": list(_load_average()), "blas": blas}
 
 
 @pytest.hookimpl(trylast=True)
@@ -77,7 +82,7 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "cbn ratios")
     terminalreporter.write_line(bench_table.format_table(results))
     load = "load average (1, 5, 15 min): {} at start, {} at end".format(
-        *(", ".join(f"{v:.2f}" for v in context[k])
+        *(", ".join(f"{v:.2f}" for v in context[k]) or "unknown"
           for k in ("load_average_start", "load_average_end")))
     for line in [load] + context["blas"]:
         terminalreporter.write_line(line)

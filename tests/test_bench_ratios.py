@@ -201,6 +201,11 @@ def test_a_plain_run_deselects_the_timed_benchmarks_and_a_benchmark_run_the_rest
     assert {i.name for i in config.deselected} == {"check", "timed", "plain"} - set(kept)
 
 
+def test_a_system_without_load_averages_gets_an_empty_record(monkeypatch):
+    monkeypatch.delattr(conftest.os, "getloadavg")
+    assert conftest._load_average() == ()
+
+
 # -- scripts/bench_alternate.py --------------------------------------------------------------
 
 def test_alternating_runs_print_one_row_of_within_round_ratios_per_case(capsys):
