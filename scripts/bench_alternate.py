@@ -2,11 +2,10 @@
 
     python scripts/bench_alternate.py [--rounds 10] [--cases "3-layer BN b100,..."] [--dtypes float32]
 
-pytest-benchmark times one contender for about a second, then the next: on a VM whose speed
-moves by tens of percent from one minute to the next, a ratio then compares two different
-machines. Here every round times each contender of a case once (in rotating order), a block
-of steps each, and the ratio is taken within the round; the table gives the median over the
-rounds and the spread (first and third quartiles). The contenders are those of
+Single training steps (``tests/test_benchmarks.py`` times epochs, wide steps and an
+evaluation the same way, with no pause). Every round times each contender of a case once (in
+rotating order), a block of steps each, and the ratio is taken within the round; the table
+gives the median over the rounds and the spread (first and third quartiles). The contenders are those of
 ``tests/test_benchmarks.py`` (same networks, data and steps). Before each block the script
 sleeps ``--pause`` seconds so that the previous contender's thread pool has parked: two
 pools spinning at once on two cores would slow both.

@@ -6,11 +6,12 @@ The network is ``input -> [Linear -> BN -> ReLU] x (k-1) -> Linear -> softmax``
 (``Linear -> ReLU`` without BN); cost = mean cross-entropy + lam * sum W^2; plain SGD.
 Batch norm as in cbn and the course: biased batch variance, running statistics with EMA
 factor ``alpha``, the first batch's statistics copied when ``first``.
-Shapes: images (N, d) uint8, labels (N,) int64, W (d_in, d_out), per-feature vectors (m,).
+Shapes: images (N, d) uint8 (or standardised floats), labels (N,) int64, W (d_in, d_out),
+per-feature vectors (m,).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -53,12 +54,16 @@ class NumpyNet:
         self.rows = np.arange(n)
         self.labels = np.empty(n, np.int64)
 
-    def gather(self, images: np.ndarray, idx: np.ndarray, shift: np.ndarray,
-               scale: np.ndarray) -> np.ndarray:
-        """(images[idx] - shift) * scale into the batch buffer; the (n, d) view."""
+    def gather(self, images: np.ndarray, idx: np.ndarray, shift: Optional[np.ndarray],
+               scale: Optional[np.ndarray]) -> np.ndarray:
+        """(images[idx] - shift) * scale into the batch buffer; the (n, d) view. Without
+        ``shift`` and ``scale`` the rows are taken as they are (float input, standardised)."""
         n = idx.shape[0]
-        np.take(images, idx, axis=0, out=self.Xu8[:n])
         X = self.X[:n]
+        if shift is None:
+            np.take(images, idx, axis=0, out=X)
+            return X
+        np.take(images, idx, axis=0, out=self.Xu8[:n])
         np.subtract(self.Xu8[:n], shift, out=X)
         X *= scale
         return X
@@ -134,9 +139,10 @@ class NumpyNet:
         return total, correct
 
     def train_step(self, images: np.ndarray, labels: np.ndarray, idx: np.ndarray,
-                   shift: np.ndarray, scale: np.ndarray, lr: float, lam: float,
-                   first: bool = False) -> float:
-        """One SGD step on rows ``idx`` of ``images``; the mean loss before the update."""
+                   shift: Optional[np.ndarray], scale: Optional[np.ndarray], lr: float,
+                   lam: float, first: bool = False) -> float:
+        """One SGD step on rows ``idx`` of ``images`` (uint8 with ``shift`` and ``scale``, or
+        floats of the network's dtype without); the mean loss before the update."""
         X = self.gather(images, idx, shift, scale)
         n, p = X.shape[0], self.p
         y = self.labels[:n]

@@ -5,7 +5,7 @@ uint8 images into preallocated buffers. Needs torch (optional; the benchmarks sk
 it is missing)."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -45,17 +45,22 @@ class TorchNet:
         self.X = torch.empty((batch, d), dtype=dt)
         self.y = torch.empty(batch, dtype=torch.int64)
 
-    def _batch(self, images: torch.Tensor, idx: torch.Tensor, shift: torch.Tensor,
-               scale: torch.Tensor) -> torch.Tensor:
+    def _batch(self, images: torch.Tensor, idx: torch.Tensor, shift: Optional[torch.Tensor],
+               scale: Optional[torch.Tensor]) -> torch.Tensor:
         n = idx.shape[0]
-        torch.index_select(images, 0, idx, out=self.Xu8[:n])
         X = self.X[:n]
+        if shift is None:  # float input, standardised already
+            torch.index_select(images, 0, idx, out=X)
+            return X
+        torch.index_select(images, 0, idx, out=self.Xu8[:n])
         X.copy_(self.Xu8[:n]).sub_(shift).mul_(scale)
         return X
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
-                   shift: torch.Tensor, scale: torch.Tensor, lr: float, lam: float) -> float:
-        """One SGD step on rows ``idx`` (tensors from ``torch.from_numpy``); the mean loss."""
+                   shift: Optional[torch.Tensor], scale: Optional[torch.Tensor], lr: float,
+                   lam: float) -> float:
+        """One SGD step on rows ``idx`` (tensors from ``torch.from_numpy``: uint8 images with
+        ``shift`` and ``scale``, or floats of the network's dtype without); the mean loss."""
         X = self._batch(images, idx, shift, scale)
         y = self.y[:idx.shape[0]]
         torch.index_select(labels, 0, idx, out=y)
