@@ -28,6 +28,9 @@ PROBE_STEPS = 5
 # LONGEST_STRETCH (then a comparison costs well under 1 % of the run).
 FIRST_STRETCH = 32
 LONGEST_STRETCH = 4096
+# On one thread, a load that lifts does not change the step times, so only a comparison
+# finds out: they come at least this often.
+LONGEST_ON_ONE = 256
 # Compare again at once when the recent median step time moves this far from the one the
 # choice was made on (a process started or stopped beside us); stop timing the other side
 # when its steps are this much slower.
@@ -168,7 +171,8 @@ class TeamGovernor:
         one, many = (other, mine) if self.choice == self.ceiling else (mine, other)
         choice = 1 if one < MARGIN * many else self.ceiling
         if choice == self.choice:
-            self.stretch = min(2 * self.stretch, LONGEST_STRETCH)
+            self.stretch = min(2 * self.stretch,
+                               LONGEST_STRETCH if choice == self.ceiling else LONGEST_ON_ONE)
             self.reference = mine
         else:
             self.stretch = FIRST_STRETCH
