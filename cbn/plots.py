@@ -28,7 +28,7 @@ TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
 def _series(histories: Sequence[History], name: str) -> Tuple[np.ndarray, np.ndarray,
                                                                np.ndarray]:
     """Steps, mean and std of one recorded series over runs (truncated to the shortest)."""
-    length = min(len(h.step) for h in histories)
+    length = min(min(len(h.step), len(getattr(h, name))) for h in histories)  # may be unrecorded
     values = np.array([getattr(h, name)[:length] for h in histories], dtype=np.float64)
     return (np.asarray(histories[0].step[:length]), values.mean(axis=0), values.std(axis=0))
 
