@@ -346,6 +346,13 @@ def test_runs_that_end_apart_are_drawn_one_by_one():
     assert not runs_disagree(stuck, "val_loss")
 
 
+def test_curves_leave_out_a_series_the_runs_did_not_record(tmp_path):
+    """Validation only (no training-set scores): the figure has the validation line."""
+    runs = [_history([2.3, 1.8, 1.3]), _history([2.3, 1.7, 1.2])]
+    path = plots.plot_curves(tmp_path / "loss.png", {"no training scores": runs}, "loss")
+    assert path.stat().st_size > 0
+
+
 def test_bn_statistics_legend_leaves_the_bars_visible(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
