@@ -204,3 +204,8 @@ def finite_result(what: str, values: np.ndarray) -> None:
         raise ValueError(f"{what} came out NaN or infinite: a value overflowed (inputs, "
                          "normalization or parameters too large for the network's dtype, "
                          "e.g. a batch-norm variance) or a parameter is not finite")
+
+
+def dropout_seed(seed) -> Optional[int]:
+    """A dropout mask key (0 <= seed < 2**64), or None (no dropout)."""
+    return None if seed is None else integer("dropout_seed", seed, low=0, high=2**64 - 1)

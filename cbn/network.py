@@ -365,7 +365,7 @@ class Network:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
         with the dropout masks of ``dropout_seed`` as in ``cost_and_grads`` (None: no dropout)."""
         lam = check.real("lam", lam, low=0.0)
-        dropout_seed = _dropout_seed(dropout_seed)
+        dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         y = check.labels("y", y, src.shape[0], self.num_classes)
         loss, _ = self.evaluate_prepared(src, y, shift, scale, training=True,
@@ -386,7 +386,7 @@ class Network:
         the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
         (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
-        dropout_seed = _dropout_seed(dropout_seed)
+        dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
         y = check.labels("y", y, n, self.num_classes)
@@ -413,7 +413,3 @@ class Network:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")
-
-
-def _dropout_seed(seed) -> Optional[int]:
-    return None if seed is None else check.integer("dropout_seed", seed, low=0, high=2**64 - 1)

@@ -29,7 +29,7 @@ from cbn.experiment import RunResult, mean_std, summarize
 from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
                         show_progress)
 from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
-from cbn.report import accuracy_table, percent
+from cbn.tables import accuracy_table, percent
 
 NAME = "bonus"
 TIME_LIMIT = 600.0  # seconds of training allowed per run of the best configuration

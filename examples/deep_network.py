@@ -16,7 +16,7 @@ from typing import List, Optional
 from cbn.experiment import example_config, run_configs, setting_sentence
 from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import METRICS, plot_curves
-from cbn.report import accuracy_table
+from cbn.tables import accuracy_table
 
 NAME = "deep_network"
 HIDDEN = {9: (50, 30, 20, 20, 10, 10, 10, 10), 6: (50, 30, 20, 20, 10)}

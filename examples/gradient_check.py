@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 from cbn.experiment import GRADCHECK_NETWORKS, gradient_checks
 from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_gradcheck
-from cbn.report import markdown_table
+from cbn.tables import markdown_table
 
 NAME = "gradient_check"
 PARAMETERS = ("W", "b", "gamma", "beta")

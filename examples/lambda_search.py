@@ -22,7 +22,7 @@ from cbn.experiment import example_config, summarize
 from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
                         show_progress)
 from cbn.plots import plot_accuracy_vs_lambda
-from cbn.report import accuracy_table, markdown_table, number, percent
+from cbn.tables import accuracy_table, markdown_table, number, percent
 from cbn.search import DataSpec, LogUniform, best, refine, search, write_csv
 
 NAME = "lambda_search"

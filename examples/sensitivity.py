@@ -20,7 +20,7 @@ from cbn.experiment import (bn_statistics_accuracy, example_config, mean_std, ru
                             setting_sentence)
 from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import plot_bn_statistics, plot_sensitivity
-from cbn.report import accuracy_table, markdown_table, percent
+from cbn.tables import accuracy_table, markdown_table, percent
 
 NAME = "sensitivity"
 HIDDEN = (50, 50)

@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
                         parse_example_args)
-from cbn.report import markdown_table, number, percent  # noqa: E402
+from cbn.tables import markdown_table, number, percent  # noqa: E402
 from cbn.sklearn import MLPClassifier  # noqa: E402
 
 NAME = "sklearn_comparison"

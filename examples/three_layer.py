@@ -15,7 +15,7 @@ from typing import List, Optional
 from cbn.experiment import example_config, run_configs, setting_sentence
 from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
 from cbn.plots import METRICS, plot_curves
-from cbn.report import accuracy_table
+from cbn.tables import accuracy_table
 
 NAME = "three_layer"
 HIDDEN = (50, 50)

@@ -380,7 +380,7 @@ def test_figure_captions_state_data_seeds_and_quick(tmp_path):
 
 
 def test_accuracies_of_runs_that_disagree_are_listed_one_by_one():
-    from cbn.report import percent
+    from cbn.tables import percent
     assert percent({"mean": 0.35, "std": 0.179, "values": [0.10, 0.4406, 0.5095]}) == \
         "10.00, 44.06, 50.95 (per run)"
     assert percent({"mean": 0.5343, "std": 0.0013, "values": [0.5331, 0.5338, 0.5361]}) == \
