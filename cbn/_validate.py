@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import math
 import numbers
+import os
 import reprlib
 from typing import Optional, Sequence
 
@@ -204,6 +205,11 @@ def finite_result(what: str, values: np.ndarray) -> None:
         raise ValueError(f"{what} came out NaN or infinite: a value overflowed (inputs, "
                          "normalization or parameters too large for the network's dtype, "
                          "e.g. a batch-norm variance) or a parameter is not finite")
+
+
+def env_switch(name: str) -> bool:
+    """An on/off environment variable that is on unless set to 0, "off", "false" or "no"."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def dropout_seed(seed) -> Optional[int]:

@@ -94,15 +94,20 @@ def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
                   normalization=data.normalization, momentum=config.momentum,
                   eval_every=config.eval_every, eval_train=True)
     metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
-                                 "step_size": schedule.step_size}
+                                 "step_size": schedule.step_size, **score(net, data, config.lam)}
+    return RunResult(config, seed, net, history, metrics)
+
+
+def score(net: Network, data, lam: float) -> Dict[str, float]:
+    """Accuracy, loss and cost (with ``lam``) of ``net`` on each split of ``data``, in
+    evaluation mode: ``train_accuracy``, ``val_loss``, ``test_cost``, ..."""
+    metrics: Dict[str, float] = {}
     for split in ("train", "val", "test"):
         part = getattr(data, split)
-        scores = net.evaluate(part.images, part.labels, config.lam,
-                              normalization=data.normalization)
-        metrics[f"{split}_accuracy"] = scores["accuracy"]
-        metrics[f"{split}_loss"] = scores["loss"]
-        metrics[f"{split}_cost"] = scores["cost"]
-    return RunResult(config, seed, net, history, metrics)
+        scores = net.evaluate(part.images, part.labels, lam, normalization=data.normalization)
+        for what in ("accuracy", "loss", "cost"):
+            metrics[f"{split}_{what}"] = scores[what]
+    return metrics
 
 
 def mean_std(values: List[float]) -> Dict[str, object]:

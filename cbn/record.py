@@ -21,7 +21,7 @@ import numpy as np
 from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
 from ._files import json_ready, write_text
 from .experiment import RunConfig, RunResult, repeat
-from .tune import cpu_name, machine_key
+from .tune import cpu_name, machine_key, usable_cores
 
 
 def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
@@ -145,10 +145,6 @@ def machine_info() -> Dict[str, object]:
 
     from . import __version__
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
     keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",
             "architecture", "filepath")
     return {
@@ -156,7 +152,7 @@ def machine_info() -> Dict[str, object]:
         "cpu": cpu_name(),
         "cpu_key": machine_key(),  # family, model, vector extensions, threads, BLAS kernels
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,

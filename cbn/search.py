@@ -58,6 +58,7 @@ from .experiment import RunConfig, run
 from .search_log import FORMAT_VERSION, ResultsFile, write_csv, write_json
 from .space import (Choice, Distribution, LogUniform, Trial, Uniform, check_space, refine,
                     sample_trials)
+from .tune import usable_cores
 
 __all__ = [
     "LogUniform", "Uniform", "Choice", "DataSpec", "Trial", "sample_trials", "run_trial",
@@ -158,11 +159,7 @@ def run_trial(trial: Trial, data: Union[DataSpec, CIFAR10], blas_threads: int = 
 def default_workers(blas_threads: int = 1) -> int:
     """Worker processes such that workers x BLAS threads does not exceed the usable cores."""
     blas_threads = check.integer("blas_threads", blas_threads, low=1)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // blas_threads)
+    return max(1, usable_cores() // blas_threads)
 
 
 @contextlib.contextmanager

@@ -14,12 +14,12 @@ whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and co
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Optional
 
 from . import _ops
+from . import _validate as check
 
 # Steps timed on the other side in a comparison (after one untimed step that may pay for
 # waking threads), fewer when it is plainly slower; the choice's side is its last steps.
@@ -56,8 +56,7 @@ _last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the la
 
 def enabled() -> bool:
     """False when ``CBN_ADAPTIVE_THREADS`` is set to 0 (or "off", "false", "no")."""
-    return os.environ.get("CBN_ADAPTIVE_THREADS", "1").strip().lower() not in (
-        "0", "off", "false", "no")
+    return check.env_switch("CBN_ADAPTIVE_THREADS")
 
 
 class _Times:

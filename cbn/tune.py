@@ -25,6 +25,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import _ops
+from . import _validate as check
 from ._files import atomic_write, cache_dir
 
 DEFAULTS = {"transposed_from": _ops.transposed_from(), "sliced_from": _ops.sliced_from()}
@@ -48,7 +49,7 @@ def current() -> Dict[str, int]:
 
 def enabled() -> bool:
     """False when ``CBN_AUTOTUNE`` is 0 (or "off", "false", "no")."""
-    return os.environ.get("CBN_AUTOTUNE", "1").strip().lower() not in ("0", "off", "false", "no")
+    return check.env_switch("CBN_AUTOTUNE")
 
 
 def cpu_name() -> str:
@@ -154,15 +155,19 @@ def measure_sliced_from(dtype=np.float32) -> int:
         _ops.set_sliced_from(saved)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _busy() -> bool:
     """True when other work keeps the cores busy (1-minute load average at least the cores
     this process may use): tuning waits for a later process then."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        return os.getloadavg()[0] >= cores
+        return os.getloadavg()[0] >= usable_cores()
     except OSError:  # no load average on this system
         return False
 

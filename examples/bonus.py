@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import cbn
-from cbn.experiment import RunResult, mean_std, summarize
+from cbn.experiment import RunResult, mean_std, score, summarize
 from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
                         show_progress)
 from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
@@ -108,18 +108,13 @@ def train(data, config: BonusConfig, seed: int, *, curves: bool, progress: bool)
                       augment=augment if augment.active else None,
                       eval_every=max(1, total // config.eval_points), eval_train=curves)
     metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
-                                 "step_size": schedule.step_size}
-    for split in ("train", "val", "test"):
+                                 "step_size": schedule.step_size, **score(net, data, config.lam)}
+    for split in ("val", "test") if config.tta else ():
         part = getattr(data, split)
-        scores = net.evaluate(part.images, part.labels, config.lam,
-                              normalization=data.normalization)
-        for what in ("accuracy", "loss", "cost"):
-            metrics[f"{split}_{what}"] = scores[what]
-        if config.tta and split != "train":
-            metrics[f"{split}_accuracy_one_view"] = scores["accuracy"]
-            probs = sum(net.predict_proba(images, normalization=data.normalization)
-                        for images in (part.images, cbn.augment.mirror(part.images)))
-            metrics[f"{split}_accuracy"] = float(np.mean(probs.argmax(axis=1) == part.labels))
+        metrics[f"{split}_accuracy_one_view"] = metrics[f"{split}_accuracy"]
+        probs = sum(net.predict_proba(images, normalization=data.normalization)
+                    for images in (part.images, cbn.augment.mirror(part.images)))
+        metrics[f"{split}_accuracy"] = float(np.mean(probs.argmax(axis=1) == part.labels))
     return RunResult(config, seed, net, history, metrics)
 
 
