@@ -3,9 +3,10 @@
 Two thresholds decide how a step runs, and where each starts to pay differs between CPUs
 (and OpenBLAS's kernels for them): the rows from which the weight product is taken
 transposed, and the inputs from which the first layer is split in column slices, one per
-thread. ``ensure()`` measures both once per CPU and thread count, in about a second, the
-first time a network builds a plan on a machine that is not busy, and keeps them in ``$XDG_CACHE_HOME/cbn/tune.json``
-(``~/.cache/cbn``), so later runs on the machine reuse them. ``CBN_AUTOTUNE=0`` keeps the
+thread. ``ensure()`` measures both once per CPU and thread count, in a fraction of a second
+(docs/benchmarks.md), the first time a network builds a plan on a machine that is not busy,
+and keeps them in ``$XDG_CACHE_HOME/cbn/tune.json`` (``~/.cache/cbn``), so later runs on
+the machine reuse them. ``CBN_AUTOTUNE=0`` keeps the
 built-in values instead.
 
 Results: both thresholds change the last bits of a run (the order of a sum, a rounding),
