@@ -27,6 +27,9 @@ from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from .train import DivergenceError, History, fit
+from .threads import share_pool as _share_pool
+
+_share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,38 @@ cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
 
 cdef extern from *:
     """
+    #include <pthread.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    typedef void (*cbn_dojob)(int, void*, int);
+    typedef struct { cbn_dojob dojob; int index; void* data; int arg; } cbn_job;
+    static void* cbn_job_main(void* job) {
+        cbn_job* j = (cbn_job*)job;
+        j->dojob(j->index, j->data, j->arg);
+        return NULL;
+    }
+    /* OpenBLAS jobs that must all run at once, where OpenMP cannot promise a full team: on
+       threads started for them, job 0 on the caller's. Rare and slow (a thread start per
+       job), but never a hang. */
+    static void cbn_run_jobs_on_new_threads(cbn_dojob dojob, int numjobs, size_t elsize,
+                                            void* jobdata, int arg) {
+        pthread_t* threads = (pthread_t*)malloc(sizeof(pthread_t) * numjobs);
+        cbn_job* jobs = (cbn_job*)malloc(sizeof(cbn_job) * numjobs);
+        int i;
+        if (!threads || !jobs) { fprintf(stderr, "cbn: out of memory for BLAS jobs\\n"); abort(); }
+        for (i = 0; i < numjobs; i++) {
+            jobs[i].dojob = dojob; jobs[i].index = i; jobs[i].arg = arg;
+            jobs[i].data = (char*)jobdata + i * elsize;
+        }
+        for (i = 1; i < numjobs; i++)
+            if (pthread_create(&threads[i], NULL, cbn_job_main, &jobs[i]) != 0) {
+                fprintf(stderr, "cbn: cannot start a thread for a BLAS job\\n");
+                abort();  /* the started jobs would wait for it forever */
+            }
+        cbn_job_main(&jobs[0]);
+        for (i = 1; i < numjobs; i++) pthread_join(threads[i], NULL);
+        free(threads); free(jobs);
+    }
     #ifdef _OPENMP
     #include <omp.h>
     #define CBN_OPENMP 1
@@ -42,6 +74,8 @@ cdef extern from *:
     #endif
     """
     int CBN_OPENMP
+    void cbn_run_jobs_on_new_threads(openblas_dojob_callback dojob, int numjobs,
+                                     size_t elsize, void* jobdata, int arg) nogil
     int cbn_team_may_fall_short(int n) nogil
     void cbn_jobs_enter() nogil
     void cbn_jobs_leave() nogil
@@ -51,11 +85,27 @@ OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's
 cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
 
 
+# Other OpenBLAS libraries handed this pool too (share_pool_with), by their callback setters.
+ctypedef void (*threads_callback_setter)(openblas_threads_callback callback) noexcept nogil
+cdef enum: _MAX_SHARED = 16
+cdef threads_callback_setter _shared[_MAX_SHARED]
+cdef int _n_shared = 0
+
+
+cdef void _unshare_pool() noexcept nogil:
+    global _n_shared
+    cdef int i
+    for i in range(_n_shared):
+        _shared[i](NULL)
+    _n_shared = 0
+
+
 cdef void _leave_pool() noexcept nogil:
-    """For good: OpenBLAS back on its own threads, one thread for our loops."""
+    """For good: every OpenBLAS back on its own threads, one thread for our loops."""
     global _pool
     _pool = False
     scipy_openblas_set_threads_callback_function(NULL)
+    _unshare_pool()
 
 
 cdef inline void _check_pool() noexcept nogil:
@@ -63,6 +113,63 @@ cdef inline void _check_pool() noexcept nogil:
     team would leave OpenBLAS's jobs waiting for each other forever."""
     if _pool and cbn_team_may_fall_short(scipy_openblas_get_num_threads()):
         _leave_pool()
+
+
+# ---------------------------------------------------------------------------------------
+# Other OpenBLAS libraries in the process (NumPy's, SciPy's) on the same pool.
+#
+# Each OpenBLAS has its own pthreads pool, whose threads spin for a while after every
+# product before they sleep. On a machine with as many busy threads as cores, NumPy's spinning
+# threads take the cores our team waits for: right after NumPy's products, a training step
+# ran two to three times slower. Handing their jobs to our pool as well leaves one set of
+# threads in the process (cbn.threads.share_pool finds the libraries). Their results do not
+# change: OpenBLAS splits the work the same way, only the threads that run it differ.
+# ---------------------------------------------------------------------------------------
+
+cdef void _run_shared_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
+                           size_t jobdata_elsize, void* jobdata,
+                           int dojob_data) noexcept nogil:
+    """Another OpenBLAS's parallel work. Its products do not pass through ``_check_pool``,
+    so the check is made here: where OpenMP might run a short team, the jobs run on threads
+    started for them instead."""
+    if _pool and not cbn_team_may_fall_short(numjobs):
+        _run_blas_jobs(sync, dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
+        return
+    cbn_jobs_enter()
+    cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
+    cbn_jobs_leave()
+
+
+def share_pool_with(size_t setter):
+    """Hand the parallel jobs of another OpenBLAS to this pool, given the address of its
+    ``openblas_set_threads_callback_function``. Without OpenMP, or once the pool is left,
+    nothing changes (returns False)."""
+    global _n_shared
+    cdef threads_callback_setter set_callback = <threads_callback_setter>setter
+    cdef int i
+    if not setter:
+        raise ValueError("setter must be a function's address")
+    if not _pool:
+        return False
+    for i in range(_n_shared):
+        if _shared[i] == set_callback:
+            return True
+    if _n_shared == _MAX_SHARED:
+        raise RuntimeError(f"at most {_MAX_SHARED} other OpenBLAS libraries can share the pool")
+    _shared[_n_shared] = set_callback
+    _n_shared += 1
+    set_callback(_run_shared_jobs)
+    return True
+
+
+def unshare_pool():
+    """Give every other OpenBLAS its own threads back."""
+    _unshare_pool()
+
+
+def shared_pool_count():
+    """How many other OpenBLAS libraries run their jobs on this pool now."""
+    return _n_shared
 
 
 def _leave_pool_after_fork():

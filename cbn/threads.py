@@ -11,12 +11,23 @@ a stretch that doubles while the choice holds, or at once when the step times sh
 The thread count never changes a result: the first layer's column slices are fixed for the
 whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and columns only.
 ``CBN_ADAPTIVE_THREADS=0`` turns the governor off.
+
+``share_pool`` hands the other OpenBLAS libraries of the process (NumPy's, SciPy's) the same
+pool of threads, so that their idle threads do not spin against cbn's team after each of
+their products. ``import cbn`` does it for the libraries loaded by then, and each new plan
+(a network's first run at a batch size) for any loaded since; ``CBN_SHARE_POOL=0`` leaves
+every library its own threads.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 import time
-from typing import Optional
+from typing import List, Optional
+
+import scipy_openblas32
+import threadpoolctl
 
 from . import _ops
 from . import _validate as check
@@ -52,6 +63,56 @@ _governing = threading.Lock()
 # so many short calls of fit are governed as one long run.
 REMEMBER_SECONDS = 5.0
 _last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the last run)
+
+
+# Names OpenBLAS builds give the threads-callback setter (the scipy-openblas wheels prefix
+# their symbols and suffix the 64-bit-integer build's).
+_SETTER_NAMES = [prefix + "openblas_set_threads_callback_function" + suffix
+                 for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+_shared_paths: List[str] = []  # the libraries share_pool has handed the pool
+
+
+def share_pool() -> List[str]:
+    """Run the parallel jobs of every other pthreads OpenBLAS loaded in the process on
+    cbn's OpenMP pool; returns the paths of the libraries that share it.
+
+    Libraries too old to take a threads callback (OpenBLAS before 0.3.27), OpenMP builds and
+    other BLAS (MKL, BLIS) keep their threads. Their results do not change, only the threads
+    that compute them; their thread counts stay theirs (``threadpoolctl`` still sets them).
+    Does nothing when ``CBN_SHARE_POOL`` is 0, without OpenMP, or once the pool was left
+    (in a forked child, or after a call from inside another OpenMP region)."""
+    if not (_ops.OPENMP and check.env_switch("CBN_SHARE_POOL")):
+        return list(_shared_paths)
+    own = os.path.realpath(scipy_openblas32.get_lib_dir())  # cbn's own, already on the pool
+    for info in threadpoolctl.threadpool_info():
+        path = os.path.realpath(info.get("filepath") or "")
+        if (info.get("internal_api") != "openblas" or info.get("threading_layer") != "pthreads"
+                or os.path.dirname(path) == own or path in _shared_paths):
+            continue
+        setter = _setter_address(path)
+        if setter and _ops.share_pool_with(setter):
+            _shared_paths.append(path)
+    return list(_shared_paths)
+
+
+def unshare_pool() -> None:
+    """Give every library ``share_pool`` took its own threads back."""
+    _ops.unshare_pool()
+    _shared_paths.clear()
+
+
+def _setter_address(path: str) -> int:
+    """The address of the threads-callback setter of the loaded library at ``path``, or 0."""
+    try:  # RTLD_NOLOAD: the library already in the process, never a second copy
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except (OSError, AttributeError):  # not loaded any more; no RTLD_NOLOAD off Linux
+        return 0
+    for name in _SETTER_NAMES:
+        try:
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            continue
+    return 0
 
 
 def enabled() -> bool:

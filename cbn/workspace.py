@@ -14,7 +14,7 @@ import numpy as np
 from . import _ops
 from . import _validate as check
 from . import tune
-from .threads import GOVERNED_FROM, TeamGovernor
+from .threads import GOVERNED_FROM, TeamGovernor, share_pool
 
 if TYPE_CHECKING:
     from .network import Network
@@ -118,6 +118,7 @@ class Workspace:
 
     def _build(self, cap: int) -> CachedPlan:
         tune.ensure()  # the CPU-dependent thresholds below, measured once per machine
+        share_pool()  # any OpenBLAS loaded since the last plan, e.g. SciPy's
         net = self._net
         dt, dims, k = net.dtype, net.dims, net.num_layers
         allocated: List[np.ndarray] = []

@@ -17,7 +17,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import cbn
-from cbn import ConstantLR, CyclicLR, DivergenceError, Network, _ops, fit
+from cbn import ConstantLR, CyclicLR, DivergenceError, Network, _ops, fit, threads
 
 MiB = 1 << 20
 
@@ -517,3 +517,104 @@ def test_a_non_finite_validation_row_is_refused_before_training():
         fit(net, X, y, X_val=X_val, y_val=y[:30], lam=0.0, batch_size=20, epochs=1,
             schedule=ConstantLR(0.1), progress=False)
     np.testing.assert_array_equal(net.flat_params, start)
+
+
+# -- other OpenBLAS libraries on cbn's pool (cbn.threads.share_pool) -------------------------
+
+numpy_shares = pytest.mark.skipif(not (_ops.OPENMP and threads.share_pool()),
+                                  reason="no other pthreads OpenBLAS with a threads callback")
+
+
+@numpy_shares
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_products_on_the_shared_pool_equal_those_on_its_own_threads(dtype):
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype))
+             for m, k, n in [(700, 500, 600), (100, 3072, 50), (3072, 100, 50), (2, 5, 3)]]
+    shared = [a @ b for a, b in pairs]
+    threads.unshare_pool()
+    try:
+        own = [a @ b for a, b in pairs]
+    finally:
+        threads.share_pool()
+    for s, o in zip(shared, own):
+        assert np.array_equal(s, o)
+
+
+@numpy_shares
+def test_numpy_products_in_many_threads_while_cbn_trains_are_right():
+    """Several batches of jobs come to the pool at once from NumPy's calls and cbn's steps."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((400, 300)), rng.standard_normal((300, 500))
+    expected = a @ b
+    bad = []
+
+    def products():
+        for _ in range(30):
+            if not np.array_equal(a @ b, expected):
+                bad.append(1)
+
+    workers = [threading.Thread(target=products) for _ in range(3)]
+    for w in workers:
+        w.start()
+    total = final_sum(0)
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers) and not bad
+    assert total == final_sum(0)
+
+
+def numpy_product_sum(seed):
+    rng = np.random.default_rng(seed)
+    return float((rng.standard_normal((600, 400)) @ rng.standard_normal((400, 500))).sum())
+
+
+@numpy_shares
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_numpy_products_in_a_forked_child_run_on_numpys_own_threads():
+    """The child cannot use the parent's OpenMP pool: NumPy gets its threads back."""
+    expected = numpy_product_sum(0)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(numpy_product_sum, [0, 0]).get(timeout=120)
+    assert got == [expected] * 2
+
+
+NUMPY_THEN_TRAIN = """
+import numpy as np
+from cbn import _ops, threads
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((600, 400)), rng.standard_normal((400, 500))
+shared = _ops.shared_pool_count()
+c = a @ b  # on the pool, or on threads started for the jobs where OpenMP may run short
+threads.unshare_pool()
+print(shared, np.array_equal(c, a @ b))
+"""
+
+
+@numpy_shares
+@pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"},
+                                     {"CBN_SHARE_POOL": "0"}])
+def test_numpy_products_never_hang_whatever_openmp_may_do(tmp_path, setting):
+    parent = str(Path(cbn.__file__).resolve().parent.parent)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", **setting,
+           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", NUMPY_THEN_TRAIN], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0" if setting.get("CBN_SHARE_POOL") == "0" else "1", "True"]
+
+
+@numpy_shares
+def test_share_pool_can_be_switched_off(tmp_path):
+    parent = str(Path(cbn.__file__).resolve().parent.parent)
+    code = "import cbn; from cbn import _ops; print(_ops.shared_pool_count())"
+    counts = []
+    for value in ("1", "0"):
+        env = {**os.environ, "CBN_SHARE_POOL": value,
+               "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH"))
+                                             if p)}
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        counts.append(int(done.stdout))
+    assert counts[0] >= 1 and counts[1] == 0
