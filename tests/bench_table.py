@@ -21,7 +21,7 @@ import numpy as np
 
 NOISE_LIMIT = 0.20   # the bound's IQR/median above which a case's ratios are not trusted
 BOUND = "gemm"
-OTHERS = ("gemm", "numpy", "torch")
+OTHERS = ("gemm", "gemm+rows", "numpy", "torch")
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def rows(results: Sequence[CaseResult]) -> List[List[str]]:
     return out
 
 
-HEADER = ["case", "cbn ms", "cbn/gemm", "cbn/numpy", "cbn/torch", "rounds",
+HEADER = ["case", "cbn ms", "cbn/gemm", "cbn/gemm+rows", "cbn/numpy", "cbn/torch", "rounds",
           "gemm IQR/med", "verdict"]
 
 

@@ -3,7 +3,7 @@ through ``numpy.matmul`` into preallocated outputs. Anything a step does besides
 (gather, batch norm, softmax, update, Python) is what a contender adds on top of the bound."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -13,13 +13,36 @@ class GemmBound:
     (input, hidden..., classes) on ``batch`` rows of ``dtype``: per layer the forward
     S = A W, the weight gradient A^T dS and (above the first layer) the input gradient dS W^T."""
 
-    def __init__(self, dims: Sequence[int], batch: int, dtype, seed: int = 0) -> None:
+    def __init__(self, dims: Sequence[int], batch: int, dtype, seed: int = 0,
+                 source: Optional[np.ndarray] = None,
+                 order: Optional[np.ndarray] = None) -> None:
+        """With ``source`` (the data set's rows) and ``order`` (the row order), each step
+        and each ``evaluate`` also reads its batch's rows, as stored, into a buffer: the
+        read no training step can avoid (the ``gemm+rows`` bound)."""
         rng = np.random.default_rng(seed)
+        self.batch = batch
+        self.source, self.order, self.next = source, order, 0
+        self.rows = None if source is None else np.empty((batch, source.shape[1]), source.dtype)
         self.X = rng.standard_normal((batch, dims[0])).astype(dtype)
         self.W = [rng.standard_normal((a, b)).astype(dtype) for a, b in zip(dims[:-1], dims[1:])]
         self.S = [np.empty((batch, b), dtype) for b in dims[1:]]
         self.dW = [np.empty_like(W) for W in self.W]
         self.dA = [np.empty((batch, a), dtype) for a in dims[:-1]]
+
+    def read_rows(self) -> None:
+        """The next batch's rows of ``source`` in ``order``, cycling (nothing without one)."""
+        if self.source is None:
+            return
+        if self.next + self.batch > len(self.order):
+            self.next = 0
+        np.take(self.source, self.order[self.next:self.next + self.batch], axis=0,
+                out=self.rows)
+        self.next += self.batch
+
+    def evaluate(self) -> None:
+        """The rows' read, then the forward products."""
+        self.read_rows()
+        self.forward()
 
     def forward(self) -> None:
         A = self.X
@@ -29,7 +52,9 @@ class GemmBound:
 
     def step(self) -> None:
         """The forward products, then the backward ones (the S buffers stand in for the
-        activations and their gradients: the bound counts the products, not the values)."""
+        activations and their gradients: the bound counts the products, not the values);
+        first the batch's rows when there is a ``source``."""
+        self.read_rows()
         self.forward()
         for l in range(len(self.W) - 1, -1, -1):
             A = self.X if l == 0 else self.S[l - 1]

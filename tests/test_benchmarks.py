@@ -7,7 +7,8 @@ Each case is one benchmark. After a warm-up round, each timed round times every 
 the case once, back to back with no pause between them, in an order that rotates from round
 to round (5 to 15 rounds, as many as fit in ``CASE_SECONDS`` by the warm-up round's time):
 ``cbn``, ``gemm`` (only the products the step does, ``numpy.matmul`` with ``out=`` on a fixed
-batch: the bound), ``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch
+batch: the bound), ``gemm+rows`` (the same products after reading the batch's rows from the
+data set as stored, uint8 or float32: the bound with the one read a step cannot avoid), ``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch
 eager; left out without torch); see tests/contender_*.py. pytest-benchmark times cbn's block
 and its setup and teardown time the others, so its own table shows cbn and the ratios compare
 rounds measured together. The run ends with one table of per-round ratios and a noise
@@ -58,7 +59,7 @@ STEP_CASES = {  # name: (hidden widths, batch norm, batch size)
     "9-layer BN b100": ((50, 30, 20, 20, 10, 10, 10, 10), True, 100),
     "3-layer b100": ((50, 50), False, 100),
 }
-CONTENDERS = ("cbn", "numpy", "torch", "gemm")
+CONTENDERS = ("cbn", "numpy", "torch", "gemm", "gemm+rows")
 DTYPE = "float32"
 ROUNDS = (5, 15)      # fewest and most timed rounds per case (after one warm-up round)
 CASE_SECONDS = 10.0   # timed rounds per case: as many as fit in this, by the warm-up round
@@ -167,6 +168,8 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int) -> Callable[[]
         sc = None if scale is None else torch.from_numpy(scale)
         return lambda: model.train_step(Xt, yt, ot[(s := starts[next(counter) % len(starts)]):
                                                    s + batch], st, sc, LR, LAM)
+    if contender == "gemm+rows":
+        return GemmBound(net.dims, batch, net.dtype, source=X, order=order).step
     return GemmBound(net.dims, batch, net.dtype).step
 
 
@@ -194,6 +197,9 @@ def evaluator(contender: str, net: Network, X, y, norm, block: int) -> Callable[
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         st, sc = torch.from_numpy(shift), torch.from_numpy(scale)
         return lambda: model.evaluate(Xt, yt, st, sc)
+    if contender == "gemm+rows":
+        return GemmBound(net.dims, X.shape[0], net.dtype, source=X,
+                         order=np.arange(X.shape[0])).evaluate
     return GemmBound(net.dims, X.shape[0], net.dtype).forward
 
 
@@ -398,12 +404,23 @@ def test_the_round_count_fits_the_time_budget_within_its_bounds(seconds, count):
     assert CaseResult("c", times).n_rounds == count
 
 
+@pytest.mark.parametrize("source", ["float32", "uint8"])
+def test_the_bound_with_rows_reads_each_batch_of_the_order_as_stored(source):
+    X, _, _ = dataset(50, source)
+    order = np.random.default_rng(3).permutation(50)
+    bound = GemmBound([D, 8, K], 20, np.float32, source=X, order=order)
+    for start in (0, 20, 0):  # two whole batches fit in 50 rows, then the order starts again
+        bound.step()
+        assert bound.rows.dtype == X.dtype
+        assert np.array_equal(bound.rows, X[order[start:start + 20]])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_case_runs_each_contender_once_per_round(name):
     case = CASES[name]
     rows = 600 if case.kind != "evaluate" else 300
     runs = blocks(case, rows)
-    expected = {"cbn", "numpy", "gemm"} | ({"torch"} if HAS_TORCH else set())
+    expected = {"cbn", "numpy", "gemm", "gemm+rows"} | ({"torch"} if HAS_TORCH else set())
     assert set(runs) == expected and next(iter(runs)) == "cbn"
     times = interleave(Rounds(), runs, rounds=(1, 1), before=burst() if case.burst else None)
     assert CaseResult(name, times).n_rounds == 1
