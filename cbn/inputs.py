@@ -6,7 +6,7 @@ it predicts or evaluates, so a caller never has to pass it again. Without such c
 pixels fed to a network trained on standardised features, or features standardised twice,
 give a silent chance-level answer; :func:`resolve` stops both.
 
-The rule (cheap: at most SAMPLE_ROWS rows, strided over X, in float64). With at least
+The rule (cheap: at most SAMPLE_ROWS rows, strided over X, statistics in float64). With at least
 MIN_ROWS rows, a batch *fits* a standardisation when, after applying it, the median over
 features of |batch mean| is below MEAN_TOL and the median batch standard deviation lies in
 STD_RANGE; the standardisation of features already standardised is the identity (mean 0,
@@ -74,17 +74,17 @@ def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: st
 
 
 def _sample(X: np.ndarray) -> Optional[np.ndarray]:
-    """Up to SAMPLE_ROWS rows spread over X, in float64; None if any is not finite (the
-    caller's checks then report it)."""
+    """Up to SAMPLE_ROWS rows spread over X, copied in X's dtype (the statistics of ``_fit``
+    promote to float64); None if any is not finite (the caller's checks then report it)."""
     step = max(1, X.shape[0] // SAMPLE_ROWS)
-    sample = np.asarray(X[::step][:SAMPLE_ROWS], dtype=np.float64)
+    sample = np.ascontiguousarray(X[::step][:SAMPLE_ROWS])
     return sample if np.isfinite(sample).all() else None
 
 
 def _fit(sample: np.ndarray, mean, std) -> Tuple[bool, float, float]:
     """Whether ``sample`` fits the standardisation (mean, std); with the median |mean| and
     median std of the standardised sample."""
-    z = (sample - mean) / std
+    z = (sample - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
     centre = float(np.median(np.abs(z.mean(axis=0))))
     spread = float(np.median(z.std(axis=0)))
     return centre < MEAN_TOL and STD_RANGE[0] < spread < STD_RANGE[1], centre, spread
