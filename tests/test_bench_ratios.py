@@ -1,6 +1,6 @@
 """The benchmarks' table of ratios and noise verdict (tests/bench_table.py), its two outlets
 (the summary of ``pytest --benchmark-only`` in tests/conftest.py and scripts/bench_ratios.py),
-the deselection of timed benchmarks from a plain run, and scripts/bench_alternate.py."""
+the deselection of timed benchmarks from a plain run, and scripts/bench_fit.py."""
 import importlib.util
 import json
 from pathlib import Path
@@ -206,19 +206,23 @@ def test_a_system_without_load_averages_gets_an_empty_record(monkeypatch):
     assert conftest._load_average() == ()
 
 
-# -- scripts/bench_alternate.py --------------------------------------------------------------
+# -- scripts/bench_fit.py ---------------------------------------------------------------------
 
-def test_alternating_runs_print_one_row_of_within_round_ratios_per_case(capsys):
-    """A smoke run (two short rounds): the row and its median [quartile] cells, not timings."""
-    bench_alternate = script("bench_alternate")
-    assert bench_alternate.main(["--rounds", "2", "--cases", "3-layer BN b20",
-                                 "--dtypes", "float32", "--block", "0.01",
-                                 "--pause", "0"]) == 0
-    out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("step 3-layer BN b20"))
-    cells = [cell.strip() for cell in row.split("|")]
-    assert float(cells[1]) > 0 and "cbn/gemm" in out
-    for cell in cells[2:]:
-        median, spread = cell.split(" ", 1)
-        low, high = (float(x) for x in spread.strip("[]").split("-"))
-        assert low <= float(median) <= high
+def test_the_fit_script_prints_each_contenders_time_and_the_ratios(capsys):
+    """A smoke run (one short round, one busy process): the line's cells, not timings."""
+    bench_fit = script("bench_fit")
+    assert bench_fit.main(["--rows", "200", "--batch", "100", "--rounds", "1",
+                           "--busy", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[50, 50] b100 float32 200 rows, 1 busy:")
+    times, ratios = line.split(": ", 1)[1].split("; ")
+    assert [t.split()[0] for t in times.split(", ")] == ["cbn", "numpy", "gemm", "gemm+rows"]
+    assert all(float(t.split()[1]) > 0 for t in times.split(", "))
+    assert [r.split()[0] for r in ratios.split(", ")] == ["cbn/numpy", "cbn/gemm",
+                                                         "cbn/gemm+rows"]
+    assert all(float(r.split()[1]) > 0 for r in ratios.split(", "))
+
+
+def test_the_fit_script_refuses_rows_that_are_not_whole_batches():
+    with pytest.raises(SystemExit):
+        script("bench_fit").main(["--rows", "150", "--batch", "100"])
