@@ -18,16 +18,24 @@ cdef extern from *:
     #else
     #define CBN_WIDEST_VECTORS
     #endif
-    /* o[j] = (row[j] - shift[j]) scale[j] for j < n; 1 if any is NaN or infinite, else 0. */
+    /* o[j] = (row[j] - shift[j]) scale[j] for j < n; 1 if any is NaN or infinite, else 0.
+       ``next`` (the same columns of the next row to gather, or NULL) is asked for one cache
+       line per line of ``row`` converted: its misses overlap the work, where asking for the
+       whole row at once stalls until the core can track that many misses. */
     #define CBN_STANDARDISE(NAME, SRC, DST)                                              \
     CBN_WIDEST_VECTORS static int NAME(const SRC* row, const DST* shift, const DST* scale, \
-                                       DST* o, Py_ssize_t n) {                          \
-        Py_ssize_t j;                                                                    \
+                                       DST* o, Py_ssize_t n, const SRC* next) {         \
+        const Py_ssize_t line = 64 / sizeof(SRC);                                        \
+        Py_ssize_t j, k, end;                                                            \
         int bad = 0;                                                                     \
-        for (j = 0; j < n; j++) {                                                        \
-            DST v = ((DST)row[j] - shift[j]) * scale[j];                                 \
-            o[j] = v;                                                                    \
-            bad |= (v - v) != 0;                                                         \
+        for (k = 0; k < n; k += line) {                                                  \
+            if (next) __builtin_prefetch(next + k, 0, 0);                                \
+            end = k + line < n ? k + line : n;                                           \
+            for (j = k; j < end; j++) {                                                  \
+                DST v = ((DST)row[j] - shift[j]) * scale[j];                             \
+                o[j] = v;                                                                \
+                bad |= (v - v) != 0;                                                     \
+            }                                                                            \
         }                                                                                \
         return bad;                                                                      \
     }
@@ -39,37 +47,39 @@ cdef extern from *:
     CBN_STANDARDISE(cbn_standardise_f64_f64, double, double)
     """
     int cbn_standardise_u8_f32(const uint8_t*, const float*, const float*, float*,
-                               Py_ssize_t) nogil
+                               Py_ssize_t, const void*) nogil
     int cbn_standardise_u8_f64(const uint8_t*, const double*, const double*, double*,
-                               Py_ssize_t) nogil
+                               Py_ssize_t, const void*) nogil
     int cbn_standardise_f32_f32(const float*, const float*, const float*, float*,
-                                Py_ssize_t) nogil
+                                Py_ssize_t, const void*) nogil
     int cbn_standardise_f32_f64(const float*, const double*, const double*, double*,
-                                Py_ssize_t) nogil
+                                Py_ssize_t, const void*) nogil
     int cbn_standardise_f64_f32(const double*, const float*, const float*, float*,
-                                Py_ssize_t) nogil
+                                Py_ssize_t, const void*) nogil
     int cbn_standardise_f64_f64(const double*, const double*, const double*, double*,
-                                Py_ssize_t) nogil
+                                Py_ssize_t, const void*) nogil
 
 
 cdef inline int _standardise(const source_t* row, const floating* shift,
-                             const floating* scale, floating* o, Py_ssize_t n) noexcept nogil:
-    """o[j] = (row[j] - shift[j]) scale[j] for j < n; 1 if any is NaN or infinite, else 0."""
+                             const floating* scale, floating* o, Py_ssize_t n,
+                             const source_t* next) noexcept nogil:
+    """o[j] = (row[j] - shift[j]) scale[j] for j < n, prefetching ``next`` (NULL: none);
+    1 if any is NaN or infinite, else 0."""
     if source_t is uint8_t:
         if floating is float:
-            return cbn_standardise_u8_f32(row, shift, scale, o, n)
+            return cbn_standardise_u8_f32(row, shift, scale, o, n, next)
         else:
-            return cbn_standardise_u8_f64(row, shift, scale, o, n)
+            return cbn_standardise_u8_f64(row, shift, scale, o, n, next)
     elif source_t is float:
         if floating is float:
-            return cbn_standardise_f32_f32(row, shift, scale, o, n)
+            return cbn_standardise_f32_f32(row, shift, scale, o, n, next)
         else:
-            return cbn_standardise_f32_f64(row, shift, scale, o, n)
+            return cbn_standardise_f32_f64(row, shift, scale, o, n, next)
     else:
         if floating is float:
-            return cbn_standardise_f64_f32(row, shift, scale, o, n)
+            return cbn_standardise_f64_f32(row, shift, scale, o, n, next)
         else:
-            return cbn_standardise_f64_f64(row, shift, scale, o, n)
+            return cbn_standardise_f64_f64(row, shift, scale, o, n, next)
 
 
 # Augmentation happens inside the gather, so it costs no extra pass over the batch and no
@@ -155,15 +165,16 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
     cdef int bad = 0
     cdef Py_ssize_t span = <Py_ssize_t>(j1 - j0) * sizeof(source_t)
     cdef const source_t* row
-    cdef const char* ahead
+    cdef const source_t* nxt
     cdef floating* o
     for i in range(i0, i1):
         # The rows are scattered over the whole data set, so each one starts with cache
-        # misses: ask for the next row while converting this one (docs/benchmarks.md).
-        if i + 1 < n:
-            ahead = <const char*>(src + idx[i + 1] * d + j0)
+        # misses: ask for the next row while converting this one, a line at a time in the
+        # plain loop, all at once before an augmented row (docs/benchmarks.md).
+        nxt = src + idx[i + 1] * d + j0 if i + 1 < n else NULL
+        if aug != NULL and nxt != NULL:
             for j in range(0, span, 64):
-                __builtin_prefetch(ahead + j, 0, 0)
+                __builtin_prefetch(<const char*>nxt + j, 0, 0)
         row = src + idx[i] * d
         o = out + i * d
         # Inputs are checked here, as they are read, rather than by a pass over the whole
@@ -173,7 +184,7 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
                                   shift, scale, o)
             bad |= _not_finite(j1 - j0, o + j0)
         else:
-            bad |= _standardise(row + j0, shift + j0, scale + j0, o + j0, j1 - j0)
+            bad |= _standardise(row + j0, shift + j0, scale + j0, o + j0, j1 - j0, nxt)
     return bad
 
 
