@@ -21,8 +21,10 @@ wrappers (``_linear``, ``_batchnorm``, ``_relu``, ``_dropout``, ``_softmax``, ``
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's
-pass). Two pools on two cores would spin against each other; a single one also lets the
-gather, the largest piece of a step outside the GEMMs, use every core instead of one. The
+pass), and the jobs of the other OpenBLAS libraries in the process too (NumPy's, SciPy's;
+``cbn.threads.share_pool``). Two pools on two cores would spin against each other; a single
+one also lets the gather, the largest piece of a step outside the GEMMs, use every core
+instead of one. The
 thread count is OpenBLAS's: every core, or ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
 when set, and ``threadpoolctl`` changes it at run time like numpy's and scipy's. Built
 without OpenMP (``OPENMP`` False), OpenBLAS runs its own threads and the gather runs on
