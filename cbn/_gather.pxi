@@ -13,7 +13,9 @@ ctypedef fused source_t:
 # the vector width of the machine it runs on. Elsewhere, the plain loop.
 cdef extern from *:
     """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    /* GCC 6+ on x86-64 glibc (the clones are chosen through an ifunc, which musl lacks). */
+    #if defined(__GNUC__) && __GNUC__ >= 6 && !defined(__clang__) && defined(__x86_64__) \
+        && defined(__linux__) && defined(__GLIBC__)
     #define CBN_WIDEST_VECTORS __attribute__((target_clones("avx512f", "avx2", "default")))
     #else
     #define CBN_WIDEST_VECTORS
