@@ -425,18 +425,25 @@ print(_ops.threads() > 1, float(net.flat_params.astype(np.float64).sum()))
 """
 
 
+def run_python(code: str, cwd, **environment: str) -> str:
+    """What ``code`` prints, run by a fresh interpreter that imports this cbn, with
+    ``environment`` added to this one's; fails the test if it fails."""
+    parent = str(Path(cbn.__file__).resolve().parent.parent)
+    env = {**os.environ, **environment,
+           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
 @pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"}])
 def test_openmp_settings_that_could_shrink_a_team_do_not_hang_training(tmp_path, setting):
     """OpenBLAS's jobs wait for each other: run one per thread or never finish. Where OpenMP
     might give fewer threads than asked, cbn leaves the pool for OpenBLAS's own threads."""
-    parent = str(Path(cbn.__file__).resolve().parent.parent)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", **setting,
-           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", TRAIN_AND_PRINT], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    in_pool, total = done.stdout.split()
+    in_pool, total = run_python(TRAIN_AND_PRINT, tmp_path, OPENBLAS_NUM_THREADS="2",
+                                **setting).split()
     assert in_pool == str(not setting)
     assert np.isfinite(float(total))
 
@@ -579,7 +586,7 @@ def test_numpy_products_in_a_forked_child_run_on_numpys_own_threads():
     assert got == [expected] * 2
 
 
-NUMPY_THEN_TRAIN = """
+NUMPY_PRODUCT = """
 import numpy as np
 from cbn import _ops, threads
 rng = np.random.default_rng(0)
@@ -595,26 +602,9 @@ print(shared, np.array_equal(c, a @ b))
 @pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"},
                                      {"CBN_SHARE_POOL": "0"}])
 def test_numpy_products_never_hang_whatever_openmp_may_do(tmp_path, setting):
-    parent = str(Path(cbn.__file__).resolve().parent.parent)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", **setting,
-           "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", NUMPY_THEN_TRAIN], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0" if setting.get("CBN_SHARE_POOL") == "0" else "1", "True"]
-
-
-@numpy_shares
-def test_share_pool_can_be_switched_off(tmp_path):
-    parent = str(Path(cbn.__file__).resolve().parent.parent)
-    code = "import cbn; from cbn import _ops; print(_ops.shared_pool_count())"
-    counts = []
-    for value in ("1", "0"):
-        env = {**os.environ, "CBN_SHARE_POOL": value,
-               "PYTHONPATH": os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH"))
-                                             if p)}
-        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        counts.append(int(done.stdout))
-    assert counts[0] >= 1 and counts[1] == 0
+    """``import cbn`` shares the pool unless CBN_SHARE_POOL=0, and NumPy's product is right
+    on it, on threads started for it, or on NumPy's own."""
+    shared, equal = run_python(NUMPY_PRODUCT, tmp_path, OPENBLAS_NUM_THREADS="2",
+                               **setting).split()
+    assert shared == ("0" if setting.get("CBN_SHARE_POOL") == "0" else "1")
+    assert equal == "True"
