@@ -31,7 +31,7 @@ cdef extern from *:
         Py_ssize_t j, k, end;                                                            \
         int bad = 0;                                                                     \
         for (k = 0; k < n; k += line) {                                                  \
-            if (next) __builtin_prefetch(next + k, 0, 0);                                \
+            if (next) __builtin_prefetch(next + k, 0, 2);                                \
             end = k + line < n ? k + line : n;                                           \
             for (j = k; j < end; j++) {                                                  \
                 DST v = ((DST)row[j] - shift[j]) * scale[j];                             \
