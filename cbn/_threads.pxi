@@ -7,11 +7,12 @@ cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
     may wait for each other, so they must run at once, one per thread: every product goes
     through ``_check_pool``, which makes sure OpenMP will give the whole team first. Job i
     runs on thread i, which the sliced first layer counts on (see ``_slice_products``), and
-    one batch runs at a time (``cbn_jobs_enter``)."""
-    cdef int i
+    one batch runs at a time (``cbn_jobs_enter``). The region is plain C: a Cython prange
+    here would release and retake the GIL when the caller holds it (SciPy's BLAS wrappers
+    call with it held), and a thread waiting for the GIL while OpenBLAS holds its own lock
+    for the product deadlocks against a thread holding the GIL that waits for that lock."""
     cbn_jobs_enter()
-    for i in prange(numjobs, num_threads=numjobs, schedule="static"):
-        dojob(threadid(), <char*>jobdata + i * jobdata_elsize, dojob_data)
+    cbn_run_jobs_on_team(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
     cbn_jobs_leave()
 
 
@@ -65,9 +66,21 @@ cdef extern from *:
     static int cbn_team_may_fall_short(int n) {
         return omp_get_dynamic() || omp_in_parallel() || omp_get_thread_limit() < n;
     }
+    /* Job i on thread i of a team of numjobs. */
+    static void cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
+                                     void* jobdata, int arg) {
+        int i;
+        #pragma omp parallel for num_threads(numjobs) schedule(static)
+        for (i = 0; i < numjobs; i++)
+            dojob(omp_get_thread_num(), (char*)jobdata + i * elsize, arg);
+    }
     #else
     #define CBN_OPENMP 0
     static int cbn_team_may_fall_short(int n) { return 1; }
+    static void cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
+                                     void* jobdata, int arg) {
+        cbn_run_jobs_on_new_threads(dojob, numjobs, elsize, jobdata, arg);
+    }
     static void cbn_jobs_enter(void) {}
     static void cbn_jobs_leave(void) {}
     static void cbn_jobs_init(void) {}
@@ -76,6 +89,8 @@ cdef extern from *:
     int CBN_OPENMP
     void cbn_run_jobs_on_new_threads(openblas_dojob_callback dojob, int numjobs,
                                      size_t elsize, void* jobdata, int arg) nogil
+    void cbn_run_jobs_on_team(openblas_dojob_callback dojob, int numjobs, size_t elsize,
+                              void* jobdata, int arg) nogil
     int cbn_team_may_fall_short(int n) nogil
     void cbn_jobs_enter() nogil
     void cbn_jobs_leave() nogil

@@ -608,3 +608,31 @@ def test_numpy_products_never_hang_whatever_openmp_may_do(tmp_path, setting):
                                **setting).split()
     assert shared == ("0" if setting.get("CBN_SHARE_POOL") == "0" else "1")
     assert equal == "True"
+
+
+SCIPY_PRODUCTS_IN_THREADS = """
+import threading
+import numpy as np
+import cbn
+import scipy.linalg.blas as blas
+a = np.random.default_rng(0).standard_normal((400, 400))
+expected = a @ a
+bad = []
+def work():
+    for _ in range(300):
+        bad.append(not np.allclose(blas.dgemm(1.0, a, a), expected))
+threads = [threading.Thread(target=work) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(bad), any(bad))
+"""
+
+
+@pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
+def test_blas_calls_that_hold_the_gil_from_several_threads_do_not_deadlock(tmp_path):
+    """SciPy's BLAS wrappers keep the GIL through a product, and OpenBLAS holds a lock of its
+    own through a threaded one: the jobs callback must never wait for the GIL."""
+    assert run_python(SCIPY_PRODUCTS_IN_THREADS, tmp_path, OPENBLAS_NUM_THREADS="2").split() \
+        == ["900", "False"]
