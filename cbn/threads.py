@@ -81,6 +81,8 @@ def share_pool() -> List[str]:
     that compute them; their thread counts stay theirs (``threadpoolctl`` still sets them).
     Does nothing when ``CBN_SHARE_POOL`` is 0, without OpenMP, or once the pool was left
     (in a forked child, or after a call from inside another OpenMP region)."""
+    if not _ops.shared_pool_count():  # given back since (a forked child, a left pool)
+        _shared_paths.clear()
     if not (_ops.OPENMP and check.env_switch("CBN_SHARE_POOL")):
         return list(_shared_paths)
     own = os.path.realpath(scipy_openblas32.get_lib_dir())  # cbn's own, already on the pool
