@@ -34,7 +34,7 @@ might run a short team (``_check_pool``).
 import os
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange
 from libc.math cimport NAN, cos, exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free

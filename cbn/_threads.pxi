@@ -135,9 +135,8 @@ cdef inline void _check_pool() noexcept nogil:
 #
 # Each OpenBLAS has its own pthreads pool, whose threads spin for a while after every
 # product before they sleep. On a machine with as many busy threads as cores, NumPy's spinning
-# threads take the cores our team waits for: right after NumPy's products, a training step
-# ran two to three times slower. Handing their jobs to our pool as well leaves one set of
-# threads in the process (cbn.threads.share_pool finds the libraries). Their results do not
+# threads take the cores our team waits for at every barrier (docs/benchmarks.md). Handing
+# their jobs to our pool as well leaves one set of threads in the process (cbn.threads.share_pool finds the libraries). Their results do not
 # change: OpenBLAS splits the work the same way, only the threads that run it differ.
 # ---------------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ it predicts or evaluates, so a caller never has to pass it again. Without such c
 pixels fed to a network trained on standardised features, or features standardised twice,
 give a silent chance-level answer; :func:`resolve` stops both.
 
-The rule (cheap: at most SAMPLE_ROWS rows, strided over X, statistics in float64). With at least
-MIN_ROWS rows, a batch *fits* a standardisation when, after applying it, the median over
+The rule (cheap: at most SAMPLE_ROWS rows, strided over X, statistics in float64). With at
+least MIN_ROWS rows, a batch *fits* a standardisation when, after applying it, the median over
 features of |batch mean| is below MEAN_TOL and the median batch standard deviation lies in
 STD_RANGE; the standardisation of features already standardised is the identity (mean 0,
 std 1). When a transform is about to be applied to floats that fit the identity but not the

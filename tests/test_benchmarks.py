@@ -8,8 +8,9 @@ the case once, back to back with no pause between them, in an order that rotates
 to round (5 to 15 rounds, as many as fit in ``CASE_SECONDS`` by the warm-up round's time):
 ``cbn``, ``gemm`` (only the products the step does, ``numpy.matmul`` with ``out=`` on a fixed
 batch: the bound), ``gemm+rows`` (the same products after reading the batch's rows from the
-data set as stored, uint8 or float32: the bound with the one read a step cannot avoid), ``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch
-eager; left out without torch); see tests/contender_*.py. pytest-benchmark times cbn's block
+data set as stored, uint8 or float32: the bound with the one read a step cannot avoid),
+``numpy`` (the same training in preallocated NumPy) and ``torch`` (PyTorch eager; left out
+without torch); see tests/contender_*.py. pytest-benchmark times cbn's block
 and its setup and teardown time the others, so its own table shows cbn and the ratios compare
 rounds measured together. The run ends with one table of per-round ratios and a noise
 verdict (tests/bench_table.py), also written beside ``--benchmark-json`` as
