@@ -39,6 +39,97 @@ def _rewrite(path: Path, arrays: dict, **changes) -> Path:
     return path
 
 
+# -- format versions ---------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_net(tmp_path):
+    path = tmp_path / "net.npz"
+    Network(6, [5], 3, seed=0).save(path)
+    return path
+
+
+@pytest.mark.parametrize("version, message", [
+    (99, r"written by a newer cbn \(format_version 99; this cbn reads up to 1\)"),
+    (2, r"written by a newer cbn \(format_version 2; this cbn reads up to 1\)"),
+    ("banana", "format_version must be an integer, got 'banana'"),
+    (1.0, "format_version must be an integer, got 1.0"),
+    (True, "format_version must be an integer, got True"),
+    (0, "format_version 0 is not one cbn writes"),
+    (-3, "format_version -3 is not one cbn writes"),
+])
+def test_a_saved_network_of_another_version_names_the_file_and_the_version(
+        saved_net, version, message):
+    path = _rewrite(saved_net, read_npz(saved_net), format_version=np.array(version))
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        Network.load(path)
+
+
+def test_a_newer_file_is_called_newer_before_its_other_members_are_judged(saved_net):
+    """A newer cbn may store members this one does not know: the version speaks first."""
+    arrays = read_npz(saved_net)
+    path = _rewrite(saved_net, arrays, format_version=np.array(7),
+                    network_config=np.array('{"layers": "a future layout"}'),
+                    new_member=np.zeros(3))
+    with pytest.raises(CheckpointError, match="written by a newer cbn"):
+        Network.load(path)
+
+
+def test_a_version_that_is_an_array_is_refused(saved_net):
+    path = _rewrite(saved_net, read_npz(saved_net), format_version=np.array([1, 1]))
+    with pytest.raises(CheckpointError, match=f"{path}: 'format_version' must be one version"):
+        Network.load(path)
+
+
+def test_arrays_and_pickles_of_a_newer_network_are_refused(saved_net):
+    arrays = {**read_npz(saved_net), "format_version": np.array(5)}
+    with pytest.raises(ValueError, match="^here: written by a newer cbn"):
+        Network.from_arrays(arrays, source="here")
+    net = Network(6, [5], 3, seed=0)
+    assert Network.from_arrays(net.to_arrays()).config() == net.config()
+
+
+@pytest.fixture
+def checkpoint_file(tmp_path):
+    path = tmp_path / "run.npz"
+    fit(Network(6, [5], 3, seed=0, dropout=0.2), X, Y, checkpoint=path, checkpoint_every=3,
+        optimizer=Adam(), **RUN)
+    return path
+
+
+def _resume(path):
+    fit(Network(6, [5], 3, seed=0, dropout=0.2), X, Y, resume=path, optimizer=Adam(), **RUN)
+
+
+@pytest.mark.parametrize("member, version, message", [
+    ("checkpoint_version", 3, r"written by a newer cbn \(checkpoint_version 3; this cbn reads "
+                              r"up to 2\)"),
+    ("checkpoint_version", "2", "checkpoint_version must be an integer, got '2'"),
+    ("format_version", 99, r"written by a newer cbn \(format_version 99"),
+])
+def test_a_checkpoint_of_another_version_names_the_file_and_the_version(
+        checkpoint_file, member, version, message):
+    path = _rewrite(checkpoint_file.with_name("doctored.npz"), read_npz(checkpoint_file),
+                    **{member: np.array(version)})
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        _resume(path)
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        Network.load(path)
+
+
+@pytest.mark.parametrize("version, message", [
+    (2, r"written by a newer cbn \(cbn_search 2; this cbn reads up to 1\)"),
+    ("1", "cbn_search must be an integer, got '1'"),
+    (None, "cbn_search must be an integer, got None"),
+])
+def test_a_search_results_file_of_another_version_names_the_file(tmp_path, version, message):
+    path = tmp_path / "search.jsonl"
+    path.write_text(json.dumps({"cbn_search": version, "seed": 0}) + "\n")
+    with pytest.raises(ValueError, match=f"^{path}: {message}"):
+        ResultsFile(path, {"cbn_search": 1, "seed": 0}).resume([])
+
+
 # -- values that do not fit the dtype they are used in -----------------------------------------
 
 def test_augment_noise_that_overflows_the_dtype_is_refused_naming_noise():
@@ -110,3 +201,80 @@ def test_check_state_names_buffers_as_told_and_knows_only_cbn_optimizers():
     with pytest.raises(ValueError, match="names no optimizer of cbn.optim"):
         check_state({"name": "Lion"})
     check_state(_adam_state())
+
+
+# -- checkpoint members out of range -------------------------------------------------------------
+
+def _rng_state(arrays, **changes):
+    state = json.loads(str(arrays["rng_state"]))
+    inner = dict(state["state"], **changes.pop("inner", {}))
+    return np.array(json.dumps(dict(state, state=inner, **changes)))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: {"optimizer_exp_avg_sq": -np.abs(a["optimizer_exp_avg_sq"]) - 1},
+     "optimizer state: optimizer_exp_avg_sq is a second moment and must be >= 0"),
+    (lambda a: {"optimizer_exp_avg": np.full_like(a["optimizer_exp_avg"], np.inf)},
+     "optimizer state: optimizer_exp_avg contains NaN or infinite"),
+    (lambda a: {"optimizer_exp_avg": a["optimizer_exp_avg"][:-1]},
+     "optimizer state: optimizer_exp_avg must have length"),
+    (lambda a: {"optimizer": np.array(json.dumps(
+        dict(json.loads(str(a["optimizer"])), step=-4)))},
+     "optimizer state: step must be >= 0"),
+    (lambda a: {"optimizer": np.array(json.dumps(
+        dict(json.loads(str(a["optimizer"])), eps=1e-50, dtype="float32")))},
+     "optimizer state: eps=1e-50 is below"),
+    (lambda a: {"rng_state": _rng_state(a, inner={"inc": 4})}, "rng_state is not a PCG64"),
+    (lambda a: {"rng_state": _rng_state(a, has_uint32=7)}, "rng_state is not a PCG64"),
+    (lambda a: {"rng_state": _rng_state(a, inner={"state": 2 ** 130})},
+     "rng_state is not a PCG64"),
+    (lambda a: {"dropout_key": np.array(-5)}, r"dropout_key must be in \[0, 2\*\*64\)"),
+    (lambda a: {"elapsed": np.array(-1.0)}, "elapsed must be >= 0"),
+    (lambda a: {"batch_loss_sum": np.array(-1.0)}, "batch_loss_sum must be >= 0"),
+    (lambda a: {"history_val_accuracy": np.full(len(a["history_step"]), 2.0)},
+     "history_val_accuracy must be in"),
+    (lambda a: {"history_lr": -a["history_lr"] - 1}, "history_lr must be in"),
+    (lambda a: {"history_wall_time": -a["history_wall_time"] - 1},
+     "history_wall_time must be in"),
+])
+def test_a_checkpoint_member_out_of_range_is_a_checkpoint_error_naming_file_and_member(
+        checkpoint_file, edit, message):
+    arrays = read_npz(checkpoint_file)
+    path = _rewrite(checkpoint_file.with_name("doctored.npz"), arrays, **edit(arrays))
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        _resume(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: {"batch_count": a["batch_count"] + 1000}, r"batch_count \d+ does not fit"),
+    (lambda a: {"stats_seen": np.array("False")}, "stats_seen must be a 0-d bool"),
+])
+def test_a_checkpoint_inconsistent_with_itself_is_refused_on_resume(checkpoint_file, edit,
+                                                                     message):
+    arrays = read_npz(checkpoint_file)
+    path = _rewrite(checkpoint_file.with_name("doctored.npz"), arrays, **edit(arrays))
+    with pytest.raises(CheckpointError, match=f"^{path}: .*{message}"):
+        _resume(path)
+    _resume(checkpoint_file)  # the file as written resumes
+
+
+@pytest.mark.parametrize("member, value", [("input_std", np.zeros(6)),
+                                           ("input_mean", np.full(6, np.nan))])
+def test_a_saved_normalization_out_of_range_names_its_members_and_changes_nothing(
+        tmp_path, member, value):
+    from cbn.inputs import Normalization
+    source = Network(6, [5], 3, seed=1)
+    source.normalization = Normalization(np.zeros(6), np.ones(6))
+    state = {**source.state_dict(), member: value}
+    path = tmp_path / "net.npz"
+    np.savez(path, **with_checksum({**source.to_arrays(), member: value}))
+    with pytest.raises(CheckpointError, match=f"^{path}: input_mean, input_std: "):
+        Network.load(path)
+    net = Network(6, [5], 3, seed=0)
+    before = net.state_dict()
+    with pytest.raises(ValueError, match="input_mean, input_std: "):
+        net.load_state_dict(state)
+    for name, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
