@@ -130,6 +130,205 @@ def test_a_search_results_file_of_another_version_names_the_file(tmp_path, versi
         ResultsFile(path, {"cbn_search": 1, "seed": 0}).resume([])
 
 
+# -- the tuned-threshold cache -----------------------------------------------------------------
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    """Tuning on, with cbn's cache folder in tmp_path, a fresh process-wide state, measuring
+    replaced by fixed answers (counted), and the built-in thresholds restored after."""
+    monkeypatch.setenv("CBN_AUTOTUNE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tune, "_done", {})
+    monkeypatch.setattr(tune, "_warned", set())
+    monkeypatch.setattr(tune, "_busy", lambda: False)
+    monkeypatch.setattr(tune, "_wait", [0.0])
+    measured = []
+    monkeypatch.setattr(tune, "measure_transposed_from", lambda: measured.append(1) or 200)
+    monkeypatch.setattr(tune, "measure_sliced_from", lambda: 512)
+    path = tmp_path / "cbn" / "tune.json"
+    path.parent.mkdir()
+    yield path, measured
+    _ops.set_transposed_from(tune.DEFAULTS["transposed_from"])
+    _ops.set_sliced_from(tune.DEFAULTS["sliced_from"])
+
+
+def _works(path: Path):
+    """A fit and a prediction of a new network (whose plans read the cache); the cache
+    warnings they gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = Network(6, [5], 3, seed=0)
+        fit(net, X, Y, lam=0.0, batch_size=5, schedule=0.01, epochs=1, progress=False)
+        assert np.isfinite(net.predict_proba(X)).all()
+    found = [w for w in caught if issubclass(w.category, tune.TuneCacheWarning)]
+    assert len(found) <= 1
+    assert all(str(w.message).startswith(f"{path}: ") for w in found)
+    thresholds = tune.current()
+    assert all(1 <= v <= tune.NEVER for v in thresholds.values())
+    return found
+
+
+def _entry(value) -> str:
+    return json.dumps({tune.machine_key(): value})
+
+
+DAMAGED = {
+    "deep-nesting": lambda: "[" * 100_000 + "]" * 100_000,
+    "deep-entry": lambda: '{"%s": %s}' % (tune.machine_key(), "[" * 100_000 + "]" * 100_000),
+    "2**40": lambda: _entry({"transposed_from": 2 ** 40, "sliced_from": 512}),
+    "beyond-never": lambda: _entry({"transposed_from": 200, "sliced_from": tune.NEVER + 1}),
+    "negative": lambda: _entry({"transposed_from": -200, "sliced_from": 512}),
+    "zero": lambda: _entry({"transposed_from": 0, "sliced_from": 512}),
+    "bool": lambda: _entry({"transposed_from": True, "sliced_from": 512}),
+    "float": lambda: _entry({"transposed_from": 200.0, "sliced_from": 512}),
+    "nan": lambda: _entry({"transposed_from": math.nan, "sliced_from": 512}),
+    "infinity": lambda: '{"%s": {"transposed_from": 1e400, "sliced_from": 512}}'
+                        % tune.machine_key(),
+    "huge-int": lambda: '{"%s": {"transposed_from": %s, "sliced_from": 512}}'
+                        % (tune.machine_key(), "9" * 5000),
+    "string": lambda: _entry({"transposed_from": "200", "sliced_from": 512}),
+    "missing-key": lambda: _entry({"transposed_from": 200}),
+    "extra-key": lambda: _entry({"transposed_from": 200, "sliced_from": 512, "x": 1}),
+    "list-entry": lambda: _entry([200, 512]),
+    "list": lambda: "[1, 2]",
+    "not-json": lambda: "{not json",
+    "empty": lambda: "",
+    "version-text": lambda: json.dumps({"format_version": "1"}),
+    "version-zero": lambda: json.dumps({"format_version": 0}),
+    "too-large": lambda: json.dumps({"x": "y" * (tune.MAX_CACHE_BYTES + 10)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED))
+def test_a_damaged_cache_warns_once_and_is_measured_again_and_rewritten(cache, name):
+    path, measured = cache
+    path.write_text(DAMAGED[name]())
+    found = _works(path)
+    assert len(found) == 1
+    assert tune.current() == {"transposed_from": 200, "sliced_from": 512}
+    assert len(measured) == 1
+    written = json.loads(path.read_text())
+    assert written["format_version"] == tune.FORMAT_VERSION
+    assert written[tune.machine_key()] == {"transposed_from": 200, "sliced_from": 512}
+    tune._done.clear()  # a new process: the rewritten file answers, without a warning
+    assert not _works(path) and len(measured) == 1
+
+
+def test_a_cache_that_is_not_utf8_warns_and_is_rewritten(cache):
+    path, measured = cache
+    path.write_bytes(b'{"\xff\xfe": 1}')
+    assert "not UTF-8" in str(_works(path)[0].message)
+    assert json.loads(path.read_text())[tune.machine_key()]["sliced_from"] == 512
+
+
+def test_damaged_entries_of_other_machines_are_dropped_and_good_ones_kept(cache):
+    path, _ = cache
+    path.write_text(json.dumps({"other|cpu": {"transposed_from": 400, "sliced_from": 64},
+                                "broken|cpu": {"transposed_from": 2 ** 40}}))
+    assert not _works(path)  # nothing wrong with this machine's part: measured, no warning
+    written = json.loads(path.read_text())
+    assert written["other|cpu"] == {"transposed_from": 400, "sliced_from": 64}
+    assert "broken|cpu" not in written
+
+
+def test_a_cache_from_a_newer_cbn_is_left_alone_and_the_built_in_values_used(cache):
+    path, measured = cache
+    content = json.dumps({"format_version": 2, tune.machine_key(): {"anything": 1}})
+    path.write_text(content)
+    message = str(_works(path)[0].message)
+    assert "written by a newer cbn (format_version 2; this cbn reads up to 1)" in message
+    assert "built-in" in message
+    assert tune.current() == tune.DEFAULTS and not measured
+    assert path.read_text() == content
+
+
+def test_a_folder_where_the_cache_should_be_warns_once_and_is_kept(cache):
+    path, measured = cache
+    path.mkdir()
+    (path / "keep").write_text("mine")
+    assert "cannot be read" in str(_works(path)[0].message)
+    assert tune.current() == tune.DEFAULTS and not measured
+    assert (path / "keep").read_text() == "mine"
+    tune._done.clear()
+    assert not _works(path)  # one warning per process
+
+
+def test_an_unreadable_cache_warns_once_and_is_kept(cache, monkeypatch):
+    path, measured = cache
+    path.write_text(_entry({"transposed_from": 400, "sliced_from": 64}))
+    real_open = os.open
+
+    def refuse(name, *args, **kwargs):
+        if os.fspath(name) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(name))
+        return real_open(name, *args, **kwargs)
+    monkeypatch.setattr(tune.os, "open", refuse)
+    assert "Permission denied" in str(_works(path)[0].message)
+    assert tune.current() == tune.DEFAULTS and not measured
+    monkeypatch.setattr(tune.os, "open", real_open)
+    assert json.loads(path.read_text())[tune.machine_key()]["transposed_from"] == 400
+
+
+def test_a_fifo_where_the_cache_should_be_does_not_hang(tmp_path):
+    (tmp_path / "cbn").mkdir()
+    os.mkfifo(tmp_path / "cbn" / "tune.json")
+    code = textwrap.dedent("""
+        import warnings, numpy as np
+        from cbn import Network, tune
+        tune._busy = lambda: False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p = Network(6, [5], 3, seed=0).predict_proba(np.ones((4, 6)))
+        assert np.isfinite(p).all() and tune.current() == tune.DEFAULTS
+        print([str(w.message) for w in caught if w.category is tune.TuneCacheWarning])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path,
+                         env={**CHILD_ENV, "CBN_AUTOTUNE": "1", "XDG_CACHE_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "is not a regular file" in out.stdout
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8)
+
+
+_threshold = st.integers(min_value=-2 ** 70, max_value=2 ** 70) | _json
+
+
+def _usable(entry, version) -> bool:
+    """What the cache may hold to be used as it is."""
+    return (version is None or type(version) is int and version == 1) and (
+        isinstance(entry, dict) and set(entry) == set(tune.DEFAULTS)
+        and all(type(v) is int and 1 <= v <= tune.NEVER for v in entry.values()))
+
+
+# The fixture's state is reset by hand for each example (file, _done, _warned).
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entry=_json | st.fixed_dictionaries({"transposed_from": _threshold,
+                                            "sliced_from": _threshold}),
+       version=st.none() | _json)
+def test_whatever_the_cache_holds_thresholds_stay_in_range(cache, entry, version):
+    path, _ = cache
+    document = {tune.machine_key(): entry}
+    if version is not None:
+        document["format_version"] = version
+    path.write_text(json.dumps(document))
+    tune._done.clear()
+    tune._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = tune.ensure()
+    assert len(caught) == (0 if _usable(entry, version) else 1)
+    assert set(found) == set(tune.DEFAULTS)
+    assert all(type(v) is int and 1 <= v <= tune.NEVER for v in found.values())
+    assert tune.current() == found
+
+
 # -- values that do not fit the dtype they are used in -----------------------------------------
 
 def test_augment_noise_that_overflows_the_dtype_is_refused_naming_noise():
