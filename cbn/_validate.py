@@ -11,7 +11,7 @@ import math
 import numbers
 import os
 import reprlib
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -167,6 +167,24 @@ def running_stat(name: str, value: np.ndarray) -> None:
     if name.startswith("running_var") and (np.asarray(value) < 0).any():
         raise ValueError(f"{name} is a variance and must be >= 0, got a minimum of "
                          f"{np.min(value):g}")
+
+
+def file_version(value, newest: int, fail: Callable[[str], Exception], *,
+                 field: str = "format_version", oldest: int = 1) -> int:
+    """The format version a file declares (``value``, its field ``field``), checked against
+    the versions this cbn reads, ``oldest`` to ``newest``: the one check of every file kind
+    cbn reads. ``fail(message)`` makes the error, naming the file."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(f"{field} must be an integer, got {short_repr(value, 60)}")
+    if value > newest:
+        raise fail(f"written by a newer cbn ({field} {short_repr(value, 40)}; this cbn reads "
+                   f"up to {newest}); update cbn to read it")
+    if value < oldest:
+        raise fail(f"{field} {short_repr(value, 40)} is not one cbn writes (this cbn reads "
+                   f"{oldest} to {newest})")
+    return value
 
 
 _SHORT = reprlib.Repr()

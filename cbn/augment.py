@@ -10,6 +10,7 @@ Validation, test and evaluation batches are never augmented.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -20,6 +21,9 @@ from . import _validate as check
 __all__ = ["Augment", "CIFAR_SHAPE", "mirror"]
 
 CIFAR_SHAPE = (3, 32, 32)  # CIFAR-10's rows: 1024 red, 1024 green, 1024 blue, row-major
+# The largest standard normal draw of the jitter: Box-Muller's radius sqrt(-2 ln u) with u at
+# least 2**-32 (the gather's hashes), about 6.66.
+MAX_DRAW = math.sqrt(-2.0 * math.log(2.0 ** -32))
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,20 @@ class Augment:
                 raise ValueError(f"shift={self.shift} moves a {shape[1]}x{shape[2]} image "
                                  "out of view; it must be smaller than its height and width")
 
-    def shape_for(self, features: int) -> Tuple[int, int, int]:
-        """The image shape of rows of ``features`` values; ValueError if they do not match."""
+    def shape_for(self, features: int, dtype=None) -> Tuple[int, int, int]:
+        """The image shape of rows of ``features`` values; ValueError if they do not match,
+        or if ``noise`` does not fit ``dtype`` (the network's, when given): its jitter must
+        neither overflow nor round to 0 there."""
+        if dtype is not None and self.noise > 0:
+            dtype = check.float_dtype(dtype)
+            info = np.finfo(dtype)
+            if self.noise * MAX_DRAW > float(info.max):
+                raise ValueError(f"noise={self.noise:g} overflows {dtype}: its jitter reaches "
+                                 f"{MAX_DRAW:.2f} x noise, and {dtype} holds at most "
+                                 f"{float(info.max):.4g}")
+            if self.noise < float(info.tiny):
+                raise ValueError(f"noise={self.noise:g} is below the smallest normal {dtype} "
+                                 f"number, {float(info.tiny)!r}: its jitter rounds to 0")
         shape = self.image_shape
         if shape is None:
             if features != 3 * 32 * 32:

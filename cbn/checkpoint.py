@@ -7,17 +7,19 @@ No pickle anywhere: every value is a numeric array or a JSON string in a 0-d uni
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import _validate as check
 from ._files import PathLike, atomic_savez
 from .npz import (MAX_TEXT_BYTES, CheckpointError, Member, member_array, member_float,
-                  member_int, member_json, member_text, parse_json, read_npz, verified,
-                  with_checksum)
-from .serialization import INPUT_MEMBERS, check_config_fits
+                  member_int, member_json, member_text, member_version, parse_json, read_npz,
+                  verified, with_checksum)
+from .serialization import FORMAT_VERSION, INPUT_MEMBERS, check_config_fits
 
 if TYPE_CHECKING:
     from .history import History
@@ -29,6 +31,8 @@ HISTORY_PREFIX = "history_"
 OPTIMIZER_PREFIX = "optimizer_"
 HISTORY_INT_FIELDS = ("step",)
 NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
+# The format versions a file may declare, and the newest this cbn reads (1 is the oldest).
+VERSIONS = {"format_version": FORMAT_VERSION, "checkpoint_version": CHECKPOINT_VERSION}
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
                       "elapsed", "run", "optimizer", "dropout_key")
@@ -63,6 +67,10 @@ def _read_network_file(path: str, build: Callable[..., Any]) -> Tuple[Any, Dict[
     made = {}
 
     def expect(members: Dict[str, Member], read) -> None:
+        # First the versions: a newer cbn's file may differ in anything checked below.
+        for key, newest in VERSIONS.items():
+            if key in members:
+                member_version({key: read(key)}, key, newest, fail)
         made["net"] = net = _empty_network(members, read, build, fail)
         shapes = {name: value.shape for name, value in net.state_dict().items()}
         shapes.update({name: (net.input_dim,) for name in INPUT_MEMBERS})
@@ -180,11 +188,8 @@ class TrainingCheckpoint:
         fmt = member_text(arrays, "checkpoint_format", fail)
         if fmt != CHECKPOINT_FORMAT:
             raise fail(f"not a cbn training checkpoint (checkpoint_format={fmt!r})")
+        version = member_version(arrays, "checkpoint_version", CHECKPOINT_VERSION, fail)
         arrays = verified(arrays, fail)
-        version = member_int(arrays, "checkpoint_version", fail)
-        if version not in (1, CHECKPOINT_VERSION):
-            raise fail(f"checkpoint version {version} is not supported (this cbn reads "
-                       f"versions 1 to {CHECKPOINT_VERSION})")
         if "network_config" not in arrays:
             raise fail("holds no network (no 'network_config')")
         reserved = set(CHECKPOINT_MEMBERS)
@@ -198,7 +203,10 @@ class TrainingCheckpoint:
             if optimizer is not None:
                 optimizer.update({k[len(OPTIMIZER_PREFIX):]: v for k, v in arrays.items()
                                   if k.startswith(OPTIMIZER_PREFIX)})
+                _check_optimizer_state(optimizer, fail)
             dropout_key = member_int(arrays, "dropout_key", fail)
+            if not 0 <= dropout_key < 1 << 64:
+                raise fail(f"dropout_key must be in [0, 2**64), got {dropout_key}")
         velocity = member_array(arrays, "velocity", fail)
         if velocity.ndim != 1 or velocity.dtype.kind != "f":
             raise fail(f"velocity must be a 1-D float array, got {velocity.dtype} {velocity.shape}")
@@ -216,19 +224,58 @@ class TrainingCheckpoint:
         run = member_json(arrays, "run", fail)
         if not isinstance(rng_state, dict) or not isinstance(run, dict):
             raise fail("rng_state and run must be JSON objects")
+        if not _is_pcg64_state(rng_state):
+            raise fail(f"rng_state is not a PCG64 state as numpy gives it: "
+                       f"{check.short_repr(rng_state)}")
         history: Dict[str, List] = {}
         for key in sorted(k for k in arrays if k.startswith(HISTORY_PREFIX)):
-            values = arrays[key]
-            kinds = "i" if key[len(HISTORY_PREFIX):] in HISTORY_INT_FIELDS else "f"
+            values, name = arrays[key], key[len(HISTORY_PREFIX):]
+            kinds = "i" if name in HISTORY_INT_FIELDS else "f"
             if values.ndim != 1 or values.dtype.kind not in kinds or not np.isfinite(values).all():
                 raise fail(f"{key} must be 1-D and finite, of kind {kinds!r}, got "
                            f"{values.dtype} {values.shape}")
-            history[key[len(HISTORY_PREFIX):]] = values.tolist()
+            # accuracies are fractions; losses, costs, rates, epochs and times are >= 0
+            high = 1.0 if name.endswith("_accuracy") else math.inf
+            if values.size and not (values.min() >= 0 and values.max() <= high):
+                raise fail(f"{key} must be in [0, {high}], got values in "
+                           f"[{values.min():g}, {values.max():g}]")
+            history[name] = values.tolist()
+        scalars = {name: member_float(arrays, name, fail) for name in ("batch_loss_sum", "elapsed")}
+        for name, value in scalars.items():  # a sum of losses, seconds
+            if value < 0:
+                raise fail(f"{name} must be >= 0, got {value:g}")
         return cls(network=network, velocity=None if velocity.size == 0 else velocity,
                    step=step, epoch_start=epoch_start, order=order, rng_state=rng_state,
-                   history=history, batch_loss_sum=member_float(arrays, "batch_loss_sum", fail),
-                   batch_count=batch_count, elapsed=member_float(arrays, "elapsed", fail), run=run,
+                   history=history, batch_loss_sum=scalars["batch_loss_sum"],
+                   batch_count=batch_count, elapsed=scalars["elapsed"], run=run,
                    optimizer=optimizer, dropout_key=dropout_key)
+
+
+def _is_pcg64_state(state: dict) -> bool:
+    """Whether ``state`` is ``numpy.random.PCG64().state`` as it gives it: a 128-bit state,
+    an odd 128-bit increment, a flag and a 32-bit buffered value (numpy's setter accepts an
+    even increment, another stream than any run drew)."""
+    def uint(value, bits: int) -> bool:
+        return type(value) is int and 0 <= value < 1 << bits
+
+    inner = state.get("state")
+    return (set(state) == {"bit_generator", "state", "has_uint32", "uinteger"}
+            and state["bit_generator"] == "PCG64" and isinstance(inner, dict)
+            and set(inner) == {"state", "inc"} and uint(inner["state"], 128)
+            and uint(inner["inc"], 128) and inner["inc"] % 2 == 1
+            and uint(state["has_uint32"], 1) and uint(state["uinteger"], 32))
+
+
+def _check_optimizer_state(state: dict, fail) -> None:
+    """The state of an optimizer of ``cbn.optim`` checked as its ``load_state_dict`` would
+    (another optimizer's state is left to that optimizer when the run resumes)."""
+    from .optim import OPTIMIZERS, check_state
+    if state.get("name") not in {cls.__name__ for cls in OPTIMIZERS.values()}:
+        return
+    try:
+        check_state(state, lambda key: OPTIMIZER_PREFIX + key)
+    except ValueError as exc:
+        raise fail(f"optimizer state: {exc}") from None
 
 
 def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network", "History"]:
@@ -288,6 +335,10 @@ def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network",
     if history.step and (history.step[0] < 1 or history.step[-1] > step
                          or any(b <= a for a, b in zip(history.step, history.step[1:]))):
         raise fail(f"history steps must increase from 1 to at most {step}")
+    since = step - (history.step[-1] if history.step else 0)  # batches since the last entry
+    if ckpt.batch_count != since:
+        raise fail(f"batch_count {ckpt.batch_count} does not fit step {step} and the history "
+                   f"(expected {since})")
     return saved, history
 
 

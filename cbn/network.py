@@ -247,14 +247,20 @@ class Network:
         """Copy parameters and running statistics from ``state`` (as made by ``state_dict``);
         the input normalization too when ``state`` holds one (else it is left as it is)."""
         serialization.check_state(state, {**self._params, **self._running})
+        normalization = None
+        if set(serialization.INPUT_MEMBERS) & set(state):  # checked before anything changes
+            if not set(serialization.INPUT_MEMBERS) <= set(state):
+                raise ValueError(f"state holds only one of {serialization.INPUT_MEMBERS}")
+            try:
+                normalization = inputs.Normalization(
+                    *(np.asarray(state[k]) for k in serialization.INPUT_MEMBERS))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"input_mean, input_std: {exc}") from None
         for name, target in list(self._params.items()) + list(self._running.items()):
             target[...] = state[name]
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
-        if set(serialization.INPUT_MEMBERS) & set(state):
-            if not set(serialization.INPUT_MEMBERS) <= set(state):
-                raise ValueError(f"state holds only one of {serialization.INPUT_MEMBERS}")
-            self.normalization = inputs.Normalization(
-                *(np.asarray(state[k]) for k in serialization.INPUT_MEMBERS))
+        if normalization is not None:
+            self.normalization = normalization
 
     @_exclusive
     def save(self, path: PathLike) -> None:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from . import _validate as check
 from ._files import PathLike
 
 
@@ -187,6 +188,16 @@ def member_int(arrays, key, fail) -> int:
     if value.shape != () or value.dtype.kind not in "iu":
         raise fail(f"'{key}' must be a 0-d integer array, got {value.dtype} {value.shape}")
     return int(value)
+
+
+def member_version(arrays, key, newest: int, fail, oldest: int = 1) -> int:
+    """Member ``key``, a file's format version, checked by ``cbn._validate.file_version``:
+    one this cbn reads (``oldest`` to ``newest``), else an error saying whether a newer cbn
+    wrote the file."""
+    value = member_array(arrays, key, fail)
+    if value.shape != ():
+        raise fail(f"'{key}' must be one version number, got shape {value.shape}")
+    return check.file_version(value.item(), newest, fail, field=key, oldest=oldest)
 
 
 def member_float(arrays, key, fail) -> float:

@@ -15,13 +15,13 @@ docs/benchmarks.md).
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import _validate as check
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "check_state"]
 
 N_CONSTS = 7  # scalar slots an update needs at most (AdamW)
 
@@ -35,6 +35,7 @@ class Optimizer:
 
     _hyper: Tuple[str, ...] = ()
     _buffers: Tuple[str, ...] = ()
+    _nonnegative: Tuple[str, ...] = ()  # buffers that are never negative (second moments)
 
     def __init__(self) -> None:
         self.n_params: Optional[int] = None
@@ -44,6 +45,7 @@ class Optimizer:
         self._state: Dict[str, np.ndarray] = {}
         self._scratch: Optional[np.ndarray] = None
         self._consts: Tuple[np.ndarray, ...] = ()
+        self._lr_max = math.inf  # the largest rate the dtype holds, once bound
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -61,10 +63,29 @@ class Optimizer:
                     f"({self.n_weights} weights) of {self.dtype}, not {n_params} ({n_weights}) "
                     f"of {dtype}; use a fresh optimizer for another network")
             return
+        self._check_dtype(dtype)
         self.n_params, self.n_weights, self.dtype = n_params, n_weights, dtype
+        self._lr_max = float(np.finfo(dtype).max)
         self._state = {name: np.zeros(n_params, dtype) for name in self._buffers}
         self._scratch = np.empty(n_params, dtype)
         self._consts = tuple(np.empty((), dtype) for _ in range(N_CONSTS))
+
+    def _check_dtype(self, dtype: np.dtype) -> None:
+        """Refuse hyper-parameters that change meaning once rounded to ``dtype``, where the
+        update uses them (a ValueError naming the hyper-parameter and the dtype)."""
+
+    @staticmethod
+    def _below_one(name: str, value: float, dtype: np.dtype) -> None:
+        """A decay factor in [0, 1) must stay below 1 in ``dtype`` (at 1 nothing decays)
+        and, if positive, above 0."""
+        rounded = float(dtype.type(value))
+        if rounded == 1.0:
+            raise ValueError(f"{name}={value!r} rounds to 1 in {dtype}, where it must be < 1; "
+                             f"use at most {float(np.nextafter(dtype.type(1), dtype.type(0)))!r} "
+                             "or float64")
+        if value > 0 and rounded == 0.0:
+            raise ValueError(f"{name}={value!r} rounds to 0 in {dtype}; use 0, a larger "
+                             "value or float64")
 
     # -- the update -------------------------------------------------------------------------
 
@@ -73,7 +94,8 @@ class Optimizer:
 
         theta, grad : 1-D C-contiguous arrays of the bound size and dtype; theta writeable,
             and the two must not overlap. Not checked for NaN (``fit`` watches divergence).
-        lr : float >= 0, the schedule's rate for this update.
+        lr : float >= 0, the schedule's rate for this update, within the dtype's range (and
+            for AdamW with lr * weight_decay <= 1); else ValueError, nothing changed.
         """
         if self.n_params is None:
             raise ValueError(f"{type(self).__name__} is not bound to parameters; call "
@@ -84,13 +106,20 @@ class Optimizer:
         check.vector("grad", grad, size=self.n_params, dtypes=dtypes, finite=False)
         if np.may_share_memory(theta, grad):
             raise ValueError("theta and grad must not share memory")
-        if type(lr) is not float or not 0.0 <= lr < math.inf:  # the full check allocates
+        if type(lr) is not float or not 0.0 <= lr <= self._lr_max:  # the full check allocates
             lr = check.real("lr", lr, low=0.0)
+            if lr > self._lr_max:
+                raise ValueError(f"lr={lr!r} overflows {self.dtype} (at most "
+                                 f"{self._lr_max:.4g})")
+        self._check_rate(lr)
         self.steps += 1
         self._update(theta, grad, lr)
 
     def _update(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
         raise NotImplementedError
+
+    def _check_rate(self, lr: float) -> None:
+        """Refuse a rate the hyper-parameters make out of range, before anything changes."""
 
     def _const(self, slot: int, value: float) -> np.ndarray:
         """``value`` in preallocated 0-d array ``slot`` of the parameters' dtype: ufuncs convert
@@ -127,13 +156,14 @@ class Optimizer:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping, got {type(state).__name__}")
         try:
-            fresh = self._restored(state)
+            fresh = self._restored(state, str)
         except TypeError as exc:  # a value of the wrong type is a bad state like any other
             raise ValueError(f"{type(self).__name__} state: {exc}") from exc
         self.__dict__.update(fresh.__dict__)
 
-    def _restored(self, state: Mapping) -> "Optimizer":
-        """A new optimizer holding ``state``, checked against this one's sizes."""
+    def _restored(self, state: Mapping, label: Callable[[str], str]) -> "Optimizer":
+        """A new optimizer holding ``state``, checked against this one's sizes; errors about
+        a buffer name it ``label(key)``."""
         name = type(self).__name__
         if state.get("name") != name:
             raise ValueError(f"state is for optimizer {state.get('name')!r}, not {name!r}")
@@ -157,9 +187,12 @@ class Optimizer:
             for key in fresh._buffers:
                 buf = state[key]
                 if getattr(buf, "dtype", None) != fresh.dtype:  # a ValueError, as for sizes
-                    raise ValueError(f"{key} must be a {fresh.dtype} array, got "
+                    raise ValueError(f"{label(key)} must be a {fresh.dtype} array, got "
                                      f"{getattr(buf, 'dtype', type(buf).__name__)}")
-                check.vector(key, buf, size=fresh.n_params, dtypes=(fresh.dtype,))
+                check.vector(label(key), buf, size=fresh.n_params, dtypes=(fresh.dtype,))
+                if key in fresh._nonnegative and (buf < 0).any():
+                    raise ValueError(f"{label(key)} is a second moment and must be >= 0, got "
+                                     f"a minimum of {float(buf.min()):g}")
                 np.copyto(fresh._state[key], buf)
         if self.n_params is not None and fresh.n_params is None:
             raise ValueError(f"{name} is bound to {self.n_params} parameters; the state has none")
@@ -211,6 +244,9 @@ class SGD(Optimizer):
     def fused_momentum(self) -> Optional[float]:
         return 0.0 if self.momentum == 0 else None
 
+    def _check_dtype(self, dtype):
+        self._below_one("momentum", self.momentum, dtype)
+
     def _update(self, theta, grad, lr):
         s, c = self._scratch, self._const
         if self.momentum == 0:
@@ -252,12 +288,22 @@ class Adam(Optimizer):
 
     _hyper = ("beta1", "beta2", "eps")
     _buffers = ("exp_avg", "exp_avg_sq")
+    _nonnegative = ("exp_avg_sq",)
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
         super().__init__()
         self.beta1 = check.real("beta1", beta1, low=0.0, high=1.0, high_open=True)
         self.beta2 = check.real("beta2", beta2, low=0.0, high=1.0, high_open=True)
         self.eps = check.real("eps", eps, low=0.0, low_open=True)
+
+    def _check_dtype(self, dtype):
+        self._below_one("beta1", self.beta1, dtype)
+        self._below_one("beta2", self.beta2, dtype)
+        tiny = float(np.finfo(dtype).tiny)
+        if self.eps < tiny:  # 0 (or a subnormal) would divide a zero or tiny moment by 0
+            raise ValueError(f"eps={self.eps!r} is below the smallest normal {dtype} number, "
+                             f"{tiny!r}, and rounds towards 0 there; use a larger eps or "
+                             "float64")
 
     def _update(self, theta, grad, lr):
         s, m, v = self._scratch, self._state["exp_avg"], self._state["exp_avg_sq"]
@@ -307,6 +353,12 @@ class AdamW(Adam):
         self._weights_of: Optional[np.ndarray] = None
         self._weights: Optional[np.ndarray] = None
 
+    def _check_rate(self, lr):
+        if lr * self.weight_decay > 1.0:  # the factor 1 - lr * weight_decay would be < 0
+            raise ValueError(f"lr * weight_decay = {lr * self.weight_decay:g} is above 1 (lr="
+                             f"{lr:g}, weight_decay={self.weight_decay:g}): the decay would flip "
+                             "the weights' signs; lower weight_decay or the rate")
+
     def _update(self, theta, grad, lr):
         if self.n_weights and self.weight_decay:
             if self._weights_of is not theta:  # a new view per step would allocate
@@ -318,3 +370,20 @@ class AdamW(Adam):
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 """Optimizer classes by lower-case name."""
+
+
+def check_state(state: Mapping, label: Callable[[str], str] = str) -> None:
+    """Check ``state``, the ``state_dict()`` of an optimizer of this module, as its class's
+    ``load_state_dict`` would (hyper-parameters, sizes, dtype, step count, finite buffers of
+    the right length, second moments >= 0), without an optimizer at hand. Raises ValueError,
+    naming a buffer ``label(key)``."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state must be a mapping, got {type(state).__name__}")
+    classes = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+    name = state.get("name")
+    if not isinstance(name, str) or name not in classes:
+        raise ValueError(f"state names no optimizer of cbn.optim: {check.short_repr(name)}")
+    try:
+        classes[name]()._restored(state, label)
+    except TypeError as exc:
+        raise ValueError(f"{name} state: {exc}") from None

@@ -87,7 +87,7 @@ class RunSpec:
         self.augment: Optional[Augment] = augment if augment is not None and augment.active \
             else None
         if self.augment is not None:
-            self.augment.shape_for(net.input_dim)
+            self.augment.shape_for(net.input_dim, net.dtype)
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         self.y = check.labels("y", y, n, net.num_classes)

@@ -58,9 +58,12 @@ class ResultsFile:
             return {}
         saved = [self._parse(number, line) for number, line in enumerate(lines, 1)]
         head = saved[0]
-        if not isinstance(head, dict) or head.get("cbn_search") != FORMAT_VERSION:
+        if not isinstance(head, dict) or "cbn_search" not in head:
             raise ValueError(f"{self.path} is not a cbn search results file (version "
                              f"{FORMAT_VERSION}); choose another results path")
+        check.file_version(head["cbn_search"], FORMAT_VERSION,
+                           lambda message: ValueError(f"{self.path}: {message}"),
+                           field="cbn_search")
         diff = _differences(head, self.header)
         if diff:
             raise ValueError(f"{self.path} holds a different search ({'; '.join(diff)}); "

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _validate as check
 from ._files import PathLike, atomic_savez
-from .npz import with_checksum
+from .npz import member_version, with_checksum
 
 if TYPE_CHECKING:
     from .network import Network
@@ -45,6 +45,9 @@ def from_arrays(cls: Type["Network"], arrays: Mapping[str, np.ndarray],
     stored (extra arrays, e.g. a checkpoint's, are ignored)."""
     if "network_config" not in arrays:
         raise ValueError(f"{source} holds no cbn network (no 'network_config')")
+    if "format_version" in arrays:  # files have always had it; hand-made arrays may not
+        member_version(arrays, "format_version", FORMAT_VERSION,
+                       lambda message: ValueError(f"{source}: {message}"))
     try:
         config = json.loads(str(arrays["network_config"]))
     except json.JSONDecodeError as exc:
@@ -68,6 +71,9 @@ def check_state(state: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray
     if missing or extra:
         raise ValueError(f"state does not fit this network: missing {sorted(missing)}, "
                          f"unexpected {sorted(extra)}")
+    seen = np.asarray(state["stats_seen"])
+    if seen.shape != () or seen.dtype.kind not in "biu" or seen not in (0, 1):
+        raise ValueError(f"stats_seen must be a 0-d bool, got {seen.dtype} {seen.shape}")
     for name, target in arrays.items():
         value = np.asarray(state[name])
         if value.shape != target.shape:

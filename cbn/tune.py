@@ -9,6 +9,12 @@ and keeps them in ``$XDG_CACHE_HOME/cbn/tune.json`` (``~/.cache/cbn``), so later
 the machine reuse them. ``CBN_AUTOTUNE=0`` keeps the
 built-in values instead.
 
+The cache is optional: whatever it holds, it is read within bounds (size, nesting, a
+FIFO or folder at its name) and each threshold must be an int in the range measuring gives.
+A damaged cache gives one ``TuneCacheWarning`` naming it; it is then measured again and
+rewritten if it can be, else (a folder, no permission, a newer cbn's file, which is left as
+it is) the built-in values are used.
+
 Results: both thresholds change the last bits of a run (the order of a sum, a rounding),
 as the thread count does; with the cache, runs on one machine repeat bit for bit.
 """
@@ -18,10 +24,12 @@ import functools
 import json
 import os
 import platform
+import stat
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -173,19 +181,68 @@ def _busy() -> bool:
         return False
 
 
-def _read_cache(path: Path) -> dict:
+FORMAT_VERSION = 1  # of tune.json; a cache without one (cbn before it had one) is version 1
+MAX_CACHE_BYTES = 1 << 20  # an entry takes ~200 bytes: a larger file is not one cbn wrote
+_warned: set = set()  # cache files already warned about in this process
+
+
+class TuneCacheWarning(UserWarning):
+    """The tuned-threshold cache could not be used; the built-in or newly measured thresholds
+    are used instead."""
+
+
+def _read_cache(path: Path) -> Tuple[dict, Optional[str], bool]:
+    """``(cache, trouble, writable)``: the cache file's entries ({} if missing or unusable),
+    what is wrong with it (None if nothing), and whether it may be replaced: not when it
+    could not be read (a folder, a device, no permission) or a newer cbn wrote it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            cache = json.load(f)
-        return cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        # O_NONBLOCK: a FIFO at the cache's name must not hang the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return {}, None, True
+    except OSError as exc:
+        return {}, f"cannot be read ({exc.strerror or type(exc).__name__})", False
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}, "is not a regular file", False
+            raw = f.read(MAX_CACHE_BYTES + 1)
+    except OSError as exc:
+        return {}, f"cannot be read ({exc.strerror or type(exc).__name__})", False
+    if len(raw) > MAX_CACHE_BYTES:
+        return {}, f"is larger than {MAX_CACHE_BYTES} bytes", True
+    try:
+        cache = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, "is not UTF-8 text", True
+    except RecursionError:
+        return {}, "nests JSON too deeply", True
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        return {}, f"is not valid JSON ({str(exc)[:80]})", True
+    if not isinstance(cache, dict):
+        return {}, f"holds a JSON {type(cache).__name__}, not an object", True
+    version = cache.pop("format_version", FORMAT_VERSION)
+    try:
+        check.file_version(version, FORMAT_VERSION, ValueError)
+    except ValueError as exc:  # a newer cbn's file is left as it is
+        newer = type(version) is int and version > FORMAT_VERSION
+        return {}, str(exc), not newer
+    return cache, None, True
 
 
 def _valid(entry) -> bool:
+    """An entry as ``ensure`` writes it: each threshold an int (not bool) in the range the
+    measurements give (the smallest candidate is >= 1; NEVER means never)."""
     return (isinstance(entry, dict) and set(entry) == set(DEFAULTS)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= NEVER
                     for v in entry.values()))
+
+
+def _warn(path: Path, trouble: str, instead: str) -> None:
+    """One warning per cache file and process."""
+    if path not in _warned:
+        _warned.add(path)
+        warnings.warn(f"{path}: {trouble}; {instead}", TuneCacheWarning, stacklevel=2)
 
 
 def ensure(path: Optional[Path] = None) -> Dict[str, int]:
@@ -204,9 +261,16 @@ def ensure(path: Optional[Path] = None) -> Dict[str, int]:
         if key in _done:
             return _done[key]
         path = Path(path) if path is not None else cache_dir() / "tune.json"
-        cache = _read_cache(path)
+        cache, trouble, writable = _read_cache(path)
         found = cache.get(key)
-        if not _valid(found):
+        if key in cache and not _valid(found):
+            trouble = f"the entry of this machine is not one cbn writes: {check.short_repr(found)}"
+        if trouble and not writable:  # nowhere to keep a measurement: no cost every process
+            _warn(path, trouble, "using the built-in thresholds")
+            found = dict(DEFAULTS)
+        elif not _valid(found):
+            if trouble:
+                _warn(path, trouble, "measuring this machine's thresholds again")
             if _busy():  # timings now would say more about the load than the CPU
                 _wait[0] = time.monotonic() + BUSY_WAIT
                 return current()
@@ -216,7 +280,8 @@ def ensure(path: Optional[Path] = None) -> Dict[str, int]:
                          "sliced_from": measure_sliced_from()}
             finally:
                 _measuring = False
-            cache[key] = found
+            cache = {k: v for k, v in cache.items() if _valid(v)}  # drop damaged entries
+            cache.update({"format_version": FORMAT_VERSION, key: found})
             try:
                 atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
             except OSError:

@@ -42,7 +42,9 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(tuning, monkeypatch, co
     tuning.write_text(content.replace("KEY", tune.machine_key()))
     monkeypatch.setattr(tune, "measure_transposed_from", lambda: 200)
     monkeypatch.setattr(tune, "measure_sliced_from", lambda: 512)
-    assert tune.ensure(tuning) == {"transposed_from": 200, "sliced_from": 512}
+    monkeypatch.setattr(tune, "_warned", set())
+    with pytest.warns(tune.TuneCacheWarning, match=f"{tuning}: .*measuring .* again"):
+        assert tune.ensure(tuning) == {"transposed_from": 200, "sliced_from": 512}
     assert (_ops.transposed_from(), _ops.sliced_from()) == (200, 512)
     assert json.loads(tuning.read_text())[tune.machine_key()]["sliced_from"] == 512
 
