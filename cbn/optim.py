@@ -94,8 +94,7 @@ class Optimizer:
 
         theta, grad : 1-D C-contiguous arrays of the bound size and dtype; theta writeable,
             and the two must not overlap. Not checked for NaN (``fit`` watches divergence).
-        lr : float >= 0, the schedule's rate for this update, within the dtype's range (and
-            for AdamW with lr * weight_decay <= 1); else ValueError, nothing changed.
+        lr : float >= 0, the schedule's rate for this update.
         """
         if self.n_params is None:
             raise ValueError(f"{type(self).__name__} is not bound to parameters; call "
@@ -111,15 +110,11 @@ class Optimizer:
             if lr > self._lr_max:
                 raise ValueError(f"lr={lr!r} overflows {self.dtype} (at most "
                                  f"{self._lr_max:.4g})")
-        self._check_rate(lr)
         self.steps += 1
         self._update(theta, grad, lr)
 
     def _update(self, theta: np.ndarray, grad: np.ndarray, lr: float) -> None:
         raise NotImplementedError
-
-    def _check_rate(self, lr: float) -> None:
-        """Refuse a rate the hyper-parameters make out of range, before anything changes."""
 
     def _const(self, slot: int, value: float) -> np.ndarray:
         """``value`` in preallocated 0-d array ``slot`` of the parameters' dtype: ufuncs convert
@@ -352,12 +347,6 @@ class AdamW(Adam):
         self.weight_decay = check.real("weight_decay", weight_decay, low=0.0)
         self._weights_of: Optional[np.ndarray] = None
         self._weights: Optional[np.ndarray] = None
-
-    def _check_rate(self, lr):
-        if lr * self.weight_decay > 1.0:  # the factor 1 - lr * weight_decay would be < 0
-            raise ValueError(f"lr * weight_decay = {lr * self.weight_decay:g} is above 1 (lr="
-                             f"{lr:g}, weight_decay={self.weight_decay:g}): the decay would flip "
-                             "the weights' signs; lower weight_decay or the rate")
 
     def _update(self, theta, grad, lr):
         if self.n_weights and self.weight_decay:

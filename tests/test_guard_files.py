@@ -373,17 +373,6 @@ def test_a_rate_that_overflows_the_dtype_is_refused_naming_lr():
     assert opt.steps == 0
 
 
-def test_a_decoupled_decay_beyond_the_weights_is_refused_before_the_step():
-    opt = AdamW(weight_decay=20.0)
-    opt.bind(3, 2, np.float64)
-    theta = np.ones(3)
-    with pytest.raises(ValueError, match=r"lr \* weight_decay = 2 is above 1 .*weight_decay"):
-        opt.step(theta, np.ones(3), 0.1)
-    assert opt.steps == 0 and (theta == 1).all()
-    opt.step(theta, np.ones(3), 0.05)  # a factor of 0: the weights are cleared
-    assert opt.steps == 1
-
-
 def _adam_state():
     opt = Adam()
     opt.bind(4, 2, np.float64)
