@@ -11,9 +11,10 @@ built-in values instead.
 
 The cache is optional: whatever it holds, it is read within bounds (size, nesting, a
 FIFO or folder at its name) and each threshold must be an int in the range measuring gives.
-A damaged cache gives one ``TuneCacheWarning`` naming it; it is then measured again and
-rewritten if it can be, else (a folder, no permission, a newer cbn's file, which is left as
-it is) the built-in values are used.
+A damaged cache gives one ``TuneCacheWarning`` naming it, and the built-in values for that
+process; its damaged entries are dropped from the file where it can be rewritten (not a
+folder, a file without permission or a newer cbn's file, which are left as they are), so
+the next process measures again.
 
 Results: both thresholds change the last bits of a run (the order of a sum, a rounding),
 as the thread count does; with the cache, runs on one machine repeat bit for bit.
@@ -245,6 +246,15 @@ def _warn(path: Path, trouble: str, instead: str) -> None:
         warnings.warn(f"{path}: {trouble}; {instead}", TuneCacheWarning, stacklevel=2)
 
 
+def _write_cache(path: Path, entries: dict) -> None:
+    """Replace the cache file with ``entries`` (atomically); a read-only home keeps none."""
+    document = {"format_version": FORMAT_VERSION, **entries}
+    try:
+        atomic_write(path, lambda f: f.write(json.dumps(document, indent=1).encode()))
+    except OSError:
+        pass
+
+
 def ensure(path: Optional[Path] = None) -> Dict[str, int]:
     """Apply this machine's thresholds: from the cache file (``path``, default
     ``tune.json`` in cbn's cache folder), else measured now and saved there; the built-in
@@ -265,12 +275,12 @@ def ensure(path: Optional[Path] = None) -> Dict[str, int]:
         found = cache.get(key)
         if key in cache and not _valid(found):
             trouble = f"the entry of this machine is not one cbn writes: {check.short_repr(found)}"
-        if trouble and not writable:  # nowhere to keep a measurement: no cost every process
+        if trouble:  # a cache is optional: its damage never costs more than the built-ins
             _warn(path, trouble, "using the built-in thresholds")
             found = dict(DEFAULTS)
+            if writable:  # keep the good entries; the next process measures this machine
+                _write_cache(path, {k: v for k, v in cache.items() if k != key and _valid(v)})
         elif not _valid(found):
-            if trouble:
-                _warn(path, trouble, "measuring this machine's thresholds again")
             if _busy():  # timings now would say more about the load than the CPU
                 _wait[0] = time.monotonic() + BUSY_WAIT
                 return current()
@@ -280,12 +290,7 @@ def ensure(path: Optional[Path] = None) -> Dict[str, int]:
                          "sliced_from": measure_sliced_from()}
             finally:
                 _measuring = False
-            cache = {k: v for k, v in cache.items() if _valid(v)}  # drop damaged entries
-            cache.update({"format_version": FORMAT_VERSION, key: found})
-            try:
-                atomic_write(path, lambda f: f.write(json.dumps(cache, indent=1).encode()))
-            except OSError:
-                pass  # a read-only home: measured again next time
+            _write_cache(path, {**{k: v for k, v in cache.items() if _valid(v)}, key: found})
         _ops.set_transposed_from(found["transposed_from"])
         _ops.set_sliced_from(found["sliced_from"])
         _done[key] = found
