@@ -58,19 +58,21 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
 def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: str = "X"
                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``X`` (uint8 or float, shape (n, input_dim)) checked, and the ``(shift, scale)``
-    (``mean`` and ``1 / std`` in ``dtype``, shape (input_dim,)) with which the plan's gather
-    standardises them by ``normalization``. NaN and inf are left to the gather, which
-    refuses them as it reads the rows (``check.non_finite_input``)."""
+    (``mean`` in float64 and ``1 / std`` in ``dtype``, shape (input_dim,)) with which the
+    plan's gather standardises them by ``normalization``; the gather keeps x - mean to
+    ``dtype``'s precision however large the mean (``_split_shift`` in ``_gather.pxi``).
+    NaN and inf are left to the gather, which refuses them as it reads the rows
+    (``check.non_finite_input``)."""
     X = check.matrix(name, X, cols=input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
     norm = as_normalization(normalization, input_dim)
-    with np.errstate(over="ignore"):  # refused below
-        scale = (1.0 / norm.std).astype(dtype)
-        shift = norm.mean.astype(dtype)
-    if not np.isfinite(scale).all():
-        raise ValueError(f"normalization.std is too small: 1/std overflows {dtype}")
-    if not np.isfinite(shift).all():
-        raise ValueError(f"normalization.mean is too large for {dtype}")
-    return X, shift, scale
+    try:
+        scale = norm.scale(dtype)
+    except ValueError as exc:
+        raise ValueError(f"normalization: {exc}") from None
+    # float64 rows subtract the float64 mean; the others read it rounded to dtype.
+    if X.dtype != np.float64 and np.abs(norm.mean).max() > np.finfo(dtype).max:
+        raise ValueError(f"normalization.mean is too large for {np.dtype(dtype).name}")
+    return X, norm.mean, scale
 
 
 def _sample(X: np.ndarray) -> Optional[np.ndarray]:

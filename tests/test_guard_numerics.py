@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cbn
 from cbn import kernels
+from cbn.augment import Augment
 from cbn.data import Normalization
 
 sklearn = pytest.importorskip("sklearn")
@@ -19,6 +21,53 @@ from cbn.sklearn import MLPClassifier  # noqa: E402
 @pytest.fixture(scope="module")
 def separable():
     return make_classification(n_samples=1000, n_features=20, random_state=0)
+
+
+# -- the mean subtracted at full precision --------------------------------------------------
+
+@pytest.mark.parametrize("offset", [1e8, -3e12])
+def test_the_estimator_learns_features_far_from_zero(separable, offset):
+    X, y = separable
+    est = MLPClassifier(max_iter=10, random_state=0).fit(X + offset, y)
+    assert est.score(X + offset, y) > 0.9
+    assert est.score(X + offset, y) == pytest.approx(
+        MLPClassifier(max_iter=10, random_state=0).fit(X, y).score(X, y), abs=0.01)
+
+
+def test_fit_with_a_normalization_learns_features_far_from_zero(separable):
+    X, y = separable
+    X = X + 1e8
+    net = cbn.Network(20, [50], 2, dtype=np.float32, seed=0)
+    cbn.fit(net, X, y, lam=0.0, batch_size=100, epochs=10, seed=0, progress=False,
+            schedule=cbn.CyclicLR(1e-5, 0.1, 50), normalization=Normalization.fit(X))
+    assert net.accuracy(X, y) > 0.9
+
+
+@pytest.mark.parametrize("augment", [None, Augment(hflip=True, shift=0)])
+def test_the_gather_subtracts_a_large_mean_from_float64_rows_in_float64(augment):
+    rng = np.random.default_rng(0)
+    src = rng.normal(1e8, 1.0, (6, 3072))
+    norm = Normalization.fit(src)
+    idx = np.array([3, 0, 5, 1])
+    got = kernels.gather_rows(src, idx, norm.mean, 1 / norm.std, dtype=np.float32,
+                              augment=augment)
+    want = (src[idx] - norm.mean) / norm.std
+    # A flip only moves values within a row: compare each row's sorted values.
+    np.testing.assert_allclose(np.sort(got, axis=1), np.sort(want, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("augment", [None, Augment(hflip=True, shift=0)])
+def test_the_gather_keeps_float32_rows_exact_next_to_a_large_mean(augment):
+    """float32 values 2^24 + 2k (ulp 2) around a mean of 2^24 + 9 1/3, which float32 rounds
+    by 2/3: x - float32(mean) would be off by 0.12 std for every value."""
+    rng = np.random.default_rng(1)
+    src = (2.0 ** 24 + 2 * rng.integers(0, 10, (6, 3072))).astype(np.float32)
+    mean = np.full(3072, 2.0 ** 24 + 28 / 3)
+    std = np.full(3072, 5.7)
+    idx = np.array([2, 4, 0])
+    got = kernels.gather_rows(src, idx, mean, 1 / std, dtype=np.float32, augment=augment)
+    want = (src[idx].astype(np.float64) - mean) / std
+    np.testing.assert_allclose(np.sort(got, axis=1), np.sort(want, axis=1), atol=1e-6)
 
 
 # -- "constant" relative to the feature's scale ---------------------------------------------
@@ -48,6 +97,13 @@ def test_the_estimator_learns_tiny_features(separable):
     assert MLPClassifier(max_iter=10, random_state=0).fit(X * 1e-9, y).score(X * 1e-9, y) > 0.9
     est = MLPClassifier(max_iter=10, random_state=0, dtype="float64").fit(X * 1e-200, y)
     assert est.score(X * 1e-200, y) > 0.9
+
+
+def test_a_std_whose_inverse_underflows_the_dtype_is_refused():
+    net = cbn.Network(4, [3], 2, dtype=np.float32, seed=0)
+    norm = Normalization(mean=np.zeros(4), std=np.full(4, 1e39))
+    with pytest.raises(ValueError, match=r"normalization: std 1e\+39 of feature 0 is too large"):
+        net.predict(np.ones((3, 4)), normalization=norm)
 
 
 def test_normalization_apply_names_an_overflow_as_such():
