@@ -3,6 +3,8 @@ judged relative to a feature's scale, and only images have their units judged: t
 scikit-learn estimator takes any finite X and speaks of its own parameters."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -10,10 +12,12 @@ import cbn
 from cbn import kernels
 from cbn.augment import Augment
 from cbn.data import Normalization
+from cbn.inputs import InputWarning
 
 sklearn = pytest.importorskip("sklearn")
 
 from sklearn.datasets import make_classification  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
 
 from cbn.sklearn import MLPClassifier  # noqa: E402
 
@@ -21,6 +25,13 @@ from cbn.sklearn import MLPClassifier  # noqa: E402
 @pytest.fixture(scope="module")
 def separable():
     return make_classification(n_samples=1000, n_features=20, random_state=0)
+
+
+def two_blobs(d=5, far=10.0, n=100, seed=0):
+    """Two well separated blobs of n rows each, the first around the origin."""
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.normal(0.0, 1.0, (n, d)), rng.normal(far, 1.0, (n, d))])
+    return X, np.repeat([0, 1], n)
 
 
 # -- the mean subtracted at full precision --------------------------------------------------
@@ -99,6 +110,15 @@ def test_the_estimator_learns_tiny_features(separable):
     assert est.score(X * 1e-200, y) > 0.9
 
 
+@pytest.mark.parametrize("scale, cause", [(1e-200, "too small"), (1e200, "too large")])
+def test_features_float32_cannot_standardise_are_refused_naming_the_cause(separable, scale,
+                                                                           cause):
+    X, y = separable
+    with pytest.raises(ValueError, match=f"{cause} for float32.*dtype='float64'") as caught:
+        MLPClassifier(max_iter=1).fit(X * scale, y)
+    assert "normalization" not in str(caught.value)
+
+
 def test_a_std_whose_inverse_underflows_the_dtype_is_refused():
     net = cbn.Network(4, [3], 2, dtype=np.float32, seed=0)
     norm = Normalization(mean=np.zeros(4), std=np.full(4, 1e39))
@@ -110,3 +130,59 @@ def test_normalization_apply_names_an_overflow_as_such():
     norm = Normalization(mean=np.zeros(2), std=np.full(2, 1e-300))
     with pytest.raises(ValueError, match="overflow float32 once standardised"):
         norm.apply(np.ones((2, 2)), np.float32)
+
+
+# -- only images have their units judged ----------------------------------------------------
+
+def test_the_estimator_predicts_any_subset_of_its_rows():
+    X, y = two_blobs()
+    est = MLPClassifier(random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        for rows in (slice(0, 50), slice(100, 150), slice(40, 160)):
+            assert (est.predict(X[rows]) == y[rows]).all()
+            assert est.predict_proba(X[rows]).shape == (len(y[rows]), 2)
+            assert est.score(X[rows], y[rows]) == 1.0
+
+
+@pytest.mark.parametrize("d, far", [(5, 10.0), (3072, 2000.0)])
+def test_a_network_predicts_a_subset_of_non_image_rows(d, far):
+    """Rows of one region, standardised by the statistics of the whole, are not taken for
+    features standardised already: only images (3072 values in pixel units) are judged."""
+    X, y = two_blobs(d=d, far=far)
+    norm = Normalization.fit(X)
+    net = cbn.Network(d, [10], 2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        net.predict(X[:50], normalization=norm)
+        net.normalization = norm
+        net.predict(X[:50])
+        net.evaluate(X[:50], y[:50])
+
+
+def test_errors_of_the_estimator_name_its_own_parameters(separable):
+    X, y = separable
+    huge = X.copy()
+    huge[0, 0] = 1e39
+    with pytest.raises(ValueError, match="dtype='float64' or standardize=True") as caught:
+        MLPClassifier(max_iter=1, standardize=False).fit(huge, y)
+    est = MLPClassifier(max_iter=1, random_state=0).fit(X, y)
+    far = X[:20].copy()
+    far[3, 2] = 1e39
+    with pytest.raises(ValueError, match="standard deviations") as predicted:
+        est.predict(far)
+    for error in (caught, predicted):
+        assert "normalization" not in str(error.value)
+
+
+def test_a_held_out_row_too_far_out_is_refused_in_the_estimators_words(separable):
+    X, y = separable
+    X = X.copy()
+    # The rows early stopping holds out, drawn as the estimator draws them.
+    held = train_test_split(np.arange(len(y)), y, test_size=0.1, stratify=y,
+                            random_state=np.random.RandomState(0))[1]
+    X[:, 0] = 0.0
+    X[held[0], 0] = 1e39
+    with pytest.raises(ValueError, match="held out for early stopping") as caught:
+        MLPClassifier(max_iter=1, early_stopping=True, random_state=0).fit(X, y)
+    assert "X_val" not in str(caught.value) and "normalization" not in str(caught.value)
