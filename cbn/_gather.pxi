@@ -7,7 +7,7 @@ ctypedef fused source_t:
     double
 
 
-# The gather's plain loop, (x - shift) scale and the finite check in one pass over a row,
+# The gather's plain loop, (x - mean) scale and the finite check in one pass over a row,
 # written in C so that GCC compiles it also for AVX2 and AVX-512 and runs the widest the CPU
 # has (function multiversioning, picked when the module loads): one portable build that uses
 # the vector width of the machine it runs on. Elsewhere, the plain loop.
@@ -20,68 +20,126 @@ cdef extern from *:
     #else
     #define CBN_WIDEST_VECTORS
     #endif
-    /* o[j] = (row[j] - shift[j]) scale[j] for j < n; 1 if any is NaN or infinite, else 0.
-       ``next`` (the same columns of the next row to gather, or NULL) is asked for one cache
-       line per line of ``row`` converted: its misses overlap the work, where asking for the
-       whole row at once stalls until the core can track that many misses. */
-    #define CBN_STANDARDISE(NAME, SRC, DST)                                              \
-    CBN_WIDEST_VECTORS static int NAME(const SRC* row, const DST* shift, const DST* scale, \
-                                       DST* o, Py_ssize_t n, const SRC* next) {         \
+    /* o[j] = (row[j] - mean[j]) scale[j] for j < n; 1 if any is NaN or infinite, else 0.
+       The mean comes as ``mean`` (float64) and as ``hi`` + ``lo`` in DST (see _split_shift);
+       VALUE says which each source reads. ``next`` (the same columns of the next row to
+       gather, or NULL) is asked for one cache line per line of ``row`` converted: its
+       misses overlap the work, where asking for the whole row at once stalls until the core
+       can track that many misses. The arguments each line reads come first (in registers)
+       and restrict spares the loop its aliasing checks, which it would run on every line. */
+    #define CBN_STANDARDISE(NAME, SRC, DST, VALUE)                                       \
+    CBN_WIDEST_VECTORS static int NAME(const SRC* restrict row, DST* restrict o,           \
+                                       Py_ssize_t n, const SRC* next,                    \
+                                       const DST* restrict hi, const DST* restrict scale, \
+                                       const DST* restrict lo,                           \
+                                       const double* restrict mean) {                    \
         const Py_ssize_t line = 64 / sizeof(SRC);                                        \
         Py_ssize_t j, k, end;                                                            \
         int bad = 0;                                                                     \
+        (void)mean; (void)lo;                                                            \
         for (k = 0; k < n; k += line) {                                                  \
             if (next) __builtin_prefetch(next + k, 0, 2);                                \
             end = k + line < n ? k + line : n;                                           \
             for (j = k; j < end; j++) {                                                  \
-                DST v = ((DST)row[j] - shift[j]) * scale[j];                             \
+                DST v = VALUE;                                                           \
                 o[j] = v;                                                                \
                 bad |= (v - v) != 0;                                                     \
             }                                                                            \
         }                                                                                \
         return bad;                                                                      \
     }
-    CBN_STANDARDISE(cbn_standardise_u8_f32, uint8_t, float)
-    CBN_STANDARDISE(cbn_standardise_u8_f64, uint8_t, double)
-    CBN_STANDARDISE(cbn_standardise_f32_f32, float, float)
-    CBN_STANDARDISE(cbn_standardise_f32_f64, float, double)
-    CBN_STANDARDISE(cbn_standardise_f64_f32, double, float)
-    CBN_STANDARDISE(cbn_standardise_f64_f64, double, double)
+    /* uint8 rows (|x - mean| <= 255: the mean rounded to float32 is exact enough), and any
+       rows into float64 (hi is the float64 mean itself). */
+    #define CBN_NEAR(DST) (((DST)row[j] - hi[j]) * scale[j])
+    CBN_STANDARDISE(cbn_standardise_u8_f32, uint8_t, float, CBN_NEAR(float))
+    CBN_STANDARDISE(cbn_standardise_u8_f64, uint8_t, double, CBN_NEAR(double))
+    /* float32 rows in float32: (x - hi) - lo keeps x - mean to float32 precision when the
+       mean is large next to the spread, where x - float32(mean) would keep only its
+       rounding error. */
+    CBN_STANDARDISE(cbn_standardise_f32_f32, float, float,
+                    ((row[j] - hi[j]) - lo[j]) * scale[j])
+    CBN_STANDARDISE(cbn_standardise_f32_f64, float, double, CBN_NEAR(double))
+    /* float64 rows in float32: the mean subtracted in float64. */
+    CBN_STANDARDISE(cbn_standardise_f64_f32, double, float,
+                    (float)(row[j] - mean[j]) * scale[j])
+    CBN_STANDARDISE(cbn_standardise_f64_f64, double, double, CBN_NEAR(double))
     """
-    int cbn_standardise_u8_f32(const uint8_t*, const float*, const float*, float*,
-                               Py_ssize_t, const void*) nogil
-    int cbn_standardise_u8_f64(const uint8_t*, const double*, const double*, double*,
-                               Py_ssize_t, const void*) nogil
-    int cbn_standardise_f32_f32(const float*, const float*, const float*, float*,
-                                Py_ssize_t, const void*) nogil
-    int cbn_standardise_f32_f64(const float*, const double*, const double*, double*,
-                                Py_ssize_t, const void*) nogil
-    int cbn_standardise_f64_f32(const double*, const float*, const float*, float*,
-                                Py_ssize_t, const void*) nogil
-    int cbn_standardise_f64_f64(const double*, const double*, const double*, double*,
-                                Py_ssize_t, const void*) nogil
+    int cbn_standardise_u8_f32(const uint8_t*, float*, Py_ssize_t, const void*,
+                               const float*, const float*, const float*, const double*) nogil
+    int cbn_standardise_u8_f64(const uint8_t*, double*, Py_ssize_t, const void*,
+                               const double*, const double*, const double*, const double*) nogil
+    int cbn_standardise_f32_f32(const float*, float*, Py_ssize_t, const void*,
+                                const float*, const float*, const float*, const double*) nogil
+    int cbn_standardise_f32_f64(const float*, double*, Py_ssize_t, const void*,
+                                const double*, const double*, const double*, const double*) nogil
+    int cbn_standardise_f64_f32(const double*, float*, Py_ssize_t, const void*,
+                                const float*, const float*, const float*, const double*) nogil
+    int cbn_standardise_f64_f64(const double*, double*, Py_ssize_t, const void*,
+                                const double*, const double*, const double*, const double*) nogil
 
 
-cdef inline int _standardise(const source_t* row, const floating* shift,
-                             const floating* scale, floating* o, Py_ssize_t n,
-                             const source_t* next) noexcept nogil:
-    """o[j] = (row[j] - shift[j]) scale[j] for j < n, prefetching ``next`` (NULL: none);
+cdef inline int _standardise(const source_t* row, const double* mean, const floating* mean_hi,
+                             const floating* mean_lo, const floating* scale, floating* o,
+                             Py_ssize_t n, const source_t* next) noexcept nogil:
+    """o[j] = (row[j] - mean[j]) scale[j] for j < n, prefetching ``next`` (NULL: none);
     1 if any is NaN or infinite, else 0."""
     if source_t is uint8_t:
         if floating is float:
-            return cbn_standardise_u8_f32(row, shift, scale, o, n, next)
+            return cbn_standardise_u8_f32(row, o, n, next, mean_hi, scale, mean_lo, mean)
         else:
-            return cbn_standardise_u8_f64(row, shift, scale, o, n, next)
+            return cbn_standardise_u8_f64(row, o, n, next, mean_hi, scale, mean_lo, mean)
     elif source_t is float:
         if floating is float:
-            return cbn_standardise_f32_f32(row, shift, scale, o, n, next)
+            return cbn_standardise_f32_f32(row, o, n, next, mean_hi, scale, mean_lo, mean)
         else:
-            return cbn_standardise_f32_f64(row, shift, scale, o, n, next)
+            return cbn_standardise_f32_f64(row, o, n, next, mean_hi, scale, mean_lo, mean)
     else:
         if floating is float:
-            return cbn_standardise_f64_f32(row, shift, scale, o, n, next)
+            return cbn_standardise_f64_f32(row, o, n, next, mean_hi, scale, mean_lo, mean)
         else:
-            return cbn_standardise_f64_f64(row, shift, scale, o, n, next)
+            return cbn_standardise_f64_f64(row, o, n, next, mean_hi, scale, mean_lo, mean)
+
+
+cdef inline floating _standardised(source_t x, Py_ssize_t j, const double* mean,
+                                   const floating* mean_hi, const floating* mean_lo,
+                                   const floating* scale) noexcept nogil:
+    """(x - mean[j]) scale[j] for feature j, computed as the plain loop computes it."""
+    if source_t is double and floating is float:
+        return <float>(x - mean[j]) * scale[j]
+    elif source_t is float and floating is float:
+        return ((x - mean_hi[j]) - mean_lo[j]) * scale[j]
+    else:
+        return (<floating>x - mean_hi[j]) * scale[j]
+
+
+cdef int _split_shift(object shift, Py_ssize_t d, double* mean, floating* hi,
+                      floating* lo) except -1:
+    """The per-feature mean ``shift`` (d values, float64 or the gather's dtype) in the three
+    forms the gather reads: ``mean`` in float64, and ``hi`` + ``lo`` in the gather's dtype,
+    hi the mean rounded and lo what that rounding lost (0 in float64, or when the shift
+    comes in the gather's dtype). In float32 the pair carries 48 bits of the mean, so that
+    x - mean keeps float32 precision however large the mean is next to the spread."""
+    cdef const double* s64
+    cdef const floating* s
+    cdef Py_ssize_t j
+    own = "float32" if floating is float else "float64"
+    dtype = getattr(shift, "dtype", None)
+    if dtype is not None and dtype == "float64":
+        s64 = <const double*>_buffer("shift", shift, "float64", d, False)
+        for j in range(d):
+            mean[j] = s64[j]
+            hi[j] = <floating>s64[j]
+            lo[j] = <floating>(s64[j] - <double>hi[j])
+        return 0
+    if dtype is None or dtype != own:
+        raise TypeError(f"shift must be a float64 or {own} array, got "
+                        f"{type(shift).__name__} {dtype if dtype is not None else ''}")
+    s = <const floating*>_buffer("shift", shift, own, d, False)
+    for j in range(d):
+        mean[j] = s[j]
+        hi[j] = s[j]
+        lo[j] = 0
+    return 0
 
 
 # Augmentation happens inside the gather, so it costs no extra pass over the batch and no
@@ -114,7 +172,8 @@ cdef inline double _normal(uint32_t lo, uint32_t hi, uint32_t j) noexcept nogil:
 
 
 cdef void _gather_augmented_row(const source_t* row, int j0, int j1, const AugmentSpec* aug,
-                                uint64_t key, const floating* shift, const floating* scale,
+                                uint64_t key, const double* mean, const floating* mean_hi,
+                                const floating* mean_lo, const floating* scale,
                                 floating* o) noexcept nogil:
     """o[j] for j0 <= j < j1: the standardised image of ``row``, flipped and translated as
     ``key`` draws (pixels from outside the image are 0, the training mean), plus jitter."""
@@ -143,11 +202,11 @@ cdef void _gather_augmented_row(const source_t* row, int j0, int j1, const Augme
         if flip:
             f = c * HW + sr * W + W - 1 + dx  # source feature f - x
             for x in range(a, b):
-                out[x] = (<floating>row[f - x] - shift[f - x]) * scale[f - x]
+                out[x] = _standardised(row[f - x], f - x, mean, mean_hi, mean_lo, scale)
         else:
             f = c * HW + sr * W - dx          # source feature f + x
             for x in range(a, b):
-                out[x] = (<floating>row[f + x] - shift[f + x]) * scale[f + x]
+                out[x] = _standardised(row[f + x], f + x, mean, mean_hi, mean_lo, scale)
         j += x1 - x0
     if aug.noise > 0:
         key = _splitmix64(key)
@@ -157,12 +216,14 @@ cdef void _gather_augmented_row(const source_t* row, int j0, int j1, const Augme
 
 
 cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j1,
-                       const source_t* src, const int64_t* idx, const floating* shift,
+                       const source_t* src, const int64_t* idx, const double* mean,
+                       const floating* mean_hi, const floating* mean_lo,
                        const floating* scale, const AugmentSpec* aug,
                        floating* out) noexcept nogil:
-    """out[i, j] = (src[idx[i], j] - shift[j]) scale[j] for rows i0 <= i < i1 (of n) and
+    """out[i, j] = (src[idx[i], j] - mean[j]) scale[j] for rows i0 <= i < i1 (of n) and
     columns j0 <= j < j1 (of d), on the calling thread; augmented per row i if ``aug``.
-    Returns 1 if a value written is NaN or infinite, else 0."""
+    The mean comes in the three forms of ``_split_shift``. Returns 1 if a value written is
+    NaN or infinite, else 0."""
     cdef Py_ssize_t i, j
     cdef int bad = 0
     cdef Py_ssize_t span = <Py_ssize_t>(j1 - j0) * sizeof(source_t)
@@ -183,49 +244,69 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
         # data set before training: the row is in L1, the check is nearly free.
         if aug != NULL:
             _gather_augmented_row(row, j0, j1, aug, _augment_key(aug.seed, aug.step, i),
-                                  shift, scale, o)
+                                  mean, mean_hi, mean_lo, scale, o)
             bad |= _not_finite(j1 - j0, o + j0)
         else:
-            bad |= _standardise(row + j0, shift + j0, scale + j0, o + j0, j1 - j0, nxt)
+            bad |= _standardise(row + j0, mean + j0, mean_hi + j0, mean_lo + j0, scale + j0,
+                                o + j0, j1 - j0, nxt)
     return bad
 
 
 cdef int _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
-                 const int64_t* idx, const floating* shift, const floating* scale,
-                 const AugmentSpec* aug, floating* out) noexcept nogil:
-    """out[i, j] = (src[idx[i], j] - shift[j]) scale[j] for columns j0..j1-1: mini-batch rows
+                 const int64_t* idx, const double* mean, const floating* mean_hi,
+                 const floating* mean_lo, const floating* scale, const AugmentSpec* aug,
+                 floating* out) noexcept nogil:
+    """out[i, j] = (src[idx[i], j] - mean[j]) scale[j] for columns j0..j1-1: mini-batch rows
     straight from the stored images (uint8 or float), standardised on the fly, augmented if
     ``aug`` is not NULL; rows split over the threads if ``parallel``, else all on the
-    calling thread. Returns 1 if a value written is NaN or infinite (a non-finite input,
-    or one that overflows once standardised), else 0."""
+    calling thread. The mean comes in the three forms of ``_split_shift``. Returns 1 if a
+    value written is NaN or infinite (a non-finite input, or one that overflows once
+    standardised), else 0."""
     cdef Py_ssize_t i
     cdef int bad = 0
     if not parallel:
-        return _gather_block(0, n, n, d, j0, j1, src, idx, shift, scale, aug, out)
+        return _gather_block(0, n, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale, aug,
+                             out)
     for i in prange(n, num_threads=_threads(), schedule="static"):
-        bad |= _gather_block(i, i + 1, n, d, j0, j1, src, idx, shift, scale, aug, out)
+        bad |= _gather_block(i, i + 1, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale,
+                             aug, out)
     return bad
 
 
-def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx,
-                const floating[::1] shift, const floating[::1] scale, floating[:, ::1] out,
-                object augment=None, int j0=0, j1=None):
-    """augment: None, or (flip, shift, noise, C, H, W, seed, step), checked by the caller.
-    Columns j0..j1-1 only (default: all), on one thread when that is not all of them.
-    Returns False if a value written is NaN or infinite."""
+def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift,
+                const floating[::1] scale, floating[:, ::1] out, object augment=None,
+                int j0=0, j1=None):
+    """shift: the per-feature mean, float64 or out's dtype (``_split_shift``). augment: None,
+    or (flip, shift, noise, C, H, W, seed, step), checked by the caller. Columns j0..j1-1
+    only (default: all), on one thread when that is not all of them. Returns False if a
+    value written is NaN or infinite."""
     cdef AugmentSpec spec
     cdef AugmentSpec* aug = NULL
-    cdef int end = src.shape[1] if j1 is None else j1
-    if not 0 <= j0 <= end <= src.shape[1]:
-        raise ValueError(f"columns {j0}..{end} are not within the {src.shape[1]} of src")
+    cdef Py_ssize_t d = src.shape[1]
+    cdef int end = d if j1 is None else j1
+    cdef int bad
+    cdef double* mean
+    cdef floating* halves
+    if not 0 <= j0 <= end <= d:
+        raise ValueError(f"columns {j0}..{end} are not within the {d} of src")
+    if scale.shape[0] < d or out.shape[1] != d:
+        raise ValueError(f"scale and out must have the {d} columns of src")
     if augment is not None:
         (spec.flip, spec.shift, spec.noise, spec.C, spec.H, spec.W, spec.seed,
          spec.step) = augment
-        if spec.C * spec.H * spec.W != src.shape[1] or spec.shift < 0:
-            raise ValueError(f"augment {augment} does not fit rows of {src.shape[1]} values")
+        if spec.C * spec.H * spec.W != d or spec.shift < 0:
+            raise ValueError(f"augment {augment} does not fit rows of {d} values")
         aug = &spec
-    cdef int bad
-    with nogil:
-        bad = _gather(idx.shape[0], src.shape[1], j0, end, j0 == 0 and end == src.shape[1],
-                      &src[0, 0], &idx[0], &shift[0], &scale[0], aug, &out[0, 0])
+    mean = <double*>calloc(d, sizeof(double))
+    halves = <floating*>calloc(2 * d, sizeof(floating))
+    try:
+        if mean == NULL or halves == NULL:
+            raise MemoryError()
+        _split_shift(shift, d, mean, halves, halves + d)
+        with nogil:
+            bad = _gather(idx.shape[0], d, j0, end, j0 == 0 and end == d, &src[0, 0], &idx[0],
+                          mean, halves, halves + d, &scale[0], aug, &out[0, 0])
+    finally:
+        free(mean)
+        free(halves)
     return not bad

@@ -211,7 +211,8 @@ def non_finite_input(name: str, src: np.ndarray, rows: np.ndarray, where: str = 
         if not np.isfinite(src[r]).all():
             return ValueError(f"{name} contains NaN or infinite values (row {int(r)}){where}")
     return ValueError(f"{name} overflows once standardised (a row of {name}[{int(rows[0])}:]"
-                      f"){where}: normalization.std too small for the network's dtype")
+                      f"){where}: a value lies too many standard deviations from the mean "
+                      "for the network's dtype")
 
 
 def finite_result(what: str, values: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""The input transform a network owns, and the checks that catch inputs in the wrong units.
+"""The input transform a network owns, and the checks that catch images in the wrong units.
 
 A network trained with ``fit(..., normalization=...)`` keeps that per-feature standardisation
 ``(x - mean) / std`` and applies it to raw images (uint8, or floats in pixel units) whenever
@@ -6,15 +6,24 @@ it predicts or evaluates, so a caller never has to pass it again. Without such c
 pixels fed to a network trained on standardised features, or features standardised twice,
 give a silent chance-level answer; :func:`resolve` stops both.
 
+What is judged: images only. uint8 input is raw images by definition and is never sampled.
+Float input is judged when the network takes images, ``IMAGE_FEATURES`` (3 x 32 x 32)
+values per row, and the standardisation in question is in pixel units (every mean in
+0..255, every std in (0, 255]). Elsewhere nothing tells raw features from standardised ones
+(raw rows from one region of tabular data can have per-feature mean ~0 and std ~1, as
+standardised ones do), so float X is used as given. A standardisation passed
+as :class:`Fitted` (fitted by the caller on the very rows it standardises, as
+``cbn.sklearn``'s estimator does) is applied without judging.
+
 The rule (cheap: at most SAMPLE_ROWS rows, strided over X, statistics in float64). With at
 least MIN_ROWS rows, a batch *fits* a standardisation when, after applying it, the median over
 features of |batch mean| is below MEAN_TOL and the median batch standard deviation lies in
 STD_RANGE; the standardisation of features already standardised is the identity (mean 0,
-std 1). When a transform is about to be applied to floats that fit the identity but not the
-transform, they were standardised already: ``ValueError``. Floats that fit neither get an
-:class:`InputWarning`. Floats that look like raw pixels (whole numbers in 0..255) fed to a
-network that has no transform get an :class:`InputWarning` too. uint8 input is raw by
-definition and is never sampled.
+std 1). When a transform is about to be applied to floats that hold negative values (no
+pixel does) and fit the identity but not the transform, they were standardised already:
+``ValueError``. Floats that fit neither get an :class:`InputWarning`. Floats that look like
+raw pixels (whole numbers in 0..255) fed to an image network that has no transform get an
+:class:`InputWarning` too.
 """
 from __future__ import annotations
 
@@ -24,12 +33,15 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _validate as check
+from .augment import CIFAR_SHAPE
 from .data import Normalization
 
 SAMPLE_ROWS = 256    # rows looked at; the statistics of 256 images vary by ~0.1 std
 MIN_ROWS = 10        # fewer rows say too little about per-feature means and spreads
 MEAN_TOL = 1.0       # a class subset of CIFAR-10 moves feature means by well under 1 std
 STD_RANGE = (0.3, 3.0)
+IMAGE_FEATURES = CIFAR_SHAPE[0] * CIFAR_SHAPE[1] * CIFAR_SHAPE[2]  # rows judged as images
+PIXEL_MAX = 255.0
 
 # What a caller passes as ``normalization=``: None (the network's own, if any), False (X is
 # already standardised: apply nothing), or an object with per-feature ``mean`` and ``std``.
@@ -38,6 +50,11 @@ NormalizationArg = Union[None, bool, Normalization, object]
 
 class InputWarning(UserWarning):
     """Input that does not look like what the network was trained on."""
+
+
+class Fitted(Normalization):
+    """A standardisation its caller fitted on the rows it is applied to (``cbn.sklearn``'s
+    estimator): :func:`resolve` applies it as given, without judging X's units."""
 
 
 def as_normalization(value, input_dim: int, name: str = "normalization") -> Normalization:
@@ -58,19 +75,21 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
 def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: str = "X"
                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``X`` (uint8 or float, shape (n, input_dim)) checked, and the ``(shift, scale)``
-    (``mean`` and ``1 / std`` in ``dtype``, shape (input_dim,)) with which the plan's gather
-    standardises them by ``normalization``. NaN and inf are left to the gather, which
-    refuses them as it reads the rows (``check.non_finite_input``)."""
+    (``mean`` in float64 and ``1 / std`` in ``dtype``, shape (input_dim,)) with which the
+    plan's gather standardises them by ``normalization``; the gather keeps x - mean to
+    ``dtype``'s precision however large the mean (``_split_shift`` in ``_gather.pxi``).
+    NaN and inf are left to the gather, which refuses them as it reads the rows
+    (``check.non_finite_input``)."""
     X = check.matrix(name, X, cols=input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
     norm = as_normalization(normalization, input_dim)
-    with np.errstate(over="ignore"):  # refused below
-        scale = (1.0 / norm.std).astype(dtype)
-        shift = norm.mean.astype(dtype)
-    if not np.isfinite(scale).all():
-        raise ValueError(f"normalization.std is too small: 1/std overflows {dtype}")
-    if not np.isfinite(shift).all():
-        raise ValueError(f"normalization.mean is too large for {dtype}")
-    return X, shift, scale
+    try:
+        scale = norm.scale(dtype)
+    except ValueError as exc:
+        raise ValueError(f"normalization: {exc}") from None
+    # float64 rows subtract the float64 mean; the others read it rounded to dtype.
+    if X.dtype != np.float64 and np.abs(norm.mean).max() > np.finfo(dtype).max:
+        raise ValueError(f"normalization.mean is too large for {np.dtype(dtype).name}")
+    return X, norm.mean, scale
 
 
 def _sample(X: np.ndarray) -> Optional[np.ndarray]:
@@ -96,16 +115,21 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
     units it expects.
 
     ``normalization``: None uses ``stored`` (the network's own, or none); False means X is
-    already standardised; an object with ``mean``/``std`` is used as given. Raises TypeError
-    for uint8 X with no transform to apply, ValueError for floats already standardised that
-    are about to be standardised again (or raw inputs declared standardised with False);
-    warns with :class:`InputWarning` when X fits neither. See the module docstring."""
+    already standardised; an object with ``mean``/``std`` is used as given (a
+    :class:`Fitted` one without any check). Raises TypeError for uint8 X with no transform to
+    apply, ValueError for images already standardised that are about to be standardised
+    again (or raw images declared standardised with False); warns with
+    :class:`InputWarning` when images fit neither. See the module docstring for what is
+    judged as images."""
+    if isinstance(normalization, Fitted):
+        return as_normalization(normalization, input_dim)
     if normalization is False:
         if stored is not None and isinstance(X, np.ndarray) and X.dtype == np.uint8:
             raise TypeError("X is uint8 (raw images), but normalization=False says it is "
                             "standardised already; pass it without normalization= so the "
                             "network applies its own")
-        if stored is not None and _is_float_matrix(X, input_dim) and X.shape[0] >= MIN_ROWS:
+        if (stored is not None and _is_float_matrix(X, input_dim) and _images(input_dim, stored)
+                and X.shape[0] >= MIN_ROWS):
             sample = _sample(X)
             if sample is not None and _fit(sample, stored.mean, stored.std)[0] \
                     and not _fit(sample, 0.0, 1.0)[0]:
@@ -124,10 +148,12 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
                             "trained with (e.g. data.normalization), or train it with "
                             "fit(..., normalization=...) so it keeps them")
         return transform  # uint8 is raw by definition; other problems are the shape checks'
+    if not _images(input_dim, transform):
+        return transform
     if transform is None:
         sample = _sample(X)
-        if sample is not None and sample.max() > 1 and sample.min() >= 0 and sample.max() <= 255 \
-                and np.array_equal(sample, np.round(sample)):
+        if sample is not None and sample.max() > 1 and sample.min() >= 0 \
+                and sample.max() <= PIXEL_MAX and np.array_equal(sample, np.round(sample)):
             warnings.warn("X holds whole numbers in 0..255, like raw pixels, but this network "
                           "has no input normalization; pass normalization= with the "
                           "statistics it was trained with, or standardise X first",
@@ -141,16 +167,26 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
     fits, centre, spread = _fit(sample, transform.mean, transform.std)
     if fits:
         return transform
-    if _fit(sample, 0.0, 1.0)[0]:
-        raise ValueError("X looks standardised already (per-feature mean ~0, std ~1), and "
-                         "standardising it again would give chance-level answers; pass the raw "
-                         "images (uint8, or floats in pixel units), or normalization=False to "
-                         "use X as it is")
+    if sample.min() < 0 and _fit(sample, 0.0, 1.0)[0]:
+        raise ValueError("X looks standardised already (negative values, per-feature mean "
+                         "~0, std ~1), and standardising it again would give chance-level "
+                         "answers; pass the raw images (uint8, or floats in pixel units), or "
+                         "normalization=False to use X as it is")
     warnings.warn(f"X does not look like the raw inputs the normalization was fitted on: "
                   f"standardised, its features have median |mean| {centre:.2g} and median std "
                   f"{spread:.2g} (expected ~0 and ~1); check its units", InputWarning,
                   stacklevel=3)
     return transform
+
+
+def _images(input_dim: int, normalization: Optional[Normalization]) -> bool:
+    """Whether float rows of ``input_dim`` values under ``normalization`` (None: none) are
+    judged as images: IMAGE_FEATURES values, and statistics in pixel units."""
+    if input_dim != IMAGE_FEATURES:
+        return False
+    return normalization is None or bool(
+        (normalization.mean >= 0).all() and (normalization.mean <= PIXEL_MAX).all()
+        and (normalization.std <= PIXEL_MAX).all())
 
 
 def _is_float_matrix(X, input_dim: int) -> bool:

@@ -290,7 +290,8 @@ def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: 
 def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.ndarray,
                 dtype=np.float32, augment=None, seed: int = 0, step: int = 0) -> np.ndarray:
     """out[i] = (src[idx[i]] - shift) * scale in ``dtype``: mini-batch rows taken straight
-    from stored images (uint8, float32 or float64) and standardised on the way; with
+    from stored images (uint8, float32 or float64) and standardised on the way, x - shift
+    kept to ``dtype``'s precision however large the shift (taken in float64); with
     ``augment`` (a ``cbn.Augment``) row i is then transformed with the draws of
     (seed, step, i), as in a training step of ``fit``."""
     dt = check.float_dtype(dtype)
@@ -304,7 +305,7 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
         raise ValueError(f"idx must be in [0, {src.shape[0]}), got [{idx.min()}, {idx.max()}]")
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     d = src.shape[1]
-    shift = np.ascontiguousarray(check.vector("shift", shift, size=d), dtype=dt)
+    shift = np.ascontiguousarray(check.vector("shift", shift, size=d), dtype=np.float64)
     scale = np.ascontiguousarray(check.vector("scale", scale, size=d), dtype=dt)
     args = None
     if augment is not None:

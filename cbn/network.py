@@ -332,7 +332,7 @@ class Network:
         statistics of X itself as one batch (what training-mode BN computes; a common bug
         at test time, offered to show the difference). ``normalization`` (an object with
         per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly;
-        None uses the network's own ``normalization``, False feeds X as it is. Inputs in
+        None uses the network's own ``normalization``, False feeds X as it is. Images in
         the wrong units raise or warn (cbn.inputs)."""
         check.choice("mode", mode, ("eval", "train"))
         normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)

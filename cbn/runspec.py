@@ -138,13 +138,15 @@ class RunSpec:
             if self.optimizer is not None:  # its name and hyper-parameters, not its buffers
                 optimizer = {k: v for k, v in self.optimizer.state_dict().items()
                              if not isinstance(v, np.ndarray) and k != "step"}
+            with np.errstate(over="ignore"):  # a float64 mean beyond float32 hashes as inf
+                shift = self.shift.astype(self.net.dtype)
             self._signature = json.loads(json.dumps(dict(
                 n=self.n, batch_size=self.batch_size, lam=self.lam, momentum=self.momentum,
                 schedule=schedule, total=self.total, seed=self.seed,
                 eval_every=self.eval_every, eval_train=self.eval_train,
-                data=_checksum(self.src, self.y, self.val_src, self.y_val, self.shift,
-                               self.scale), **({} if optimizer is None else
-                                               dict(optimizer=optimizer)),
+                # The shift in the network's dtype, as checkpoints have always hashed it.
+                data=_checksum(self.src, self.y, self.val_src, self.y_val, shift, self.scale),
+                **({} if optimizer is None else dict(optimizer=optimizer)),
                 **({} if self.augment is None else dict(augment=self.augment.config()))),
                 default=lambda value: value.item()))
         return self._signature

@@ -20,9 +20,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _ops
 from . import _validate as check
 from .augment import Augment
 from .data import Normalization
+from .inputs import Fitted
 from .network import Network
 from .optim import OPTIMIZERS, Optimizer
 from .schedule import CyclicLR
@@ -99,6 +101,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     standardize : bool, default True
         Standardise every feature with the mean and standard deviation of the training rows
         (fitted inside, so raw pixels work as they are; uint8 images stay uint8 in memory).
+        Any finite X: the mean is subtracted at full precision however far from 0 the data
+        lie, and only a feature whose 1/std ``dtype`` cannot hold is refused.
     early_stopping : bool, default False
         Hold out ``validation_fraction`` of the training rows (stratified), stop when their
         accuracy has not improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the
@@ -229,14 +233,57 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _source(self, X: np.ndarray) -> np.ndarray:
         """X as the network reads it: any source dtype when standardising, else its dtype."""
-        if self.normalization_ is None:
-            return np.ascontiguousarray(X, dtype=self.network_.dtype)
-        return X
+        if self.normalization_ is not None:
+            return X
+        dtype = self.network_.dtype
+        with np.errstate(over="ignore"):  # refused below
+            source = np.ascontiguousarray(X, dtype=dtype)
+        if source.dtype != X.dtype and not _ops.all_finite(source.reshape(-1)):
+            raise ValueError(f"X holds values beyond the range of {dtype.name} (the dtype "
+                             "parameter); pass dtype='float64' or standardize=True")
+        return source
 
     def _normalization(self):
-        """What the network is told about inputs: this estimator's own standardisation, or
-        False (``standardize=False``: X is used as given, without cbn.inputs' unit checks)."""
-        return False if self.normalization_ is None else self.normalization_
+        """What the network is told about inputs: this estimator's own standardisation, fitted
+        on the training rows and applied as it is to any X (``Fitted``: cbn.inputs' checks of
+        image units never judge it), or False (``standardize=False``: X as given)."""
+        if self.normalization_ is None:
+            return False
+        return Fitted(mean=self.normalization_.mean, std=self.normalization_.std)
+
+    def _fit_standardisation(self, X: np.ndarray) -> Optional[Normalization]:
+        """The mean and std of each feature of the training rows X (None without
+        ``standardize``), refused with a ValueError if the network's dtype cannot hold them."""
+        if not self.standardize:
+            return None
+        try:
+            norm = Normalization.fit(X)
+            norm.scale(self.dtype)
+        except ValueError as exc:
+            raise ValueError(f"X cannot be standardised in {np.dtype(self.dtype).name} (the "
+                             f"dtype parameter): {exc}; {self._remedy()}") from None
+        return norm
+
+    def _remedy(self) -> str:
+        """What to do about X that the network's dtype cannot hold once standardised."""
+        wider = "" if np.dtype(self.dtype) == np.float64 else " or pass dtype='float64'"
+        return "rescale X" + wider
+
+    def _check_reach(self, X: np.ndarray, rows: str) -> None:
+        """Refuse ``rows`` of X (named so in the error) that lie so many standard deviations
+        from the training rows' mean that the network's dtype overflows once they are
+        standardised."""
+        norm, dtype = self.normalization_, self.network_.dtype
+        if norm is None:
+            return
+        limit = np.finfo(dtype).max
+        step = max(1, (1 << 20) // X.shape[1])
+        with np.errstate(over="ignore"):  # an overflow is what is looked for
+            for start in range(0, X.shape[0], step):
+                if not (np.abs(X[start:start + step] - norm.mean) <= limit * norm.std).all():
+                    raise ValueError(f"X: {rows} lie too many standard deviations from the "
+                                     f"training rows' mean for {dtype.name} (the dtype "
+                                     f"parameter) once standardised; {self._remedy()}")
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
         """Class indices of the labels ``y``; labels outside ``classes_`` raise ValueError."""
@@ -265,7 +312,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                                 seed=int(rng.randint(2 ** 31)), **extra)
         if self.augment is not None:
             self.augment.shape_for(X.shape[1])
-        self.normalization_ = Normalization.fit(X) if self.standardize else None
+        self.normalization_ = self._fit_standardisation(X)
         net = self.network_
         self.optimizer_ = self._new_optimizer()
         self.optimizer_.bind(net.flat_params.size, net.n_weights, net.dtype)
@@ -314,6 +361,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping and len(self.classes_) >= 2:
             X, X_val, y, y_val = self._split(X, y, rng)
         self._start(X, X.shape[0], rng)
+        if X_val is not None:
+            self._check_reach(X_val, "rows held out for early stopping")
         best, stale, best_state = -math.inf, 0, None
         for _ in range(self.max_iter):
             score = self._epoch(X, y, X_val, y_val, rng)

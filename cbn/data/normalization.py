@@ -11,10 +11,12 @@ from .. import _validate as check
 
 # Rows per chunk when a float64 temporary is needed: ~8 MiB of float64 at 3072 features.
 _CHUNK_ELEMENTS = 1 << 20
-# A feature whose std (raw pixel units) is below this is treated as constant. Pixel data with
-# any variation over n <= 10**6 rows has std >= ~1e-3, so this only catches true constants
-# (and their float rounding residue).
-_ZERO_STD = 1e-8
+# A feature is constant when its std is at most CONSTANT_EPS * eps * |mean| (eps of
+# float64). The two passes of ``fit`` give an exactly constant feature std 0 and its value
+# as mean; for any other, rounding the mean (|error| <= eps/2 |mean|) adds in quadrature to
+# the std it finds: std_found^2 = std^2 + error^2. Above CONSTANT_EPS eps |mean| that is
+# at most 1/(8 CONSTANT_EPS^2) of it (under 1 %); below, the std may be rounding alone.
+CONSTANT_EPS = 4
 _EXACT_UINT8_ROWS = 256  # 256 * 255^2 < 2^24: float32 sums of these rows stay exact
 
 
@@ -45,6 +47,48 @@ def _uint8_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return total / n, np.sqrt(spread) / n
 
 
+def _float_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and population std of real ``images`` (n, d), both float64 (d,).
+
+    Two passes over row chunks in float64, so no float copy of the whole array is ever
+    made. The first sums x - x[0] (an exactly constant feature sums to 0: its mean is its
+    value, its std 0) and finds each feature's largest |x - x[0]|; the second sums squared
+    deviations from the mean scaled by a power of two near 1 / that largest, so that they
+    neither overflow nor underflow at any scale of the data, and scales the std back."""
+    n, d = images.shape
+    first = images[0].astype(np.float64)
+    total, reach = np.zeros(d), np.zeros(d)
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite total is refused below
+        for rows in _chunks(n, d):
+            deviation = images[rows].astype(np.float64)
+            deviation -= first
+            total += deviation.sum(axis=0)
+            np.maximum(reach, deviation.max(axis=0), out=reach)
+            np.maximum(reach, -deviation.min(axis=0), out=reach)
+    if not (np.isfinite(total).all() and np.isfinite(reach).all()):
+        if not all(np.isfinite(images[rows]).all() for rows in _chunks(n, d)):
+            raise ValueError("images hold NaN or inf")
+        raise ValueError("a feature's values lie too far apart to standardise: their "
+                         "spread overflows float64")
+    mean = first + total / n
+    # |x - mean| <= 2 reach; 2^-e with reach = f 2^e, 0.5 <= f < 1, scales that to below 4.
+    # Powers of two scale exactly; the clip keeps the factor a normal float64.
+    factor = np.ldexp(1.0, -np.clip(np.frexp(reach)[1], -1000, 1000))
+    squares = np.zeros(d)
+    for rows in _chunks(n, d):
+        deviation = images[rows].astype(np.float64)
+        deviation -= mean
+        deviation *= factor
+        squares += np.einsum("ij,ij->j", deviation, deviation)
+    return mean, np.sqrt(squares / n) / factor
+
+
+def _constant(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Which features are constant as far as float64 can tell (see CONSTANT_EPS)."""
+    return std <= CONSTANT_EPS * np.finfo(np.float64).eps * np.maximum(
+        np.abs(mean), np.finfo(np.float64).tiny)
+
+
 def readonly(array: np.ndarray) -> np.ndarray:
     """A read-only view, so shared data is not changed by accident (``array`` is untouched)."""
     view = array.view()
@@ -62,8 +106,10 @@ class Normalization:
         Per-feature mean in raw pixel units (0..255).
     std : ndarray of float64, shape (d,)
         Per-feature population standard deviation (ddof=0) in raw pixel units, all > 0.
-        Features that are constant in the fitted data (std < 1e-8) get ``std = 1``, so they
-        map to 0 instead of dividing by zero.
+        Features that are constant in the fitted data get ``std = 1``, so they map to 0
+        instead of dividing by zero: "constant" is judged relative to the feature's own
+        scale, std <= CONSTANT_EPS * eps(float64) * |mean| (any scale of data, 1e-9 or
+        1e9, keeps its real spread). An exactly constant feature maps to exactly 0.
     """
 
     mean: np.ndarray
@@ -93,28 +139,35 @@ class Normalization:
         -------
         Normalization
 
-        Two passes over row chunks in float64 (mean, then squared deviations), so no float
-        copy of the whole array is ever made: fitting 45,000 x 3072 needs ~8 MiB of scratch.
+        Two passes over row chunks in float64 (``_float_moments``), so no float copy of the
+        whole array is ever made: fitting 45,000 x 3072 needs ~8 MiB of scratch. uint8
+        moments are exact.
         """
         images = check.real_array("images", images, keep_dtype=True)
         if images.ndim != 2 or images.shape[0] < 1:
             raise ValueError(f"images must be 2-D (n, d) with n >= 1, got shape {images.shape}")
-        n, d = images.shape
         if images.dtype == np.uint8:
             mean, std = _uint8_moments(images)
-            std[std < _ZERO_STD] = 1.0
-            return cls(mean=mean, std=std)
-        total = np.zeros(d, dtype=np.float64)
-        for rows in _chunks(n, d):
-            total += images[rows].sum(axis=0, dtype=np.float64)
-        mean = total / n
-        squares = np.zeros(d, dtype=np.float64)
-        for rows in _chunks(n, d):
-            deviation = images[rows].astype(np.float64) - mean
-            squares += np.einsum("ij,ij->j", deviation, deviation)
-        std = np.sqrt(squares / n)
-        std[std < _ZERO_STD] = 1.0
+        else:
+            mean, std = _float_moments(images)
+        std[_constant(mean, std)] = 1.0
         return cls(mean=mean, std=std)
+
+    def scale(self, dtype) -> np.ndarray:
+        """``1 / std`` in ``dtype`` (what the compiled gather multiplies by), a new array.
+        ValueError, naming the feature, if a std is too small (1/std overflows ``dtype``)
+        or too large (1/std falls below ``dtype``'s normal numbers, losing its precision)."""
+        dtype = check.float_dtype(dtype)
+        with np.errstate(over="ignore", under="ignore"):  # both refused below
+            scale = (1.0 / self.std).astype(dtype)
+        info = np.finfo(dtype)
+        for bad, problem in ((~np.isfinite(scale), "too small for {}: 1/std overflows it"),
+                             (scale < info.tiny, "too large for {}: 1/std underflows it")):
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise ValueError(f"std {self.std[j]:.3g} of feature {j} is "
+                                 + problem.format(dtype.name))
+        return scale
 
     def apply(self, images: np.ndarray, dtype=np.float32, *,
               out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -146,10 +199,14 @@ class Normalization:
                 f"got {out.shape} {out.dtype} (C-contiguous={out.flags.c_contiguous})"
             )
         n, d = images.shape
-        for rows in _chunks(n, d):
-            out[rows] = (images[rows] - self.mean) / self.std
-            if not np.isfinite(out[rows]).all():
-                raise ValueError(f"images hold NaN or inf, or values too large for {dtype}")
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below
+            for rows in _chunks(n, d):
+                out[rows] = (images[rows] - self.mean) / self.std
+                if not np.isfinite(out[rows]).all():
+                    if not np.isfinite(images[rows]).all():
+                        raise ValueError("images hold NaN or inf")
+                    raise ValueError(f"images overflow {dtype} once standardised: values too "
+                                     "far from the mean for the std")
         return out
 
     def __repr__(self) -> str:
