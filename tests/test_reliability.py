@@ -532,7 +532,8 @@ else:
 
 @pytest.mark.skipif(not (_ops.OPENMP and hasattr(os, "fork")), reason="no OpenMP pool or fork")
 def test_a_child_forked_by_c_code_computes_the_same_products(tmp_path):
-    """A fork made outside Python (a C library's) leaves the dead pool of the child too."""
+    """A child forked by C code, where none of Python's at-fork hooks run, leaves the pool
+    too: its first parallel region would wait forever for the parent's threads."""
     assert run_python(C_FORK, tmp_path, OPENBLAS_NUM_THREADS="2").split() == ["0"]
 
 
