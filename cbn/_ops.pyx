@@ -29,10 +29,9 @@ thread count is OpenBLAS's: every core, or ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_
 when set, and ``threadpoolctl`` changes it at run time like numpy's and scipy's. Built
 without OpenMP (``OPENMP`` False), OpenBLAS runs its own threads and the gather runs on
 one; a built-in pool is left the same way, for good, in a forked child and wherever OpenMP
-might run a short team (``_check_pool``).
+might run a short team (``_threads.pxi``), with the same first-layer slices, so the same
+results.
 """
-import os
-
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport NAN, cos, exp, log, sqrt

@@ -1,18 +1,35 @@
 # Threads: one OpenMP pool for OpenBLAS's parallel jobs and for our own parallel loops
 # (why: the module docstring of _ops.pyx). Included by _ops.pyx after _blas.pxi.
+#
+# OpenBLAS's jobs wait for each other, so they must all run at once, one per thread: a team
+# with fewer threads than jobs would leave them waiting forever. OpenMP gives fewer threads
+# than a region asks for under dynamic team sizes (OMP_DYNAMIC, omp_set_dynamic), a thread
+# limit (OMP_THREAD_LIMIT), no more active levels (OMP_MAX_ACTIVE_LEVELS,
+# omp_set_max_active_levels, omp_set_nested; a call from inside an active region), however
+# those are set, and in a forked child its pool is gone. So:
+# - every batch of jobs checks its team once it has started (cbn_run_jobs_on_team) and, if
+#   it is short, runs on threads started for it instead (cbn_run_jobs_on_new_threads);
+# - cbn's own products also look at those settings first (_check_pool) and, where a team
+#   may fall short, or once one did, leave the pool for good: OpenBLAS's own threads from
+#   then on, and one thread for our loops. The loops are right on any team (static
+#   schedules over iterations, never over thread numbers);
+# - the pool is left at import when the environment already says so, and in a forked child.
+
 
 cdef void _run_blas_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
                          size_t jobdata_elsize, void* jobdata, int dojob_data) noexcept nogil:
-    """OpenBLAS hands its parallel work here instead of to its own pthreads pool. Its jobs
-    may wait for each other, so they must run at once, one per thread: every product goes
-    through ``_check_pool``, which makes sure OpenMP will give the whole team first. Job i
-    runs on thread i, which the sliced first layer counts on (see ``_slice_products``), and
-    one batch runs at a time (``cbn_jobs_enter``). The region is plain C: a Cython prange
-    here would release and retake the GIL when the caller holds it (SciPy's BLAS wrappers
-    call with it held), and a thread waiting for the GIL while OpenBLAS holds its own lock
-    for the product deadlocks against a thread holding the GIL that waits for that lock."""
+    """cbn's OpenBLAS hands its parallel work here instead of to its own pthreads pool: job i
+    on thread i of the pool, which the sliced first layer counts on (see
+    ``_slice_products``), one batch at a time (``cbn_jobs_enter``). If OpenMP gives a short
+    team, the batch runs on threads started for it and the pool is left for good. The
+    region is plain C: a Cython prange here would release and retake the GIL when the caller
+    holds it (SciPy's BLAS wrappers call with it held), and a thread waiting for the GIL
+    while OpenBLAS holds its own lock for the product deadlocks against a thread holding the
+    GIL that waits for that lock."""
     cbn_jobs_enter()
-    cbn_run_jobs_on_team(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
+    if not cbn_run_jobs_on_team(dojob, numjobs, jobdata_elsize, jobdata, dojob_data):
+        cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
+        _leave_pool()
     cbn_jobs_leave()
 
 
@@ -60,41 +77,58 @@ cdef extern from *:
     static void cbn_jobs_init(void) { omp_init_lock(&cbn_jobs_lock); }
     static void cbn_jobs_enter(void) { omp_set_lock(&cbn_jobs_lock); }
     static void cbn_jobs_leave(void) { omp_unset_lock(&cbn_jobs_lock); }
-    /* 1 if a parallel region asking for n threads might get fewer: dynamic team sizes
-       (OMP_DYNAMIC), a thread limit below n (OMP_THREAD_LIMIT), or a call from inside an
-       active region (nested regions get one thread). */
+    /* 1 if a parallel region of n threads (at least two: the pool is for teams, and other
+       libraries' teams may be larger than ours) started now by this thread might get
+       fewer: dynamic team sizes, a thread limit below n, or no active level left (a region
+       at the deepest active level OpenMP allows runs on one thread). The settings as they
+       are now: the environment's, or those set since through the OpenMP API. */
     static int cbn_team_may_fall_short(int n) {
-        return omp_get_dynamic() || omp_in_parallel() || omp_get_thread_limit() < n;
+        if (n < 2) n = 2;
+        return omp_get_dynamic() || omp_get_thread_limit() < n
+               || omp_get_active_level() >= omp_get_max_active_levels();
     }
-    /* Job i on thread i of a team of numjobs. */
-    static void cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
-                                     void* jobdata, int arg) {
-        int i;
-        #pragma omp parallel for num_threads(numjobs) schedule(static)
-        for (i = 0; i < numjobs; i++)
-            dojob(omp_get_thread_num(), (char*)jobdata + i * elsize, arg);
+    /* Job i on thread i of a team of numjobs, and 1; or, if OpenMP gave fewer threads than
+       asked, no job at all, and 0 (the jobs would wait for the missing threads forever).
+       Every member sees the same team size, so either all run their job or none does. */
+    static int cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
+                                    void* jobdata, int arg) {
+        int full = 0;
+        #pragma omp parallel num_threads(numjobs)
+        {
+            int i = omp_get_thread_num();
+            if (omp_get_num_threads() == numjobs) {
+                if (i == 0) full = 1;  /* read after the region's closing barrier */
+                dojob(i, (char*)jobdata + i * elsize, arg);
+            }
+        }
+        return full;
     }
     #else
     #define CBN_OPENMP 0
     static int cbn_team_may_fall_short(int n) { return 1; }
-    static void cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
-                                     void* jobdata, int arg) {
-        cbn_run_jobs_on_new_threads(dojob, numjobs, elsize, jobdata, arg);
-    }
+    static int cbn_run_jobs_on_team(cbn_dojob dojob, int numjobs, size_t elsize,
+                                    void* jobdata, int arg) { return 0; }
     static void cbn_jobs_enter(void) {}
     static void cbn_jobs_leave(void) {}
     static void cbn_jobs_init(void) {}
     #endif
+    /* In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
+       parallel region would wait for it forever. pthread_atfork, not os.register_at_fork:
+       a fork made by C code too (leave only stores pointers, as a child handler must). */
+    static void cbn_leave_pool_in_forked_children(void (*leave)(void)) {
+        pthread_atfork(NULL, NULL, leave);
+    }
     """
     int CBN_OPENMP
     void cbn_run_jobs_on_new_threads(openblas_dojob_callback dojob, int numjobs,
                                      size_t elsize, void* jobdata, int arg) nogil
-    void cbn_run_jobs_on_team(openblas_dojob_callback dojob, int numjobs, size_t elsize,
-                              void* jobdata, int arg) nogil
+    int cbn_run_jobs_on_team(openblas_dojob_callback dojob, int numjobs, size_t elsize,
+                             void* jobdata, int arg) nogil
     int cbn_team_may_fall_short(int n) nogil
     void cbn_jobs_enter() nogil
     void cbn_jobs_leave() nogil
     void cbn_jobs_init() nogil
+    void cbn_leave_pool_in_forked_children(void (*leave)() noexcept nogil) nogil
 
 OPENMP = bool(CBN_OPENMP)  # built with OpenMP: one shared pool; else OpenBLAS's own threads
 cdef bint _pool = CBN_OPENMP  # our parallel loops and OpenBLAS's jobs run on the OpenMP pool
@@ -116,7 +150,8 @@ cdef void _unshare_pool() noexcept nogil:
 
 
 cdef void _leave_pool() noexcept nogil:
-    """For good: every OpenBLAS back on its own threads, one thread for our loops."""
+    """For good: every OpenBLAS back on its own threads, one thread for our loops. Only
+    stores pointers and flags (it also runs in forked children, before anything else)."""
     global _pool
     _pool = False
     scipy_openblas_set_threads_callback_function(NULL)
@@ -124,8 +159,9 @@ cdef void _leave_pool() noexcept nogil:
 
 
 cdef inline void _check_pool() noexcept nogil:
-    """Leave the pool before a GEMM whose jobs OpenMP might not all run at once: a short
-    team would leave OpenBLAS's jobs waiting for each other forever."""
+    """Leave the pool before a GEMM whose jobs OpenMP might not all run at once (a short
+    team would leave OpenBLAS's jobs waiting for each other forever): O(1), a few reads of
+    OpenMP's settings."""
     if _pool and cbn_team_may_fall_short(scipy_openblas_get_num_threads()):
         _leave_pool()
 
@@ -143,26 +179,27 @@ cdef inline void _check_pool() noexcept nogil:
 cdef void _run_shared_jobs(int sync, openblas_dojob_callback dojob, int numjobs,
                            size_t jobdata_elsize, void* jobdata,
                            int dojob_data) noexcept nogil:
-    """Another OpenBLAS's parallel work. Its products do not pass through ``_check_pool``,
-    so the check is made here: where OpenMP might run a short team, the jobs run on threads
-    started for them instead."""
-    if _pool and not cbn_team_may_fall_short(numjobs):
-        _run_blas_jobs(sync, dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
-        return
+    """Another OpenBLAS's parallel work: on the pool, or, where OpenMP gives a short team
+    (e.g. a call from inside the caller's own parallel region), on threads started for it.
+    The pool stays: the cause may be the caller's, not cbn's."""
     cbn_jobs_enter()
-    cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
+    if not (_pool and cbn_run_jobs_on_team(dojob, numjobs, jobdata_elsize, jobdata,
+                                           dojob_data)):
+        cbn_run_jobs_on_new_threads(dojob, numjobs, jobdata_elsize, jobdata, dojob_data)
     cbn_jobs_leave()
 
 
 def share_pool_with(size_t setter):
     """Hand the parallel jobs of another OpenBLAS to this pool, given the address of its
-    ``openblas_set_threads_callback_function``. Without OpenMP, or once the pool is left,
-    nothing changes (returns False)."""
+    ``openblas_set_threads_callback_function``. Without OpenMP, or once the pool is left
+    (also now, where OpenMP's settings say a team may fall short: ``_check_pool``), nothing
+    changes (returns False)."""
     global _n_shared
     cdef threads_callback_setter set_callback = <threads_callback_setter>setter
     cdef int i
     if not setter:
         raise ValueError("setter must be a function's address")
+    _check_pool()
     if not _pool:
         return False
     for i in range(_n_shared):
@@ -186,16 +223,11 @@ def shared_pool_count():
     return _n_shared
 
 
-def _leave_pool_after_fork():
-    """In a forked child, GNU OpenMP's pool is gone but still looks alive, and the next
-    parallel region would wait for it forever."""
-    _leave_pool()
-
-
 if OPENMP:
     cbn_jobs_init()
     scipy_openblas_set_threads_callback_function(_run_blas_jobs)
-    os.register_at_fork(after_in_child=_leave_pool_after_fork)
+    cbn_leave_pool_in_forked_children(_leave_pool)
+    _check_pool()  # OMP_DYNAMIC, OMP_THREAD_LIMIT, OMP_MAX_ACTIVE_LEVELS: never on the pool
 
 
 cdef inline int _threads() noexcept nogil:
@@ -234,7 +266,15 @@ def hold_slices(int threads):
     _held_slices = threads
 
 
-def slice_threads():
+cdef inline int _slice_threads() noexcept nogil:
     """The thread count the first layer's slices are made for now: the held one, if any,
-    else the current one."""
-    return _held_slices if _held_slices else _threads()
+    else OpenBLAS's, on the pool or not, so that leaving the pool (an OpenMP setting, a
+    fork) changes which threads run the slices, never the sums; 1 without OpenMP."""
+    if _held_slices:
+        return _held_slices
+    return scipy_openblas_get_num_threads() if CBN_OPENMP else 1
+
+
+def slice_threads():
+    """The thread count the first layer's slices are made for now (``_slice_threads``)."""
+    return _slice_threads()

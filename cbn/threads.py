@@ -16,7 +16,10 @@ whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and co
 pool of threads, so that their idle threads do not spin against cbn's team after each of
 their products. ``import cbn`` does it for the libraries loaded by then, and each new plan
 (a network's first run at a batch size) for any loaded since; ``CBN_SHARE_POOL=0`` leaves
-every library its own threads.
+every library its own threads. Where OpenMP may run fewer threads than a batch of BLAS jobs
+needs (``OMP_DYNAMIC``, ``OMP_THREAD_LIMIT``, ``OMP_MAX_ACTIVE_LEVELS`` or their setters, a
+forked child), the jobs still all run at once and the pool is given up for OpenBLAS's own
+threads, with no change to any result (``cbn/_threads.pxi``).
 """
 from __future__ import annotations
 
@@ -80,7 +83,7 @@ def share_pool() -> List[str]:
     other BLAS (MKL, BLIS) keep their threads. Their results do not change, only the threads
     that compute them; their thread counts stay theirs (``threadpoolctl`` still sets them).
     Does nothing when ``CBN_SHARE_POOL`` is 0, without OpenMP, or once the pool was left
-    (in a forked child, or after a call from inside another OpenMP region)."""
+    (in a forked child, or where OpenMP's settings may shrink a team)."""
     if not _ops.shared_pool_count():  # given back since (a forked child, a left pool)
         _shared_paths.clear()
     if not (_ops.OPENMP and check.env_switch("CBN_SHARE_POOL")):

@@ -413,15 +413,46 @@ def test_a_child_forked_after_training_trains_too():
     assert got == pytest.approx([expected] * 2, rel=1e-5)
 
 
-# With two BLAS threads the gather runs on two only while it shares the OpenMP pool.
-TRAIN_AND_PRINT = """
+# A NumPy product and a short training run with two BLAS threads, after ``{before}`` (run
+# right after ``import cbn``; threads it adds to ``others`` are joined at the end). Prints
+# whether cbn's loops still run on the OpenMP pool (the gather runs on two threads only
+# there), a digest of the product's bytes and the sum of the trained parameters.
+PRODUCT_AND_TRAINING = """
+import hashlib
 import numpy as np
+import cbn
 from cbn import Network, _ops, fit
+others = []
+{before}
+a = np.random.default_rng(0).standard_normal((500, 500))
+product = hashlib.sha256((a @ a).tobytes()).hexdigest()
 rng = np.random.default_rng(0)
 X, y = rng.standard_normal((600, 300)).astype(np.float32), rng.integers(0, 10, 600)
 net = Network(300, [200, 100], 10, seed=1, dtype=np.float32)
 fit(net, X, y, lam=0.001, batch_size=200, schedule=0.01, epochs=2, seed=0, progress=False)
-print(_ops.threads() > 1, float(net.flat_params.astype(np.float64).sum()))
+for other in others:
+    other.join()
+print(_ops.threads() > 1, product, float(net.flat_params.astype(np.float64).sum()))
+"""
+
+# The OpenMP library cbn's loops run on, as another library would call it at run time.
+OPENMP = """
+import ctypes, threading, threadpoolctl
+openmp = ctypes.CDLL([lib["filepath"] for lib in threadpoolctl.threadpool_info()
+                      if lib["user_api"] == "openmp"][0])
+"""
+
+# OpenMP's settings are per thread: only this other thread's products get short teams, one
+# of them cbn's, while the main thread trains.
+ANOTHER_THREAD = OPENMP + """
+def other():
+    openmp.omp_set_max_active_levels(0)
+    b = np.ones((400, 400))
+    for _ in range(10):
+        b @ b
+    Network(300, [50], 10, seed=2).predict_proba(np.ones((300, 300)))
+others.append(threading.Thread(target=other))
+others[0].start()
 """
 
 
@@ -437,15 +468,73 @@ def run_python(code: str, cwd, **environment: str) -> str:
     return done.stdout
 
 
+def product_and_training(cwd, before: str = "", **setting: str) -> list:
+    """PRODUCT_AND_TRAINING's output, with two BLAS threads throughout (no governor, which
+    would change the thread count between steps)."""
+    return run_python(PRODUCT_AND_TRAINING.format(before=before), cwd, OPENBLAS_NUM_THREADS="2",
+                      CBN_ADAPTIVE_THREADS="0", **setting).split()
+
+
+@pytest.fixture(scope="module")
+def unconstrained(tmp_path_factory):
+    """PRODUCT_AND_TRAINING's output where OpenMP gives every team in full."""
+    out = product_and_training(tmp_path_factory.mktemp("unconstrained"))
+    assert out[0] == "True"
+    return out
+
+
+# Settings under which OpenMP may give a team fewer threads than it asks for, however made:
+# in the environment, or at run time through the OpenMP API.
+SHRINKING = {"dynamic": {"OMP_DYNAMIC": "true"}, "thread_limit_1": {"OMP_THREAD_LIMIT": "1"},
+             "max_active_levels_0": {"OMP_MAX_ACTIVE_LEVELS": "0"},
+             "set_max_active_levels_0": OPENMP + "openmp.omp_set_max_active_levels(0)",
+             "in_another_thread": ANOTHER_THREAD}
+
+
 @pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
-@pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"}])
-def test_openmp_settings_that_could_shrink_a_team_do_not_hang_training(tmp_path, setting):
+@pytest.mark.parametrize("setting", SHRINKING.values(), ids=SHRINKING.keys())
+def test_openmp_settings_that_could_shrink_a_team_hang_nothing_and_change_no_result(
+        tmp_path, unconstrained, setting):
     """OpenBLAS's jobs wait for each other: run one per thread or never finish. Where OpenMP
-    might give fewer threads than asked, cbn leaves the pool for OpenBLAS's own threads."""
-    in_pool, total = run_python(TRAIN_AND_PRINT, tmp_path, OPENBLAS_NUM_THREADS="2",
-                                **setting).split()
-    assert in_pool == str(not setting)
-    assert np.isfinite(float(total))
+    may give fewer threads than asked, NumPy's jobs run on threads started for them or on
+    NumPy's own, and cbn leaves the pool for OpenBLAS's threads, with the same first-layer
+    slices: the same product, bit for bit, and the same trained parameters."""
+    if isinstance(setting, str):
+        out = product_and_training(tmp_path, before=setting)
+    else:
+        out = product_and_training(tmp_path, **setting)
+    assert out == ["False"] + unconstrained[1:]
+
+
+C_FORK = """
+import ctypes, os, time
+import numpy as np
+from cbn import Network
+a = np.random.default_rng(0).standard_normal((500, 500))
+X = np.random.default_rng(1).standard_normal((300, 400))
+net = Network(400, [200], 10, seed=1)
+product, probs = a @ a, net.predict_proba(X)  # the pool has run
+pid = ctypes.PyDLL(None).fork()  # C's fork(): none of Python's at-fork hooks run
+if pid == 0:
+    os._exit(0 if np.array_equal(a @ a, product) and np.array_equal(net.predict_proba(X), probs)
+             else 1)
+for _ in range(600):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    print("hung")
+"""
+
+
+@pytest.mark.skipif(not (_ops.OPENMP and hasattr(os, "fork")), reason="no OpenMP pool or fork")
+def test_a_child_forked_by_c_code_computes_the_same_products(tmp_path):
+    """A child forked by C code, where none of Python's at-fork hooks run, leaves the pool
+    too: its first parallel region would wait forever for the parent's threads."""
+    assert run_python(C_FORK, tmp_path, OPENBLAS_NUM_THREADS="2").split() == ["0"]
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -604,13 +693,14 @@ print(shared, np.array_equal(c, a @ b))
 
 @numpy_shares
 @pytest.mark.parametrize("setting", [{}, {"OMP_DYNAMIC": "true"}, {"OMP_THREAD_LIMIT": "1"},
-                                     {"CBN_SHARE_POOL": "0"}])
+                                     {"OMP_MAX_ACTIVE_LEVELS": "0"}, {"CBN_SHARE_POOL": "0"}])
 def test_numpy_products_never_hang_whatever_openmp_may_do(tmp_path, setting):
-    """``import cbn`` shares the pool unless CBN_SHARE_POOL=0, and NumPy's product is right
-    on it, on threads started for it, or on NumPy's own."""
+    """``import cbn`` shares the pool unless CBN_SHARE_POOL=0 or OpenMP's settings may shrink
+    a team, and NumPy's product is right on it, on threads started for it, or on NumPy's
+    own."""
     shared, equal = run_python(NUMPY_PRODUCT, tmp_path, OPENBLAS_NUM_THREADS="2",
                                **setting).split()
-    assert shared == ("0" if setting.get("CBN_SHARE_POOL") == "0" else "1")
+    assert shared == ("1" if not setting else "0")
     assert equal == "True"
 
 
