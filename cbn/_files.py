@@ -22,6 +22,13 @@ def cache_dir() -> Path:
     return Path(base) / "cbn"
 
 
+def user_path(path: PathLike) -> str:
+    """``path`` as the file system sees it, with a leading ``~`` or ``~user`` expanded to that
+    home folder as a shell would: every file cbn reads or writes by a name the user gave goes
+    through here, so that a file saved as ``~/net.npz`` is found by the same name."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(f)`` (``f`` a binary file object), atomically.
 
@@ -34,11 +41,12 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     Parameters
     ----------
     path : str or os.PathLike
-        Exactly the name written (no suffix added).
+        Exactly the name written (no suffix added; a leading ``~`` expanded, see
+        :func:`user_path`).
     write : callable
         Called once with the open temporary file.
     """
-    path = os.fspath(path)
+    path = user_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _create_beside(folder, os.path.basename(path))
