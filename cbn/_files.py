@@ -36,7 +36,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     to disk, and replaces ``path`` in one ``os.replace``: a crash at any moment leaves
     either the previous file or the new one, never a mix. (A crash mid-write can leave a
     stray ``.<name>.*.tmp`` file beside it, which is safe to delete.) The file gets the mode
-    a plain ``open`` gives a new file (0666 less the umask).
+    a plain ``open`` gives a new file (0666 less the umask). An OSError that names no file
+    (a flush to a full disk) is given ``path`` as its ``filename``.
 
     Parameters
     ----------
@@ -56,9 +57,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+            exc.filename = path  # a failed flush (disk full) names no file by itself
         raise
     _fsync_folder(folder)
 

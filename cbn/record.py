@@ -14,7 +14,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -94,9 +94,24 @@ def parse_example_args(parser: argparse.ArgumentParser,
     args.out = user_path(args.out)
     try:  # before any data is read or anything trained
         check_out_folder(Path(args.out), args.example_name)
-    except ValueError as exc:
+    except FolderError as exc:
         raise SystemExit(f"{args.example_name}: error: --out {args.out}: {exc}") from None
     return args
+
+
+def run_example(main: Callable[[], int], name: str) -> int:
+    """``main()`` of example ``name``, for its ``__main__``: a file that cannot be written
+    (disk full, a read-only folder) or an output folder that another took over during the
+    run ends it with one line on stderr, ``<name>: error: ...``, and exit status 1 instead of
+    a traceback. Its finished training runs stay in OUT.partial, to be reused."""
+    try:
+        return main()
+    except FolderError as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
+    print(f"{name}: error: " + " ".join(message.split()), file=sys.stderr)
+    return 1
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -352,6 +367,10 @@ def _aside(out: Path) -> Path:
     return out.with_name(out.name + ".old")
 
 
+class FolderError(ValueError):
+    """An output folder that an example may not fill; the message names it."""
+
+
 def _owner(folder: Path) -> Optional[str]:
     """The example whose results ``folder`` holds (the name in its marker), or None."""
     try:
@@ -369,23 +388,23 @@ def _is_empty(folder: Path) -> bool:
 
 
 def check_out_folder(out: Path, name: str) -> None:
-    """Refuse (ValueError naming the folder) an output folder ``out`` that example ``name``
-    may not fill: ``out``, and its ``out.partial`` and ``out.old`` where they exist, must
-    each be an empty folder or one marked as ``name``'s (its ``.cbn-example`` file), so that
-    replacing or deleting them never loses anything the example did not write."""
+    """Refuse (:class:`FolderError`, naming the folder) an output folder ``out`` that example
+    ``name`` may not fill: ``out``, and its ``out.partial`` and ``out.old`` where they exist,
+    must each be an empty folder or one marked as ``name``'s (its ``.cbn-example`` file), so
+    that replacing or deleting them never loses anything the example did not write."""
     for folder in (out, _partial(out), _aside(out)):
         if not os.path.lexists(folder):
             continue
         if folder.is_symlink():
-            raise ValueError(f"{folder} is a symbolic link; give the folder it points to")
+            raise FolderError(f"{folder} is a symbolic link; give the folder it points to")
         if not folder.is_dir():
-            raise ValueError(f"{folder} is a file, not a folder")
+            raise FolderError(f"{folder} is a file, not a folder")
         owner = _owner(folder)
         if owner == name or (owner is None and _is_empty(folder)):
             continue
         holds = (f"holds the results of {owner!r}, not of {name!r}" if owner is not None else
                  f"is not empty and is not a results folder of {name} (no {MARKER} file)")
-        raise ValueError(f"refusing to replace folder {folder}, which {holds}; give another "
+        raise FolderError(f"refusing to replace folder {folder}, which {holds}; give another "
                          "--out, or empty or delete that folder yourself")
 
 

@@ -212,14 +212,15 @@ def check_results(path: Path, document: object) -> None:
             if not isinstance(value, dict):
                 number(field, value, null=True)
                 continue
-            if "mean" not in value:
-                raise ValueError(f"{path}: {field} has no 'mean'")
-            number(f"{field}.mean", value["mean"], null=True)
             values = items(f"{field}.values", value.get("values", []))
+            for key in ("mean", "std") if len(values) > 1 else ("mean",):
+                if key not in value:
+                    raise ValueError(f"{path}: {field} has no '{key}'")
+            for key in ("mean", "std"):
+                if key in value:
+                    number(f"{field}.{key}", value[key], null=True)
             for i, x in enumerate(values):
                 number(f"{field}.values[{i}]", x, null=True)
-            if len(values) > 1 or "std" in value:
-                number(f"{field}.std", value.get("std"), null=True)
 
 
 def is_quick(document: Mapping[str, object]) -> bool:

@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from cbn.plots import save_figure  # noqa: E402
 from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
-                        parse_example_args)
+                        parse_example_args, run_example)
 from cbn.tables import markdown_table, number, percent  # noqa: E402
 from cbn.sklearn import MLPClassifier  # noqa: E402
 
@@ -360,4 +360,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

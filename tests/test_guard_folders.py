@@ -21,7 +21,7 @@ from cbn import Network, cli, fit, plots
 from cbn._files import write_text
 from cbn.checkpoint import CheckpointError, load_checkpoint
 from cbn.data import load_sample
-from cbn.record import MARKER, ExampleRecord, example_parser, parse_example_args
+from cbn.record import MARKER, ExampleRecord, example_parser, parse_example_args, run_example
 from cbn.report import check_results, main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,14 +147,30 @@ def test_an_examples_own_folder_is_replaced_and_its_leftovers_deleted(tmp_path, 
     assert (empty / "results.json").is_file()
 
 
-def test_a_folder_that_became_someone_elses_during_the_run_is_not_replaced(tmp_path):
+def test_a_folder_that_became_someone_elses_during_the_run_is_not_replaced(tmp_path, capsys):
     out = tmp_path / "out"
     record = _record(out)
     user_folder(out)  # made while the example ran
     with pytest.raises(ValueError, match="refusing to replace folder"):
         record.write("# Demo\n\nbody")
+    assert run_example(lambda: record.write("# Demo\n\nbody"), "demo") == 1
+    err = capsys.readouterr().err
+    assert err == (f"demo: error: refusing to replace folder {out}, which is not empty and is "
+                   f"not a results folder of demo (no {MARKER} file); give another --out, or "
+                   "empty or delete that folder yourself\n")
     assert (out / "thesis.tex").read_text() == "months of work"
     assert (tmp_path / "out.partial" / "results.json").is_file()  # the run is kept
+
+
+def test_an_example_whose_results_cannot_be_written_ends_in_one_line(tmp_path, capsys,
+                                                                     monkeypatch):
+    out = tmp_path / "out"
+    record = _record(out)
+    disk_full(monkeypatch)
+    assert run_example(lambda: record.write("# Demo\n\nbody"), "demo") == 1
+    assert capsys.readouterr().err == (f"demo: error: {tmp_path / 'out.partial' / 'results.json'}"
+                                       ": No space left on device\n")
+    assert not out.exists()
 
 
 # -- writes of user-named files --------------------------------------------------------------
@@ -370,6 +386,9 @@ DAMAGED = [
      "meta.run_wall_times.bn[0] must be an object, got text"),
     ("bn.test_accuracy", "high", "bn.test_accuracy must be a number or null, got text"),
     ("bn.test_accuracy", {"std": 0.0}, "bn.test_accuracy has no 'mean'"),
+    ("bn.test_accuracy", {"mean": 0.5, "values": [0.4, 0.6]}, "bn.test_accuracy has no 'std'"),
+    ("bn.test_accuracy", {"mean": 0.5, "values": 0.5},
+     "bn.test_accuracy.values must be a list, got a number"),
     ("bn.test_accuracy", {"mean": 0.5, "std": "0", "values": [0.4, 0.6]},
      "bn.test_accuracy.std must be a number or null, got text"),
     ("bn.test_accuracy", {"mean": 0.5, "std": 0.1, "values": [0.4, [0.6]]},
