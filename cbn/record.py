@@ -205,7 +205,9 @@ class ExampleRecord:
 
     Everything is written into ``folder`` (``<out>.partial``), which replaces ``out`` only
     when :meth:`write` finishes, so ``out`` never mixes two runs and an interrupted run
-    leaves it as it was (its finished training runs wait in ``folder`` to be reused).
+    leaves it as it was (its finished training runs wait in ``folder`` to be reused). The
+    folder is marked as the example's by a ``.cbn-example`` file holding ``name``; ``out``
+    must be new, empty or so marked (:func:`check_out_folder`, :class:`FolderError`).
 
     ``meta`` holds the example's name, the exact command line, the seeds, whether it was a
     ``--quick`` run, the data source, protocol and split sizes, the machine

@@ -107,6 +107,9 @@ def test_an_example_refuses_another_examples_results_and_a_file(tmp_path):
     (tmp_path / "notes").write_text("x")
     with pytest.raises(SystemExit, match="notes is a file, not a folder"):
         parse(tmp_path / "notes")
+    (tmp_path / "link").symlink_to(user_folder(tmp_path / "documents"))
+    with pytest.raises(SystemExit, match="link is a symbolic link"):
+        parse(tmp_path / "link")
 
 
 def test_the_gradient_check_example_refuses_a_folder_before_reading_any_data(tmp_path):
