@@ -22,6 +22,13 @@ def cache_dir() -> Path:
     return Path(base) / "cbn"
 
 
+def user_path(path: PathLike) -> str:
+    """``path`` as the file system sees it, with a leading ``~`` or ``~user`` expanded to that
+    home folder as a shell would: every file cbn reads or writes by a name the user gave goes
+    through here, so that a file saved as ``~/net.npz`` is found by the same name."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(f)`` (``f`` a binary file object), atomically.
 
@@ -29,16 +36,18 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     to disk, and replaces ``path`` in one ``os.replace``: a crash at any moment leaves
     either the previous file or the new one, never a mix. (A crash mid-write can leave a
     stray ``.<name>.*.tmp`` file beside it, which is safe to delete.) The file gets the mode
-    a plain ``open`` gives a new file (0666 less the umask).
+    a plain ``open`` gives a new file (0666 less the umask). An OSError that names no file
+    (a flush to a full disk) is given ``path`` as its ``filename``.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Exactly the name written (no suffix added).
+        Exactly the name written (no suffix added; a leading ``~`` expanded, see
+        :func:`user_path`).
     write : callable
         Called once with the open temporary file.
     """
-    path = os.fspath(path)
+    path = user_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _create_beside(folder, os.path.basename(path))
@@ -48,9 +57,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+            exc.filename = path  # a failed flush (disk full) names no file by itself
         raise
     _fsync_folder(folder)
 

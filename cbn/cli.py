@@ -11,20 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .checkpoint import CheckpointError
 from .data import CIFAR10, DataError
-from ._files import json_ready
+from ._files import json_ready, user_path, write_text
 from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, run
 from .network import Network
 from .record import data_description, open_data
-from .report import REPORT_DESCRIPTION, add_report_arguments, write_report
+from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
 from .train import DivergenceError
 
@@ -53,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types: checked while parsing, before any data is read --------------------------
 
 
-def _number(text: str, kind, low=None, low_open=False, what=""):
+def _number(text: str, kind, low=None, low_open=False, what="", high=None):
     try:
         value = kind(text)
     except ValueError:
@@ -62,11 +63,21 @@ def _number(text: str, kind, low=None, low_open=False, what=""):
         raise argparse.ArgumentTypeError(f"must be finite, got {text}")
     if low is not None and (value <= low if low_open else value < low):
         raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
     return _number(text, int, 1, what="an integer")
+
+
+# Thread counts go to C ints (OpenBLAS, OpenMP).
+MAX_THREADS = 2 ** 31 - 1
+
+
+def thread_count(text: str) -> int:
+    return _number(text, int, 1, what="an integer", high=MAX_THREADS)
 
 
 def nonnegative_int(text: str) -> int:
@@ -107,7 +118,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--blas-threads", type=positive_int, metavar="N",
+    parser.add_argument("--blas-threads", type=thread_count, metavar="N",
                         help="BLAS threads (default: one per core, or $OPENBLAS_NUM_THREADS)")
     parser.add_argument("--json", action="store_true",
                         help="print the results as JSON instead of a table")
@@ -202,6 +213,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
+    for option in ("save", "out", "model", "results", "data"):  # every path the user names
+        if getattr(args, option, None):
+            setattr(args, option, user_path(getattr(args, option)))
     if args.command == "train":
         if args.eta_min >= args.eta_max:
             raise UsageError(f"--eta-min ({args.eta_min:g}) must be below --eta-max "
@@ -212,21 +226,81 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             raise UsageError("--batch-size must be >= 2 with batch normalization")
         for option in ("save", "out"):
             _check_writable(f"--{option}", getattr(args, option))
+        _check_network_fits(args.hidden, 1, 2, args.dtype)  # the data's widths come later
     if args.command == "evaluate" and not Path(args.model).is_file():
         raise UsageError(f"--model {args.model}: no such file")
+    if args.command == "report" and args.out is not None:
+        _check_writable("--out", args.out)
     if args.command == "gradcheck" and args.n < 2:
         raise UsageError(f"--n must be >= 2, got {args.n}")
     return args
 
 
 def _check_writable(option: str, path: Optional[str]) -> None:
+    """Refuse, before any work, a file that cannot be written where it is named."""
     if path is None:
         return
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a file name")
-    if not target.resolve().parent.is_dir():
-        raise UsageError(f"{option} {path}: folder {target.parent} does not exist")
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {target.parent} "
+                         + ("is a file" if parent.exists() else "does not exist"))
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: folder {target.parent} is not writable")
+
+
+def _write(option: str, path: str, write: Callable[[], object]) -> None:
+    """``write()`` the file ``path`` that ``option`` names (through the atomic writer, so a
+    failure leaves any previous file whole); an OSError (disk full, ...) becomes the one-line
+    error naming both."""
+    try:
+        write()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: could not write the file: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _gib(size: float) -> str:
+    """A size in bytes in binary units: "34.5 GiB", "2.91 TiB"."""
+    for unit in ("GiB", "TiB", "PiB"):
+        size /= 1024 ** (3 if unit == "GiB" else 1)
+        if size < 1024 or unit == "PiB":
+            return f"{size:.3g} {unit}"
+
+
+def _physical_memory() -> Optional[int]:
+    """This machine's memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_network_fits(hidden: Sequence[int], inputs: int, classes: int, dtype: str) -> None:
+    """Refuse ``--hidden`` widths whose parameters, gradients and the last good copy that
+    ``fit`` keeps (a lower bound of what training needs) exceed the machine's memory, before
+    numpy is asked for them: an allocation that the OS grants lazily would end in the process
+    being killed rather than in an error."""
+    dims = (inputs, *hidden, classes)
+    need = 3 * np.dtype(dtype).itemsize * sum((a + 1) * b for a, b in zip(dims, dims[1:]))
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise UsageError(f"--hidden {' '.join(map(str, hidden))}: the network does not fit in "
+                         f"memory (it needs at least {_gib(need)}; this machine has "
+                         f"{_gib(have)})")
+
+
+def _no_memory(what: str, exc: MemoryError) -> UsageError:
+    """The one-line error for a MemoryError, naming ``what`` (the option that asked for it)
+    and, from numpy's error, the size of the allocation that failed."""
+    shape, dtype = getattr(exc, "shape", None), getattr(exc, "dtype", None)
+    try:
+        detail = f"{_gib(math.prod(shape) * np.dtype(dtype).itemsize)} could not be allocated"
+    except (TypeError, ValueError):
+        detail = "an allocation failed"
+    return UsageError(f"{what}: does not fit in memory ({detail})")
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -265,15 +339,24 @@ def train(args: argparse.Namespace) -> int:
                        lam=args.lam, eta_min=args.eta_min, eta_max=args.eta_max,
                        step_size=args.step_size, cycles=args.cycles,
                        batch_size=args.batch_size, dtype=args.dtype, momentum=args.momentum)
-    # Build what checks itself (widths, sigma, the schedule) before reading any data; the
-    # data decides the input and output widths.
-    Network(1, config.hidden, 2, batch_norm=config.batch_norm, init=config.init,
-            dtype=np.dtype(config.dtype))
-    CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
+    hidden = f"--hidden {' '.join(map(str, config.hidden))}"
+    try:
+        # Build what checks itself (widths, sigma, the schedule) before reading any data;
+        # the data decides the input and output widths.
+        Network(1, config.hidden, 2, batch_norm=config.batch_norm, init=config.init,
+                dtype=np.dtype(config.dtype))
+        CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
+    except MemoryError as exc:
+        raise _no_memory(hidden, exc) from None
     data = _data(args)
-    result = run(data, config, seed=args.seed, progress=False if args.no_progress else None)
+    _check_network_fits(config.hidden, data.n_features, data.n_classes, config.dtype)
+    try:
+        result = run(data, config, seed=args.seed,
+                     progress=False if args.no_progress else None)
+    except MemoryError as exc:  # the data is in memory already: the network is too large
+        raise _no_memory(hidden, exc) from None
     if args.save:
-        result.net.save(args.save)
+        _write("--save", args.save, lambda: result.net.save(args.save))
     scores = {split: {what: result.metrics[f"{split}_{what}"]
                       for what in ("accuracy", "loss", "cost")}
               for split in ("train", "val", "test")}
@@ -282,9 +365,9 @@ def train(args: argparse.Namespace) -> int:
                 "wall_time": result.metrics["wall_time"], "scores": scores,
                 "saved": args.save}
     if args.out:
-        full = dict(document, history=result.history.as_dict())
-        Path(args.out).write_text(json.dumps(json_ready(full), indent=1) + "\n",
-                                  encoding="utf-8")
+        text = json.dumps(json_ready(dict(document, history=result.history.as_dict())),
+                          indent=1) + "\n"
+        _write("--out", args.out, lambda: write_text(args.out, text))
     if args.json:
         print(json.dumps(json_ready(document), indent=1))
         return 0
@@ -358,7 +441,9 @@ def gradcheck(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    out = write_report(Path(args.results), Path(args.out) if args.out else None)
+    out = report_file(Path(args.results), Path(args.out) if args.out else None)
+    text = build_report(Path(args.results), out)
+    _write("--out", str(out), lambda: write_text(out, text))
     print(f"wrote {out}")
     return 0
 
@@ -366,6 +451,7 @@ def report(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``cbn`` with ``argv`` (default: the command line); return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    args = None
     try:
         args = parse(argv)
         if getattr(args, "blas_threads", None):
@@ -378,9 +464,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(exc))
     except USER_ERRORS as exc:
         return _fail(str(exc))
+    except MemoryError as exc:
+        return _fail(str(_no_memory(_sized_by(args), exc)))
     except KeyboardInterrupt:
         print("cbn: interrupted", file=sys.stderr)
         return 130
+
+
+# The option that sizes what each command holds in memory, named when memory runs out.
+SIZED_BY = {"train": "data", "evaluate": "model", "gradcheck": "n", "report": "results"}
+
+
+def _sized_by(args: Optional[argparse.Namespace]) -> str:
+    option = SIZED_BY.get(getattr(args, "command", None) or "")
+    value = getattr(args, option, None) if option else None
+    return f"--{option} {value}" if value is not None else "the data"
 
 
 def _fail(message: str) -> int:

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from . import _validate as check
-from ._files import PathLike
+from ._files import PathLike, user_path
 
 
 class CheckpointError(ValueError):
@@ -55,7 +55,7 @@ def read_npz(path: PathLike, expect: Optional[Expect] = None,
     ``error`` (``CheckpointError`` by default) naming the file for anything else wrong with it
     (not a zip, a plain ``.npy``, object arrays, truncated or corrupt entries, or refused by
     ``expect``, whose own exceptions of that type pass through)."""
-    path = os.fspath(path)
+    path = user_path(path)
     error = CheckpointError if error is None else error
 
     def fail(message: str) -> Exception:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from ._files import PathLike  # noqa: E402
+from ._files import PathLike, atomic_write, user_path  # noqa: E402
 from .train import History  # noqa: E402
 METRICS = ("cost", "loss", "accuracy")
 DPI = 110
@@ -88,13 +88,19 @@ def _finish(fig, path: PathLike, title: Optional[str]) -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: PathLike) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+def save_figure(fig, path: PathLike) -> Path:
+    """Write ``fig`` to ``path`` (its format from the suffix, PNG when it has none) through
+    the atomic writer, close it and return the path: an interrupted save leaves any
+    previous figure whole."""
+    path = Path(user_path(path))
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower() or "png",
+                                                 dpi=DPI, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -316,7 +322,7 @@ def plot_ablation(path: PathLike,
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_time(path: PathLike, runs: Mapping[str, Sequence[History]]) -> Path:
@@ -335,4 +341,4 @@ def plot_accuracy_vs_time(path: PathLike, runs: Mapping[str, Sequence[History]])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -14,12 +14,12 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
-from ._files import json_ready, write_text
+from ._files import json_ready, user_path, write_text
 from .experiment import RunConfig, RunResult, repeat
 from .tune import cpu_name, machine_key, usable_cores
 
@@ -33,7 +33,9 @@ def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
     parser = argparse.ArgumentParser(
         prog=f"{name}.py", description=description,
         epilog="The results are written into OUT.partial and replace OUT only when the "
-               "example finishes, so OUT always holds one whole run. Finished training runs "
+               "example finishes, so OUT always holds one whole run. OUT must be new, empty, "
+               f"or a results folder of {name}.py (marked by its {MARKER} file): any other "
+               "folder is refused, never overwritten. Finished training runs "
                "are kept in OUT/runs (and OUT.partial/runs) and reused when the example is "
                "run again with the same options; delete both to train everything again.")
     parser.add_argument("--data", metavar="DIR", default=None,
@@ -78,12 +80,10 @@ def parse_example_args(parser: argparse.ArgumentParser,
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.out is None:
         args.out = str(Path("results") / (args.example_name + ("-quick" if args.quick else "")))
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out must be a folder, but {args.out} is a file")
     args.progress = False if args.no_progress else None
     if args.blas_threads is not None:
-        if args.blas_threads < 1:
-            parser.error(f"--blas-threads must be >= 1, got {args.blas_threads}")
+        if not 1 <= args.blas_threads <= 2 ** 31 - 1:  # a C int
+            parser.error(f"--blas-threads must be in 1..{2 ** 31 - 1}, got {args.blas_threads}")
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=args.blas_threads)  # for the rest of the process
     if hasattr(args, "default_runs"):
@@ -91,7 +91,27 @@ def parse_example_args(parser: argparse.ArgumentParser,
             args.runs = 1 if args.quick else args.default_runs
         if args.runs < 1:
             parser.error(f"--runs must be >= 1, got {args.runs}")
+    args.out = user_path(args.out)
+    try:  # before any data is read or anything trained
+        check_out_folder(Path(args.out), args.example_name)
+    except FolderError as exc:
+        raise SystemExit(f"{args.example_name}: error: --out {args.out}: {exc}") from None
     return args
+
+
+def run_example(main: Callable[[], int], name: str) -> int:
+    """``main()`` of example ``name``, for its ``__main__``: a file that cannot be written
+    (disk full, a read-only folder) or an output folder that another took over during the
+    run ends it with one line on stderr, ``<name>: error: ...``, and exit status 1 instead of
+    a traceback. Its finished training runs stay in OUT.partial, to be reused."""
+    try:
+        return main()
+    except FolderError as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
+    print(f"{name}: error: " + " ".join(message.split()), file=sys.stderr)
+    return 1
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -185,7 +205,9 @@ class ExampleRecord:
 
     Everything is written into ``folder`` (``<out>.partial``), which replaces ``out`` only
     when :meth:`write` finishes, so ``out`` never mixes two runs and an interrupted run
-    leaves it as it was (its finished training runs wait in ``folder`` to be reused).
+    leaves it as it was (its finished training runs wait in ``folder`` to be reused). The
+    folder is marked as the example's by a ``.cbn-example`` file holding ``name``; ``out``
+    must be new, empty or so marked (:func:`check_out_folder`, :class:`FolderError`).
 
     ``meta`` holds the example's name, the exact command line, the seeds, whether it was a
     ``--quick`` run, the data source, protocol and split sizes, the machine
@@ -196,9 +218,11 @@ class ExampleRecord:
 
     def __init__(self, name: str, args: argparse.Namespace, data: CIFAR10) -> None:
         self.name = name
-        self.out = Path(args.out)
-        self.folder = self.out.with_name(self.out.name + ".partial")
+        self.out = Path(user_path(args.out))
+        self.folder = _partial(self.out)
+        check_out_folder(self.out, name)
         self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(self.folder / MARKER, name + "\n")
         self.quick = bool(getattr(args, "quick", False))
         self.data = data
         self.entries: Dict[str, object] = {}
@@ -324,6 +348,7 @@ class ExampleRecord:
         text = "\n".join(lines)
         write_text(self.folder / "summary.md", text)
         self._drop_stale_runs()
+        check_out_folder(self.out, self.name)  # again: OUT may have changed during the run
         _replace_folder(self.folder, self.out)
         print(text)
         print(f"wrote {self.out / 'results.json'}, {self.out / 'summary.md'} and "
@@ -331,14 +356,78 @@ class ExampleRecord:
         return self.out / "results.json"
 
 
+# The file that marks a folder as an example's own results folder; it holds the example's
+# name. Only folders marked by the same example are ever replaced or deleted.
+MARKER = ".cbn-example"
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def _aside(out: Path) -> Path:
+    return out.with_name(out.name + ".old")
+
+
+class FolderError(ValueError):
+    """An output folder that an example may not fill; the message names it."""
+
+
+def _owner(folder: Path) -> Optional[str]:
+    """The example whose results ``folder`` holds (the name in its marker), or None."""
+    try:
+        with open(folder / MARKER, "rb") as f:
+            return f.read(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        return not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def check_out_folder(out: Path, name: str) -> None:
+    """Refuse (:class:`FolderError`, naming the folder) an output folder ``out`` that example
+    ``name`` may not fill: ``out``, and its ``out.partial`` and ``out.old`` where they exist,
+    must each be an empty folder or one marked as ``name``'s (its ``.cbn-example`` file), so
+    that replacing or deleting them never loses anything the example did not write."""
+    for folder in (out, _partial(out), _aside(out)):
+        if not os.path.lexists(folder):
+            continue
+        if folder.is_symlink():
+            raise FolderError(f"{folder} is a symbolic link; give the folder it points to")
+        if not folder.is_dir():
+            raise FolderError(f"{folder} is a file, not a folder")
+        owner = _owner(folder)
+        if owner == name or (owner is None and _is_empty(folder)):
+            continue
+        holds = (f"holds the results of {owner!r}, not of {name!r}" if owner is not None else
+                 f"is not empty and is not a results folder of {name} (no {MARKER} file)")
+        raise FolderError(f"refusing to replace folder {folder}, which {holds}; give another "
+                         "--out, or empty or delete that folder yourself")
+
+
+def _remove(folder: Path) -> None:
+    """Delete ``folder``, which :func:`check_out_folder` found empty or marked as the
+    example's own."""
+    if _owner(folder) is None:
+        folder.rmdir()  # empty: fails rather than delete anything that arrived since
+    else:
+        shutil.rmtree(folder)
+
+
 def _replace_folder(new: Path, old: Path) -> None:
-    """Put folder ``new`` in the place of ``old`` (moved aside, then deleted)."""
-    aside = None
-    if old.exists():
-        aside = old.with_name(old.name + ".old")
-        if aside.exists():
-            shutil.rmtree(aside)
+    """Put folder ``new`` in the place of ``old`` (moved aside as ``old.old``, then deleted);
+    ``old`` and ``old.old`` must have passed :func:`check_out_folder`."""
+    aside = _aside(old)
+    if aside.exists():  # left by an earlier run that stopped mid-replacement
+        _remove(aside)
+    moved = old.exists()
+    if moved:
         os.replace(old, aside)
     os.replace(new, old)
-    if aside is not None:
-        shutil.rmtree(aside)
+    if moved:
+        _remove(aside)

@@ -12,13 +12,14 @@ import json
 import math
 import os
 import re
+import reprlib
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ._files import write_text
+from ._files import user_path, write_text
 from .tables import markdown_table, mean_of, number, percent
 
 # --------------------------------------------------------------------------------------------
@@ -101,13 +102,13 @@ def load_results(results_dir: Path) -> Dict[str, Tuple[Path, dict]]:
     """Every ``<results_dir>/<folder>/results.json``, by folder name, in report order (the
     examples in EXAMPLE_ORDER, each full run before its ``--quick`` run)."""
     found = {}
-    for path in sorted(Path(results_dir).glob("*/results.json")):
+    for path in sorted(Path(user_path(results_dir)).glob("*/results.json")):
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable results file: {exc}") from exc
-        if not isinstance(document, dict) or "meta" not in document:
-            raise ValueError(f"{path}: not a cbn results file (no 'meta' entry)")
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise ValueError(f"{path}: not a readable results file: "
+                             f"{reprlib.repr(str(exc))[1:-1]}") from None
+        check_results(path, document)
         found[path.parent.name] = (path.parent, document)
     order = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
 
@@ -117,6 +118,109 @@ def load_results(results_dir: Path) -> Dict[str, Tuple[Path, dict]]:
         return order.get(example, len(order)), example, is_quick(document), name
 
     return dict(sorted(found.items(), key=rank))
+
+
+# The metrics of the entries that the report reads (REFERENCE_NUMBERS and TARGETS).
+_REPORTED = frozenset(r.metric for r in REFERENCE_NUMBERS) | frozenset(t.metric for t in TARGETS)
+
+
+def _kind(value) -> str:
+    """What a JSON value is, in the words of an error message."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "text", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def check_results(path: Path, document: object) -> None:
+    """Check the structure of a ``results.json`` where the report reads it: the top level
+    and ``meta`` objects, the provenance fields in ``meta`` (each optional, but of the kind
+    :class:`ExampleRecord` writes) and the reported metrics of every entry (a number, null, or
+    a ``{"mean", "std", "values"}`` object). Raises ValueError naming the file and the field
+    ("results/x/results.json: meta.data must be an object, got a list")."""
+
+    def fail(field: str, expected: str, value: object) -> None:
+        raise ValueError(f"{path}: {field} must be {expected}, got {_kind(value)}")
+
+    def obj(field: str, value: object) -> Mapping:
+        if not isinstance(value, dict):
+            fail(field, "an object", value)
+        return value
+
+    def items(field: str, value: object) -> List:
+        if not isinstance(value, list):
+            fail(field, "a list", value)
+        return value
+
+    def number(field: str, value: object, null: bool = False) -> None:
+        if value is None and null:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(field, "a number" + (" or null" if null else ""), value)
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{path}: {field} is too large a number") from None
+
+    def scalar(field: str, value: object) -> None:  # shown as it is
+        if isinstance(value, (dict, list)):
+            fail(field, "text or a number", value)
+
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: not a cbn results file: it holds {_kind(document)}, not an "
+                         "object")
+    if "meta" not in document:
+        raise ValueError(f"{path}: not a cbn results file (no 'meta' entry)")
+    meta = obj("meta", document["meta"])
+    for key in ("example", "command", "started", "finished", "quick"):
+        scalar(f"meta.{key}", meta.get(key))
+    obj("meta.options", meta.get("options", {}))
+    scalar("meta.options.quick", meta.get("options", {}).get("quick"))
+    data = obj("meta.data", meta.get("data", {}))
+    for key in ("source", "protocol", "train", "val", "test"):
+        scalar(f"meta.data.{key}", data.get(key))
+    machine = obj("meta.machine", meta.get("machine", {}))
+    for key, value in machine.items():
+        if key != "blas":
+            scalar(f"meta.machine.{key}", value)
+    for i, pool in enumerate(items("meta.machine.blas", machine.get("blas", []))):
+        for key, value in obj(f"meta.machine.blas[{i}]", pool).items():
+            scalar(f"meta.machine.blas[{i}].{key}", value)
+    for i, seed in enumerate(items("meta.seeds", meta.get("seeds", []))):
+        scalar(f"meta.seeds[{i}]", seed)
+    for key in ("wall_time", "training_time"):
+        if key in meta:
+            number(f"meta.{key}", meta[key])
+    for key in ("load_average_start", "load_average_end"):
+        value = meta.get(key)
+        for i, x in enumerate(value if isinstance(value, list) else [value]):
+            scalar(f"meta.{key}" + (f"[{i}]" if isinstance(value, list) else ""), x)
+    for key, seeds in obj("meta.reused_runs", meta.get("reused_runs") or {}).items():
+        for i, seed in enumerate(items(f"meta.reused_runs.{key}", seeds)):
+            scalar(f"meta.reused_runs.{key}[{i}]", seed)
+    for key, runs in obj("meta.run_wall_times", meta.get("run_wall_times") or {}).items():
+        for i, run in enumerate(items(f"meta.run_wall_times.{key}", runs)):
+            field = f"meta.run_wall_times.{key}[{i}]"
+            number(f"{field}.wall_time", obj(field, run).get("wall_time"))
+    for key, entry in document.items():
+        if key == "meta" or not isinstance(entry, dict):
+            continue
+        for metric in _REPORTED & set(entry):
+            field, value = f"{key}.{metric}", entry[metric]
+            if not isinstance(value, dict):
+                number(field, value, null=True)
+                continue
+            values = items(f"{field}.values", value.get("values", []))
+            for key in ("mean", "std") if len(values) > 1 else ("mean",):
+                if key not in value:
+                    raise ValueError(f"{path}: {field} has no '{key}'")
+            for key in ("mean", "std"):
+                if key in value:
+                    number(f"{field}.{key}", value[key], null=True)
+            for i, x in enumerate(values):
+                number(f"{field}.values[{i}]", x, null=True)
 
 
 def is_quick(document: Mapping[str, object]) -> bool:
@@ -308,8 +412,12 @@ def build_report(results_dir: Path, report_path: Path) -> str:
               "example's runs are listed in its provenance section.", ""]
     for name, (folder, document) in results.items():
         summary_path = folder / "summary.md"
-        summary = (summary_path.read_text(encoding="utf-8") if summary_path.exists()
-                   else f"# {name}\n\n(no summary.md)")
+        try:
+            summary = (summary_path.read_text(encoding="utf-8") if summary_path.exists()
+                       else f"# {name}\n\n(no summary.md)")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{summary_path}: not a readable summary: "
+                             f"{reprlib.repr(str(exc))[1:-1]}") from None
         parts += [_relink(_demote(summary), folder.resolve(), report_dir).rstrip(), "",
                   "### Provenance", "", provenance_section(document["meta"]), ""]
     return "\n".join(parts)
@@ -318,11 +426,14 @@ def build_report(results_dir: Path, report_path: Path) -> str:
 def write_report(results_dir: Path, out: Optional[Path] = None) -> Path:
     """Write REPORT.md (default ``results_dir/REPORT.md``) from the results folders under
     ``results_dir``, atomically; return its path. ValueError when there are no results."""
-    results_dir = Path(results_dir)
-    out = Path(out) if out is not None else results_dir / "REPORT.md"
-    text = build_report(results_dir, out)
-    write_text(out, text)
+    out = report_file(results_dir, out)
+    write_text(out, build_report(Path(results_dir), out))
     return out
+
+
+def report_file(results_dir: Path, out: Optional[Path] = None) -> Path:
+    """Where the report goes: ``out``, by default ``results_dir/REPORT.md`` (``~`` expanded)."""
+    return Path(user_path(out if out is not None else Path(results_dir) / "REPORT.md"))
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,13 +453,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="cbn-report", description=REPORT_DESCRIPTION)
     add_report_arguments(parser)
     args = parser.parse_args(argv)
+    out = report_file(Path(args.results), Path(args.out) if args.out else None)
     try:
-        out = write_report(Path(args.results), Path(args.out) if args.out else None)
+        write_report(Path(args.results), out)
     except ValueError as exc:
-        print(f"cbn-report: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
+    except OSError as exc:  # reading is checked above: this is the report's own write
+        return _fail(f"{out}: could not write the report: {exc.strerror or exc}")
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _fail(message: str) -> int:
+    print("cbn-report: " + " ".join(message.split()), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the examples write into their ``summary.md`` and the report gathers."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping, Optional, Sequence
 
 
@@ -16,11 +17,18 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def _float(value) -> float:
+    """A number of a results file as a float; null (a value that was NaN or infinite when
+    written as strict JSON) as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def mean_of(value) -> float:
-    """The number in a results value: a float, or the ``"mean"`` of a mean/std dict."""
+    """The number in a results value: a float, or the ``"mean"`` of a mean/std dict; null
+    as NaN."""
     if isinstance(value, Mapping):
-        return float(value["mean"])
-    return float(value)
+        return _float(value["mean"])
+    return _float(value)
 
 
 # Runs whose accuracies spread wider than this (a std in fractions) are shown one by one:
@@ -37,10 +45,12 @@ def percent(value, digits: int = 2) -> str:
     if isinstance(value, Mapping):
         n = len(value.get("values", ()))
         if n <= 1:  # a single run has no spread to show
-            return f"{100 * value['mean']:.{digits}f}"
-        if value["std"] > SPLIT_STD:
-            return ", ".join(f"{100 * v:.{digits}f}" for v in value["values"]) + " (per run)"
-        return f"{100 * value['mean']:.{digits}f} ± {100 * value['std']:.{digits}f} (n={n})"
+            return f"{100 * _float(value['mean']):.{digits}f}"
+        if _float(value["std"]) > SPLIT_STD:
+            return ", ".join(f"{100 * _float(v):.{digits}f}" for v in value["values"]) + \
+                " (per run)"
+        return (f"{100 * _float(value['mean']):.{digits}f} ± "
+                f"{100 * _float(value['std']):.{digits}f} (n={n})")
     return f"{100 * float(value):.{digits}f}"
 
 
@@ -50,8 +60,8 @@ def number(value, fmt: str = ".4f") -> str:
         return "–"
     if isinstance(value, Mapping):
         if len(value.get("values", ())) <= 1:
-            return f"{value['mean']:{fmt}}"
-        return f"{value['mean']:{fmt}} ± {value['std']:{fmt}}"
+            return f"{_float(value['mean']):{fmt}}"
+        return f"{_float(value['mean']):{fmt}} ± {_float(value['std']):{fmt}}"
     return f"{float(value):{fmt}}"
 
 

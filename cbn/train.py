@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._files import PathLike
+from ._files import PathLike, user_path
 from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
                          save_checkpoint)
 from .augment import Augment
@@ -150,7 +150,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
 def _path(name: str, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a file path, got {value!r}")
-    path = os.fspath(value)
+    path = user_path(value)
     if not path or os.path.isdir(path):
         raise ValueError(f"{name} must be a file path, got {value!r}")
     return path

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 import cbn
 from cbn.experiment import RunResult, mean_std, score, summarize
 from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        show_progress)
+                        run_example, show_progress)
 from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
 from cbn.tables import accuracy_table, percent
 
@@ -182,4 +182,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

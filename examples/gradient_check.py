@@ -16,7 +16,8 @@ import sys
 from typing import Dict, List, Optional
 
 from cbn.experiment import GRADCHECK_NETWORKS, gradient_checks
-from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
+from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                        run_example)
 from cbn.plots import plot_gradcheck
 from cbn.tables import markdown_table
 
@@ -100,4 +101,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from cbn.experiment import example_config, summarize
 from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        show_progress)
+                        run_example, show_progress)
 from cbn.plots import plot_accuracy_vs_lambda
 from cbn.tables import accuracy_table, markdown_table, number, percent
 from cbn.search import DataSpec, LogUniform, best, refine, search, write_csv
@@ -135,4 +135,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

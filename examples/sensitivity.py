@@ -18,7 +18,8 @@ from typing import Dict, List, Optional
 
 from cbn.experiment import (bn_statistics_accuracy, example_config, mean_std, run_configs,
                             setting_sentence)
-from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
+from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                        run_example)
 from cbn.plots import plot_bn_statistics, plot_sensitivity
 from cbn.tables import accuracy_table, markdown_table, percent
 
@@ -95,4 +96,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

@@ -44,8 +44,9 @@ from sklearn.neural_network import MLPClassifier as SklearnMLP  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from cbn.plots import save_figure  # noqa: E402
 from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
-                        parse_example_args)
+                        parse_example_args, run_example)
 from cbn.tables import markdown_table, number, percent  # noqa: E402
 from cbn.sklearn import MLPClassifier  # noqa: E402
 
@@ -262,8 +263,7 @@ def plot_accuracy_vs_time(path, entries: Dict[str, dict]) -> None:
     ax.set_title("CIFAR-10, hidden [50, 50]: one point per epoch")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def seconds(value: Optional[float]) -> str:
@@ -360,4 +360,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

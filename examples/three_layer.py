@@ -13,7 +13,8 @@ import sys
 from typing import List, Optional
 
 from cbn.experiment import example_config, run_configs, setting_sentence
-from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args
+from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                        run_example)
 from cbn.plots import METRICS, plot_curves
 from cbn.tables import accuracy_table
 
@@ -47,4 +48,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_example(main, NAME))

@@ -21,7 +21,7 @@ from cbn.data import load_sample
 from cbn import plots
 from cbn.experiment import QUICK_POINTS_PER_CYCLE
 from cbn.plots import runs_disagree
-from cbn.record import ExampleRecord
+from cbn.record import MARKER, ExampleRecord
 from cbn.report import REFERENCE_NUMBERS, main as report_main
 from cbn.train import History
 
@@ -306,14 +306,16 @@ def test_rerunning_an_example_reuses_its_finished_runs_and_drops_stale_files(out
 def test_a_record_replaces_the_output_folder_only_when_written(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARKER).write_text("demo\n")  # a previous results folder of this example
     (out / "old.png").write_bytes(b"from the previous run")
     args = argparse.Namespace(out=str(out), quick=False, seed=0)
     record = ExampleRecord("demo", args, load_sample())
     record.figure("new.png").write_bytes(PNG_MAGIC)
     record.add("config", {"value": 1.0})
-    assert [p.name for p in out.iterdir()] == ["old.png"]  # unfinished: out untouched
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.png"]  # out untouched
     record.write("# Demo\n\nbody")
-    assert sorted(p.name for p in out.iterdir()) == ["new.png", "results.json", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new.png", "results.json",
+                                                     "summary.md"]
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out.old").exists()
 
 
@@ -355,7 +357,7 @@ def test_curves_leave_out_a_series_the_runs_did_not_record(tmp_path):
 
 def test_bn_statistics_legend_leaves_the_bars_visible(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
     accuracies = {f"σ = {s}": {"running": 0.53, "never updated": 0.39, "batch of 2": 0.2}
                   for s in ("1e-1", "1e-3", "1e-4", "1e-5")}
     plots.plot_bn_statistics(tmp_path / "bn.png", accuracies, title="data; 3 seeds")
