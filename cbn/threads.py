@@ -8,8 +8,12 @@ moment, so ``TeamGovernor`` measures it: it times the steps, compares short stre
 threads and on one, back to back, and trains on whichever was faster, probing again after
 a stretch that doubles while the choice holds, or at once when the step times shift.
 
-The thread count never changes a result: the first layer's column slices are fixed for the
-whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and columns only.
+Switching never changes a result. The first layer's column slices are fixed for the whole
+run (``hold_slices``), but OpenBLAS's kernels for some CPUs (Haswell's among them) round a
+product differently on one thread and on several: each thread's share starts at other tile
+edges. So a governed run first takes its own products at its batch sizes (a dry pass that
+changes nothing) on all threads and on one; where the bits differ, it stays on all threads,
+ungoverned. The answer is kept for the rest of the process, per shapes and thread count.
 ``CBN_ADAPTIVE_THREADS=0`` turns the governor off.
 
 ``share_pool`` hands the other OpenBLAS libraries of the process (NumPy's, SciPy's) the same
@@ -24,7 +28,7 @@ import ctypes
 import os
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import scipy_openblas32
 import threadpoolctl
@@ -63,6 +67,10 @@ _governing = threading.Lock()
 # so many short calls of fit are governed as one long run.
 REMEMBER_SECONDS = 5.0
 _last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the last run)
+
+# Whether a run's products come out bit for bit the same on one thread as on all of them:
+# (the run's key, ceiling) -> bool, measured by the first governed run of those shapes.
+_neutral: Dict[Tuple[Hashable, int], bool] = {}
 
 
 # Names OpenBLAS builds give the threads-callback setter (the scipy-openblas wheels prefix
@@ -160,17 +168,31 @@ class TeamGovernor:
     """Chooses, stretch by stretch, between ``ceiling`` threads and one for the steps of one
     run of ``kind`` ("fit", or "evaluate" for the blocks of an evaluation); off unless
     ``active``. Call ``begin()`` before each step and ``end(full)`` after it (``full``: a
-    full-size batch, the only ones timed); ``close()`` restores the thread count."""
+    full-size batch, the only ones timed); ``close()`` restores the thread count.
+
+    ``probe`` is (key, dry pass): a pass through the run's products at every batch size
+    it takes, changing no state, that returns their results as bytes; the key names those
+    shapes. The governor stays off when the pass gives other bytes on one thread than on
+    the ceiling. Without a probe the steps are taken to give the same bits on any count."""
 
     def __init__(self, ceiling: Optional[int] = None, active: bool = True,
-                 kind: str = "fit") -> None:
+                 kind: str = "fit",
+                 probe: Optional[Tuple[Hashable, Callable[[], bytes]]] = None) -> None:
         self.ceiling = _ops.threads() if ceiling is None else ceiling
         self.kind = kind
+        self.threads = self.ceiling
         self.active = (active and self.ceiling > 1 and _ops.OPENMP and enabled()
                        and _governing.acquire(blocking=False))
         if self.active:
             _ops.hold_slices(self.ceiling)
-        self.threads = self.ceiling
+            neutral = False
+            try:
+                neutral = probe is None or self._neutral(*probe)
+            finally:
+                if not neutral:  # (or the probe was interrupted) all threads, ungoverned
+                    _ops.hold_slices(0)
+                    self.active = False
+                    _governing.release()
         self.choice = self.ceiling              # what the last comparison chose
         self.reference = 0.0                    # the choice's median step time then (0: none)
         self.stretch = FIRST_STRETCH
@@ -185,6 +207,20 @@ class TeamGovernor:
                 and time.monotonic() - at < REMEMBER_SECONDS):
             self.choice, self.reference, self.stretch = last.choice, last.reference, last.stretch
             self.until_probe, self.recent = last.until_probe, last.recent
+
+    def _neutral(self, key: Hashable, dry_pass: Callable[[], bytes]) -> bool:
+        """Whether ``dry_pass`` gives the same bytes on one thread as on the ceiling; run
+        once per process and (key, ceiling), with the slices held as for the run."""
+        key = (key, self.ceiling)
+        if key not in _neutral:
+            many = dry_pass()
+            _ops.set_threads(1)
+            try:
+                one = dry_pass()
+            finally:
+                _ops.set_threads(self.ceiling)
+            _neutral[key] = one == many
+        return _neutral[key]
 
     def _set(self, threads: int) -> None:
         if threads != self.threads:
@@ -201,6 +237,12 @@ class TeamGovernor:
         self._set((1 if self.choice == self.ceiling else self.ceiling) if self.probing
                   else self.choice)
         self._started = time.perf_counter()
+
+    def rest(self) -> None:
+        """Between steps, before other work of the run (its evaluations): back to the
+        ceiling, the count the run's results are defined by; ``begin()`` sets the next."""
+        if self.active:
+            self._set(self.ceiling)
 
     def end(self, full: bool = True) -> None:
         """After a step: time it (``full``: a full-size batch, comparable with the others)."""

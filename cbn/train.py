@@ -8,11 +8,12 @@ parameter vector. This module validates the run (``RunSpec``), shuffles, schedul
 guards against divergence (``DivergenceGuard``) and saves (``cbn.checkpoint``).
 
 Reproducibility (details in docs/reliability.md): with the same network seed, ``seed``,
-data, arguments and dtype, and the same BLAS library and BLAS thread count, two runs give
-bit-identical parameters and histories (``wall_time`` aside), whether or not they were
-interrupted and resumed from a checkpoint, and whether or not other networks train in other
-threads at the same time. A different BLAS thread count, BLAS build or CPU can change the
-rounding of matrix products and so the last bits of every result.
+data, arguments and dtype, and the same BLAS library and BLAS thread count at the start, two
+runs give bit-identical parameters and histories (``wall_time`` aside), whether or not they
+were interrupted and resumed from a checkpoint, whatever threads the governor chose
+(``cbn.threads``), and whether or not other networks train in other threads at the same
+time. A different BLAS thread count, BLAS build or CPU can change the rounding of matrix
+products and so the last bits of every result.
 """
 from __future__ import annotations
 
@@ -299,7 +300,11 @@ class _Run:
         plan.set_augment(None if spec.augment is None else
                          spec.augment.plan_args(net.input_dim, self.dropout_key))
         self.started = time.perf_counter() - self.elapsed_before
-        governor = TeamGovernor()
+        # Switching threads must not change the run: the governor first checks that its
+        # products at the full and the last batch size give the same bits on one thread.
+        governor = TeamGovernor(probe=net._workspace.probe(
+            plan, spec.src, spec.y, spec.shift, spec.scale,
+            (min(batch_size, n), n % batch_size if batch_size < n else 0), True, lam, dropout))
         bar = tqdm(total=total, initial=self.step,
                    disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
@@ -347,6 +352,7 @@ class _Run:
                             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                         at_epoch_end = b == per_epoch - 1
                         if step == total or at_epoch_end or (eval_every and step % eval_every == 0):
+                            governor.rest()  # the history's evaluations on the run's count
                             self.record(lr, loss)
                             plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
                         if path is not None and (
