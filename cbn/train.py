@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
+from . import tune
 from ._files import PathLike
 from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
                          save_checkpoint)
@@ -145,7 +146,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
             net.normalization = spec.normalization  # kept, so predictions take raw images too
         if source is not None:
             run.restore(load_checkpoint(source), source)
-        return run.train(progress, checkpoint, checkpoint_every)
+        with tune.held():  # thresholds measured after the plan was built wait for the next run
+            return run.train(progress, checkpoint, checkpoint_every)
 
 
 def _path(name: str, value) -> str:

@@ -5,7 +5,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import cbn
-from cbn import _ops, threads
+from cbn import _ops, threads, tune
 
 pytestmark = pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
 
@@ -158,3 +158,26 @@ def test_an_interrupted_probe_leaves_the_governor_free(monkeypatch):
     after = threads.TeamGovernor(ceiling=2)
     assert after.active
     after.close()
+
+
+def test_thresholds_measured_during_a_run_wait_for_the_next_one(monkeypatch, tmp_path):
+    """The machine is busy when the run's plan is built, idle when its first evaluation
+    builds another: the measurement then would change the weight product's form under the
+    run's later steps."""
+    monkeypatch.setenv("CBN_AUTOTUNE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(tune, "_done", {})
+    monkeypatch.setattr(tune, "_wait", [0.0])
+    monkeypatch.setattr(tune, "BUSY_WAIT", 0.0)
+    busy = iter([True])
+    monkeypatch.setattr(tune, "_busy", lambda: next(busy, False))
+    monkeypatch.setattr(tune, "measure_transposed_from", lambda: 7)
+    monkeypatch.setattr(tune, "measure_sliced_from", lambda: tune.DEFAULTS["sliced_from"])
+    X, y = data(n=200)
+    try:
+        train(X, y, hidden=(16,), batch_size=50, X_val=X[:64], y_val=y[:64], eval_every=1)
+        assert _ops.transposed_from() == tune.DEFAULTS["transposed_from"]
+        cbn.Network(300, [8], 10, seed=0).predict_proba(X[:10])  # a plan after the run
+        assert _ops.transposed_from() == 7
+    finally:
+        _ops.set_transposed_from(tune.DEFAULTS["transposed_from"])
