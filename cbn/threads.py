@@ -14,6 +14,8 @@ product differently on one thread and on several: each thread's share starts at 
 edges. So a governed run first takes its own products at its batch sizes (a dry pass that
 changes nothing) on all threads and on one; where the bits differ, it stays on all threads,
 ungoverned. The answer is kept for the rest of the process, per shapes and thread count.
+The count is the process's: the governor moves it only while its run is the one
+computation in progress (``computing``); one that starts meanwhile waits for it to be back.
 ``CBN_ADAPTIVE_THREADS=0`` turns the governor off.
 
 ``share_pool`` hands the other OpenBLAS libraries of the process (NumPy's, SciPy's) the same
@@ -24,11 +26,12 @@ every library its own threads.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
 import time
-from typing import Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 
 import scipy_openblas32
 import threadpoolctl
@@ -71,6 +74,43 @@ _last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the la
 # Whether a run's products come out bit for bit the same on one thread as on all of them:
 # (the run's key, ceiling) -> bool, measured by the first governed run of those shapes.
 _neutral: Dict[Tuple[Hashable, int], bool] = {}
+
+# The thread count is the process's: a governor moves it off its ceiling (or probes) only
+# while its run is the one computation in progress, and a computation that starts meanwhile
+# waits until the count is back, which the governed run gives back before its next step.
+_state = threading.Condition(threading.RLock())
+_computing = [0]  # computations in progress (``computing``), a governed run's own included
+_waiting = [0]    # computations waiting for the count to be back
+_away: List[Optional["TeamGovernor"]] = [None]  # the governor whose count is off its ceiling
+
+
+def _crowded() -> bool:
+    """Another computation is in progress or waiting (call holding ``_state``)."""
+    return _computing[0] > 1 or _waiting[0] > 0
+
+
+@contextlib.contextmanager
+def computing() -> Iterator[None]:
+    """Around every computation of a network: its products run on the thread count it
+    finds, so it waits while a governed run has the count off its ceiling, and keeps the
+    governor from moving it until it ends."""
+    with _state:
+        away = _away[0]
+        if away is not None and away.owner == threading.get_ident():
+            _computing[0] += 1
+            away._set(away.ceiling)  # nested in the governed run's own thread
+        else:
+            _waiting[0] += 1
+            try:
+                _state.wait_for(lambda: _away[0] is None)
+            finally:
+                _waiting[0] -= 1
+            _computing[0] += 1
+    try:
+        yield
+    finally:
+        with _state:
+            _computing[0] -= 1
 
 
 # Names OpenBLAS builds give the threads-callback setter (the scipy-openblas wheels prefix
@@ -181,6 +221,7 @@ class TeamGovernor:
         self.ceiling = _ops.threads() if ceiling is None else ceiling
         self.kind = kind
         self.threads = self.ceiling
+        self.owner = threading.get_ident()
         self.active = (active and self.ceiling > 1 and _ops.OPENMP and enabled()
                        and _governing.acquire(blocking=False))
         if self.active:
@@ -212,20 +253,28 @@ class TeamGovernor:
         """Whether ``dry_pass`` gives the same bytes on one thread as on the ceiling; run
         once per process and (key, ceiling), with the slices held as for the run."""
         key = (key, self.ceiling)
-        if key not in _neutral:
-            many = dry_pass()
-            _ops.set_threads(1)
-            try:
-                one = dry_pass()
-            finally:
-                _ops.set_threads(self.ceiling)
-            _neutral[key] = one == many
-        return _neutral[key]
+        with _state:  # computations that start meanwhile wait for the probe's end
+            if key not in _neutral:
+                if _crowded():  # no one thread under others' products: ungoverned this time
+                    return False
+                many = dry_pass()
+                self._set(1)
+                try:
+                    one = dry_pass()
+                finally:
+                    self._set(self.ceiling)
+                _neutral[key] = one == many
+            return _neutral[key]
 
     def _set(self, threads: int) -> None:
-        if threads != self.threads:
-            _ops.set_threads(threads)
-            self.threads = threads
+        with _state:
+            if _crowded():  # others' products run on the ceiling
+                threads = self.ceiling
+            if threads != self.threads:
+                _ops.set_threads(threads)
+                self.threads = threads
+                _away[0] = None if threads == self.ceiling else self
+                _state.notify_all()
 
     def begin(self) -> None:
         """Before a step: set its thread count."""

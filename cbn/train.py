@@ -39,7 +39,7 @@ from .history import History
 from .network import Network
 from .runspec import RunSpec, steps_per_epoch
 from .schedule import ConstantLR, CyclicLR
-from .threads import TeamGovernor
+from .threads import TeamGovernor, computing
 
 __all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
 
@@ -123,8 +123,9 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
-    # Held for the whole run: the network's plans are re-pointed at every step.
-    with net._lock if isinstance(net, Network) else contextlib.nullcontext():
+    # Held for the whole run: the network's plans are re-pointed at every step. A computation
+    # too (``threads.computing``): it starts on the process's own thread count.
+    with net._lock if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
                        augment)

@@ -6,6 +6,7 @@ from threadpoolctl import threadpool_limits
 
 import cbn
 from cbn import _ops, threads, tune
+from test_reliability import run_python
 
 pytestmark = pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
 
@@ -138,8 +139,12 @@ def test_the_history_evaluations_run_on_the_starting_thread_count(monkeypatch):
     X, y = data(n=400)
     at_evaluation = []
     evaluate = cbn.Network.evaluate_prepared
-    monkeypatch.setattr(cbn.Network, "evaluate_prepared",
-                        lambda *a, **k: (at_evaluation.append(_ops.threads()), evaluate(*a, **k))[1])
+
+    def recorded(*args, **kwargs):
+        at_evaluation.append(_ops.threads())
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(cbn.Network, "evaluate_prepared", recorded)
     with threadpool_limits(2, user_api="blas"):
         seen = flip_at_every_step(monkeypatch)
         monkeypatch.setattr(threads.TeamGovernor, "_neutral", lambda self, key, dry_pass: True)
@@ -181,3 +186,64 @@ def test_thresholds_measured_during_a_run_wait_for_the_next_one(monkeypatch, tmp
         assert _ops.transposed_from() == 7
     finally:
         _ops.set_transposed_from(tune.DEFAULTS["transposed_from"])
+
+
+BESIDE_A_GOVERNED_RUN = """
+import threading, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+import cbn
+from cbn import _ops, threads
+
+rng = np.random.default_rng(0)
+X, y = rng.standard_normal((2000, 300)).astype(np.float32), rng.integers(0, 10, 2000)
+other = cbn.Network(300, [128, 64], 10, seed=2, dtype=np.float32)
+with threadpool_limits(2, user_api="blas"):
+    expected = other.predict_proba(X[:600])
+    # The run switches at every comparison, its products taken to be neutral.
+    threads.FIRST_STRETCH = threads.LONGEST_STRETCH = threads.PROBE_STEPS = 1
+    threads.MARGIN = float("inf")
+    threads.TeamGovernor._neutral = lambda self, key, dry_pass: True
+    switched, done, results, seen = threading.Event(), threading.Event(), [], []
+    set_threads = _ops.set_threads
+    def recorded(n):
+        set_threads(n)
+        seen.append(n)
+        if n == 1:
+            switched.set()
+    _ops.set_threads = recorded
+
+    def predict():  # from the run's first step on one thread to its end
+        switched.wait(timeout=60)
+        while True:
+            results.append(other.predict_proba(X[:600]))
+            if done.is_set():
+                break
+            time.sleep(0.002)
+
+    def fit():  # 800 short steps
+        try:
+            cbn.fit(cbn.Network(300, [16], 10, seed=1, dtype=np.float32), X, y, lam=1e-3,
+                    batch_size=20, schedule=cbn.CyclicLR(1e-3, 0.1, 400), cycles=1, seed=0,
+                    progress=False)
+        finally:
+            done.set()
+
+    workers = [threading.Thread(target=f) for f in (predict, fit)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    print(_ops.threads(), 1 in seen, len(results),
+          sum(np.array_equal(got, expected) for got in results))
+"""
+
+
+def test_a_computation_beside_a_governed_run_keeps_the_process_thread_count(tmp_path):
+    """The thread count is the process's: while one thread's run switches at every step,
+    another thread's predictions (products that round otherwise on one thread, on some
+    kernels) still run on the count they found, and the run switches only between them.
+    In a fresh interpreter, bounded: a wait that never ends fails the test."""
+    count, switched, made, equal = run_python(BESIDE_A_GOVERNED_RUN, tmp_path).split()
+    assert count == "2" and switched == "True" and int(made) > 0
+    assert equal == made

@@ -45,7 +45,8 @@ def rounds_by_row_position(estimator: MLPClassifier) -> bool:
     rng = np.random.default_rng(0)
     order = rng.permutation(20)
     for d, m in zip(dims, dims[1:]):
-        X, W = rng.standard_normal((20, d)).astype(dtype), rng.standard_normal((d, m)).astype(dtype)
+        X = rng.standard_normal((20, d)).astype(dtype)
+        W = rng.standard_normal((d, m)).astype(dtype)
         S, T, b = np.empty((20, m), dtype), np.empty((20, m), dtype), np.zeros(m, dtype)
         _ops.linear_forward(X, W, b, S)
         _ops.linear_forward(np.ascontiguousarray(X[order]), W, b, T)
