@@ -33,6 +33,7 @@ from . import _validate as check
 from . import inputs, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
+from .threads import computing
 from .workspace import Workspace
 
 INIT_NAMES = ("he", "xavier")
@@ -42,10 +43,12 @@ BN_PLACEMENTS = ("before", "after")
 
 def _exclusive(method):
     """Run ``method`` holding the network's lock: its computations share the cached plans and
-    workspaces, so one network computes for one thread at a time."""
+    workspaces, so one network computes for one thread at a time. It runs as a computation
+    (``threads.computing``), on the thread count of the process, not one a governed run in
+    another thread chose for itself."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._lock:
+        with self._lock, computing():
             return method(self, *args, **kwargs)
     return locked
 

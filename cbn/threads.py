@@ -8,8 +8,14 @@ moment, so ``TeamGovernor`` measures it: it times the steps, compares short stre
 threads and on one, back to back, and trains on whichever was faster, probing again after
 a stretch that doubles while the choice holds, or at once when the step times shift.
 
-The thread count never changes a result: the first layer's column slices are fixed for the
-whole run (``Plan.hold_slices``) and OpenBLAS splits its products by rows and columns only.
+Switching never changes a result. The first layer's column slices are fixed for the whole
+run (``hold_slices``), but OpenBLAS's kernels for some CPUs (Haswell's among them) round a
+product differently on one thread and on several: each thread's share starts at other tile
+edges. So a governed run first takes its own products at its batch sizes (a dry pass that
+changes nothing) on all threads and on one; where the bits differ, it stays on all threads,
+ungoverned. The answer is kept for the rest of the process, per shapes and thread count.
+The count is the process's: the governor moves it only while its run is the one
+computation in progress (``computing``); one that starts meanwhile waits for it to be back.
 ``CBN_ADAPTIVE_THREADS=0`` turns the governor off.
 
 ``share_pool`` hands the other OpenBLAS libraries of the process (NumPy's, SciPy's) the same
@@ -23,11 +29,12 @@ threads, with no change to any result (``cbn/_threads.pxi``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Tuple
 
 import scipy_openblas32
 import threadpoolctl
@@ -66,6 +73,47 @@ _governing = threading.Lock()
 # so many short calls of fit are governed as one long run.
 REMEMBER_SECONDS = 5.0
 _last: dict = {}  # kind -> (time.monotonic() at its end, the governor of the last run)
+
+# Whether a run's products come out bit for bit the same on one thread as on all of them:
+# (the run's key, ceiling) -> bool, measured by the first governed run of those shapes.
+_neutral: Dict[Tuple[Hashable, int], bool] = {}
+
+# The thread count is the process's: a governor moves it off its ceiling (or probes) only
+# while its run is the one computation in progress, and a computation that starts meanwhile
+# waits until the count is back, which the governed run gives back before its next step.
+_state = threading.Condition(threading.RLock())
+_computing = [0]  # computations in progress (``computing``), a governed run's own included
+_waiting = [0]    # computations waiting for the count to be back
+_away: List[Optional["TeamGovernor"]] = [None]  # the governor whose count is off its ceiling
+
+
+def _crowded() -> bool:
+    """Another computation is in progress or waiting (call holding ``_state``)."""
+    return _computing[0] > 1 or _waiting[0] > 0
+
+
+@contextlib.contextmanager
+def computing() -> Iterator[None]:
+    """Around every computation of a network: its products run on the thread count it
+    finds, so it waits while a governed run has the count off its ceiling, and keeps the
+    governor from moving it until it ends."""
+    with _state:
+        away = _away[0]
+        if away is not None and away.owner == threading.get_ident():
+            _computing[0] += 1
+            away._set(away.ceiling)  # nested in the governed run's own thread
+        else:
+            _waiting[0] += 1
+            try:
+                _state.wait_for(lambda: _away[0] is None)
+            finally:
+                _waiting[0] -= 1
+            _computing[0] += 1
+    try:
+        yield
+    finally:
+        with _state:
+            _computing[0] -= 1
 
 
 # Names OpenBLAS builds give the threads-callback setter (the scipy-openblas wheels prefix
@@ -163,17 +211,32 @@ class TeamGovernor:
     """Chooses, stretch by stretch, between ``ceiling`` threads and one for the steps of one
     run of ``kind`` ("fit", or "evaluate" for the blocks of an evaluation); off unless
     ``active``. Call ``begin()`` before each step and ``end(full)`` after it (``full``: a
-    full-size batch, the only ones timed); ``close()`` restores the thread count."""
+    full-size batch, the only ones timed); ``close()`` restores the thread count.
+
+    ``probe`` is (key, dry pass): a pass through the run's products at every batch size
+    it takes, changing no state, that returns their results as bytes; the key names those
+    shapes. The governor stays off when the pass gives other bytes on one thread than on
+    the ceiling. Without a probe the steps are taken to give the same bits on any count."""
 
     def __init__(self, ceiling: Optional[int] = None, active: bool = True,
-                 kind: str = "fit") -> None:
+                 kind: str = "fit",
+                 probe: Optional[Tuple[Hashable, Callable[[], bytes]]] = None) -> None:
         self.ceiling = _ops.threads() if ceiling is None else ceiling
         self.kind = kind
+        self.threads = self.ceiling
+        self.owner = threading.get_ident()
         self.active = (active and self.ceiling > 1 and _ops.OPENMP and enabled()
                        and _governing.acquire(blocking=False))
         if self.active:
             _ops.hold_slices(self.ceiling)
-        self.threads = self.ceiling
+            neutral = False
+            try:
+                neutral = probe is None or self._neutral(*probe)
+            finally:
+                if not neutral:  # (or the probe was interrupted) all threads, ungoverned
+                    _ops.hold_slices(0)
+                    self.active = False
+                    _governing.release()
         self.choice = self.ceiling              # what the last comparison chose
         self.reference = 0.0                    # the choice's median step time then (0: none)
         self.stretch = FIRST_STRETCH
@@ -189,10 +252,32 @@ class TeamGovernor:
             self.choice, self.reference, self.stretch = last.choice, last.reference, last.stretch
             self.until_probe, self.recent = last.until_probe, last.recent
 
+    def _neutral(self, key: Hashable, dry_pass: Callable[[], bytes]) -> bool:
+        """Whether ``dry_pass`` gives the same bytes on one thread as on the ceiling; run
+        once per process and (key, ceiling), with the slices held as for the run."""
+        key = (key, self.ceiling)
+        with _state:  # computations that start meanwhile wait for the probe's end
+            if key not in _neutral:
+                if _crowded():  # no one thread under others' products: ungoverned this time
+                    return False
+                many = dry_pass()
+                self._set(1)
+                try:
+                    one = dry_pass()
+                finally:
+                    self._set(self.ceiling)
+                _neutral[key] = one == many
+            return _neutral[key]
+
     def _set(self, threads: int) -> None:
-        if threads != self.threads:
-            _ops.set_threads(threads)
-            self.threads = threads
+        with _state:
+            if _crowded():  # others' products run on the ceiling
+                threads = self.ceiling
+            if threads != self.threads:
+                _ops.set_threads(threads)
+                self.threads = threads
+                _away[0] = None if threads == self.ceiling else self
+                _state.notify_all()
 
     def begin(self) -> None:
         """Before a step: set its thread count."""
@@ -204,6 +289,12 @@ class TeamGovernor:
         self._set((1 if self.choice == self.ceiling else self.ceiling) if self.probing
                   else self.choice)
         self._started = time.perf_counter()
+
+    def rest(self) -> None:
+        """Between steps, before other work of the run (its evaluations): back to the
+        ceiling, the count the run's results are defined by; ``begin()`` sets the next."""
+        if self.active:
+            self._set(self.ceiling)
 
     def end(self, full: bool = True) -> None:
         """After a step: time it (``full``: a full-size batch, comparable with the others)."""

@@ -8,11 +8,12 @@ parameter vector. This module validates the run (``RunSpec``), shuffles, schedul
 guards against divergence (``DivergenceGuard``) and saves (``cbn.checkpoint``).
 
 Reproducibility (details in docs/reliability.md): with the same network seed, ``seed``,
-data, arguments and dtype, and the same BLAS library and BLAS thread count, two runs give
-bit-identical parameters and histories (``wall_time`` aside), whether or not they were
-interrupted and resumed from a checkpoint, and whether or not other networks train in other
-threads at the same time. A different BLAS thread count, BLAS build or CPU can change the
-rounding of matrix products and so the last bits of every result.
+data, arguments and dtype, and the same BLAS library and BLAS thread count at the start, two
+runs give bit-identical parameters and histories (``wall_time`` aside), whether or not they
+were interrupted and resumed from a checkpoint, whatever threads the governor chose
+(``cbn.threads``), and whether or not other networks train in other threads at the same
+time. A different BLAS thread count, BLAS build or CPU can change the rounding of matrix
+products and so the last bits of every result.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
+from . import tune
 from ._files import PathLike, user_path
 from .checkpoint import (CheckpointError, TrainingCheckpoint, check_resume, load_checkpoint,
                          save_checkpoint)
@@ -37,7 +39,7 @@ from .history import History
 from .network import Network
 from .runspec import RunSpec, steps_per_epoch
 from .schedule import ConstantLR, CyclicLR
-from .threads import TeamGovernor
+from .threads import TeamGovernor, computing
 
 __all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
 
@@ -121,8 +123,9 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     interrupted and resumed or not. The BLAS thread count, the BLAS build, the CPU, the dtype
     and the numpy version can change the last bits; see docs/reliability.md.
     """
-    # Held for the whole run: the network's plans are re-pointed at every step.
-    with net._lock if isinstance(net, Network) else contextlib.nullcontext():
+    # Held for the whole run: the network's plans are re-pointed at every step. A computation
+    # too (``threads.computing``): it starts on the process's own thread count.
+    with net._lock if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
                        augment)
@@ -144,7 +147,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
             net.normalization = spec.normalization  # kept, so predictions take raw images too
         if source is not None:
             run.restore(load_checkpoint(source), source)
-        return run.train(progress, checkpoint, checkpoint_every)
+        with tune.held():  # thresholds measured after the plan was built wait for the next run
+            return run.train(progress, checkpoint, checkpoint_every)
 
 
 def _path(name: str, value) -> str:
@@ -299,7 +303,11 @@ class _Run:
         plan.set_augment(None if spec.augment is None else
                          spec.augment.plan_args(net.input_dim, self.dropout_key))
         self.started = time.perf_counter() - self.elapsed_before
-        governor = TeamGovernor()
+        # Switching threads must not change the run: the governor first checks that its
+        # products at the full and the last batch size give the same bits on one thread.
+        governor = TeamGovernor(probe=net._workspace.probe(
+            plan, spec.src, spec.y, spec.shift, spec.scale,
+            (min(batch_size, n), n % batch_size if batch_size < n else 0), True, lam, dropout))
         bar = tqdm(total=total, initial=self.step,
                    disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
@@ -347,6 +355,7 @@ class _Run:
                             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                         at_epoch_end = b == per_epoch - 1
                         if step == total or at_epoch_end or (eval_every and step % eval_every == 0):
+                            governor.rest()  # the history's evaluations on the run's count
                             self.record(lr, loss)
                             plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
                         if path is not None and (

@@ -17,10 +17,13 @@ folder, a file without permission or a newer cbn's file, which are left as they 
 the next process measures again.
 
 Results: both thresholds change the last bits of a run (the order of a sum, a rounding),
-as the thread count does; with the cache, runs on one machine repeat bit for bit.
+as the thread count does; with the cache, runs on one machine repeat bit for bit. They
+never change during a training run (``held``): a measurement that comes due then waits
+for the next plan built after it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,7 +33,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -50,11 +53,25 @@ _done: Dict[str, Dict[str, int]] = {}  # machine key -> thresholds applied in th
 _measuring = False
 _wait = [0.0]  # time.monotonic() before which ensure() does not look again (a busy machine)
 BUSY_WAIT = 60.0
+_runs = [0]  # training runs in progress (``held``)
 
 
 def current() -> Dict[str, int]:
     """The thresholds in use now."""
     return {"transposed_from": _ops.transposed_from(), "sliced_from": _ops.sliced_from()}
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """For the length of a training run: ``ensure()`` changes no threshold, since its later
+    steps read them (the weight product's form) and must sum as its first ones did."""
+    with _lock:
+        _runs[0] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _runs[0] -= 1
 
 
 def enabled() -> bool:
@@ -263,9 +280,11 @@ def ensure(path: Optional[Path] = None) -> Dict[str, int]:
         return dict(DEFAULTS)
     global _measuring
     with _lock:
-        # While measuring, or during a run whose governor changed the thread count (the
-        # machine's count is the held one): what is set now.
-        if _measuring or _ops.slice_threads() != _ops.threads() or time.monotonic() < _wait[0]:
+        # While measuring, during a training run (its evaluations build plans too), or
+        # while a governor has changed the thread count (the machine's count is the held
+        # one): what is set now.
+        if (_measuring or _runs[0] or _ops.slice_threads() != _ops.threads()
+                or time.monotonic() < _wait[0]):
             return current()
         key = machine_key()
         if key in _done:

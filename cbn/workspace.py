@@ -7,7 +7,7 @@ to the architecture means one ``OpSpec`` constructor in ``cbn/_specs.pxi`` and o
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -93,7 +93,10 @@ class Workspace:
             plan.set_dropout(dropout_seed, 0)
         loss, correct = 0.0, 0
         # Many blocks: their thread count is chosen as a training run's steps' is.
-        governor = TeamGovernor(active=n >= GOVERNED_FROM * cap, kind="evaluate")
+        governed = n >= GOVERNED_FROM * cap
+        governor = TeamGovernor(active=governed, kind="evaluate", probe=self.probe(
+            plan, src, y, shift, scale, (cap, n % cap), training, dropout=dropout)
+            if governed else None)
         try:
             for start in range(0, n, cap):
                 stop = min(start + cap, n)
@@ -108,6 +111,45 @@ class Workspace:
         finally:
             governor.close()
         return loss, correct
+
+    def probe(self, plan: "_ops.Plan", src: np.ndarray, y: Optional[np.ndarray],
+              shift: np.ndarray, scale: np.ndarray, sizes: Tuple[int, ...], training: bool,
+              lam: float = 0.0, dropout: bool = False) -> Tuple[Hashable, Callable[[], bytes]]:
+        """``TeamGovernor``'s probe of a run of ``plan`` over ``src`` in batches of ``sizes``
+        rows (0s ignored): its key, and a dry pass that takes the run's products on the first
+        rows of ``src`` at each size and returns their results' bytes. Training: forward and
+        gradients (as a step takes them; the gradient buffer is restored after); else an
+        evaluation forward. It changes no parameter or running statistic; it points the plan
+        at ``src`` in row order, so the caller sets the run's data after it."""
+        net = self._net
+        sizes = tuple(sorted({size for size in sizes if size > 0}))
+        slices = next((c.slices for c in self.plans.values() if c.plan is plan), None)
+        key = (training, net.dtype.str, tuple(net.dims), net.batch_norm, net.bn_placement,
+               dropout, plan.capacity, slices, sizes, _ops.transposed_from())
+        if self._rows.shape[0] < src.shape[0]:
+            self._rows = np.arange(src.shape[0], dtype=np.int64)
+
+        def dry_pass() -> bytes:
+            plan.set_data(src, y, self._rows, shift, scale)
+            results = []
+            if training:
+                grad = net.flat_grad
+                saved = grad.copy()
+                try:
+                    for size in sizes:
+                        plan.forward(0, size, True, grad_out=True, dropout=dropout)
+                        plan.backward(size, lam)
+                        results.append(grad.tobytes())
+                finally:
+                    np.copyto(grad, saved)
+            else:
+                probs = np.empty((max(sizes), net.num_classes), net.dtype)
+                for size in sizes:
+                    plan.forward(0, size, False, probs=probs[:size])
+                    results.append(probs[:size].tobytes())
+            return b"".join(results)
+
+        return key, dry_pass
 
     def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass, over its first ``rows``

@@ -22,6 +22,7 @@ from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import cbn  # noqa: E402
+from cbn import _ops  # noqa: E402
 from cbn.optim import SGD  # noqa: E402
 from cbn.sklearn import MLPClassifier  # noqa: E402
 
@@ -33,6 +34,40 @@ needs_optimizers = pytest.mark.skipif(
     not HAS_OPTIMIZERS, reason="cbn.fit takes no optimizer= here")
 
 
+def rounds_by_row_position(estimator: MLPClassifier) -> bool:
+    """Whether cbn's BLAS rounds a row of the estimator's products by its place in the
+    batch (OpenBLAS's Haswell kernels do in float32: the rows at a tile's edge take other
+    kernels): its layers' products of the order-invariance check's 20 rows (3 features, 3
+    classes), in two orders."""
+    hidden = estimator.hidden_layer_sizes
+    dims = [3, *([hidden] if isinstance(hidden, int) else hidden), 3]
+    dtype = np.dtype(estimator.dtype)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(20)
+    for d, m in zip(dims, dims[1:]):
+        X = rng.standard_normal((20, d)).astype(dtype)
+        W = rng.standard_normal((d, m)).astype(dtype)
+        S, T, b = np.empty((20, m), dtype), np.empty((20, m), dtype), np.zeros(m, dtype)
+        _ops.linear_forward(X, W, b, S)
+        _ops.linear_forward(np.ascontiguousarray(X[order]), W, b, T)
+        if not np.array_equal(S[order], T):
+            return True
+    return False
+
+
+def expected_failed_checks(estimator: MLPClassifier) -> dict:
+    """Checks a correct estimator fails on this machine. Permuting rows moves them to other
+    places in the batch; where the BLAS rounds by place, probabilities change in the last
+    bits (about 2e-7 relative in float32), above the check's rtol of 1e-7. Decided per
+    estimator by its own products, so the check still runs wherever the BLAS does not."""
+    if rounds_by_row_position(estimator):
+        return {"check_methods_sample_order_invariance":
+                "the BLAS rounds a row's products by its place in the batch"}
+    return {}
+
+
+# Not strict: the check permutes the rows at random, and a permutation can keep every row's
+# rounding.
 @parametrize_with_checks([
     MLPClassifier(),
     MLPClassifier(early_stopping=True, n_iter_no_change=3, max_iter=30),
@@ -40,7 +75,7 @@ needs_optimizers = pytest.mark.skipif(
     # 300 rows to pass their accuracy bar.
     MLPClassifier(batch_norm=False, dtype="float64", hidden_layer_sizes=7, max_iter=100),
     MLPClassifier(optimizer=SGD(momentum=0.9), eta_max=0.05, standardize=False, batch_size=16),
-])
+], expected_failed_checks=expected_failed_checks, xfail_strict=False)
 def test_passes_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -51,9 +86,23 @@ def test_passes_sklearn_estimator_checks(estimator, check):
     MLPClassifier(optimizer="adam", eta_min=1e-4, eta_max=3e-3),
     MLPClassifier(optimizer="adamw", eta_min=1e-4, eta_max=3e-3, alpha=0.0),
     MLPClassifier(bn_placement="after", dropout=0.2, max_iter=40),
-])
+], expected_failed_checks=expected_failed_checks, xfail_strict=False)
 def test_core_options_pass_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predictions_do_not_depend_on_the_rows_order(dtype):
+    """Where the sample-order check is an expected failure, order invariance is still
+    checked: to float32 rounding there, bit for bit wherever the BLAS rounds rows alike."""
+    X, y = blobs(n=200)
+    est = MLPClassifier(random_state=0, max_iter=5, dtype=dtype).fit(X, y)
+    order = np.random.default_rng(0).permutation(len(X))
+    probs, permuted = est.predict_proba(X)[order], est.predict_proba(X[order])
+    if rounds_by_row_position(est):
+        np.testing.assert_allclose(permuted, probs, rtol=1e-5, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(permuted, probs)
 
 
 def test_passes_the_array_api_check():
