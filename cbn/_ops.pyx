@@ -46,19 +46,22 @@ cdef extern from *:
 
 include "_blas.pxi"
 include "_threads.pxi"
+include "_update.pxi"
 include "_linear.pxi"
+include "_softmax.pxi"
+
+# The ops: the interface, then one line per op (each file holds its kernels and its spec).
+include "_specs.pxi"
 include "_batchnorm.pxi"
 include "_relu.pxi"
 include "_dropout.pxi"
-include "_softmax.pxi"
-include "_update.pxi"
+
 include "_gather.pxi"
 
 # ---------------------------------------------------------------------------------------
 # Plan: a whole network at one batch capacity, run step by step without the GIL.
 # ---------------------------------------------------------------------------------------
 
-include "_specs.pxi"
 include "_plan.pxi"
 
 

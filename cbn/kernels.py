@@ -94,19 +94,6 @@ def _train_args(S, gamma, beta, eps):
     return S, gamma, beta, eps, cache
 
 
-def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
-    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
-    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
-    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
-    H = np.empty_like(S)
-    _ops.bn_relu_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"],
-                               cache["inv_std"], cache["Shat"], H)
-    _finite("bn_relu_forward_train", H, *cache.values())
-    return H, cache
-
-
 def _eval_args(S, gamma, beta, running_mean, running_var, eps):
     """The checked inputs of an evaluation-mode batch norm, and its scale and shift buffers."""
     S = check.matrix("S", S)
@@ -121,35 +108,64 @@ def _eval_args(S, gamma, beta, running_mean, running_var, eps):
     return S, gamma, beta, running_mean, running_var, eps, scale, shift
 
 
+def _bn_forward_train(name: str, S, gamma, beta, eps, relu: bool):
+    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
+    H = np.empty_like(S)
+    _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
+                          cache["Shat"], H, relu)
+    _finite(name, H, *cache.values())
+    return H, cache
+
+
+def _bn_forward_eval(name: str, S, gamma, beta, running_mean, running_var, eps, relu: bool):
+    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
+        S, gamma, beta, running_mean, running_var, eps)
+    H = np.empty_like(S)
+    _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H, relu)
+    _finite(name, H, scale, shift)  # an infinite shift can give a finite (or 0) H
+    return H
+
+
+def _bn_backward(name: str, dZ, H, Shat, gamma, inv_std, relu: bool):
+    dZ = check.matrix("dH" if relu else "dZ", dZ, min_rows=2)
+    shape = dZ.shape
+    arrays = dict(Shat=check.matrix("Shat", Shat, cols=shape[1]))
+    if relu:
+        arrays["H"] = check.matrix("H", H, cols=shape[1])
+    if any(a.shape != shape for a in arrays.values()):
+        raise ValueError(f"{'dH, H' if relu else 'dZ'} and Shat must share a shape, got "
+                         f"{shape}, " + ", ".join(str(a.shape) for a in arrays.values()))
+    gamma = check.vector("gamma", gamma, size=shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=shape[1])
+    dt = _same_dtype(dZ=dZ, **arrays, gamma=gamma, inv_std=inv_std)
+    dS = np.empty_like(dZ)
+    dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
+    _ops.bn_backward(dZ, arrays.get("H", dZ), arrays["Shat"], gamma, inv_std, dgamma, dbeta,
+                     dS, relu)
+    _finite(name, dS, dgamma, dbeta)
+    return dS, dgamma, dbeta
+
+
+def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
+    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
+    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+    return _bn_forward_train("bn_relu_forward_train", S, gamma, beta, eps, True)
+
+
 def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                          running_mean: np.ndarray, running_var: np.ndarray,
                          eps: float = 1e-5) -> np.ndarray:
     """Batch norm with running statistics, then ReLU (evaluation mode); any n >= 1."""
-    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
-        S, gamma, beta, running_mean, running_var, eps)
-    H = np.empty_like(S)
-    _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
-    _finite("bn_relu_forward_eval", H, scale, shift)  # an infinite shift gives H = 0
-    return H
+    return _bn_forward_eval("bn_relu_forward_eval", S, gamma, beta, running_mean, running_var,
+                            eps, True)
 
 
 def bn_relu_backward(dH: np.ndarray, H: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
                      inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of ``bn_relu_forward_train``: returns dS, dgamma, dbeta."""
-    dH = check.matrix("dH", dH, min_rows=2)
-    shape = dH.shape
-    H = check.matrix("H", H, cols=shape[1])
-    Shat = check.matrix("Shat", Shat, cols=shape[1])
-    if H.shape != shape or Shat.shape != shape:
-        raise ValueError(f"dH, H and Shat must share a shape, got {shape}, {H.shape}, {Shat.shape}")
-    gamma = check.vector("gamma", gamma, size=shape[1])
-    inv_std = check.vector("inv_std", inv_std, size=shape[1])
-    dt = _same_dtype(dH=dH, H=H, Shat=Shat, gamma=gamma, inv_std=inv_std)
-    dS = np.empty_like(dH)
-    dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
-    _ops.bn_relu_backward(dH, H, Shat, gamma, inv_std, dgamma, dbeta, dS)
-    _finite("bn_relu_backward", dS, dgamma, dbeta)
-    return dS, dgamma, dbeta
+    return _bn_backward("bn_relu_backward", dH, H, Shat, gamma, inv_std, True)
 
 
 def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -157,41 +173,21 @@ def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     """Batch norm with the batch's statistics (no ReLU): Z = gamma Shat + beta with
     Shat = (S - mean) / sqrt(var + eps) and var biased. Returns Z and a cache with ``Shat``,
     ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
-    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
-    Z = np.empty_like(S)
-    _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
-                          cache["Shat"], Z)
-    _finite("bn_forward_train", Z, *cache.values())
-    return Z, cache
+    return _bn_forward_train("bn_forward_train", S, gamma, beta, eps, False)
 
 
 def bn_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                     running_mean: np.ndarray, running_var: np.ndarray,
                     eps: float = 1e-5) -> np.ndarray:
     """Batch norm with running statistics (evaluation mode, no ReLU); any n >= 1."""
-    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
-        S, gamma, beta, running_mean, running_var, eps)
-    Z = np.empty_like(S)
-    _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, Z)
-    _finite("bn_forward_eval", Z, scale, shift)  # an infinite shift can give finite Z
-    return Z
+    return _bn_forward_eval("bn_forward_eval", S, gamma, beta, running_mean, running_var, eps,
+                            False)
 
 
 def bn_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
                 inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of ``bn_forward_train``: returns dS, dgamma, dbeta."""
-    dZ = check.matrix("dZ", dZ, min_rows=2)
-    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
-    if Shat.shape != dZ.shape:
-        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
-    gamma = check.vector("gamma", gamma, size=dZ.shape[1])
-    inv_std = check.vector("inv_std", inv_std, size=dZ.shape[1])
-    dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
-    dS = np.empty_like(dZ)
-    dgamma, dbeta = np.empty(dZ.shape[1], dt), np.empty(dZ.shape[1], dt)
-    _ops.bn_backward(dZ, Shat, gamma, inv_std, dgamma, dbeta, dS)
-    _finite("bn_backward", dS, dgamma, dbeta)
-    return dS, dgamma, dbeta
+    return _bn_backward("bn_backward", dZ, None, Shat, gamma, inv_std, False)
 
 
 def dropout(A: np.ndarray, p: float, *, seed: int = 0, step: int = 0,

@@ -2,8 +2,9 @@
 over preallocated buffers, one plan per batch capacity, cached under a memory budget.
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
-``if`` per option (``_block_ops``); the output layer is a linear layer alone. Adding an op
-to the architecture means one ``OpSpec`` constructor in ``cbn/_specs.pxi`` and one line here.
+``if`` per option (``_block_ops``); the output layer is a linear layer alone. An op is one
+file of the compiled core (its kernels and its ``OpSpec`` constructor, ``cbn/_specs.pxi``);
+putting it in the architecture is one line here.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ class Workspace:
         m = net.dims[l]
 
         def batch_norm(relu: bool) -> "_ops.OpSpec":
-            return _ops.OpSpec.batch_norm(
+            return _ops.batch_norm_op(
                 out=buffer(cap, m), Shat=buffer(cap, m), relu=relu,
                 gamma=net._params[f"gamma{l}"], beta=net._params[f"beta{l}"],
                 dgamma=net._grads[f"gamma{l}"], dbeta=net._grads[f"beta{l}"],
@@ -163,11 +164,11 @@ class Workspace:
                 eshift=buffer(m))
 
         if not net.batch_norm:
-            ops = [_ops.OpSpec.relu(buffer(cap, m))]
+            ops = [_ops.relu_op(buffer(cap, m))]
         elif net.bn_placement == "before":
             ops = [batch_norm(relu=True)]  # the fused kernel
         else:
-            ops = [_ops.OpSpec.relu(buffer(cap, m)), batch_norm(relu=False)]
+            ops = [_ops.relu_op(buffer(cap, m)), batch_norm(relu=False)]
         if net.dropout[l - 1] > 0:
-            ops.append(_ops.OpSpec.dropout(net.dropout[l - 1]))
+            ops.append(_ops.dropout_op(net.dropout[l - 1]))
         return ops
