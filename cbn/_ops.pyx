@@ -35,7 +35,7 @@ import os
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport NAN, cos, exp, log, sqrt
+from libc.math cimport NAN, cos, erf, exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -55,6 +55,9 @@ include "_specs.pxi"
 include "_batchnorm.pxi"
 include "_relu.pxi"
 include "_dropout.pxi"
+include "_layernorm.pxi"
+include "_gelu.pxi"
+include "_residual.pxi"
 
 include "_gather.pxi"
 

@@ -133,9 +133,10 @@ class Workspace:
         # One workspace for every layer's transposed weight product (used one layer at a time).
         WT = (buffer(max(dims[l - 1] * dims[l] for l in range(1, k + 1)))
               if cap >= _ops.transposed_from() else None)
-        layers = []
+        layers: List["_ops.LayerSpec"] = []
         for l in range(1, k + 1):
-            ops = self._block_ops(l, cap, buffer) if l < k else ()
+            ops = self._block_ops(l, cap, buffer, X, layers[-1] if layers else None) \
+                if l < k else ()
             layers.append(_ops.LayerSpec(
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
@@ -149,26 +150,43 @@ class Workspace:
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
         return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
-    def _block_ops(self, l: int, cap: int, buffer) -> list:
-        """The element-wise ops of hidden block ``l`` (1-based), in order."""
+    def _block_ops(self, l: int, cap: int, buffer, X: np.ndarray,
+                   below: Optional["_ops.LayerSpec"]) -> list:
+        """The element-wise ops of hidden block ``l`` (1-based), in order; ``X`` is the
+        batch buffer, ``below`` the layer below (None for the first)."""
         net = self._net
         m = net.dims[l]
 
-        def batch_norm(relu: bool) -> "_ops.OpSpec":
+        def norm(relu: bool) -> "_ops.OpSpec":
+            gamma, beta = net._params[f"gamma{l}"], net._params[f"beta{l}"]
+            dgamma, dbeta = net._grads[f"gamma{l}"], net._grads[f"beta{l}"]
+            if net.norm == "layer":
+                return _ops.layer_norm_op(out=buffer(cap, m), Shat=buffer(cap, m),
+                                          inv_std=buffer(cap), gamma=gamma, beta=beta,
+                                          dgamma=dgamma, dbeta=dbeta)
             return _ops.batch_norm_op(
-                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu,
-                gamma=net._params[f"gamma{l}"], beta=net._params[f"beta{l}"],
-                dgamma=net._grads[f"gamma{l}"], dbeta=net._grads[f"beta{l}"],
+                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu, gamma=gamma, beta=beta,
+                dgamma=dgamma, dbeta=dbeta,
                 rmean=net._running[f"running_mean{l}"], rvar=net._running[f"running_var{l}"],
                 mean=buffer(m), var=buffer(m), inv_std=buffer(m), escale=buffer(m),
                 eshift=buffer(m))
 
-        if not net.batch_norm:
-            ops = [_ops.relu_op(buffer(cap, m))]
-        elif net.bn_placement == "before":
-            ops = [batch_norm(relu=True)]  # the fused kernel
+        def activation() -> "_ops.OpSpec":
+            if net.activation == "gelu":
+                return _ops.gelu_op(buffer(cap, m), buffer(cap, m))
+            return _ops.relu_op(buffer(cap, m))
+
+        if net.norm is None:
+            ops = [activation()]
+        elif net.bn_placement == "after":
+            ops = [activation(), norm(relu=False)]
+        elif net.norm == "batch" and net.activation == "relu":
+            ops = [norm(relu=True)]  # the fused kernel
         else:
-            ops = [_ops.relu_op(buffer(cap, m)), batch_norm(relu=False)]
+            ops = [norm(relu=False), activation()]
         if net.dropout[l - 1] > 0:
             ops.append(_ops.dropout_op(net.dropout[l - 1]))
+        if net.residual and net.dims[l - 1] == m:
+            ops.append(_ops.residual_op(buffer(cap, m), X if below is None else below.output,
+                                        None if below is None else below.S))
         return ops
