@@ -49,6 +49,7 @@ include "_threads.pxi"
 include "_update.pxi"
 include "_linear.pxi"
 include "_softmax.pxi"
+include "_mse.pxi"
 
 # The ops: the interface, then one line per op (each file holds its kernels and its spec).
 include "_specs.pxi"

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs, parameters, serialization
+from . import inputs, losses, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
 from .workspace import Workspace
@@ -394,14 +394,16 @@ class Network:
 
     @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
-             dropout_seed: Optional[int] = 0) -> float:
+             dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
+             label_smoothing: float = 0.0, sample_weight=None) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
-        with the dropout masks of ``dropout_seed`` as in ``cost_and_grads`` (None: no dropout)."""
+        with the dropout masks of ``dropout_seed`` and the loss options as in
+        ``cost_and_grads``."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
-        y = check.labels("y", y, src.shape[0], self.num_classes)
-        loss, _ = self.evaluate_prepared(src, y, shift, scale, training=True,
+        targets = self._targets(y, src.shape[0], loss, label_smoothing, sample_weight)
+        loss, _ = self.evaluate_prepared(src, targets, shift, scale, training=True,
                                          dropout_seed=dropout_seed)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
@@ -409,11 +411,16 @@ class Network:
 
     @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
-                       dropout_seed: Optional[int] = 0) -> Tuple[float, Dict[str, np.ndarray]]:
+                       dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
+                       label_smoothing: float = 0.0,
+                       sample_weight=None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
 
-        cost = mean cross-entropy + lam * sum of squared weights. Batch norm uses the batch's
-        statistics; the running statistics are left untouched. Dropout layers apply the
+        cost = mean loss + lam * sum of squared weights, the loss being ``loss``
+        ("cross_entropy" against integer labels ``y``, with ``label_smoothing``; "mse"
+        against float targets ``y`` (n, K)), its mean weighted by ``sample_weight`` when
+        given (cbn.losses). Batch norm uses the batch's (unweighted) statistics; the running
+        statistics are left untouched. Dropout layers apply the
         masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
         every call with the same seed, so ``cost`` with that seed is the function these are
         the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
@@ -422,11 +429,12 @@ class Network:
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
-        y = check.labels("y", y, n, self.num_classes)
+        targets = self._targets(y, n, loss, label_smoothing, sample_weight)
         if self.batch_norm and n < 2:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
         plan = self.plan(n)
-        plan.set_data(src, y, np.arange(n, dtype=np.int64), shift, scale)
+        plan.set_data(src, targets.labels, np.arange(n, dtype=np.int64), shift, scale)
+        targets.apply(plan)
         dropout = dropout_seed is not None and self.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
@@ -438,6 +446,26 @@ class Network:
         check.finite_result("cost", np.array(cost))
         check.finite_result("the gradients", self._grad)
         return cost, {k: v.copy() for k, v in self._grads.items()}
+
+    def _targets(self, y, n: int, loss: str, label_smoothing: float,
+                 sample_weight) -> losses.Targets:
+        return losses.targets(y, n, self.num_classes, self.dtype, loss=loss,
+                              label_smoothing=label_smoothing, sample_weight=sample_weight)
+
+    @_exclusive
+    def raw_outputs(self, X: np.ndarray, *, normalization=None,
+                    mode: str = "eval") -> np.ndarray:
+        """The last layer's outputs S = H W + b, shape (n, K), before any softmax: what a
+        network trained with ``loss="mse"`` predicts. ``normalization`` and ``mode`` as in
+        ``predict_proba``."""
+        check.choice("mode", mode, ("eval", "train"))
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
+        src, shift, scale = self.prepare_input(X, normalization)
+        out = np.empty((src.shape[0], self.num_classes), self.dtype)
+        raw = losses.Targets("mse", None, None, None)
+        self.evaluate_prepared(src, raw, shift, scale, out, training=(mode == "train"))
+        check.finite_result("raw_outputs", out)
+        return out
 
     def __repr__(self) -> str:
         norm = {"batch": "BN", "layer": "LN", None: "no BN"}[self.norm]

@@ -8,13 +8,14 @@ putting it in the architecture is one line here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _ops
 from . import _validate as check
 from . import tune
+from .losses import Targets
 from .threads import GOVERNED_FROM, TeamGovernor, share_pool
 
 if TYPE_CHECKING:
@@ -68,13 +69,16 @@ class Workspace:
             del self.plans[next(iter(self.plans))]
         return built.plan
 
-    def forward_blocks(self, src: np.ndarray, y: Optional[np.ndarray], shift: np.ndarray,
+    def forward_blocks(self, src: np.ndarray, y: Union[None, np.ndarray, Targets],
+                       shift: np.ndarray,
                        scale: np.ndarray, probs: Optional[np.ndarray] = None,
                        training: bool = False, dropout_seed: Optional[int] = None,
                        name: str = "X") -> Tuple[float, int]:
         """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
         which takes all n rows as one batch); return the sum of losses and the number correct
-        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. In training mode
+        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. ``y``: int64
+        labels (cross-entropy), or the ``Targets`` of a loss, whose sample weights are for
+        a single batch (training mode). In training mode
         a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
         ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
         net = self._net
@@ -88,7 +92,12 @@ class Workspace:
         plan = self.plan(cap)
         if self._rows.shape[0] < n:
             self._rows = np.arange(n, dtype=np.int64)
-        plan.set_data(src, y, self._rows, shift, scale)
+        targets = y if isinstance(y, Targets) else None
+        plan.set_data(src, y if targets is None else targets.labels, self._rows, shift, scale)
+        if targets is not None:
+            if targets.weights is not None and n > cap:
+                raise ValueError("sample weights score one batch, not blocks")
+            targets.apply(plan)
         dropout = training and dropout_seed is not None and net.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
