@@ -16,7 +16,7 @@ cdef void _squared_error(int n, int K, const floating* Z, const floating* T,
     loss[0] = 0
     correct[0] = 0
     if w != NULL and T != NULL:
-        inv_w = 1 / _weight_sum(n, w, yidx)
+        inv_w = _inverse_weight_sum(n, w, yidx)
     for i in range(n):
         z = Z + i * K
         if P != NULL:

@@ -1,13 +1,15 @@
 # Softmax with cross-entropy: loss, accuracy, probabilities and the logits' gradient, and
 # the sample weights both losses share. Included by _ops.pyx.
 
-cdef inline double _weight_sum(int n, const double* w, const int64_t* yidx) noexcept nogil:
-    """The sum of the batch's sample weights w[yidx[i]] (w[i] if yidx is NULL)."""
+cdef inline double _inverse_weight_sum(int n, const double* w,
+                                       const int64_t* yidx) noexcept nogil:
+    """1 / the sum of the batch's sample weights w[yidx[i]] (w[i] if yidx is NULL); 0 if
+    they are all 0 (such a batch then scores 0, with zero gradients)."""
     cdef Py_ssize_t i
     cdef double total = 0
     for i in range(n):
         total += w[yidx[i]] if yidx != NULL else w[i]
-    return total
+    return 1 / total if total > 0 else 0
 
 
 cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
@@ -30,7 +32,7 @@ cdef void _softmax_xent(int n, int K, const floating* Z, const int64_t* y,
     loss[0] = 0
     correct[0] = 0
     if w != NULL:
-        inv_w = 1 / _weight_sum(n, w, yidx)
+        inv_w = _inverse_weight_sum(n, w, yidx)
     # The labels of shuffled rows lie all over y, out of cache after the first layer's work:
     # ask for all of them at once rather than wait for each in turn (docs/benchmarks.md).
     if y != NULL and yidx != NULL:

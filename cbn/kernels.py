@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import losses
 from .augment import Augment
 
 
@@ -252,15 +253,87 @@ def softmax(Z: np.ndarray) -> np.ndarray:
     return P
 
 
-def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray, int]:
+def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray, *, label_smoothing: float = 0.0,
+                          sample_weight: Optional[np.ndarray] = None
+                          ) -> Tuple[float, np.ndarray, int]:
     """Mean cross-entropy of logits Z (n, K) against labels y, its gradient w.r.t. Z
-    ((P - onehot(y)) / n), and the number of rows whose argmax equals the label."""
+    ((P - q) / n, q = (1 - label_smoothing) onehot(y) + label_smoothing / K), and the number
+    of rows whose argmax equals the label. With ``sample_weight`` w the mean is
+    sum w_i l_i / sum w_i and row i's gradient is scaled by w_i / sum w instead of 1 / n."""
     Z = check.matrix("Z", Z)
-    y = check.labels("y", y, Z.shape[0], Z.shape[1])
+    t = losses.targets(y, Z.shape[0], Z.shape[1], Z.dtype, label_smoothing=label_smoothing,
+                       sample_weight=sample_weight)
     G = np.empty_like(Z)
-    loss, correct = _ops.softmax_cross_entropy(Z, y, G, None)
+    loss, correct = _ops.softmax_cross_entropy(Z, t.labels, G, None, t.label_smoothing,
+                                               t.weights)
     _finite("softmax_cross_entropy", np.array(loss), G)
     return loss / Z.shape[0], G, int(correct)
+
+
+def squared_error(Z: np.ndarray, Y: np.ndarray, *,
+                  sample_weight: Optional[np.ndarray] = None) -> Tuple[float, np.ndarray]:
+    """The mean over all n K values of (Z - Y)^2 (``torch.nn.MSELoss()``) and its gradient
+    w.r.t. Z, 2 (Z - Y) / (n K); with ``sample_weight`` w the mean over rows is weighted,
+    sum w_i l_i / sum w_i, and row i's gradient is scaled by w_i / sum w instead of 1 / n."""
+    Z = check.matrix("Z", Z)
+    t = losses.targets(Y, Z.shape[0], Z.shape[1], Z.dtype, loss="mse",
+                       sample_weight=sample_weight, name="Y")
+    G = np.empty_like(Z)
+    loss, _ = _ops.squared_error(Z, t.values, G, t.weights)
+    _finite("squared_error", np.array(loss), G)
+    return loss / Z.shape[0], G
+
+
+def layer_norm_forward(A: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                       eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Layer norm: each row normalised over its features, Shat = (A - mean) / sqrt(var + eps)
+    (biased var, per row), then Z = gamma Shat + beta. Returns Z and a cache with ``Shat``
+    and ``inv_std`` (n,) for the backward pass."""
+    A = check.matrix("A", A)
+    gamma, beta, eps = _bn_params(A, gamma, beta, eps)
+    dt = _same_dtype(A=A, gamma=gamma, beta=beta)
+    cache = {"Shat": np.empty_like(A), "inv_std": np.empty(A.shape[0], dt)}
+    Z = np.empty_like(A)
+    _ops.ln_forward(A, gamma, beta, eps, cache["inv_std"], cache["Shat"], Z)
+    _finite("layer_norm_forward", Z, *cache.values())
+    return Z, cache
+
+
+def layer_norm_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
+                        inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of ``layer_norm_forward``: returns dA, dgamma, dbeta."""
+    dZ = check.matrix("dZ", dZ)
+    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
+    if Shat.shape != dZ.shape:
+        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
+    gamma = check.vector("gamma", gamma, size=dZ.shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=dZ.shape[0])
+    dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
+    dA = np.empty_like(dZ)
+    dgamma, dbeta = np.empty(dZ.shape[1], dt), np.empty(dZ.shape[1], dt)
+    _ops.ln_backward(dZ, Shat, gamma, inv_std, dgamma, dbeta, dA)
+    _finite("layer_norm_backward", dA, dgamma, dbeta)
+    return dA, dgamma, dbeta
+
+
+def gelu_forward(A: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """GELU, exact: H = A Phi(A) (``torch.nn.GELU()``). Returns H and its derivative
+    Phi(A) + A phi(A), which ``gelu_backward`` multiplies the incoming gradient by."""
+    A = check.matrix("A", A)
+    H, slope = np.empty_like(A), np.empty_like(A)
+    _ops.gelu_forward(A, H, slope)
+    _finite("gelu_forward", H, slope)
+    return H, slope
+
+
+def gelu_backward(dH: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """dA = dH times the derivative ``gelu_forward`` returned."""
+    dH = check.matrix("dH", dH)
+    slope = check.matrix("slope", slope, cols=dH.shape[1])
+    if slope.shape != dH.shape:
+        raise ValueError(f"dH and slope must share a shape, got {dH.shape} and {slope.shape}")
+    _same_dtype(dH=dH, slope=slope)
+    return dH * slope
 
 
 def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: float = 0.0,
