@@ -15,9 +15,12 @@ Two ways in:
 
 One file per concern, all included here into the one extension ``cbn._ops``: ``_blas.pxi``
 (OpenBLAS declarations, ``_gemm``, the sliced first layer's batched products),
-``_threads.pxi`` (the OpenMP pool), one file per op holding its kernels and their ``def``
-wrappers (``_linear``, ``_batchnorm``, ``_relu``, ``_dropout``, ``_softmax``, ``_update``,
-``_gather``), ``_specs.pxi`` (``OpSpec``/``LayerSpec``) and ``_plan.pxi``.
+``_threads.pxi`` (the OpenMP pool), the linear layer, the losses (``_softmax``, ``_mse``)
+and the update (``_update``), ``_specs.pxi`` (the op interface: ``OpContext``,
+``OpKernels``, ``OpSpec``, ``LayerSpec``), one file per block op holding its kernels, its
+two entry points, its ``OpKernels`` and its spec constructor (``_batchnorm``, ``_relu``,
+``_dropout``, ``_layernorm``, ``_gelu``, ``_residual``), the gather (``_gather``) and
+``_plan.pxi``. Each kernel file also has the ``def`` wrappers ``cbn.kernels`` calls.
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's
