@@ -40,11 +40,6 @@ class Targets:
         ...)``)."""
         plan.set_loss(self.loss, self.label_smoothing, self.weights, self.values)
 
-    @property
-    def arrays(self) -> tuple:
-        """The arrays that say which run this is (for checksums)."""
-        return tuple(a for a in (self.labels, self.values, self.weights) if a is not None)
-
 
 def targets(y, n: int, num_classes: int, dtype, *, loss: str = "cross_entropy",
             label_smoothing: float = 0.0, sample_weight=None, name: str = "y",
