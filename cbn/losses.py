@@ -5,7 +5,8 @@
   the target of a sample of class t is the distribution (1 - eps) onehot(t) + eps / K.
 - ``"mse"``: the squared error against float targets (n, K), the mean over all n K values
   (``torch.nn.MSELoss()``). The network's outputs are then its raw outputs
-  (``Network.raw_outputs``), not probabilities.
+  (``Network.raw_outputs``), not probabilities; the accuracy ``fit`` records counts the rows
+  whose largest output sits where their target's largest value does.
 
 ``sample_weight`` w (n,), w >= 0 with a positive sum, makes the loss of a batch the weighted
 mean sum w_i l_i / sum w_i (l_i: sample i's loss). Batch-norm statistics stay unweighted:
