@@ -1,5 +1,5 @@
-# Batch normalisation (with and without a fused ReLU), in training and evaluation mode, and
-# the running statistics. Included by _ops.pyx.
+# Batch normalisation (with and without a fused ReLU: one kernel each, with a flag), in
+# training and evaluation mode, the running statistics, and the op. Included by _ops.pyx.
 
 cdef int _batch_stats(int n, int m, const floating* S, floating eps, floating* mean,
                       floating* var, floating* inv_std) noexcept nogil:
@@ -32,12 +32,13 @@ cdef int _batch_stats(int n, int m, const floating* S, floating eps, floating* m
     return bad
 
 
-cdef int _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gamma,
-                            const floating* beta, floating eps, floating* mean,
-                            floating* var, floating* inv_std, floating* Shat,
-                            floating* H) noexcept nogil:
+cdef inline int _bn_fwd_train(bint relu, int n, int m, const floating* S,
+                              const floating* gamma, const floating* beta, floating eps,
+                              floating* mean, floating* var, floating* inv_std,
+                              floating* Shat, floating* H) noexcept nogil:
     """Batch statistics (``_batch_stats``);  Shat = (S - mean) inv_std;
-    H = max(0, gamma Shat + beta). Returns _batch_stats' flag."""
+    H = gamma Shat + beta, then max(0, H) with ``relu``. Returns _batch_stats' flag.
+    ``relu`` is a constant where the plan calls it: the compiler folds it away."""
     # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
     cdef Py_ssize_t i, j
     cdef floating z
@@ -55,64 +56,20 @@ cdef int _bn_relu_fwd_train(int n, int m, const floating* S, const floating* gam
             sh[j] = (s[j] - mean[j]) * inv_std[j]
         for j in range(m):
             z = gamma[j] * sh[j] + beta[j]
-            h[j] = 0 if z <= 0 else z  # NaN stays NaN, for the finiteness checks
+            if relu:
+                h[j] = 0 if z <= 0 else z  # NaN stays NaN, for the finiteness checks
+            else:
+                h[j] = z
     return bad
 
 
-cdef int _bn_fwd_train(int n, int m, const floating* S, const floating* gamma,
-                       const floating* beta, floating eps, floating* mean, floating* var,
-                       floating* inv_std, floating* Shat, floating* Z) noexcept nogil:
-    """Batch statistics (``_batch_stats``);  Shat = (S - mean) inv_std;  Z = gamma Shat + beta.
-    Returns _batch_stats' flag."""
-    cdef Py_ssize_t i, j
-    cdef const floating* s
-    cdef floating* sh
-    cdef floating* z
-    cdef int bad = _batch_stats(n, m, S, eps, mean, var, inv_std)
-    for i in range(n):
-        s = S + i * m
-        sh = Shat + i * m
-        z = Z + i * m
-        for j in range(m):
-            sh[j] = (s[j] - mean[j]) * inv_std[j]
-        for j in range(m):
-            z[j] = gamma[j] * sh[j] + beta[j]
-    return bad
-
-
-cdef void _bn_bwd(int n, int m, const floating* dZ, const floating* Shat,
-                  const floating* gamma, const floating* inv_std, floating* dgamma,
-                  floating* dbeta, floating* dS) noexcept nogil:
-    """dgamma = sum dZ Shat;  dbeta = sum dZ;  dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).
-    dS may alias dZ."""
-    cdef Py_ssize_t i, j
-    cdef floating inv_n = (<floating>1) / n
-    cdef const floating* dz
-    cdef const floating* sh
-    cdef floating* ds
-    for j in range(m):
-        dgamma[j] = 0
-        dbeta[j] = 0
-    for i in range(n):
-        dz = dZ + i * m
-        sh = Shat + i * m
-        for j in range(m):
-            dgamma[j] += dz[j] * sh[j]
-            dbeta[j] += dz[j]
-    for i in range(n):
-        dz = dZ + i * m
-        sh = Shat + i * m
-        ds = dS + i * m
-        for j in range(m):
-            ds[j] = gamma[j] * inv_std[j] * (dz[j] - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
-
-
-cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
-                       const floating* Shat, const floating* gamma,
-                       const floating* inv_std, floating* dgamma, floating* dbeta,
-                       floating* dS) noexcept nogil:
-    """dZ = dH [H > 0];  dgamma = sum dZ Shat;  dbeta = sum dZ;
-    dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).  dS may alias dH."""
+cdef inline void _bn_bwd(bint relu, int n, int m, const floating* dH, const floating* H,
+                         const floating* Shat, const floating* gamma,
+                         const floating* inv_std, floating* dgamma, floating* dbeta,
+                         floating* dS) noexcept nogil:
+    """dZ = dH, times [H > 0] with ``relu``;  dgamma = sum dZ Shat;  dbeta = sum dZ;
+    dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).  dS may alias dH; H is not read
+    without ``relu``."""
     cdef Py_ssize_t i, j
     cdef floating g, inv_n = (<floating>1) / n
     cdef const floating* dh
@@ -128,7 +85,8 @@ cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
         sh = Shat + i * m
         for j in range(m):
             g = dh[j]  # loaded unconditionally, then selected: vectorisable
-            g = g if h[j] > 0 else 0
+            if relu:
+                g = g if h[j] > 0 else 0
             dgamma[j] += g * sh[j]
             dbeta[j] += g
     for i in range(n):
@@ -138,7 +96,8 @@ cdef void _bn_relu_bwd(int n, int m, const floating* dH, const floating* H,
         ds = dS + i * m
         for j in range(m):
             g = dh[j]
-            g = g if h[j] > 0 else 0
+            if relu:
+                g = g if h[j] > 0 else 0
             ds[j] = gamma[j] * inv_std[j] * (g - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
 
 
@@ -156,33 +115,31 @@ cdef int _bn_eval_affine(int m, const floating* gamma, const floating* beta,
     return bad
 
 
-cdef int _affine_relu(int n, int m, const floating* S, const floating* scale,
-                      const floating* shift, floating* H) noexcept nogil:
-    """H = max(0, S scale + shift), per feature, NaN kept (batch norm in evaluation mode,
-    then ReLU). Returns 1 if an input S is not finite (ReLU would map -inf to 0), else 0."""
+cdef inline int _affine(bint relu, int n, int m, const floating* S,
+                        const floating* scale, const floating* shift,
+                        floating* H) noexcept nogil:
+    """H = S scale + shift, per feature (batch norm in evaluation mode), then max(0, H) with
+    ``relu``, NaN kept. With ``relu``, returns 1 if an input S is not finite (ReLU would map
+    -inf to 0), else 0; without, 0."""
     cdef Py_ssize_t i, j, k
     cdef floating z
-    cdef int bad = 0
-    for i in range(n):
-        for j in range(m):
-            k = i * m + j
-            z = S[k] * scale[j] + shift[j]
-            H[k] = 0 if z <= 0 else z
-            bad |= (S[k] - S[k]) != 0
-    return bad
-
-
-cdef void _affine(int n, int m, const floating* S, const floating* scale,
-                  const floating* shift, floating* Z) noexcept nogil:
-    """Z = S scale + shift, per feature (batch norm in evaluation mode)."""
-    cdef Py_ssize_t i, j
     cdef const floating* s
-    cdef floating* z
+    cdef floating* h
+    cdef int bad = 0
+    if relu:
+        for i in range(n):
+            for j in range(m):
+                k = i * m + j
+                z = S[k] * scale[j] + shift[j]
+                H[k] = 0 if z <= 0 else z
+                bad |= (S[k] - S[k]) != 0
+        return bad
     for i in range(n):
         s = S + i * m
-        z = Z + i * m
+        h = H + i * m
         for j in range(m):
-            z[j] = s[j] * scale[j] + shift[j]
+            h[j] = s[j] * scale[j] + shift[j]
+    return 0
 
 
 cdef int _running_update(int m, const floating* mean, const floating* var,
@@ -204,32 +161,114 @@ cdef int _running_update(int m, const floating* mean, const floating* var,
     return bad
 
 
-def bn_relu_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
-                          const floating[::1] beta, double eps, floating[::1] mean,
-                          floating[::1] var, floating[::1] inv_std,
-                          floating[:, ::1] Shat, floating[:, ::1] H):
+# The op: its arrays in the order batch_norm_op lists them.
+cdef enum:
+    BN_SHAT, BN_GAMMA, BN_BETA, BN_DGAMMA, BN_DBETA, BN_RMEAN, BN_RVAR, BN_MEAN, BN_VAR,
+    BN_INV_STD, BN_ESCALE, BN_ESHIFT
+
+
+cdef inline int _bn_forward_as(bint relu, const OpContext* c, const floating* A,
+                               floating* out, floating** buf) noexcept nogil:
+    cdef int bad
+    if c.training:  # on the batch's statistics
+        bad = _bn_fwd_train(relu, c.n, c.m, A, buf[BN_GAMMA], buf[BN_BETA], <floating>c.eps,
+                            buf[BN_MEAN], buf[BN_VAR], buf[BN_INV_STD], buf[BN_SHAT], out)
+        if c.update_stats:
+            bad |= _running_update(c.m, buf[BN_MEAN], buf[BN_VAR], buf[BN_RMEAN],
+                                   buf[BN_RVAR], <floating>c.alpha, <floating>c.var_factor,
+                                   c.first)
+        return bad
+    # on the running statistics
+    bad = _bn_eval_affine(c.m, buf[BN_GAMMA], buf[BN_BETA], buf[BN_RMEAN], buf[BN_RVAR],
+                          <floating>c.eps, buf[BN_ESCALE], buf[BN_ESHIFT])
+    return bad | _affine(relu, c.n, c.m, A, buf[BN_ESCALE], buf[BN_ESHIFT], out)
+
+
+cdef inline int _bn_backward_as(bint relu, const OpContext* c, floating* G,
+                                const floating* out, floating** buf) noexcept nogil:
+    cdef int bad = 0
+    _bn_bwd(relu, c.n, c.m, G, out, buf[BN_SHAT], buf[BN_GAMMA], buf[BN_INV_STD],
+            buf[BN_DGAMMA], buf[BN_DBETA], G)
+    if c.update:
+        bad |= _sgd_update(c.m, buf[BN_GAMMA], buf[BN_DGAMMA], <floating*>NULL,
+                           <floating>c.lr, <floating>0, <floating>0)
+        bad |= _sgd_update(c.m, buf[BN_BETA], buf[BN_DBETA], <floating*>NULL,
+                           <floating>c.lr, <floating>0, <floating>0)
+    return bad
+
+
+cdef int _bn_forward_op(const OpContext* c, const floating* A, floating* out,
+                        floating** buf, const double* arg) noexcept nogil:
+    return _bn_forward_as(False, c, A, out, buf)
+
+
+cdef int _bn_backward_op(const OpContext* c, floating* G, const floating* out,
+                         floating** buf, const double* arg) noexcept nogil:
+    return _bn_backward_as(False, c, G, out, buf)
+
+
+cdef int _bn_relu_forward_op(const OpContext* c, const floating* A, floating* out,
+                             floating** buf, const double* arg) noexcept nogil:
+    return _bn_forward_as(True, c, A, out, buf)
+
+
+cdef int _bn_relu_backward_op(const OpContext* c, floating* G, const floating* out,
+                              floating** buf, const double* arg) noexcept nogil:
+    return _bn_backward_as(True, c, G, out, buf)
+
+
+cdef OpKernels _BATCH_NORM = OpKernels(_bn_forward_op[float], _bn_backward_op[float],
+                                       _bn_forward_op[double], _bn_backward_op[double])
+cdef OpKernels _BATCH_NORM_RELU = OpKernels(
+    _bn_relu_forward_op[float], _bn_relu_backward_op[float],
+    _bn_relu_forward_op[double], _bn_relu_backward_op[double])
+
+
+def batch_norm_op(*, out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar, mean, var, inv_std,
+                  escale, eshift, bint relu=False):
+    """Z = gamma (A - mean) / sqrt(var + eps) + beta, then max(0, Z) with ``relu`` (the
+    fused kernel). ``out`` and ``Shat`` are (cap, m) workspaces, the rest (m,) vectors."""
+    cdef OpKernels kernels = _BATCH_NORM_RELU if relu else _BATCH_NORM
+    return _op_spec("batch_norm_relu" if relu else "batch_norm", kernels, out,
+                    (("Shat", Shat, BATCH), ("gamma", gamma, FEATURE), ("beta", beta, FEATURE),
+                     ("dgamma", dgamma, FEATURE), ("dbeta", dbeta, FEATURE),
+                     ("rmean", rmean, FEATURE), ("rvar", rvar, FEATURE),
+                     ("mean", mean, FEATURE), ("var", var, FEATURE),
+                     ("inv_std", inv_std, FEATURE), ("escale", escale, FEATURE),
+                     ("eshift", eshift, FEATURE)), (), relu, False)
+
+
+def bn_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
+                     const floating[::1] beta, double eps, floating[::1] mean,
+                     floating[::1] var, floating[::1] inv_std, floating[:, ::1] Shat,
+                     floating[:, ::1] Z, bint relu=False):
+    """Returns True if a batch mean or variance is not finite."""
+    cdef int bad
     with nogil:
-        _bn_relu_fwd_train(S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
-                           <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0], &H[0, 0])
+        bad = _bn_fwd_train(relu, S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
+                            <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0],
+                            &Z[0, 0])
+    return bool(bad)
 
 
-def bn_relu_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
-                         const floating[::1] beta, const floating[::1] running_mean,
-                         const floating[::1] running_var, double eps,
-                         floating[::1] scale, floating[::1] shift, floating[:, ::1] H):
+def bn_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
+                    const floating[::1] beta, const floating[::1] running_mean,
+                    const floating[::1] running_var, double eps, floating[::1] scale,
+                    floating[::1] shift, floating[:, ::1] Z, bint relu=False):
     with nogil:
         _bn_eval_affine(S.shape[1], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
                         <floating>eps, &scale[0], &shift[0])
-        _affine_relu(S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &H[0, 0])
+        _affine(relu, S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &Z[0, 0])
 
 
-def bn_relu_backward(const floating[:, ::1] dH, const floating[:, ::1] H,
-                     const floating[:, ::1] Shat, const floating[::1] gamma,
-                     const floating[::1] inv_std, floating[::1] dgamma,
-                     floating[::1] dbeta, floating[:, ::1] dS):
+def bn_backward(const floating[:, ::1] dZ, const floating[:, ::1] H,
+                const floating[:, ::1] Shat, const floating[::1] gamma,
+                const floating[::1] inv_std, floating[::1] dgamma, floating[::1] dbeta,
+                floating[:, ::1] dS, bint relu=False):
+    """With ``relu``, dZ is the gradient w.r.t. the ReLU's output H; without, H is unused."""
     with nogil:
-        _bn_relu_bwd(dH.shape[0], dH.shape[1], &dH[0, 0], &H[0, 0], &Shat[0, 0], &gamma[0],
-                     &inv_std[0], &dgamma[0], &dbeta[0], &dS[0, 0])
+        _bn_bwd(relu, dZ.shape[0], dZ.shape[1], &dZ[0, 0], &H[0, 0], &Shat[0, 0], &gamma[0],
+                &inv_std[0], &dgamma[0], &dbeta[0], &dS[0, 0])
 
 
 def running_stats_update(const floating[::1] mean, const floating[::1] var,
@@ -238,33 +277,3 @@ def running_stats_update(const floating[::1] mean, const floating[::1] var,
     with nogil:
         _running_update(mean.shape[0], &mean[0], &var[0], &running_mean[0], &running_var[0],
                         <floating>alpha, <floating>var_factor, first)
-
-
-def bn_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
-                     const floating[::1] beta, double eps, floating[::1] mean,
-                     floating[::1] var, floating[::1] inv_std, floating[:, ::1] Shat,
-                     floating[:, ::1] Z):
-    """Returns True if a batch mean or variance is not finite."""
-    cdef int bad
-    with nogil:
-        bad = _bn_fwd_train(S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
-                            <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0], &Z[0, 0])
-    return bool(bad)
-
-
-def bn_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
-                    const floating[::1] beta, const floating[::1] running_mean,
-                    const floating[::1] running_var, double eps, floating[::1] scale,
-                    floating[::1] shift, floating[:, ::1] Z):
-    with nogil:
-        _bn_eval_affine(S.shape[1], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
-                        <floating>eps, &scale[0], &shift[0])
-        _affine(S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &Z[0, 0])
-
-
-def bn_backward(const floating[:, ::1] dZ, const floating[:, ::1] Shat,
-                const floating[::1] gamma, const floating[::1] inv_std, floating[::1] dgamma,
-                floating[::1] dbeta, floating[:, ::1] dS):
-    with nogil:
-        _bn_bwd(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &Shat[0, 0], &gamma[0], &inv_std[0],
-                &dgamma[0], &dbeta[0], &dS[0, 0])

@@ -41,6 +41,36 @@ cdef void _dropout(Py_ssize_t size, uint64_t key, uint32_t threshold, floating s
         B[k] = A[k] * keep
 
 
+# arg: the keep threshold (an element is kept if its hash >= this, p 2^32) and 1 / (1 - p).
+cdef int _dropout_op(const OpContext* c, const floating* A, floating* out, floating** buf,
+                     const double* arg) noexcept nogil:
+    """Inverted dropout in place, in training steps that ask for it: forward and backward
+    are the one map of ``_dropout``."""
+    if c.dropout:
+        _dropout(<Py_ssize_t>c.n * c.m, _dropout_key(c.drop_seed, c.drop_step, c.layer),
+                 <uint32_t>arg[0], <floating>arg[1], A, out)
+    return 0
+
+
+cdef int _dropout_backward_op(const OpContext* c, floating* G, const floating* out,
+                              floating** buf, const double* arg) noexcept nogil:
+    return _dropout_op(c, G, G, buf, arg)
+
+
+cdef OpKernels _DROPOUT = OpKernels(_dropout_op[float], _dropout_backward_op[float],
+                                    _dropout_op[double], _dropout_backward_op[double])
+
+
+def dropout_op(double p):
+    """Inverted dropout in place, drop probability 0 <= p < 1, in training only."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    # Kept when a uniform 32-bit hash is >= p 2^32: probability 1 - p.
+    return _op_spec("dropout", _DROPOUT, None, (),
+                    (float(min(round(p * 2.0 ** 32), 2 ** 32 - 1)), 1.0 / (1.0 - p)),
+                    False, False)
+
+
 def dropout(const floating[:, ::1] A, floating[:, ::1] B, double p, uint64_t seed,
             uint64_t step, uint64_t layer):
     """B = A times the inverted-dropout mask of (seed, step, layer): forward and backward."""

@@ -15,9 +15,12 @@ Two ways in:
 
 One file per concern, all included here into the one extension ``cbn._ops``: ``_blas.pxi``
 (OpenBLAS declarations, ``_gemm``, the sliced first layer's batched products),
-``_threads.pxi`` (the OpenMP pool), one file per op holding its kernels and their ``def``
-wrappers (``_linear``, ``_batchnorm``, ``_relu``, ``_dropout``, ``_softmax``, ``_update``,
-``_gather``), ``_specs.pxi`` (``OpSpec``/``LayerSpec``) and ``_plan.pxi``.
+``_threads.pxi`` (the OpenMP pool), the linear layer, the losses (``_softmax``, ``_mse``)
+and the update (``_update``), ``_specs.pxi`` (the op interface: ``OpContext``,
+``OpKernels``, ``OpSpec``, ``LayerSpec``), one file per block op holding its kernels, its
+two entry points, its ``OpKernels`` and its spec constructor (``_batchnorm``, ``_relu``,
+``_dropout``, ``_layernorm``, ``_gelu``, ``_residual``), the gather (``_gather``) and
+``_plan.pxi``. Each kernel file also has the ``def`` wrappers ``cbn.kernels`` calls.
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's
@@ -34,7 +37,7 @@ results.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport NAN, cos, exp, log, sqrt
+from libc.math cimport NAN, cos, erf, exp, log, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
@@ -45,19 +48,26 @@ cdef extern from *:
 
 include "_blas.pxi"
 include "_threads.pxi"
+include "_update.pxi"
 include "_linear.pxi"
+include "_softmax.pxi"
+include "_mse.pxi"
+
+# The ops: the interface, then one line per op (each file holds its kernels and its spec).
+include "_specs.pxi"
 include "_batchnorm.pxi"
 include "_relu.pxi"
 include "_dropout.pxi"
-include "_softmax.pxi"
-include "_update.pxi"
+include "_layernorm.pxi"
+include "_gelu.pxi"
+include "_residual.pxi"
+
 include "_gather.pxi"
 
 # ---------------------------------------------------------------------------------------
 # Plan: a whole network at one batch capacity, run step by step without the GIL.
 # ---------------------------------------------------------------------------------------
 
-include "_specs.pxi"
 include "_plan.pxi"
 
 

@@ -1,20 +1,59 @@
-# The typed seam between cbn.network and Plan: OpSpec and LayerSpec, and the checks on the
-# buffers they hand over. Included by _ops.pyx before _plan.pxi.
+# The op interface and the typed seam between cbn.network and Plan: OpContext, OpKernels,
+# OpSpec and LayerSpec, and the checks on the buffers they hand over. Included by _ops.pyx
+# before the op files, which build on it.
 
 # A network is a sequence of blocks: a linear layer followed by up to MAX_OPS element-wise
-# ops (the hidden blocks' activations; none after the output layer). Each op reads the
-# previous op's output (the linear layer's S first) and writes its own ``out``; the backward
-# pass runs the ops in reverse, in place on the block's S buffer, which then holds the
-# gradient w.r.t. S. Adding an op: a kernel pair, an OpKind, its two cases in
-# _op_forward/_op_backward and a constructor on OpSpec.
-
-cdef enum OpKind:
-    OP_BN_RELU = 0   # batch norm then ReLU, fused (the course's block)
-    OP_RELU = 1
-    OP_BN = 2
-    OP_DROPOUT = 3   # inverted dropout, in place on its input; training only
+# ops (the hidden blocks' norm, activation, dropout and residual; none after the output
+# layer). Each op reads the previous op's output (the linear layer's S first) and writes its
+# own ``out`` (or works in place); the backward pass runs the ops in reverse, in place on the
+# block's S buffer, which then holds the gradient w.r.t. S.
+#
+# An op is one file: its kernels (fused over float and double), a forward and a backward
+# function of the signatures below, one ``OpKernels`` line naming their float and double
+# specialisations, and a ``def`` constructor returning its ``OpSpec`` (its arrays and
+# scalars). The plan calls an op only through its two function pointers and hands it its own
+# arrays in the order its spec lists them: it knows no op by name.
 
 cdef enum: MAX_OPS = 4
+cdef enum: MAX_BUFFERS = 12   # arrays of one op (batch norm has the most)
+cdef enum: MAX_ARGS = 2       # scalars of one op
+
+
+# What every op of one pass may read: the batch and block, the mode and the options.
+cdef struct OpContext:
+    int n, m, layer          # rows of the batch, width of the block, its index (0-based)
+    bint training            # batch statistics (else running ones); dropout possible
+    bint update_stats        # training: update running statistics
+    bint first               # training: the first batch (running statistics are copied)
+    bint dropout             # apply the dropout masks of (drop_seed, drop_step, layer)
+    uint64_t drop_seed
+    uint64_t drop_step
+    double eps, alpha        # batch norm's eps (also layer norm's) and EMA factor
+    double var_factor        # n / (n - 1) for an unbiased running variance, else 1
+    bint update              # backward: parameters step by -lr times their gradient
+    double lr
+
+
+# forward(c, A, out, buf, arg): A (n, m) into out (n, m), which may be A itself; returns 1
+# if something went non-finite that the loss may not show (a statistic, an input to a ReLU).
+# backward(c, G, out, buf, arg): G (n, m) holds the gradient w.r.t. the op's output and
+# receives the one w.r.t. its input; ``out`` is what the forward pass wrote. Returns 1 if
+# an updated parameter is not finite.
+ctypedef int (*OpForward32)(const OpContext* c, const float* A, float* out, float** buf,
+                            const double* arg) noexcept nogil
+ctypedef int (*OpBackward32)(const OpContext* c, float* G, const float* out, float** buf,
+                             const double* arg) noexcept nogil
+ctypedef int (*OpForward64)(const OpContext* c, const double* A, double* out, double** buf,
+                            const double* arg) noexcept nogil
+ctypedef int (*OpBackward64)(const OpContext* c, double* G, const double* out, double** buf,
+                             const double* arg) noexcept nogil
+
+
+cdef struct OpKernels:
+    OpForward32 forward32
+    OpBackward32 backward32
+    OpForward64 forward64
+    OpBackward64 backward64
 
 
 cdef size_t _addr(object a) except 0:
@@ -38,49 +77,52 @@ cdef size_t _buffer(str name, object a, object dtype, Py_ssize_t size,
     return _addr(a)
 
 
+# The sizes an op's array may have, in units of the plan: (cap, m), (m,) or (cap,).
+BATCH, FEATURE, SAMPLE = "batch", "feature", "sample"
+
+
 cdef class OpSpec:
     """One element-wise op of a hidden block and the arrays it works on: the typed seam
-    between ``cbn.network`` (which allocates) and ``Plan`` (which runs). Made by the
-    constructors ``relu``, ``batch_norm`` and ``dropout``; Plan checks every array's dtype
-    and size against the block's width and its batch capacity."""
-    cdef readonly int kind
-    cdef readonly object out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar
-    cdef readonly object mean, var, inv_std, escale, eshift
-    cdef readonly double p
+    between ``cbn.workspace`` (which allocates) and ``Plan`` (which runs). Made by the ops'
+    constructors (``relu_op``, ``batch_norm_op``, ...); Plan checks every array's dtype and
+    size against the block's width and its batch capacity.
 
-    @staticmethod
-    def relu(out):
-        """H = max(0, A); ``out`` (cap, m) receives H."""
-        cdef OpSpec op = OpSpec()
-        op.kind, op.out = OP_RELU, out
-        return op
-
-    @staticmethod
-    def batch_norm(*, out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar, mean, var, inv_std,
-                   escale, eshift, bint relu=False):
-        """Z = gamma (A - mean) / sqrt(var + eps) + beta, then max(0, Z) with ``relu`` (one
-        fused kernel). ``out`` and ``Shat`` are (cap, m) workspaces, the rest (m,) vectors."""
-        cdef OpSpec op = OpSpec()
-        op.kind = OP_BN_RELU if relu else OP_BN
-        op.out, op.Shat, op.gamma, op.beta = out, Shat, gamma, beta
-        op.dgamma, op.dbeta = dgamma, dbeta
-        op.rmean, op.rvar, op.mean, op.var, op.inv_std = rmean, rvar, mean, var, inv_std
-        op.escale, op.eshift = escale, eshift
-        return op
-
-    @staticmethod
-    def dropout(double p):
-        """Inverted dropout in place, drop probability 0 <= p < 1, in training only."""
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        cdef OpSpec op = OpSpec()
-        op.kind, op.p = OP_DROPOUT, p
-        return op
+    name: the op's name; out: its (cap, m) output, or None to work in place on its input;
+    buffers: (name, array or None, size) per array, size one of BATCH, FEATURE, SAMPLE, in
+    the order the op's kernels index them (None: a NULL pointer, where the op allows it);
+    args: its scalars; kinks: its output > 0 marks the units past a ReLU's kink;
+    feeds_input_grad: its backward pass writes into the gradient w.r.t. the block's input,
+    to which the linear layer's product then adds."""
+    cdef readonly str name
+    cdef readonly object out
+    cdef readonly tuple buffers
+    cdef readonly tuple args
+    cdef readonly bint kinks
+    cdef readonly bint feeds_input_grad
+    cdef OpKernels kernels
 
     @property
     def is_relu(self):
         """True if the op ends in a ReLU (its output > 0 marks the active units)."""
-        return self.kind in (OP_RELU, OP_BN_RELU)
+        return self.kinks
+
+    def array(self, str name):
+        """The array the op calls ``name``."""
+        for key, a, _ in self.buffers:
+            if key == name:
+                return a
+        raise KeyError(name)
+
+
+cdef OpSpec _op_spec(str name, OpKernels kernels, object out, tuple buffers, tuple args,
+                     bint kinks, bint feeds_input_grad):
+    """An ``OpSpec`` (for the ops' constructors)."""
+    if len(buffers) > MAX_BUFFERS or len(args) > MAX_ARGS:
+        raise ValueError(f"an op has at most {MAX_BUFFERS} arrays and {MAX_ARGS} scalars")
+    cdef OpSpec op = OpSpec()
+    op.name, op.kernels, op.out, op.buffers, op.args = name, kernels, out, buffers, args
+    op.kinks, op.feeds_input_grad = kinks, feeds_input_grad
+    return op
 
 
 cdef class LayerSpec:
@@ -108,7 +150,7 @@ cdef class LayerSpec:
 
     @property
     def output(self):
-        """The block's output: its last op's ``out`` (dropout works in place), else S."""
+        """The block's output: its last op's ``out`` (in-place ops keep their input), else S."""
         for op in reversed(self.ops):
             if op.out is not None:
                 return op.out

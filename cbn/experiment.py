@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import _validate as check
 from ._files import json_ready, write_text
 from .data import CIFAR10
 from .gradcheck import GradcheckResult, gradcheck
-from .network import Network
+from .network import ACTIVATIONS, NORMS, Network
 from .schedule import CyclicLR
 from .train import History, fit
 
@@ -47,6 +48,21 @@ class RunConfig:
     dtype: str = "float32"
     momentum: float = 0.0
     eval_every: Optional[int] = None
+    # Options of cbn.Network and cbn.fit; "auto": the norm ``batch_norm`` says.
+    norm: Optional[str] = "auto"
+    activation: str = "relu"
+    residual: bool = False
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        # The options a search may draw are checked here, when a trial is planned, rather
+        # than when its network is built.
+        if self.norm not in NORMS + ("auto",):
+            raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
+        check.choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.residual, (bool, np.bool_)):
+            raise TypeError(f"residual must be True or False, got {self.residual!r}")
+        check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
 
     def with_(self, **changes) -> "RunConfig":
         """A copy with some fields changed."""
@@ -55,15 +71,28 @@ class RunConfig:
         return replace(self, **changes)
 
     def as_dict(self) -> dict:
+        """The fields as a dict; the options in ``_OMITTED_AT_DEFAULT`` only when set, so a
+        configuration that does not use them reads as it did before they existed."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
         return d
+
+    def network_options(self) -> dict:
+        """The keywords of ``cbn.Network`` this configuration sets."""
+        norm = ("batch" if self.batch_norm else None) if self.norm == "auto" else self.norm
+        return dict(norm=norm, activation=self.activation, residual=self.residual)
 
     def resolved_step_size(self, n_train: int) -> int:
         """n_s: the configured one, else 5 * n_train / batch_size (at least 1)."""
         if self.step_size is not None:
             return int(self.step_size)
         return max(1, int(round(5 * n_train / self.batch_size)))
+
+
+_OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0)
 
 
 @dataclass
@@ -84,15 +113,16 @@ def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
     ``progress`` None shows a progress bar only on a terminal."""
     n_train = len(data.train)
     net = Network(data.train.images.shape[1], config.hidden, len(data.label_names),
-                  batch_norm=config.batch_norm, init=config.init, dtype=np.dtype(config.dtype),
-                  seed=seed)
+                  init=config.init, dtype=np.dtype(config.dtype), seed=seed,
+                  **config.network_options())
     schedule = CyclicLR(config.eta_min, config.eta_max, config.resolved_step_size(n_train))
     started = time.perf_counter()
     history = fit(net, data.train.images, data.train.labels, X_val=data.val.images,
                   y_val=data.val.labels, lam=config.lam, batch_size=config.batch_size,
                   schedule=schedule, cycles=config.cycles, seed=seed, progress=progress,
                   normalization=data.normalization, momentum=config.momentum,
-                  eval_every=config.eval_every, eval_train=True)
+                  eval_every=config.eval_every, eval_train=True,
+                  label_smoothing=config.label_smoothing)
     metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
                                  "step_size": schedule.step_size, **score(net, data, config.lam)}
     return RunResult(config, seed, net, history, metrics)

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _validate as check
-from .network import Network
+from .network import _UNSET, Network
 
 
 @dataclass
@@ -59,7 +59,7 @@ class GradcheckResult:
 
 
 def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: float,
-                pattern: np.ndarray, dropout_seed: int) -> Tuple[float, bool]:
+                pattern: np.ndarray, dropout_seed: int, options: dict) -> Tuple[float, bool]:
     """Fourth-order centered difference of the cost along entry i of ``flat``:
     (8 (f(+h) - f(-h)) - (f(+2h) - f(-2h))) / 12h. Also says whether any evaluation
     switched a ReLU relative to ``pattern`` (then the cost has a kink within the stencil)."""
@@ -68,7 +68,7 @@ def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: flo
     kink = False
     for k in (1, -1, 2, -2):
         flat[i] = old + k * h
-        values[k] = net.cost(X, y, lam, dropout_seed=dropout_seed)
+        values[k] = net.cost(X, y, lam, dropout_seed=dropout_seed, **options)
         kink = kink or not np.array_equal(net.active_units(len(y)), pattern)
     flat[i] = old
     return (8 * (values[1] - values[-1]) - (values[2] - values[-2])) / (12 * h), kink
@@ -76,11 +76,14 @@ def _derivative(net: Network, X, y, lam: float, flat: np.ndarray, i: int, h: flo
 
 def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
               y: Optional[np.ndarray] = None, lam: float = 0.0, *,
-              hidden: Sequence[int] = (50, 50), batch_norm: bool = True, input_dim: int = 10,
+              hidden: Sequence[int] = (50, 50), batch_norm: Optional[bool] = True,
+              input_dim: int = 10,
               num_classes: int = 10, n: int = 8, init="he", seed: int = 0, h: float = 1e-3,
               floor: float = 1e-6, tolerance: float = 1e-6,
               max_entries: Optional[int] = None, bn_placement: str = "before",
-              dropout=0.0, dropout_seed: int = 0) -> GradcheckResult:
+              dropout=0.0, dropout_seed: int = 0, norm=_UNSET, activation: str = "relu",
+              residual: bool = False, loss: str = "cross_entropy",
+              label_smoothing: float = 0.0, sample_weight=None) -> GradcheckResult:
     """Compare ``net.cost_and_grads`` with centered finite differences for every parameter
     of every layer, in float64 and training mode.
 
@@ -92,7 +95,10 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
     through a float64 copy); otherwise a network with ``hidden`` widths, ``batch_norm``
     and ``init`` is built on ``input_dim`` features with ``n`` random samples (normal
     inputs, labels covering the classes), from ``seed``.
-    ``bn_placement`` and ``dropout`` configure that network as ``Network`` does.
+    ``bn_placement``, ``dropout``, ``norm``, ``activation`` and ``residual`` configure that
+    network as ``Network`` does; with ``loss="mse"`` its targets are normal (n, K) values.
+    ``loss``, ``label_smoothing`` and ``sample_weight`` choose the cost, as in
+    ``Network.cost_and_grads``.
     ``max_entries`` checks a random subset of that many entries per parameter (all when None).
     Dropout masks are held fixed: every cost evaluation uses those of ``dropout_seed``.
     """
@@ -108,12 +114,16 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
     if net is None:
         if X is not None or y is not None:
             raise ValueError("X and y go with net; without a net, gradcheck makes its own data")
-        n = check.integer("n", n, low=2 if batch_norm else 1)
-        net = Network(input_dim, hidden, num_classes, batch_norm=batch_norm, init=init,
-                      dtype=np.float64, seed=seed, bn_placement=bn_placement, dropout=dropout)
+        net = Network(input_dim, hidden, num_classes, init=init, dtype=np.float64, seed=seed,
+                      bn_placement=bn_placement, dropout=dropout, norm=norm,
+                      batch_norm=batch_norm if norm is _UNSET else None,
+                      activation=activation, residual=residual)
+        n = check.integer("n", n, low=2 if net.batch_norm else 1)
         X = rng.standard_normal((n, net.input_dim))
         y = np.arange(n, dtype=np.int64) % net.num_classes
         rng.shuffle(y)
+        if loss == "mse":
+            y = rng.standard_normal((n, net.num_classes))
     else:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
@@ -130,13 +140,16 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
             X = np.ascontiguousarray(X, dtype=np.float64)  # other dtypes: refused below
 
     with net._lock:  # the perturbed parameters and each cost's ReLU pattern are this call's
-        return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed)
+        return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed,
+                          dict(loss=loss, label_smoothing=label_smoothing,
+                               sample_weight=sample_weight))
 
 
 def _check_all(net: Network, X, y, lam: float, rng, h: float, floor: float, tolerance: float,
-               max_entries: Optional[int], dropout_seed) -> GradcheckResult:
-    _, analytic = net.cost_and_grads(X, y, lam, dropout_seed=dropout_seed)  # validates X, y
-    net.cost(X, y, lam, dropout_seed=dropout_seed)
+               max_entries: Optional[int], dropout_seed, options: dict) -> GradcheckResult:
+    # validates X, y and the loss options
+    _, analytic = net.cost_and_grads(X, y, lam, dropout_seed=dropout_seed, **options)
+    net.cost(X, y, lam, dropout_seed=dropout_seed, **options)
     pattern = net.active_units(len(y))
     # A bias right before batch norm shifts what the normalisation subtracts again.
     zero_by_construction = ({f"b{l}" for l in range(1, net.num_layers)}
@@ -154,7 +167,7 @@ def _check_all(net: Network, X, y, lam: float, rng, h: float, floor: float, tole
         for j, i in enumerate(entries):
             for step in (h, h / 10, h / 100):
                 numeric[j], kink = _derivative(net, X, y, lam, flat, i, step, pattern,
-                                               dropout_seed)
+                                               dropout_seed, options)
                 if not kink:
                     break
                 kinks += step == h

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import losses
 from .augment import Augment
 
 
@@ -94,19 +95,6 @@ def _train_args(S, gamma, beta, eps):
     return S, gamma, beta, eps, cache
 
 
-def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
-    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
-    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
-    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
-    H = np.empty_like(S)
-    _ops.bn_relu_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"],
-                               cache["inv_std"], cache["Shat"], H)
-    _finite("bn_relu_forward_train", H, *cache.values())
-    return H, cache
-
-
 def _eval_args(S, gamma, beta, running_mean, running_var, eps):
     """The checked inputs of an evaluation-mode batch norm, and its scale and shift buffers."""
     S = check.matrix("S", S)
@@ -121,35 +109,64 @@ def _eval_args(S, gamma, beta, running_mean, running_var, eps):
     return S, gamma, beta, running_mean, running_var, eps, scale, shift
 
 
+def _bn_forward_train(name: str, S, gamma, beta, eps, relu: bool):
+    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
+    H = np.empty_like(S)
+    _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
+                          cache["Shat"], H, relu)
+    _finite(name, H, *cache.values())
+    return H, cache
+
+
+def _bn_forward_eval(name: str, S, gamma, beta, running_mean, running_var, eps, relu: bool):
+    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
+        S, gamma, beta, running_mean, running_var, eps)
+    H = np.empty_like(S)
+    _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H, relu)
+    _finite(name, H, scale, shift)  # an infinite shift can give a finite (or 0) H
+    return H
+
+
+def _bn_backward(name: str, dZ, H, Shat, gamma, inv_std, relu: bool):
+    dZ = check.matrix("dH" if relu else "dZ", dZ, min_rows=2)
+    shape = dZ.shape
+    arrays = dict(Shat=check.matrix("Shat", Shat, cols=shape[1]))
+    if relu:
+        arrays["H"] = check.matrix("H", H, cols=shape[1])
+    if any(a.shape != shape for a in arrays.values()):
+        raise ValueError(f"{'dH, H' if relu else 'dZ'} and Shat must share a shape, got "
+                         f"{shape}, " + ", ".join(str(a.shape) for a in arrays.values()))
+    gamma = check.vector("gamma", gamma, size=shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=shape[1])
+    dt = _same_dtype(dZ=dZ, **arrays, gamma=gamma, inv_std=inv_std)
+    dS = np.empty_like(dZ)
+    dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
+    _ops.bn_backward(dZ, arrays.get("H", dZ), arrays["Shat"], gamma, inv_std, dgamma, dbeta,
+                     dS, relu)
+    _finite(name, dS, dgamma, dbeta)
+    return dS, dgamma, dbeta
+
+
+def bn_relu_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                          eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Batch norm with the batch's statistics, then ReLU: H = max(0, gamma Shat + beta) with
+    Shat = (S - mean) / sqrt(var + eps) and var biased. Returns H and a cache with
+    ``Shat``, ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
+    return _bn_forward_train("bn_relu_forward_train", S, gamma, beta, eps, True)
+
+
 def bn_relu_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                          running_mean: np.ndarray, running_var: np.ndarray,
                          eps: float = 1e-5) -> np.ndarray:
     """Batch norm with running statistics, then ReLU (evaluation mode); any n >= 1."""
-    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
-        S, gamma, beta, running_mean, running_var, eps)
-    H = np.empty_like(S)
-    _ops.bn_relu_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, H)
-    _finite("bn_relu_forward_eval", H, scale, shift)  # an infinite shift gives H = 0
-    return H
+    return _bn_forward_eval("bn_relu_forward_eval", S, gamma, beta, running_mean, running_var,
+                            eps, True)
 
 
 def bn_relu_backward(dH: np.ndarray, H: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
                      inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of ``bn_relu_forward_train``: returns dS, dgamma, dbeta."""
-    dH = check.matrix("dH", dH, min_rows=2)
-    shape = dH.shape
-    H = check.matrix("H", H, cols=shape[1])
-    Shat = check.matrix("Shat", Shat, cols=shape[1])
-    if H.shape != shape or Shat.shape != shape:
-        raise ValueError(f"dH, H and Shat must share a shape, got {shape}, {H.shape}, {Shat.shape}")
-    gamma = check.vector("gamma", gamma, size=shape[1])
-    inv_std = check.vector("inv_std", inv_std, size=shape[1])
-    dt = _same_dtype(dH=dH, H=H, Shat=Shat, gamma=gamma, inv_std=inv_std)
-    dS = np.empty_like(dH)
-    dgamma, dbeta = np.empty(shape[1], dt), np.empty(shape[1], dt)
-    _ops.bn_relu_backward(dH, H, Shat, gamma, inv_std, dgamma, dbeta, dS)
-    _finite("bn_relu_backward", dS, dgamma, dbeta)
-    return dS, dgamma, dbeta
+    return _bn_backward("bn_relu_backward", dH, H, Shat, gamma, inv_std, True)
 
 
 def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -157,41 +174,21 @@ def bn_forward_train(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     """Batch norm with the batch's statistics (no ReLU): Z = gamma Shat + beta with
     Shat = (S - mean) / sqrt(var + eps) and var biased. Returns Z and a cache with ``Shat``,
     ``mean``, ``var``, ``inv_std`` for the backward pass. Needs n >= 2."""
-    S, gamma, beta, eps, cache = _train_args(S, gamma, beta, eps)
-    Z = np.empty_like(S)
-    _ops.bn_forward_train(S, gamma, beta, eps, cache["mean"], cache["var"], cache["inv_std"],
-                          cache["Shat"], Z)
-    _finite("bn_forward_train", Z, *cache.values())
-    return Z, cache
+    return _bn_forward_train("bn_forward_train", S, gamma, beta, eps, False)
 
 
 def bn_forward_eval(S: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                     running_mean: np.ndarray, running_var: np.ndarray,
                     eps: float = 1e-5) -> np.ndarray:
     """Batch norm with running statistics (evaluation mode, no ReLU); any n >= 1."""
-    S, gamma, beta, running_mean, running_var, eps, scale, shift = _eval_args(
-        S, gamma, beta, running_mean, running_var, eps)
-    Z = np.empty_like(S)
-    _ops.bn_forward_eval(S, gamma, beta, running_mean, running_var, eps, scale, shift, Z)
-    _finite("bn_forward_eval", Z, scale, shift)  # an infinite shift can give finite Z
-    return Z
+    return _bn_forward_eval("bn_forward_eval", S, gamma, beta, running_mean, running_var, eps,
+                            False)
 
 
 def bn_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
                 inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of ``bn_forward_train``: returns dS, dgamma, dbeta."""
-    dZ = check.matrix("dZ", dZ, min_rows=2)
-    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
-    if Shat.shape != dZ.shape:
-        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
-    gamma = check.vector("gamma", gamma, size=dZ.shape[1])
-    inv_std = check.vector("inv_std", inv_std, size=dZ.shape[1])
-    dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
-    dS = np.empty_like(dZ)
-    dgamma, dbeta = np.empty(dZ.shape[1], dt), np.empty(dZ.shape[1], dt)
-    _ops.bn_backward(dZ, Shat, gamma, inv_std, dgamma, dbeta, dS)
-    _finite("bn_backward", dS, dgamma, dbeta)
-    return dS, dgamma, dbeta
+    return _bn_backward("bn_backward", dZ, None, Shat, gamma, inv_std, False)
 
 
 def dropout(A: np.ndarray, p: float, *, seed: int = 0, step: int = 0,
@@ -256,15 +253,87 @@ def softmax(Z: np.ndarray) -> np.ndarray:
     return P
 
 
-def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray, int]:
+def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray, *, label_smoothing: float = 0.0,
+                          sample_weight: Optional[np.ndarray] = None
+                          ) -> Tuple[float, np.ndarray, int]:
     """Mean cross-entropy of logits Z (n, K) against labels y, its gradient w.r.t. Z
-    ((P - onehot(y)) / n), and the number of rows whose argmax equals the label."""
+    ((P - q) / n, q = (1 - label_smoothing) onehot(y) + label_smoothing / K), and the number
+    of rows whose argmax equals the label. With ``sample_weight`` w the mean is
+    sum w_i l_i / sum w_i and row i's gradient is scaled by w_i / sum w instead of 1 / n."""
     Z = check.matrix("Z", Z)
-    y = check.labels("y", y, Z.shape[0], Z.shape[1])
+    t = losses.targets(y, Z.shape[0], Z.shape[1], Z.dtype, label_smoothing=label_smoothing,
+                       sample_weight=sample_weight)
     G = np.empty_like(Z)
-    loss, correct = _ops.softmax_cross_entropy(Z, y, G, None)
+    loss, correct = _ops.softmax_cross_entropy(Z, t.labels, G, None, t.label_smoothing,
+                                               t.weights)
     _finite("softmax_cross_entropy", np.array(loss), G)
     return loss / Z.shape[0], G, int(correct)
+
+
+def squared_error(Z: np.ndarray, Y: np.ndarray, *,
+                  sample_weight: Optional[np.ndarray] = None) -> Tuple[float, np.ndarray]:
+    """The mean over all n K values of (Z - Y)^2 (``torch.nn.MSELoss()``) and its gradient
+    w.r.t. Z, 2 (Z - Y) / (n K); with ``sample_weight`` w the mean over rows is weighted,
+    sum w_i l_i / sum w_i, and row i's gradient is scaled by w_i / sum w instead of 1 / n."""
+    Z = check.matrix("Z", Z)
+    t = losses.targets(Y, Z.shape[0], Z.shape[1], Z.dtype, loss="mse",
+                       sample_weight=sample_weight, name="Y")
+    G = np.empty_like(Z)
+    loss, _ = _ops.squared_error(Z, t.values, G, t.weights)
+    _finite("squared_error", np.array(loss), G)
+    return loss / Z.shape[0], G
+
+
+def layer_norm_forward(A: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                       eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Layer norm: each row normalised over its features, Shat = (A - mean) / sqrt(var + eps)
+    (biased var, per row), then Z = gamma Shat + beta. Returns Z and a cache with ``Shat``
+    and ``inv_std`` (n,) for the backward pass."""
+    A = check.matrix("A", A)
+    gamma, beta, eps = _bn_params(A, gamma, beta, eps)
+    dt = _same_dtype(A=A, gamma=gamma, beta=beta)
+    cache = {"Shat": np.empty_like(A), "inv_std": np.empty(A.shape[0], dt)}
+    Z = np.empty_like(A)
+    _ops.ln_forward(A, gamma, beta, eps, cache["inv_std"], cache["Shat"], Z)
+    _finite("layer_norm_forward", Z, *cache.values())
+    return Z, cache
+
+
+def layer_norm_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
+                        inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of ``layer_norm_forward``: returns dA, dgamma, dbeta."""
+    dZ = check.matrix("dZ", dZ)
+    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
+    if Shat.shape != dZ.shape:
+        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
+    gamma = check.vector("gamma", gamma, size=dZ.shape[1])
+    inv_std = check.vector("inv_std", inv_std, size=dZ.shape[0])
+    dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
+    dA = np.empty_like(dZ)
+    dgamma, dbeta = np.empty(dZ.shape[1], dt), np.empty(dZ.shape[1], dt)
+    _ops.ln_backward(dZ, Shat, gamma, inv_std, dgamma, dbeta, dA)
+    _finite("layer_norm_backward", dA, dgamma, dbeta)
+    return dA, dgamma, dbeta
+
+
+def gelu_forward(A: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """GELU, exact: H = A Phi(A) (``torch.nn.GELU()``). Returns H and its derivative
+    Phi(A) + A phi(A), which ``gelu_backward`` multiplies the incoming gradient by."""
+    A = check.matrix("A", A)
+    H, slope = np.empty_like(A), np.empty_like(A)
+    _ops.gelu_forward(A, H, slope)
+    _finite("gelu_forward", H, slope)
+    return H, slope
+
+
+def gelu_backward(dH: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """dA = dH times the derivative ``gelu_forward`` returned."""
+    dH = check.matrix("dH", dH)
+    slope = check.matrix("slope", slope, cols=dH.shape[1])
+    if slope.shape != dH.shape:
+        raise ValueError(f"dH and slope must share a shape, got {dH.shape} and {slope.shape}")
+    _same_dtype(dH=dH, slope=slope)
+    return dH * slope
 
 
 def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: float = 0.0,

@@ -5,7 +5,9 @@ statistics, and the calls that run it (its compiled plans: ``cbn.workspace``; it
 Architecture: ``input -> [Linear -> BatchNorm -> ReLU -> Dropout] x (k-1) -> Linear -> softmax``;
 with ``bn_placement="after"`` the hidden blocks are ``Linear -> ReLU -> BatchNorm -> Dropout``,
 without batch norm ``Linear -> ReLU -> Dropout``; dropout is there only where its probability
-is above 0, and active in training only. All parameters live in one flat buffer (weights
+is above 0, and active in training only. ``norm="layer"`` puts LayerNorm where BatchNorm
+would be, ``activation="gelu"`` GELU where ReLU would be, and ``residual=True`` adds each
+hidden block's input to its output wherever the two widths match. All parameters live in one flat buffer (weights
 first), and ``params`` exposes named views into it, so one kernel call updates every
 parameter and a checkpoint is one array.
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs, parameters, serialization
+from . import inputs, losses, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
 from .threads import computing
@@ -39,6 +41,22 @@ from .workspace import Workspace
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
 BN_PLACEMENTS = ("before", "after")
+NORMS = ("batch", "layer", None)
+ACTIVATIONS = ("relu", "gelu")
+_UNSET = object()  # ``norm`` not given: ``batch_norm`` says which
+
+
+def _norm(batch_norm, norm) -> Optional[str]:
+    """The normalisation a network's ``batch_norm`` and ``norm`` arguments ask for."""
+    if batch_norm is not None and not isinstance(batch_norm, (bool, np.bool_)):
+        raise TypeError(f"batch_norm must be True or False, got {batch_norm!r}")
+    if norm is _UNSET:
+        return None if batch_norm is not None and not batch_norm else "batch"
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if batch_norm is not None and bool(batch_norm) != (norm == "batch"):
+        raise ValueError(f"batch_norm={batch_norm} contradicts norm={norm!r}; give only norm")
+    return norm
 
 
 def _exclusive(method):
@@ -65,7 +83,17 @@ class Network:
     num_classes : int
         Number of output classes K (>= 2).
     batch_norm : bool
-        Batch normalisation in each hidden block (never on the output layer).
+        Batch normalisation in each hidden block (never on the output layer): the course's
+        spelling of ``norm="batch"`` (True, the default) and ``norm=None`` (False).
+    norm : "batch", "layer" or None
+        The normalisation of each hidden block. LayerNorm normalises each sample over its
+        features (biased variance, ``bn_eps``), with per-feature ``gamma{l}`` and ``beta{l}``
+        as BatchNorm's, and no running statistics; it sits where ``bn_placement`` says.
+    activation : "relu" or "gelu"
+        The hidden blocks' activation; GELU is the exact form x Phi(x) (``torch.nn.GELU()``).
+    residual : bool
+        h_l = h_{l-1} + block_l(h_{l-1}) for every hidden layer whose input and output widths
+        match, the block being its linear -> norm -> activation -> dropout as configured.
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
@@ -96,17 +124,21 @@ class Network:
     """
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
-                 batch_norm: bool = True, init: Union[str, float] = "he",
+                 batch_norm: Optional[bool] = None, init: Union[str, float] = "he",
                  dtype=np.float64, seed: Optional[int] = None, bn_alpha: float = 0.9,
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
-                 dropout: Union[float, Sequence[float]] = 0.0) -> None:
+                 dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,
+                 activation: str = "relu", residual: bool = False) -> None:
         self.input_dim = check.integer("input_dim", input_dim, low=1)
         self.hidden = check.widths("hidden", hidden)
         self.num_classes = check.integer("num_classes", num_classes, low=2)
-        if not isinstance(batch_norm, (bool, np.bool_)):
-            raise TypeError(f"batch_norm must be True or False, got {batch_norm!r}")
-        self.batch_norm = bool(batch_norm)
+        self.norm: Optional[str] = _norm(batch_norm, norm)
+        self.batch_norm = self.norm == "batch"
+        self.activation = check.choice("activation", activation, ACTIVATIONS)
+        if not isinstance(residual, (bool, np.bool_)):
+            raise TypeError(f"residual must be True or False, got {residual!r}")
+        self.residual = bool(residual)
         if isinstance(init, str):
             self.init: Union[str, float] = check.choice("init", init, INIT_NAMES)
         else:
@@ -131,11 +163,11 @@ class Network:
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
         self._lock = threading.RLock()
-        buffers = parameters.allocate(self.dims, self.batch_norm, self.dtype)
+        buffers = parameters.allocate(self.dims, self.norm, self.dtype)
         self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
         self._params, self._grads, self._running = buffers.params, buffers.grads, buffers.running
         self._stats_seen = False
-        parameters.initialize(self._params, self.num_layers, self.init, self.batch_norm,
+        parameters.initialize(self._params, self.num_layers, self.init, self.norm,
                               np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
             raise ValueError(f"init sigma={init} is too large for {self.dtype}: weights overflow")
@@ -231,7 +263,8 @@ class Network:
                     init=self.init, dtype=self.dtype.name, seed=self.seed,
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
                     bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
-                    dropout=list(self.dropout))
+                    dropout=list(self.dropout), norm=self.norm, activation=self.activation,
+                    residual=self.residual)
 
     @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -370,14 +403,16 @@ class Network:
 
     @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
-             dropout_seed: Optional[int] = 0) -> float:
+             dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
+             label_smoothing: float = 0.0, sample_weight=None) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
-        with the dropout masks of ``dropout_seed`` as in ``cost_and_grads`` (None: no dropout)."""
+        with the dropout masks of ``dropout_seed`` and the loss options as in
+        ``cost_and_grads``."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
-        y = check.labels("y", y, src.shape[0], self.num_classes)
-        loss, _ = self.evaluate_prepared(src, y, shift, scale, training=True,
+        targets = self._targets(y, src.shape[0], loss, label_smoothing, sample_weight)
+        loss, _ = self.evaluate_prepared(src, targets, shift, scale, training=True,
                                          dropout_seed=dropout_seed)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
@@ -385,11 +420,16 @@ class Network:
 
     @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
-                       dropout_seed: Optional[int] = 0) -> Tuple[float, Dict[str, np.ndarray]]:
+                       dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
+                       label_smoothing: float = 0.0,
+                       sample_weight=None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
 
-        cost = mean cross-entropy + lam * sum of squared weights. Batch norm uses the batch's
-        statistics; the running statistics are left untouched. Dropout layers apply the
+        cost = mean loss + lam * sum of squared weights, the loss being ``loss``
+        ("cross_entropy" against integer labels ``y``, with ``label_smoothing``; "mse"
+        against float targets ``y`` (n, K)), its mean weighted by ``sample_weight`` when
+        given (cbn.losses). Batch norm uses the batch's (unweighted) statistics; the running
+        statistics are left untouched. Dropout layers apply the
         masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
         every call with the same seed, so ``cost`` with that seed is the function these are
         the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
@@ -398,11 +438,12 @@ class Network:
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
-        y = check.labels("y", y, n, self.num_classes)
+        targets = self._targets(y, n, loss, label_smoothing, sample_weight)
         if self.batch_norm and n < 2:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
         plan = self.plan(n)
-        plan.set_data(src, y, np.arange(n, dtype=np.int64), shift, scale)
+        plan.set_data(src, targets.labels, np.arange(n, dtype=np.int64), shift, scale)
+        targets.apply(plan)
         dropout = dropout_seed is not None and self.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
@@ -415,9 +456,35 @@ class Network:
         check.finite_result("the gradients", self._grad)
         return cost, {k: v.copy() for k, v in self._grads.items()}
 
+    def _targets(self, y, n: int, loss: str, label_smoothing: float,
+                 sample_weight) -> losses.Targets:
+        return losses.targets(y, n, self.num_classes, self.dtype, loss=loss,
+                              label_smoothing=label_smoothing, sample_weight=sample_weight)
+
+    @_exclusive
+    def raw_outputs(self, X: np.ndarray, *, normalization=None,
+                    mode: str = "eval") -> np.ndarray:
+        """The last layer's outputs S = H W + b, shape (n, K), before any softmax: what a
+        network trained with ``loss="mse"`` predicts. ``normalization`` and ``mode`` as in
+        ``predict_proba``."""
+        check.choice("mode", mode, ("eval", "train"))
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
+        src, shift, scale = self.prepare_input(X, normalization)
+        out = np.empty((src.shape[0], self.num_classes), self.dtype)
+        raw = losses.Targets("mse", None, None, None)
+        self.evaluate_prepared(src, raw, shift, scale, out, training=(mode == "train"))
+        check.finite_result("raw_outputs", out)
+        return out
+
     def __repr__(self) -> str:
-        bn = ("BN" + (" after ReLU" if self.bn_placement == "after" else "")
-              if self.batch_norm else "no BN")
+        norm = {"batch": "BN", "layer": "LN", None: "no BN"}[self.norm]
+        act = "ReLU" if self.activation == "relu" else "GELU"
+        bn = (norm + (f" after {act}" if self.bn_placement == "after" else "")
+              if self.norm else norm)
+        if self.activation != "relu" and not (self.norm and self.bn_placement == "after"):
+            bn += ", GELU"
+        if self.residual:
+            bn += ", residual"
         if self.has_dropout:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "

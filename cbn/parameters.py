@@ -4,7 +4,7 @@ gradient views, the batch-norm running statistics, and their initialisation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class Parameters:
         ``Wl`` has shape (d_{l-1}, d_l), the others (d_l,).
     running : dict of str to ndarray
         ``running_mean{l}`` (zeros) and ``running_var{l}`` (ones) of each hidden block with
-        batch norm, shape (d_l,).
+        batch norm, shape (d_l,); none with layer norm.
     n_weights : int
         How many entries of ``theta`` are weights.
     """
@@ -37,15 +37,17 @@ class Parameters:
     n_weights: int
 
 
-def allocate(dims: Sequence[int], batch_norm: bool, dtype: np.dtype) -> Parameters:
+def allocate(dims: Sequence[int], norm: Optional[str], dtype: np.dtype) -> Parameters:
     """Zeroed parameters of a network with layer widths ``dims`` (input first), with gamma
-    and beta in every hidden block when ``batch_norm``."""
+    and beta in every hidden block when it has a ``norm`` ("batch" or "layer"), and running
+    statistics with "batch"."""
+    affine = norm is not None
     k = len(dims) - 1
     shapes = [(f"W{l + 1}", (dims[l], dims[l + 1])) for l in range(k)]
     n_weights = sum(a * b for _, (a, b) in shapes)
     for l in range(k):
         shapes.append((f"b{l + 1}", (dims[l + 1],)))
-        if batch_norm and l < k - 1:
+        if affine and l < k - 1:
             shapes.append((f"gamma{l + 1}", (dims[l + 1],)))
             shapes.append((f"beta{l + 1}", (dims[l + 1],)))
     total = sum(int(np.prod(s)) for _, s in shapes)
@@ -61,10 +63,10 @@ def allocate(dims: Sequence[int], batch_norm: bool, dtype: np.dtype) -> Paramete
     order = []
     for l in range(1, k + 1):
         order += [f"W{l}", f"b{l}"]
-        if batch_norm and l < k:
+        if affine and l < k:
             order += [f"gamma{l}", f"beta{l}"]
     running: Dict[str, np.ndarray] = {}
-    if batch_norm:
+    if norm == "batch":
         for l in range(1, k):
             running[f"running_mean{l}"] = np.zeros(dims[l], dtype)
             running[f"running_var{l}"] = np.ones(dims[l], dtype)
@@ -73,7 +75,7 @@ def allocate(dims: Sequence[int], batch_norm: bool, dtype: np.dtype) -> Paramete
 
 
 def initialize(params: Dict[str, np.ndarray], num_layers: int, init: Union[str, float],
-               batch_norm: bool, rng: np.random.Generator) -> None:
+               norm: Optional[str], rng: np.random.Generator) -> None:
     """Draw every weight from N(0, sigma^2) (He: 2/d_in, Xavier: 1/d_in, or the number
     ``init``), layer by layer; gamma to 1. Biases and beta stay 0."""
     for l in range(1, num_layers + 1):
@@ -86,7 +88,7 @@ def initialize(params: Dict[str, np.ndarray], num_layers: int, init: Union[str, 
         else:
             sigma = float(init)
         W[...] = rng.standard_normal(W.shape) * sigma
-        if batch_norm and l < num_layers:
+        if norm is not None and l < num_layers:
             params[f"gamma{l}"][...] = 1
 
 

@@ -2,6 +2,7 @@
 schedule and the update rule; and the signature a checkpoint must match to continue the run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs
+from . import inputs, losses
 from .augment import Augment
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
@@ -47,7 +48,8 @@ class RunSpec:
 
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
                  seed, normalization, momentum, eval_every, eval_train, optimizer,
-                 augment=None) -> None:
+                 augment=None, loss="cross_entropy", label_smoothing=0.0,
+                 sample_weight=None) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -90,7 +92,12 @@ class RunSpec:
             self.augment.shape_for(net.input_dim, net.dtype)
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
-        self.y = check.labels("y", y, n, net.num_classes)
+        # Training steps score the (weighted) loss; evaluations the unweighted one.
+        self.targets = losses.targets(y, n, net.num_classes, net.dtype, loss=loss,
+                                      label_smoothing=label_smoothing,
+                                      sample_weight=sample_weight)
+        self.y = self.targets.labels
+        self.eval_targets = dataclasses.replace(self.targets, weights=None)
         if net.batch_norm and min(n, self.batch_size) < 2:
             raise ValueError("batch norm needs mini-batches of at least 2 samples; got "
                              f"batch_size={batch_size} with {n} training rows")
@@ -102,7 +109,10 @@ class RunSpec:
             # Checked now rather than at the first evaluation, an epoch later.
             if self.val_src.dtype.kind == "f" and not _ops.all_finite(self.val_src.reshape(-1)):
                 raise check.non_finite_input("X_val", self.val_src, range(len(self.val_src)))
-            self.y_val = check.labels("y_val", y_val, self.val_src.shape[0], net.num_classes)
+            self.y_val = losses.targets(y_val, self.val_src.shape[0], net.num_classes,
+                                        net.dtype, loss=self.targets.loss,
+                                        label_smoothing=self.targets.label_smoothing,
+                                        name="y_val")
         self.eval_every = (None if eval_every is None
                            else check.integer("eval_every", eval_every, low=1))
         self.eval_train = bool(eval_train)
@@ -145,8 +155,21 @@ class RunSpec:
                 schedule=schedule, total=self.total, seed=self.seed,
                 eval_every=self.eval_every, eval_train=self.eval_train,
                 # The shift in the network's dtype, as checkpoints have always hashed it.
-                data=_checksum(self.src, self.y, self.val_src, self.y_val, shift, self.scale),
-                **({} if optimizer is None else dict(optimizer=optimizer)),
+                data=_checksum(self.src, self.y, self.val_src,
+                               None if self.y_val is None else self.y_val.labels, shift,
+                               self.scale), **({} if optimizer is None else
+                                               dict(optimizer=optimizer)),
+                **self._loss_signature(),
                 **({} if self.augment is None else dict(augment=self.augment.config()))),
                 default=lambda value: value.item()))
         return self._signature
+
+    def _loss_signature(self) -> dict:
+        """The loss options, when not plain cross-entropy (so runs of before they existed
+        still match their checkpoints)."""
+        t = self.targets
+        if t.loss == "cross_entropy" and not t.label_smoothing and t.weights is None:
+            return {}
+        val = None if self.y_val is None else self.y_val.values
+        return dict(loss=t.loss, label_smoothing=t.label_smoothing,
+                    targets=_checksum(t.values, t.weights, val))

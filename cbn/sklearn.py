@@ -25,7 +25,7 @@ from . import _validate as check
 from .augment import Augment
 from .data import Normalization
 from .inputs import Fitted
-from .network import Network
+from .network import ACTIVATIONS, NORMS, Network
 from .optim import OPTIMIZERS, Optimizer
 from .schedule import CyclicLR
 from .train import fit as train
@@ -75,6 +75,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     dropout : float in [0, 1), default 0.0
         Dropout rate of the hidden activations in training (needs a ``cbn.Network`` with
         ``dropout``).
+    norm : "batch", "layer", None or "auto", default "auto"
+        The hidden blocks' normalisation (``cbn.Network``'s ``norm``); "auto": as
+        ``batch_norm`` says.
+    activation : "relu" or "gelu", default "relu"
+        The hidden blocks' activation.
+    residual : bool, default False
+        Residual connections around the hidden blocks whose widths match.
+    label_smoothing : float in [0, 1), default 0.0
+        Cross-entropy against (1 - eps) onehot + eps / K, as PyTorch's.
     augment : cbn.Augment or None, default None
         Random flips, translations and jitter of the training images (``cbn.fit``'s
         ``augment``); rows are images of ``augment.image_shape``, (3, 32, 32) by default for
@@ -144,6 +153,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
+                 norm: Optional[str] = "auto", activation: str = "relu",
+                 residual: bool = False, label_smoothing: float = 0.0,
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
                  eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
@@ -155,6 +166,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.batch_norm = batch_norm
         self.bn_placement = bn_placement
         self.dropout = dropout
+        self.norm = norm
+        self.activation = activation
+        self.residual = residual
+        self.label_smoothing = label_smoothing
         self.augment = augment
         self.alpha = alpha
         self.batch_size = batch_size
@@ -179,7 +194,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         hidden = self.hidden_layer_sizes
         check.widths("hidden_layer_sizes",
                      (hidden,) if isinstance(hidden, numbers.Integral) else hidden)
-        for name in ("batch_norm", "standardize", "early_stopping"):
+        for name in ("batch_norm", "standardize", "early_stopping", "residual"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check.choice("bn_placement", self.bn_placement, BN_PLACEMENTS)
@@ -188,6 +203,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if not _core_accepts(Network, "bn_placement"):
                 raise ValueError("bn_placement='after' and dropout need a cbn.Network that "
                                  "takes them; this one does not")
+        if self.norm not in NORMS + ("auto",):
+            raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
+        check.choice("activation", self.activation, ACTIVATIONS)
+        check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         if self.augment is not None and not isinstance(self.augment, Augment):
             raise TypeError(f"augment must be a cbn.Augment or None, got {self.augment!r}")
         check.real("alpha", self.alpha, low=0.0)
@@ -307,8 +326,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         extra = {}
         if _core_accepts(Network, "bn_placement"):
             extra = dict(bn_placement=self.bn_placement, dropout=float(self.dropout))
+        if self.norm != "auto" or self.activation != "relu" or self.residual:
+            extra.update(norm=(("batch" if self.batch_norm else None) if self.norm == "auto"
+                               else self.norm), activation=self.activation,
+                         residual=bool(self.residual))
         self.network_ = Network(X.shape[1], hidden, len(self.classes_),
-                                batch_norm=bool(self.batch_norm), dtype=np.dtype(self.dtype),
+                                batch_norm=None if "norm" in extra else bool(self.batch_norm),
+                                dtype=np.dtype(self.dtype),
                                 seed=int(rng.randint(2 ** 31)), **extra)
         if self.augment is not None:
             self.augment.shape_for(X.shape[1])
@@ -336,6 +360,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             update = dict(momentum=opt.fused_momentum)
         if self.augment is not None:
             update["augment"] = self.augment
+        if self.label_smoothing:
+            update["label_smoothing"] = float(self.label_smoothing)
         history = train(net, self._source(X), y, X_val=X_val if X_val is None
                         else self._source(X_val), y_val=y_val, lam=self.alpha,
                         batch_size=self.batch_size, schedule=_ContinuedLR(self.schedule_, self.t_),

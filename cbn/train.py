@@ -53,7 +53,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
         resume: Union[None, bool, PathLike] = None, optimizer=None,
-        augment: Optional[Augment] = None) -> History:
+        augment: Optional[Augment] = None, loss: str = "cross_entropy",
+        label_smoothing: float = 0.0, sample_weight=None) -> History:
     """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
 
     Parameters
@@ -66,7 +67,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         X must be C-contiguous (pass ``np.ascontiguousarray(X)``; no silent copy of a data
         set); read-only arrays are fine, nothing is written to X or y.
     X_val, y_val : optional validation set, same form as X, y.
-    lam : L2 strength; the cost is mean cross-entropy + lam * sum of squared weights.
+    lam : L2 strength; the cost is the mean loss + lam * sum of squared weights.
     batch_size : rows per mini-batch; each epoch visits a fresh random permutation.
     schedule : ``CyclicLR``, ``ConstantLR``, a float (constant learning rate), or any schedule
         of ``cbn.schedule`` (an object with ``lr(step)`` and ``state_dict()``).
@@ -103,6 +104,12 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         drawn inside the compiled gather), or None. Rows are images of
         ``augment.image_shape``, (3, 32, 32) by default for 3,072 features. Validation and
         evaluation never augment.
+    loss : "cross_entropy" (y: integer labels) or "mse" (y, y_val: float targets (n, K));
+        see cbn.losses.
+    label_smoothing : cross-entropy against (1 - eps) onehot + eps / K, as PyTorch's.
+    sample_weight : (n,) weights >= 0 of the training rows: each mini-batch's loss is its
+        weighted mean (batch-norm statistics stay unweighted). The recorded evaluation
+        losses (train and val) are unweighted means; ``batch_loss`` is the weighted one.
 
     Ctrl-C (in the main thread) lets the current step finish, writes a checkpoint if
     ``checkpoint`` is set, then raises ``KeyboardInterrupt``; the network keeps the progress
@@ -128,7 +135,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     with net._lock if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
-                       augment)
+                       augment, loss, label_smoothing, sample_weight)
         if checkpoint is not None:
             checkpoint = _path("checkpoint", checkpoint)
         if checkpoint_every is not None:
@@ -229,7 +236,8 @@ class _Run:
         self.batch_loss_sum, self.batch_count = 0.0, 0
         with np.errstate(over="ignore"):  # an overflow is caught below as divergence
             penalty = spec.lam * net.l2_penalty()
-        for prefix, data in (("train", (spec.src, spec.y) if spec.eval_train else None),
+        for prefix, data in (("train", (spec.src, spec.eval_targets) if spec.eval_train
+                                  else None),
                              ("val", None if spec.val_src is None
                               else (spec.val_src, spec.y_val))):
             if data is None:
@@ -318,6 +326,7 @@ class _Run:
                         self.order[:] = self.rng.permutation(n)
                         self.epoch_start = self.step
                     plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
+                    spec.targets.apply(plan)
                     for b in range(self.step - self.epoch_start, per_epoch):
                         start = b * batch_size
                         rows = min(batch_size, n - start)
@@ -358,6 +367,7 @@ class _Run:
                             governor.rest()  # the history's evaluations on the run's count
                             self.record(lr, loss)
                             plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
+                            spec.targets.apply(plan)
                         if path is not None and (
                                 step == total or self.interrupted
                                 or (step % every == 0 if every else at_epoch_end)):

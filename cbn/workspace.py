@@ -2,18 +2,21 @@
 over preallocated buffers, one plan per batch capacity, cached under a memory budget.
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
-``if`` per option (``_block_ops``); the output layer is a linear layer alone. Adding an op
-to the architecture means one ``OpSpec`` constructor in ``cbn/_specs.pxi`` and one line here.
+``if`` per option (``_block_ops``); the output layer is a linear layer alone. An op is one
+file of the compiled core (its kernels and its ``OpSpec`` constructor, ``cbn/_specs.pxi``);
+putting it in the architecture is one line here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple
+from typing import (TYPE_CHECKING, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple,
+                    Union)
 
 import numpy as np
 
 from . import _ops
 from . import _validate as check
 from . import tune
+from .losses import Targets
 from .threads import GOVERNED_FROM, TeamGovernor, share_pool
 
 if TYPE_CHECKING:
@@ -67,13 +70,16 @@ class Workspace:
             del self.plans[next(iter(self.plans))]
         return built.plan
 
-    def forward_blocks(self, src: np.ndarray, y: Optional[np.ndarray], shift: np.ndarray,
+    def forward_blocks(self, src: np.ndarray, y: Union[None, np.ndarray, Targets],
+                       shift: np.ndarray,
                        scale: np.ndarray, probs: Optional[np.ndarray] = None,
                        training: bool = False, dropout_seed: Optional[int] = None,
                        name: str = "X") -> Tuple[float, int]:
         """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
         which takes all n rows as one batch); return the sum of losses and the number correct
-        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. In training mode
+        (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. ``y``: int64
+        labels (cross-entropy), or the ``Targets`` of a loss, whose sample weights are for
+        a single batch (training mode). In training mode
         a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
         ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
         net = self._net
@@ -87,7 +93,12 @@ class Workspace:
         plan = self.plan(cap)
         if self._rows.shape[0] < n:
             self._rows = np.arange(n, dtype=np.int64)
-        plan.set_data(src, y, self._rows, shift, scale)
+        targets = y if isinstance(y, Targets) else None
+        plan.set_data(src, y if targets is None else targets.labels, self._rows, shift, scale)
+        if targets is not None:
+            if targets.weights is not None and n > cap:
+                raise ValueError("sample weights score one batch, not blocks")
+            targets.apply(plan)
         dropout = training and dropout_seed is not None and net.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
@@ -174,9 +185,10 @@ class Workspace:
         # One workspace for every layer's transposed weight product (used one layer at a time).
         WT = (buffer(max(dims[l - 1] * dims[l] for l in range(1, k + 1)))
               if cap >= _ops.transposed_from() else None)
-        layers = []
+        layers: List["_ops.LayerSpec"] = []
         for l in range(1, k + 1):
-            ops = self._block_ops(l, cap, buffer) if l < k else ()
+            ops = self._block_ops(l, cap, buffer, X, layers[-1] if layers else None) \
+                if l < k else ()
             layers.append(_ops.LayerSpec(
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
@@ -190,26 +202,43 @@ class Workspace:
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
         return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
-    def _block_ops(self, l: int, cap: int, buffer) -> list:
-        """The element-wise ops of hidden block ``l`` (1-based), in order."""
+    def _block_ops(self, l: int, cap: int, buffer, X: np.ndarray,
+                   below: Optional["_ops.LayerSpec"]) -> list:
+        """The element-wise ops of hidden block ``l`` (1-based), in order; ``X`` is the
+        batch buffer, ``below`` the layer below (None for the first)."""
         net = self._net
         m = net.dims[l]
 
-        def batch_norm(relu: bool) -> "_ops.OpSpec":
-            return _ops.OpSpec.batch_norm(
-                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu,
-                gamma=net._params[f"gamma{l}"], beta=net._params[f"beta{l}"],
-                dgamma=net._grads[f"gamma{l}"], dbeta=net._grads[f"beta{l}"],
+        def norm(relu: bool) -> "_ops.OpSpec":
+            gamma, beta = net._params[f"gamma{l}"], net._params[f"beta{l}"]
+            dgamma, dbeta = net._grads[f"gamma{l}"], net._grads[f"beta{l}"]
+            if net.norm == "layer":
+                return _ops.layer_norm_op(out=buffer(cap, m), Shat=buffer(cap, m),
+                                          inv_std=buffer(cap), gamma=gamma, beta=beta,
+                                          dgamma=dgamma, dbeta=dbeta)
+            return _ops.batch_norm_op(
+                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu, gamma=gamma, beta=beta,
+                dgamma=dgamma, dbeta=dbeta,
                 rmean=net._running[f"running_mean{l}"], rvar=net._running[f"running_var{l}"],
                 mean=buffer(m), var=buffer(m), inv_std=buffer(m), escale=buffer(m),
                 eshift=buffer(m))
 
-        if not net.batch_norm:
-            ops = [_ops.OpSpec.relu(buffer(cap, m))]
-        elif net.bn_placement == "before":
-            ops = [batch_norm(relu=True)]  # the fused kernel
+        def activation() -> "_ops.OpSpec":
+            if net.activation == "gelu":
+                return _ops.gelu_op(buffer(cap, m), buffer(cap, m))
+            return _ops.relu_op(buffer(cap, m))
+
+        if net.norm is None:
+            ops = [activation()]
+        elif net.bn_placement == "after":
+            ops = [activation(), norm(relu=False)]
+        elif net.norm == "batch" and net.activation == "relu":
+            ops = [norm(relu=True)]  # the fused kernel
         else:
-            ops = [_ops.OpSpec.relu(buffer(cap, m)), batch_norm(relu=False)]
+            ops = [norm(relu=False), activation()]
         if net.dropout[l - 1] > 0:
-            ops.append(_ops.OpSpec.dropout(net.dropout[l - 1]))
+            ops.append(_ops.dropout_op(net.dropout[l - 1]))
+        if net.residual and net.dims[l - 1] == m:
+            ops.append(_ops.residual_op(buffer(cap, m), X if below is None else below.output,
+                                        None if below is None else below.S))
         return ops

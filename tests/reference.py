@@ -104,6 +104,48 @@ def softmax_cross_entropy(Z, y):
     return loss, G / n
 
 
+def soft_cross_entropy(Z, y, label_smoothing=0.0, w=None):
+    """Cross-entropy against (1 - eps) onehot(y) + eps / K, its mean weighted by w (sum w l /
+    sum w) when given; returns the mean loss and its gradient w.r.t. Z."""
+    n, K = Z.shape
+    Q = np.full((n, K), label_smoothing / K)
+    Q[np.arange(n), y] += 1 - label_smoothing
+    logP = np.log(softmax(Z))
+    c = np.full(n, 1 / n) if w is None else np.asarray(w, float) / np.sum(w)
+    return float((c * -(Q * logP).sum(axis=1)).sum()), (softmax(Z) - Q) * c[:, None]
+
+
+def squared_error(Z, Y, w=None):
+    """The mean over all values of (Z - Y)^2 (rows weighted by w when given) and its
+    gradient w.r.t. Z."""
+    n, K = Z.shape
+    c = np.full(n, 1 / n) if w is None else np.asarray(w, float) / np.sum(w)
+    return float((c * ((Z - Y) ** 2).mean(axis=1)).sum()), 2 * (Z - Y) * c[:, None] / K
+
+
+def layer_norm_forward(A, gamma, beta, eps=1e-5):
+    """Returns Z and a cache (Shat, inv_std per row)."""
+    mean = A.mean(axis=1, keepdims=True)
+    inv_std = 1 / np.sqrt(A.var(axis=1, keepdims=True) + eps)
+    Shat = (A - mean) * inv_std
+    return gamma * Shat + beta, {"Shat": Shat, "inv_std": inv_std[:, 0]}
+
+
+def layer_norm_backward(dZ, Shat, gamma, inv_std):
+    """Returns dA, dgamma, dbeta."""
+    D = dZ * gamma
+    dA = inv_std[:, None] * (D - D.mean(axis=1, keepdims=True)
+                             - Shat * (D * Shat).mean(axis=1, keepdims=True))
+    return dA, (dZ * Shat).sum(axis=0), dZ.sum(axis=0)
+
+
+def gelu(A):
+    """Returns GELU(A) = A Phi(A) and its derivative Phi(A) + A phi(A)."""
+    from math import erf
+    cdf = 0.5 * (1 + np.vectorize(erf)(A / np.sqrt(2)))
+    return A * cdf, cdf + A * np.exp(-A * A / 2) / np.sqrt(2 * np.pi)
+
+
 class ReferenceNet:
     """The network cbn.Network describes, in NumPy: params keyed W1, b1, gamma1, beta1, ...
     ``placement`` "before" (Linear, BN, ReLU) or "after" (Linear, ReLU, BN); ``dropout`` one

@@ -76,7 +76,7 @@ def crash_after(monkeypatch):
 
 def uninterrupted(**kwargs):
     net = new_net(**kwargs.pop("net", {}))
-    history = fit(net, X, Y, **{**RUN, **kwargs})
+    history = fit(net, X, kwargs.pop("y", Y), **{**RUN, **kwargs})
     return outcome(net, history)
 
 
@@ -101,18 +101,23 @@ def test_checkpoint_holds_network_momentum_position_random_state_and_history(tmp
 @pytest.mark.parametrize("variant", [
     dict(), dict(momentum=0.0), dict(net=dict(batch_norm=False)),
     dict(net=dict(dtype=np.float32)), dict(net=dict(bn_init="zeros_ones"), eval_every=None),
+    dict(net=dict(norm="layer", activation="gelu", residual=True, dropout=0.2),
+         label_smoothing=0.1, sample_weight=np.linspace(0.0, 2.0, 50)),
+    dict(net=dict(activation="gelu", bn_placement="after"), y=np.eye(3)[Y] * 2 - 0.5,
+         y_val=np.eye(3)[Y[:20]], loss="mse"),
 ])
 def test_resume_after_a_crash_is_bit_identical(tmp_path, crash_after, crash_step, variant):
     expected = uninterrupted(**dict(variant))
     path = tmp_path / "run.npz"
     crash_after(crash_step)
+    args = {**RUN, **{k: v for k, v in variant.items() if k not in ("net", "y")}}
+    y = variant.get("y", Y)
     with pytest.raises(Crash):
-        fit(new_net(**variant.get("net", {})), X, Y, checkpoint=path, checkpoint_every=1,
-            **{**RUN, **{k: v for k, v in variant.items() if k != "net"}})
+        fit(new_net(**variant.get("net", {})), X, y, checkpoint=path, checkpoint_every=1,
+            **args)
     assert load_checkpoint(path).step == crash_step
     net = new_net(**variant.get("net", {}))
-    history = fit(net, X, Y, resume=path, **{**RUN, **{k: v for k, v in variant.items()
-                                                       if k != "net"}})
+    history = fit(net, X, y, resume=path, **args)
     assert_same(outcome(net, history), expected)
 
 
@@ -237,6 +242,7 @@ def test_ctrl_c_without_a_checkpoint_keeps_the_progress_made():
     (dict(momentum=0.5), "momentum"), (dict(schedule=CyclicLR(1e-3, 0.3, 9)), "schedule"),
     (dict(X=X + 1e-9), "data"), (dict(y_val=Y[20:40]), "data"),
     (dict(eval_every=None), "eval_every"),
+    (dict(label_smoothing=0.1), "loss"), (dict(sample_weight=np.ones(50)), "loss"),
 ])
 def test_resume_refuses_a_different_run(tmp_path, crash_after, change, field):
     path = tmp_path / "run.npz"

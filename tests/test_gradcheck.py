@@ -39,8 +39,8 @@ def test_dropout_masks_are_held_fixed_during_the_check(monkeypatch):
     check fails: it passes only because every evaluation uses ``dropout_seed``'s masks."""
     honest = Network.cost
 
-    def other_masks(self, X, y, lam=0.0, *, dropout_seed=0):
-        return honest(self, X, y, lam, dropout_seed=dropout_seed + 1)
+    def other_masks(self, X, y, lam=0.0, *, dropout_seed=0, **loss_options):
+        return honest(self, X, y, lam, dropout_seed=dropout_seed + 1, **loss_options)
 
     assert gradcheck(hidden=[8], dropout=0.5, n=6, seed=3).passed
     monkeypatch.setattr(Network, "cost", other_masks)

@@ -140,7 +140,7 @@ def test_a_plan_refuses_a_hidden_block_without_ops_or_output():
         _ops.Plan(4, 300, np.zeros((4, 300)), np.zeros(10), np.zeros(10), 0,
                   [hidden, output_layer(5, 3)], 1e-5, 0.9, False)
     in_place = _ops.LayerSpec(hidden.W, hidden.b, hidden.dW, hidden.db, hidden.S,
-                              ops=[_ops.OpSpec.dropout(0.5)])
+                              ops=[_ops.dropout_op(0.5)])
     with pytest.raises(ValueError, match="must not be S"):
         _ops.Plan(4, 300, np.zeros((4, 300)), np.zeros(10), np.zeros(10), 0,
                   [in_place, output_layer(5, 3)], 1e-5, 0.9, False)

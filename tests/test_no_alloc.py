@@ -49,13 +49,14 @@ ARCHITECTURES = {  # name: Network options, each op kind in at least one
     "bn": dict(batch_norm=True), "no_bn": dict(batch_norm=False),
     "bn_after_dropout": dict(bn_placement="after", dropout=0.3),
     "no_bn_dropout": dict(batch_norm=False, dropout=[0.5, 0.2]),
+    "layer_gelu_residual": dict(norm="layer", activation="gelu", residual=True, dropout=0.2),
 }
 
 
 def plan_step_growth(arch: str, dtype: str, momentum: float, grads_only: bool = False) -> int:
     """Traced-peak growth in bytes over 17 warmed-up Plan.train_step (or grad_step) calls."""
     X, y, norm = data()
-    net = Network(300, [50, 30], 10, dtype=np.dtype(dtype), seed=0, **ARCHITECTURES[arch])
+    net = Network(300, [50, 50], 10, dtype=np.dtype(dtype), seed=0, **ARCHITECTURES[arch])
     src, shift, scale = net.prepare_input(X, norm)
     plan = net.plan(100)
     plan.set_data(src, y, np.arange(2000, dtype=np.int64), shift, scale)

@@ -235,14 +235,14 @@ def test_every_relu_kernel_keeps_nan(dtype):
     _ops.relu_forward(S, H)
     np.testing.assert_array_equal(H, expected)
     ones, zeros = np.ones(6, dtype), np.zeros(6, dtype)
-    _ops.bn_relu_forward_eval(S, ones, zeros, zeros, ones - dtype(1e-5), 1e-5,
-                              np.empty(6, dtype), np.empty(6, dtype), H)
+    _ops.bn_forward_eval(S, ones, zeros, zeros, ones - dtype(1e-5), 1e-5,
+                         np.empty(6, dtype), np.empty(6, dtype), H, relu=True)
     np.testing.assert_array_equal(H, expected)
     beta = np.array([np.nan, -1, 2, -1, 3, -2], dtype)
     stats = [np.empty(6, dtype) for _ in range(3)]
     H2 = np.empty((2, 6), dtype)
-    _ops.bn_relu_forward_train(np.zeros((2, 6), dtype), ones, beta, 1e-5, *stats,
-                               np.empty((2, 6), dtype), H2)
+    _ops.bn_forward_train(np.zeros((2, 6), dtype), ones, beta, 1e-5, *stats,
+                          np.empty((2, 6), dtype), H2, relu=True)
     np.testing.assert_array_equal(H2, [[np.nan, 0, 2, 0, 3, 0]] * 2)
 
 
