@@ -229,8 +229,10 @@ def search(data: Union[DataSpec, PathLike, CIFAR10], space: Mapping[str, Distrib
         left open.
     blas_threads : BLAS threads per trial, in every mode (same count -> same bits).
     results : JSON-lines file to save trials to as they finish; an existing file from the
-        same search is resumed (finished and failed trials are not rerun), one from another
-        search is refused with ValueError.
+        same search is resumed (finished and failed trials are not rerun). The file is only
+        appended to: any other file (another search's, or not a results file at all) is
+        refused with ValueError and left as it was, and so is a file another search is
+        writing at the moment (it is locked while a search runs; "in use by another search").
     progress : show a tqdm bar over trials.
 
     A trial whose training raises is recorded with ``status="failed"`` and its ``error``;
