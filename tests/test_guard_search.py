@@ -1,22 +1,26 @@
 """Search results files are only ever appended to (any other file is refused and left as it
-was), read with every line end, and written by one search at a time."""
+was), read with every line end, and written by one search at a time; worker processes end
+with their search however it ends."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import cbn
 from cbn import search as search_module
 from cbn.search import search
 
+from test_examples import EXAMPLES, environment
 from test_search import BASE, SPACE, trial_lines, without_time
 
 HERE = Path(__file__).parent
@@ -214,3 +218,93 @@ def test_a_second_search_on_a_results_file_in_use_is_refused(tmp_path, monkeypat
         first.wait()
     no_trial_may_run(monkeypatch)
     assert without_time(run_search(path)) == without_time(saved[2])
+
+
+# --- worker processes end with the search ----------------------------------------------------
+
+# A long search on two worker processes, saved to sys.argv[1].
+POOL_SEARCH = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from test_search import BASE, SPACE
+    from cbn.search import search
+    search("sample", SPACE, 500, base=BASE, seed=3, executor="processes", max_workers=2,
+           results=sys.argv[1], progress=False)
+""")
+
+
+def stop_when_a_trial_is_saved(child: subprocess.Popen, path: Path, sig: int) -> list:
+    """Send ``sig`` to ``child`` once ``path`` holds a trial and wait for it to end; return
+    its descendants as they were before the signal."""
+    try:
+        deadline = time.monotonic() + 120
+        while child.poll() is None and time.monotonic() < deadline and \
+                not (path.exists() and trial_lines(path)):
+            time.sleep(0.005)
+        assert child.poll() is None, "the search ended before it could be stopped"
+        assert path.exists() and trial_lines(path), "no trial was saved"
+        descendants = psutil.Process(child.pid).children(recursive=True)
+        child.send_signal(sig)
+        child.wait(timeout=60)
+        return descendants
+    finally:
+        if child.poll() is None:
+            for process in psutil.Process(child.pid).children(recursive=True):
+                process.kill()
+            child.kill()
+            child.wait()
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an ended process its new parent has not reaped yet)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_all_end(processes: list) -> None:
+    deadline = time.monotonic() + 60
+    while any(map(running, processes)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [process for process in processes if running(process)]
+    for process in alive:
+        process.kill()
+    assert not alive, f"{len(alive)} process(es) outlived the search: " \
+        f"{[process.cmdline() for process in alive]}"
+
+
+def start(args: list, cwd: Path, env: dict) -> subprocess.Popen:
+    """Start ``args`` with stdout and stderr to files in ``cwd`` (a pipe would stay open as
+    long as any child holds it)."""
+    with open(cwd / "stdout.txt", "w") as out, open(cwd / "stderr.txt", "w") as err:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err)
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGKILL, -9)],
+                         ids=["SIGTERM", "SIGKILL"])
+def test_workers_end_with_a_stopped_search_and_its_trials_are_kept(tmp_path, monkeypatch,
+                                                                   sig, status):
+    path = tmp_path / "r.jsonl"
+    child = start([sys.executable, "-c", POOL_SEARCH, str(path), str(HERE)], tmp_path, ENV)
+    assert_all_end(stop_when_a_trial_is_saved(child, path, sig))
+    err = (tmp_path / "stderr.txt").read_text()
+    assert child.returncode == status and "Traceback" not in err, err
+    finished = {r["trial"] for r in trial_lines(path)}
+    calls = counting_runs(monkeypatch)
+    records = run_search(path, max(finished) + 1)
+    assert len(calls) == max(finished) + 1 - len(finished)  # the saved trials are reused
+    assert all(r["status"] == "ok" for r in records)
+
+
+def test_ctrl_c_stops_the_lambda_search_example_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    child = start([sys.executable, str(EXAMPLES / "lambda_search.py"), "--blas-threads", "1",
+                   "--coarse", "500", "--fine", "1", "--runs", "1", "--workers", "2",
+                   "--no-progress", "--out", str(out)], tmp_path, environment(tmp_path))
+    assert_all_end(stop_when_a_trial_is_saved(
+        child, out.with_name("out.partial") / "coarse.jsonl", signal.SIGINT))
+    err = (tmp_path / "stderr.txt").read_text()
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == \
+        "lambda_search: interrupted; run the same command again to resume"
