@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
+import time
 from concurrent.futures import (Executor, FIRST_COMPLETED, ProcessPoolExecutor,
                                 ThreadPoolExecutor, wait)
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as tqdm_base  # every tqdm class's lock
 
 from . import _validate as check
 from ._files import PathLike, json_ready
@@ -165,7 +168,9 @@ def default_workers(blas_threads: int = 1) -> int:
 @contextlib.contextmanager
 def _executor(executor, max_workers: Optional[int], blas_threads: int,
               n_tasks: int) -> Iterator[Optional[Executor]]:
-    """The executor to submit to (None: run serially here); a pool made here is shut down."""
+    """The executor to submit to (None: run serially here). A pool made here ends with the
+    search: shut down when it finishes, its workers terminated at once when it stops early
+    (an exception, Ctrl-C, SIGTERM), and each worker ends by itself if this process dies."""
     if isinstance(executor, Executor):
         yield executor
         return
@@ -178,11 +183,67 @@ def _executor(executor, max_workers: Optional[int], blas_threads: int,
     workers = default_workers(blas_threads) if max_workers is None else max_workers
     # spawn, not fork: a forked child inherits the parent's BLAS thread pools mid-state.
     pool = ProcessPoolExecutor(max_workers=max(1, min(workers, n_tasks)),
-                               mp_context=get_context("spawn"))
+                               mp_context=get_context("spawn"),
+                               initializer=_end_with_parent, initargs=(os.getpid(),))
     try:
-        yield pool
+        with _sigterm_raises():
+            yield pool
+    except BaseException:
+        _terminate(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: leave Ctrl-C to the search (which then ends the pool), and exit
+    as soon as the search's process is gone, however it ended (SIGKILL included)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a named semaphore, which a terminated worker would leave to the
+    # resource tracker to remove (with a warning on stderr); a worker's bars need no more.
+    tqdm_base.set_lock(threading.RLock())
+
+    def watch() -> None:
+        while os.getppid() == parent:  # the parent's pid changes when it dies
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cbn-search-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a pool made here runs, SIGTERM raises ``SystemExit(143)`` (128 + SIGTERM) in
+    this process, so the way out ends the workers; its default action would end this process
+    alone. Only in the main thread, over the default action (a program's own handler is left
+    alone); a second SIGTERM gets the default action."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now, running trials included (``shutdown`` would wait for them)."""
+    # concurrent.futures has no public call for this before Python 3.14.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(10)
 
 
 def _execute(pool: Optional[Executor], trials: List[Trial], data,
@@ -229,13 +290,18 @@ def search(data: Union[DataSpec, PathLike, CIFAR10], space: Mapping[str, Distrib
         left open.
     blas_threads : BLAS threads per trial, in every mode (same count -> same bits).
     results : JSON-lines file to save trials to as they finish; an existing file from the
-        same search is resumed (finished and failed trials are not rerun), one from another
-        search is refused with ValueError.
+        same search is resumed (finished and failed trials are not rerun). The file is only
+        appended to: any other file (another search's, or not a results file at all) is
+        refused with ValueError and left as it was, and so is a file another search is
+        writing at the moment (it is locked while a search runs; "in use by another search").
     progress : show a tqdm bar over trials.
 
     A trial whose training raises is recorded with ``status="failed"`` and its ``error``;
     an error outside training (data not found, worker crash, Ctrl-C) stops the search, with
-    the finished trials saved.
+    the finished trials saved. Worker processes made here end with the search: on an
+    error, Ctrl-C (``KeyboardInterrupt``) or SIGTERM (``SystemExit(143)``, when SIGTERM has
+    its default action) their running trials are stopped, and a worker whose search process
+    was killed exits by itself.
     """
     seed = check.integer("seed", seed, low=0)
     trials = sample_trials(space, n_trials, base=base, seed=seed)
