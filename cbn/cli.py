@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,21 +20,23 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, save_checkpoint
 from .data import CIFAR10, DataError
 from ._files import json_ready, user_path, write_text
-from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, run
+from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
+                         run, score)
 from .network import Network
-from .record import data_description, open_data
+from .record import data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
-from .train import DivergenceError
+from .train import DivergenceError, TrainingInterrupted
 
 COMMANDS = ("train", "evaluate", "gradcheck", "report")
 DESCRIPTION = ("Batch-normalized k-layer networks on CIFAR-10. Without a command, cbn runs "
                "'cbn train': the course's 3-layer BN network, on the CIFAR-10 given by --data "
                "or found in the usual places, else on the small sample shipped with cbn.")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 # What a user can get wrong (arguments, files, data); anything else is a bug and keeps
 # its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError,
@@ -167,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", metavar="FILE", help="save the trained network (.npz)")
     g.add_argument("--out", metavar="FILE",
                    help="write the scores, configuration and training history as JSON")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="write a checkpoint (.npz) at every epoch's end and when Ctrl-C or "
+                        "SIGTERM stops the run (without it, an interrupted run writes one "
+                        "beside --save or in the current folder)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run from --checkpoint FILE, bit for bit, if the file "
+                        "exists (same options and data); start afresh if not")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown only on a terminal anyway)")
     _common_arguments(train)
@@ -213,7 +223,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
-    for option in ("save", "out", "model", "results", "data"):  # every path the user names
+    args.argv = argv  # as the user gave it, to print the command that resumes a run
+    for option in ("save", "out", "model", "results", "data", "checkpoint"):  # every path the user names
         if getattr(args, option, None):
             setattr(args, option, user_path(getattr(args, option)))
     if args.command == "train":
@@ -224,7 +235,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             raise UsageError(f"--momentum must be below 1, got {args.momentum:g}")
         if args.batch_size < 2 and not args.no_bn:
             raise UsageError("--batch-size must be >= 2 with batch normalization")
-        for option in ("save", "out"):
+        if args.resume and not args.checkpoint:
+            raise UsageError("--resume continues from --checkpoint FILE, which is not given")
+        for option in ("save", "out", "checkpoint"):
             _check_writable(f"--{option}", getattr(args, option))
         _check_network_fits(args.hidden, 1, 2, args.dtype)  # the data's widths come later
     if args.command == "evaluate" and not Path(args.model).is_file():
@@ -352,9 +365,12 @@ def train(args: argparse.Namespace) -> int:
     _check_network_fits(config.hidden, data.n_features, data.n_classes, config.dtype)
     try:
         result = run(data, config, seed=args.seed,
-                     progress=False if args.no_progress else None)
+                     progress=False if args.no_progress else None,
+                     checkpoint=args.checkpoint, resume=True if args.resume else None)
     except MemoryError as exc:  # the data is in memory already: the network is too large
         raise _no_memory(hidden, exc) from None
+    except TrainingInterrupted as stop:
+        return _interrupted(args, data, config, stop)
     if args.save:
         _write("--save", args.save, lambda: result.net.save(args.save))
     scores = {split: {what: result.metrics[f"{split}_{what}"]
@@ -382,6 +398,63 @@ def train(args: argparse.Namespace) -> int:
     print(f"training took {result.metrics['wall_time']:.1f} s"
           + (f"; network saved to {args.save}" if args.save else ""))
     return 0
+
+
+def _interrupted(args: argparse.Namespace, data: CIFAR10, config: RunConfig,
+                 stop: TrainingInterrupted) -> int:
+    """Keep the work of a run that Ctrl-C or SIGTERM stopped: its checkpoint (``--checkpoint``,
+    else a new file beside ``--save`` or in the current folder), the network (``--save``);
+    print its scores so far and the command that resumes it; exit status 130."""
+    path = stop.checkpoint
+    if path is None:
+        path = _new_file(Path(args.save).parent if args.save else Path("."),
+                         (Path(args.save).stem if args.save else "cbn-train")
+                         + CHECKPOINT_SUFFIX)
+        _write("--checkpoint", path, lambda: save_checkpoint(path, stop.state))
+    if args.save:
+        _write("--save", args.save, lambda: stop.net.save(args.save))
+    metrics = score(stop.net, data, config.lam)
+    scores = {split: {what: metrics[f"{split}_{what}"] for what in ("accuracy", "loss", "cost")}
+              for split in ("train", "val", "test")}
+    again = resume_command(args.argv, path)
+    if args.json:
+        print(json.dumps(json_ready({
+            "command": "train", "interrupted": True, "step": stop.step, "total": stop.total,
+            "data": _data_json(data), "config": config.as_dict(), "seed": args.seed,
+            "scores": scores, "checkpoint": path, "saved": args.save, "resume": again}),
+            indent=1))
+    else:
+        print(f"interrupted at step {stop.step} of {stop.total}; scores so far:")
+        print(_scores_table(scores))
+        print(f"checkpoint written to {path}"
+              + (f"; network saved to {args.save}" if args.save else ""))
+    print(f"cbn: resume with: {again}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _new_file(folder: Path, name: str) -> str:
+    """``folder/name``, or ``folder/<stem>-2<suffixes>``, ...: the first that does not exist,
+    so a file the user has is never overwritten."""
+    stem, suffix = name.split(".", 1)
+    candidate, i = folder / name, 1
+    while candidate.exists():
+        i += 1
+        candidate = folder / f"{stem}-{i}.{suffix}"
+    return str(candidate)
+
+
+def resume_command(argv: Sequence[str], checkpoint: str) -> str:
+    """The ``cbn`` command line ``argv`` continuing from ``checkpoint``: its own
+    ``--checkpoint``/``--resume`` replaced by ``--checkpoint CHECKPOINT --resume``."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--checkpoint":
+            skip = True
+        elif not (token == "--resume" or token.startswith("--checkpoint=")):
+            kept.append(token)
+    return shlex.join(["cbn", *kept, "--checkpoint", checkpoint, "--resume"])
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -452,6 +525,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run ``cbn`` with ``argv`` (default: the command line); return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = None
+    route_sigterm()  # SIGTERM stops a run as Ctrl-C does: at a step, keeping its work
     try:
         args = parse(argv)
         if getattr(args, "blas_threads", None):
@@ -468,7 +542,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(_no_memory(_sized_by(args), exc)))
     except KeyboardInterrupt:
         print("cbn: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # The option that sizes what each command holds in memory, named when memory runs out.

@@ -17,8 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._files import json_ready, write_text
+from ._files import PathLike, json_ready, write_text
 from .data import CIFAR10
+from .checkpoint import CheckpointError
 from .gradcheck import GradcheckResult, gradcheck
 from .network import ACTIVATIONS, NORMS, Network
 from .schedule import CyclicLR
@@ -107,10 +108,14 @@ class RunResult:
 
 
 def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
-        progress: Optional[bool] = False) -> RunResult:
+        progress: Optional[bool] = False, checkpoint: Optional[PathLike] = None,
+        resume: Union[None, bool, PathLike] = None) -> RunResult:
     """Train one network on ``data.train`` (validating on ``data.val`` as it goes) and score
     it on all three splits in evaluation mode. ``seed`` fixes initialisation and shuffling;
-    ``progress`` None shows a progress bar only on a terminal."""
+    ``progress`` None shows a progress bar only on a terminal. ``checkpoint`` and ``resume``
+    are ``fit``'s: a run stopped by Ctrl-C raises ``cbn.train.TrainingInterrupted`` after
+    writing ``checkpoint``, and ``resume=True`` continues it bit for bit; its ``wall_time``
+    then counts the training of every invocation."""
     n_train = len(data.train)
     net = Network(data.train.images.shape[1], config.hidden, len(data.label_names),
                   init=config.init, dtype=np.dtype(config.dtype), seed=seed,
@@ -122,8 +127,11 @@ def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
                   schedule=schedule, cycles=config.cycles, seed=seed, progress=progress,
                   normalization=data.normalization, momentum=config.momentum,
                   eval_every=config.eval_every, eval_train=True,
-                  label_smoothing=config.label_smoothing)
-    metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
+                  label_smoothing=config.label_smoothing, checkpoint=checkpoint, resume=resume)
+    # A resumed run's history carries the seconds of the invocations before this one.
+    elapsed = max(time.perf_counter() - started, history.wall_time[-1] if history.wall_time
+                  else 0.0)
+    metrics: Dict[str, float] = {"wall_time": elapsed,
                                  "step_size": schedule.step_size, **score(net, data, config.lam)}
     return RunResult(config, seed, net, history, metrics)
 
@@ -219,8 +227,9 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
     With ``saved`` (a folder), each finished run is kept there as ``seed<seed>.json`` (config,
     data, metrics, history) and ``.npz`` (the network), and a run already kept there, or in
     ``reuse_from``, for the same config, seed and data is loaded instead of trained again
-    (and kept in ``saved``; its seed appended to ``reused``), so an interrupted or repeated
-    example resumes where it stopped."""
+    (and kept in ``saved``; its seed appended to ``reused``). The run in progress keeps a
+    checkpoint there (``seed<seed>.checkpoint.npz``, written every epoch and on Ctrl-C, deleted
+    when the run is kept), so an interrupted example continues that run bit for bit."""
     results = []
     disable = None if progress is None else not progress
     for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True,
@@ -232,9 +241,7 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
             if result is not None:
                 _save_run(path, data, result)
         if result is None:
-            result = run(data, config, seed, progress=progress)
-            if path is not None:
-                _save_run(path, data, result)
+            result = _run_resumable(data, config, seed, progress, path)
         else:
             print(f"{desc or 'run'}: reusing the finished run with seed {seed}",
                   file=sys.stderr)
@@ -242,6 +249,27 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
                 reused.append(seed)
         results.append(result)
     return results
+
+
+def _run_resumable(data: CIFAR10, config: RunConfig, seed: int, progress: Optional[bool],
+                   path: Optional[Path]) -> RunResult:
+    """``run``, kept at ``path`` (when given) and continued from its checkpoint there."""
+    if path is None:
+        return run(data, config, seed, progress=progress)
+    checkpoint = path.with_name(path.name + CHECKPOINT_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True)
+    except CheckpointError:  # of another configuration or data, or cut off: start afresh
+        checkpoint.unlink(missing_ok=True)
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True)
+    _save_run(path, data, result)
+    checkpoint.unlink(missing_ok=True)  # the finished run replaces it
+    return result
+
+
+# The checkpoint of a kept run still in progress: ``seed<seed>`` + this.
+CHECKPOINT_SUFFIX = ".checkpoint.npz"
 
 
 def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],

@@ -9,7 +9,9 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -103,15 +105,42 @@ def run_example(main: Callable[[], int], name: str) -> int:
     """``main()`` of example ``name``, for its ``__main__``: a file that cannot be written
     (disk full, a read-only folder) or an output folder that another took over during the
     run ends it with one line on stderr, ``<name>: error: ...``, and exit status 1 instead of
-    a traceback. Its finished training runs stay in OUT.partial, to be reused."""
+    a traceback. Its finished training runs stay in OUT.partial, to be reused.
+
+    Ctrl-C or SIGTERM lets the training step in progress finish and checkpoint (see
+    :func:`cbn.experiment.repeat`), then ends the example with one line on stderr saying
+    where it stopped and the command that resumes it, and exit status 130."""
+    route_sigterm()
     try:
         return main()
+    except KeyboardInterrupt as exc:
+        print(f"{name}: {interrupted_line(exc)}; resume with: "
+              f"{shlex.join([sys.executable] + sys.argv)}", file=sys.stderr)
+        return 130
     except FolderError as exc:
         message = str(exc)
     except OSError as exc:
         message = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
     print(f"{name}: error: " + " ".join(message.split()), file=sys.stderr)
     return 1
+
+
+def route_sigterm() -> None:
+    """Make SIGTERM stop the process as Ctrl-C does (``KeyboardInterrupt``), so a run
+    killed politely finishes its step and keeps its checkpoint (``cbn.fit`` defers both);
+    only over the default action, in the main thread."""
+    if (hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """"interrupted", with the step where training stopped when ``fit`` says it."""
+    step, total = getattr(exc, "step", None), getattr(exc, "total", None)
+    if step is None:
+        return "interrupted"
+    kept = ", checkpoint kept" if getattr(exc, "checkpoint", None) else ""
+    return f"interrupted at training step {step} of {total}{kept}"
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -41,7 +41,26 @@ from .runspec import RunSpec, steps_per_epoch
 from .schedule import ConstantLR, CyclicLR
 from .threads import TeamGovernor, computing
 
-__all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
+__all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch",
+           "TrainingInterrupted"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by ``fit`` when Ctrl-C (or SIGTERM, where the program routes it to
+    ``signal.default_int_handler``) stopped a run at a step boundary.
+
+    A ``KeyboardInterrupt``, so code that catches that still does. It carries what a program
+    needs to keep the work: ``net`` (the network, holding the progress made), ``step`` and
+    ``total`` (steps made and planned), ``history`` (recorded so far), ``checkpoint`` (the path
+    ``fit`` wrote, or None) and ``state``, the run's ``TrainingCheckpoint`` at that step, which
+    ``cbn.checkpoint.save_checkpoint(path, state)`` writes where ``checkpoint=`` was not set."""
+
+    def __init__(self, message: str, *, net: Network, step: int, total: int,
+                 history: History, checkpoint: Optional[str],
+                 state: TrainingCheckpoint) -> None:
+        super().__init__(message)
+        self.net, self.step, self.total, self.history = net, step, total, history
+        self.checkpoint, self.state = checkpoint, state
 
 
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,
@@ -112,8 +131,11 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         losses (train and val) are unweighted means; ``batch_loss`` is the weighted one.
 
     Ctrl-C (in the main thread) lets the current step finish, writes a checkpoint if
-    ``checkpoint`` is set, then raises ``KeyboardInterrupt``; the network keeps the progress
-    made. A second Ctrl-C stops at once (the last checkpoint written stays valid).
+    ``checkpoint`` is set, then raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``
+    carrying the network, the step and the checkpoint state); the network keeps the progress
+    made. SIGTERM does the same where its handler is ``signal.default_int_handler`` (as
+    ``cbn train`` and the examples set it). A second signal stops at once (the last
+    checkpoint written stays valid).
 
     Dropout layers of ``net`` draw their masks from (``seed``, step, layer), and ``augment``
     its draws from (``seed``, step, sample), or from a random key kept in the checkpoint when
@@ -167,13 +189,18 @@ def _path(name: str, value) -> str:
     return path
 
 
+# The signals a run defers to its next step boundary: those routed to Python's
+# KeyboardInterrupt (SIGINT by default; SIGTERM where a program asks for it).
+DEFERRED_SIGNALS = (signal.SIGINT,) + ((signal.SIGTERM,) if hasattr(signal, "SIGTERM") else ())
+
+
 @contextlib.contextmanager
 def _deferred_interrupt(run: "_Run") -> Iterator[None]:
-    """Turn the first Ctrl-C into ``run.interrupted = True`` so the loop stops at a step
-    boundary (the state is then consistent and can be saved); a second one raises at once.
-    Only in the main thread and only over Python's default handler, never over a custom one."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """Turn the first Ctrl-C (or SIGTERM routed to ``default_int_handler``) into
+    ``run.interrupted = True`` so the loop stops at a step boundary (the state is then
+    consistent and can be saved); a second one raises at once. Only in the main thread and
+    only over Python's default handler, never over a custom one."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -182,11 +209,15 @@ def _deferred_interrupt(run: "_Run") -> Iterator[None]:
             raise KeyboardInterrupt
         run.interrupted = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {}
+    for signum in DEFERRED_SIGNALS:
+        if signal.getsignal(signum) is signal.default_int_handler:
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 class _Run:
@@ -374,7 +405,10 @@ class _Run:
                             self.save(path, lr, loss)
                         if self.interrupted:
                             where = f"; checkpoint written to {path}" if path else ""
-                            raise KeyboardInterrupt(f"training stopped at step {step}{where}")
+                            raise TrainingInterrupted(
+                                f"training stopped at step {step}{where}", net=net, step=step,
+                                total=total, history=self.history, checkpoint=path,
+                                state=self.to_checkpoint())
                         if step == total:
                             break
         finally:
