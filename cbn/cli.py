@@ -26,6 +26,7 @@ from ._files import json_ready, user_path, write_text
 from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
                          run, score)
 from .network import Network
+from .options import OptionError, RUN_OPTIONS, add_run_arguments, config_of, run_values
 from .record import data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
@@ -54,55 +55,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-# -- argument types: checked while parsing, before any data is read --------------------------
-
-
-def _number(text: str, kind, low=None, low_open=False, what="", high=None):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
-    if high is not None and value > high:
-        raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, 1, what="an integer")
-
-
-# Thread counts go to C ints (OpenBLAS, OpenMP).
-MAX_THREADS = 2 ** 31 - 1
-
-
-def thread_count(text: str) -> int:
-    return _number(text, int, 1, what="an integer", high=MAX_THREADS)
-
-
-def nonnegative_int(text: str) -> int:
-    return _number(text, int, 0, what="an integer")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, 0.0, low_open=True, what="a number")
-
-
-def nonnegative_float(text: str) -> float:
-    return _number(text, float, 0.0, what="a number")
-
-
-def init_option(text: str):
-    """``he``, ``xavier`` or a positive sigma."""
-    if text in ("he", "xavier"):
-        return text
-    try:
-        return positive_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be he, xavier or a positive sigma, got {text!r}")
+# Argument types: checked while parsing, before any data is read (cbn.options).
+from .options import (nonnegative_float, nonnegative_int, positive_float,  # noqa: E402
+                      positive_int, thread_count)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -141,31 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "cost on the training, validation and test sets. The "
                                        "defaults are the course's 3-layer BN setting.")
     _data_arguments(train)
-    g = train.add_argument_group("network")
-    g.add_argument("--hidden", type=positive_int, nargs="+", default=[50, 50], metavar="W",
-                   help="hidden layer widths (default 50 50)")
-    g.add_argument("--no-bn", action="store_true", help="no batch normalization")
-    g.add_argument("--init", type=init_option, default="he",
-                   help="he, xavier, or sigma: weights drawn from N(0, sigma^2) (default he)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision (default float32)")
-    g = train.add_argument_group("training")
-    g.add_argument("--lam", type=nonnegative_float, default=0.005,
-                   help="L2 strength lambda (default 0.005)")
-    g.add_argument("--batch-size", type=positive_int, default=100,
-                   help="mini-batch size (default 100)")
-    g.add_argument("--eta-min", type=positive_float, default=1e-5,
-                   help="smallest learning rate of the cycle (default 1e-5)")
-    g.add_argument("--eta-max", type=positive_float, default=1e-1,
-                   help="largest learning rate of the cycle (default 0.1)")
-    g.add_argument("--step-size", type=positive_int, metavar="N_S",
-                   help="steps per half cycle (default 5 * training images / batch size)")
-    g.add_argument("--cycles", type=positive_float, default=2,
-                   help="learning-rate cycles to train for (default 2)")
-    g.add_argument("--momentum", type=nonnegative_float, default=0.0,
-                   help="heavy-ball momentum, below 1 (default 0: plain SGD)")
-    g.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the initialisation and the shuffling (default 0)")
+    train.add_argument("--config", metavar="FILE",
+                       help="a run file (.toml or .json) holding options by name (hidden = "
+                            "[100, 50], lam = 0.001, ...); options given here override it")
+    groups = {name: train.add_argument_group(name)
+              for name in ("network", "training", "augmentation")}
+    add_run_arguments(train, groups)
     g = train.add_argument_group("output")
     g.add_argument("--save", metavar="FILE", help="save the trained network (.npz)")
     g.add_argument("--out", metavar="FILE",
@@ -179,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "exists (same options and data); start afresh if not")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown only on a terminal anyway)")
-    _common_arguments(train)
+    g.add_argument("--json", action="store_true",
+                   help="print the results as JSON instead of a table")
 
     evaluate = sub.add_parser("evaluate", help="score a saved network",
                               description="Score a network saved by `cbn train --save` (or "
@@ -228,13 +165,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         if getattr(args, option, None):
             setattr(args, option, user_path(getattr(args, option)))
     if args.command == "train":
-        if args.eta_min >= args.eta_max:
-            raise UsageError(f"--eta-min ({args.eta_min:g}) must be below --eta-max "
-                             f"({args.eta_max:g})")
-        if args.momentum >= 1:
-            raise UsageError(f"--momentum must be below 1, got {args.momentum:g}")
-        if args.batch_size < 2 and not args.no_bn:
-            raise UsageError("--batch-size must be >= 2 with batch normalization")
+        given = {o.name: getattr(args, o.name) for o in RUN_OPTIONS if hasattr(args, o.name)}
+        try:
+            values = run_values(given, args.config and user_path(args.config))
+        except OptionError as exc:
+            raise UsageError(str(exc)) from None
+        for name, value in values.items():
+            setattr(args, name, value)
+        args.run_config = config_of(values)
         if args.resume and not args.checkpoint:
             raise UsageError("--resume continues from --checkpoint FILE, which is not given")
         for option in ("save", "out", "checkpoint"):
@@ -328,8 +266,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _data(args: argparse.Namespace) -> CIFAR10:
     data = open_data(args.data, protocol=args.protocol, download=args.download)
-    print(f"data: {data_description(data)}" + ("" if data.source == "sample"
-                                                else f" from {data.source}"), file=sys.stderr)
+    # Said once: the result names the data too, on the same screen when both are a terminal.
+    if not (sys.stdout.isatty() and sys.stderr.isatty()) or args.json:
+        print(f"data: {data_description(data)}" + ("" if data.source == "sample"
+                                                    else f" from {data.source}"),
+              file=sys.stderr)
     return data
 
 
@@ -348,17 +289,15 @@ def _scores_table(scores: Dict[str, Dict[str, float]]) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    config = RunConfig(hidden=tuple(args.hidden), batch_norm=not args.no_bn, init=args.init,
-                       lam=args.lam, eta_min=args.eta_min, eta_max=args.eta_max,
-                       step_size=args.step_size, cycles=args.cycles,
-                       batch_size=args.batch_size, dtype=args.dtype, momentum=args.momentum)
+    config = args.run_config
     hidden = f"--hidden {' '.join(map(str, config.hidden))}"
     try:
         # Build what checks itself (widths, sigma, the schedule) before reading any data;
         # the data decides the input and output widths.
-        Network(1, config.hidden, 2, batch_norm=config.batch_norm, init=config.init,
-                dtype=np.dtype(config.dtype))
-        CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
+        Network(1, config.hidden, 2, init=config.init, dtype=np.dtype(config.dtype),
+                **config.network_options())
+        if config.schedule == "cyclic":
+            CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
     except MemoryError as exc:
         raise _no_memory(hidden, exc) from None
     data = _data(args)
@@ -388,10 +327,15 @@ def train(args: argparse.Namespace) -> int:
         print(json.dumps(json_ready(document), indent=1))
         return 0
     bn = "with BN" if config.batch_norm else "without BN"
+    length = (f"{config.epochs} epochs" if config.epochs is not None
+              else f"{config.cycles:g} cycles")
+    schedule = (f"n_s {result.metrics['step_size']:.0f}" if config.schedule == "cyclic"
+                else f"{config.schedule} schedule")
     print(f"{len(config.hidden) + 1}-layer {list(config.hidden)} {bn}, init {config.init}, "
           f"{config.dtype}; lambda {config.lam:g}, eta {config.eta_min:g}..{config.eta_max:g}, "
-          f"batch {config.batch_size}, n_s {result.metrics['step_size']:.0f}, "
-          f"{config.cycles:g} cycles, seed {args.seed}")
+          f"batch {config.batch_size}, {schedule}, {length}"
+          + ("" if config.optimizer == "sgd" else f", {config.optimizer}")
+          + f", seed {args.seed}")
     print(f"data: {data_description(data)}" + (" (not comparable with full CIFAR-10)"
                                               if data.source == "sample" else ""))
     print(_scores_table(scores))

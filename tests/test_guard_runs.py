@@ -180,3 +180,72 @@ def test_an_interrupted_example_ends_in_one_line_with_the_command_that_resumes_i
     assert record.run_example(main, "three_layer") == 130
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("three_layer: interrupted; resume with: ")
+
+
+# -- one run description ----------------------------------------------------------------------
+
+
+def test_every_fit_option_of_a_run_is_reachable_from_the_command_line(on_the_sample, capsys):
+    status = cli.main(["train", "--hidden", "12", "--epochs", "2", "--schedule", "onecycle",
+                       "--optimizer", "adamw", "--weight-decay", "0.1", "--eta-max", "0.01",
+                       "--hflip", "--shift", "2", "--noise", "0.05", "--dropout", "0.1",
+                       "--bn-placement", "after", "--tta", "--json", "--no-progress",
+                       "--blas-threads", "1"])
+    document = __import__("json").loads(capsys.readouterr().out)
+    assert status == 0
+    config = document["config"]
+    assert (config["epochs"], config["schedule"], config["optimizer"], config["hflip"],
+            config["shift"], config["dropout"], config["tta"]) == (2, "onecycle", "adamw", True,
+                                                                  2, 0.1, True)
+
+
+def test_a_run_file_is_the_command_line_with_its_options_overriding(on_the_sample, capsys):
+    Path("run.toml").write_text('hidden = [12]\nlam = 0.01\nseed = 3\noptimizer = "adam"\n'
+                                'eta_min = 1e-6\neta_max = 1e-3\ncycles = 0.25\n'
+                                'step_size = 40\n')
+    assert cli.main(["train", "--config", "run.toml", "--lam", "0.02", "--json",
+                     "--no-progress"]) == 0
+    document = __import__("json").loads(capsys.readouterr().out)
+    assert document["config"]["hidden"] == [12] and document["config"]["lam"] == 0.02
+    assert document["config"]["optimizer"] == "adam" and document["seed"] == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ('hiden = [20]', "run.toml: unknown option 'hiden'; did you mean 'hidden'?"),
+    ('lam = -1', "run.toml: lam: must be >= 0"),
+    ('hidden = 20', "run.toml: hidden must be a list"),
+    ('epochs = 1.5', "run.toml: epochs: expected an integer"),
+    ('hflip = 1', "run.toml: hflip must be true or false"),
+    ('eta_min = 0.5', "run.toml: eta_min (0.5) must be below --eta-max (0.1)"),
+    ('schedule = "cosine"', "run.toml: schedule cosine needs --epochs"),
+    ('lam = ', "run.toml: not valid TOML"),
+])
+def test_a_bad_run_file_is_one_line_naming_the_file_and_the_option(on_the_sample, capsys,
+                                                                  text, message):
+    Path("run.toml").write_text(text + "\n")
+    assert cli.main(["train", "--config", "run.toml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_bonus_configurations_are_run_configs_trained_by_the_shared_loop():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bonus", Path(__file__).resolve().parents[1] / "examples" / "bonus.py")
+    bonus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bonus)
+    assert all(isinstance(c, RunConfig) for c in bonus.ABLATION.values())
+    assert not hasattr(bonus, "train") and not hasattr(bonus, "run_all")
+    best = bonus.BEST
+    options = best.fit_options(45000)
+    assert options["epochs"] == 70 and options["schedule"].step_size == 450 * 70 // 2
+    assert options["augment"].hflip and options["eval_every"] == 450 * 70 // 7
+
+
+def test_the_estimator_parameters_map_onto_a_run_description():
+    from cbn.options import estimator_config
+    config = estimator_config(hidden_layer_sizes=(30,), alpha=0.01, max_iter=5, cycles=1,
+                              optimizer="adam", eta_min=1e-6, eta_max=1e-3,
+                              random_state=0, verbose=True)
+    assert (config.hidden, config.lam, config.epochs, config.optimizer) == ((30,), 0.01, 5,
+                                                                           "adam")
