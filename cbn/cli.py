@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "exists (same options and data); start afresh if not")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown only on a terminal anyway)")
+    g.add_argument("--quiet", action="store_true",
+                   help="no line per epoch on stderr (epoch, step, loss, train and "
+                        "validation accuracy, learning rate, seconds)")
     g.add_argument("--json", action="store_true",
                    help="print the results as JSON instead of a table")
 
@@ -305,7 +308,8 @@ def train(args: argparse.Namespace) -> int:
     try:
         result = run(data, config, seed=args.seed,
                      progress=False if args.no_progress else None,
-                     checkpoint=args.checkpoint, resume=True if args.resume else None)
+                     checkpoint=args.checkpoint, resume=True if args.resume else None,
+                     verbose=0 if args.quiet else 1)
     except MemoryError as exc:  # the data is in memory already: the network is too large
         raise _no_memory(hidden, exc) from None
     except TrainingInterrupted as stop:

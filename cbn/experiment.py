@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from . import _validate as check
 from ._files import PathLike, json_ready, write_text
 from .data import CIFAR10
+from .callbacks import EpochLines
 from .checkpoint import CheckpointError
 from .gradcheck import GradcheckResult, gradcheck
 from .network import ACTIVATIONS, NORMS, Network
@@ -209,13 +210,15 @@ class RunResult:
 
 def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
         progress: Optional[bool] = False, checkpoint: Optional[PathLike] = None,
-        resume: Union[None, bool, PathLike] = None) -> RunResult:
+        resume: Union[None, bool, PathLike] = None, verbose: int = 0,
+        callbacks=None) -> RunResult:
     """Train one network on ``data.train`` (validating on ``data.val`` as it goes) and score
     it on all three splits in evaluation mode. ``seed`` fixes initialisation and shuffling;
     ``progress`` None shows a progress bar only on a terminal. ``checkpoint`` and ``resume``
     are ``fit``'s: a run stopped by Ctrl-C raises ``cbn.train.TrainingInterrupted`` after
     writing ``checkpoint``, and ``resume=True`` continues it bit for bit; its ``wall_time``
-    then counts the training of every invocation."""
+    then counts the training of every invocation. ``verbose`` and ``callbacks`` are
+    ``fit``'s."""
     n_train = len(data.train)
     net = Network(data.train.images.shape[1], config.hidden, len(data.label_names),
                   init=config.init, dtype=np.dtype(config.dtype), seed=seed,
@@ -225,7 +228,7 @@ def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
     history = fit(net, data.train.images, data.train.labels, X_val=data.val.images,
                   y_val=data.val.labels, seed=seed, progress=progress,
                   normalization=data.normalization, checkpoint=checkpoint, resume=resume,
-                  **options)
+                  verbose=verbose, callbacks=callbacks, **options)
     # A resumed run's history carries the seconds of the invocations before this one.
     elapsed = max(time.perf_counter() - started, history.wall_time[-1] if history.wall_time
                   else 0.0)
@@ -328,7 +331,8 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
            reused: Optional[List[int]] = None, progress: Optional[bool] = None,
            ) -> List[RunResult]:
     """``run(data, config, seed)`` for each seed in turn, with progress bars (one over the
-    runs, one inside each run; ``progress`` None shows them only on a terminal).
+    runs, one inside each run; ``progress`` None shows them only on a terminal), or where
+    none is shown and stderr is not a terminal (a log file), one line per epoch.
 
     With ``saved`` (a folder), each finished run is kept there as ``seed<seed>.json`` (config,
     data, metrics, history) and ``.npz`` (the network), and a run already kept there, or in
@@ -347,7 +351,10 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
             if result is not None:
                 _save_run(path, data, result)
         if result is None:
-            result = _run_resumable(data, config, seed, progress, path)
+            # Where no bar shows (a log file), one line per epoch says how the run goes.
+            lines = [] if progress or sys.stderr.isatty() else [
+                EpochLines(f"{desc or 'run'}, seed {seed}")]
+            result = _run_resumable(data, config, seed, progress, path, lines)
         else:
             print(f"{desc or 'run'}: reusing the finished run with seed {seed}",
                   file=sys.stderr)
@@ -358,17 +365,19 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
 
 
 def _run_resumable(data: CIFAR10, config: RunConfig, seed: int, progress: Optional[bool],
-                   path: Optional[Path]) -> RunResult:
+                   path: Optional[Path], callbacks: list) -> RunResult:
     """``run``, kept at ``path`` (when given) and continued from its checkpoint there."""
     if path is None:
-        return run(data, config, seed, progress=progress)
+        return run(data, config, seed, progress=progress, callbacks=callbacks)
     checkpoint = path.with_name(path.name + CHECKPOINT_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True)
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True,
+                     callbacks=callbacks)
     except CheckpointError:  # of another configuration or data, or cut off: start afresh
         checkpoint.unlink(missing_ok=True)
-        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True)
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True,
+                     callbacks=callbacks)
     _save_run(path, data, result)
     checkpoint.unlink(missing_ok=True)  # the finished run replaces it
     return result

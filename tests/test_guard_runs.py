@@ -54,8 +54,9 @@ def small_problem():
 def train(**kwargs):
     X, y = small_problem()
     net = cbn.Network(8, [6], 3, seed=1, dtype=np.float32)
+    kwargs = dict(dict(cycles=1), **kwargs)
     history = cbn.fit(net, X, y, X_val=X[:20], y_val=y[:20], lam=1e-3, batch_size=10,
-                      schedule=CyclicLR(1e-3, 1e-1, 12), cycles=1, seed=2, progress=False,
+                      schedule=CyclicLR(1e-3, 1e-1, 12), seed=2, progress=False,
                       normalization=False, **kwargs)
     return net, history
 
@@ -249,3 +250,85 @@ def test_the_estimator_parameters_map_onto_a_run_description():
                               random_state=0, verbose=True)
     assert (config.hidden, config.lam, config.epochs, config.optimizer) == ((30,), 0.01, 5,
                                                                            "adam")
+
+
+# -- logs and callbacks ----------------------------------------------------------------------
+
+
+def test_verbose_prints_one_line_per_epoch_on_stderr(capsys):
+    train(verbose=1, epochs=None)  # cycles=1 of 24 steps: 4 epochs of 6 steps
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4
+    assert err[0].startswith("epoch 1/4  step 6  loss ") and " val " in err[0]
+    assert err[-1].startswith("epoch 4/4  step 24") and err[-1].endswith(" s")
+
+
+def test_watching_callbacks_leave_the_run_bit_for_bit_the_same(tmp_path):
+    from cbn.callbacks import Callback, EpochLogger, ModelCheckpoint
+    expected, expected_history = train()
+
+    class Steps(Callback):
+        per_step = True
+        seen: list = []
+
+        def on_step_end(self, run, step, loss):
+            self.seen.append(step)
+
+    steps = Steps()
+    net, history = train(callbacks=[steps, EpochLogger(tmp_path / "log.csv"),
+                                    EpochLogger(tmp_path / "log.jsonl"),
+                                    ModelCheckpoint(tmp_path / "best.npz",
+                                                    save_best_only=True)])
+    assert same_state(net, expected) and history.val_loss == expected_history.val_loss
+    assert steps.seen == list(range(1, 25))
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["epoch", "step", "loss", "lr"] and len(rows) == 5
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(line)["step"] for line in lines] == [6, 12, 18, 24]
+    best = cbn.Network.load(tmp_path / "best.npz")
+    assert best.num_classes == 3
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    from cbn.callbacks import EarlyStopping
+    stop = EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)  # never improves
+    net, history = train(callbacks=[stop])
+    assert stop.best_epoch == 1 and stop.stopped_epoch == 2
+    assert history.step[-1] == 12  # stopped at the second epoch's end
+    first, _ = train(epochs=None, cycles=0.25)  # the run's first epoch alone (6 steps)
+    assert same_state(net, first)
+
+
+def test_a_callback_monitoring_what_the_run_does_not_record_is_refused_before_training():
+    from cbn.callbacks import EarlyStopping
+    X, y = small_problem()
+    net = cbn.Network(8, [6], 3, seed=1, dtype=np.float32)
+    with pytest.raises(ValueError, match="monitors val_accuracy, which this run does not"):
+        cbn.fit(net, X, y, lam=0, batch_size=10, schedule=0.01, epochs=1, progress=False,
+                normalization=False, callbacks=[EarlyStopping()])
+    assert not net.stats_seen
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(verbose=2), ValueError, "verbose must be 0 or 1"),
+    (dict(callbacks=[object()]), TypeError, "callbacks must be cbn.callbacks.Callback"),
+])
+def test_bad_callbacks_and_verbosity_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        train(**kwargs)
+
+
+def test_cbn_train_prints_a_line_per_epoch_unless_quiet(on_the_sample, capsys):
+    assert cli.main(RUN) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/1  step 20  loss ")
+    assert " train " in lines[0] and " val " in lines[0] and " lr " in lines[0]
+    assert cli.main(RUN + ["--quiet"]) == 0
+    assert "epoch 1/1" not in capsys.readouterr().err
+
+
+def test_an_example_run_logs_a_line_per_epoch_where_no_bar_shows(capsys):
+    config = RunConfig(hidden=(8,), step_size=10, cycles=1)
+    repeat(load_sample(), config, [4], desc="bn", progress=None)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[0] for line in lines if "epoch" in line] == ["bn, seed 4: epoch 1/1"]
