@@ -332,3 +332,33 @@ def test_an_example_run_logs_a_line_per_epoch_where_no_bar_shows(capsys):
     repeat(load_sample(), config, [4], desc="bn", progress=None)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[0] for line in lines if "epoch" in line] == ["bn, seed 4: epoch 1/1"]
+
+
+# -- load-proof gradient checks ---------------------------------------------------------------
+
+
+GRADCHECK_THREADS = """
+import cbn
+from cbn import _ops, threads
+_ops.set_threads(2)
+seen, cost = [], cbn.Network.cost
+def counted(self, *args, **kwargs):
+    seen.append(_ops.threads())
+    return cost(self, *args, **kwargs)
+cbn.Network.cost = counted
+small = dict(hidden=(6,), input_dim=5, num_classes=3, n=4)
+print(cbn.gradcheck(**small).passed, sorted(set(seen)), _ops.threads(), threads._away[0])
+with threads.computing():  # inside its own thread's computation: no waiting for itself
+    print(cbn.gradcheck(**small).passed)
+"""
+
+
+def test_a_gradient_check_runs_on_one_thread_and_gives_the_count_back():
+    import subprocess
+    import sys
+    from cbn import _ops
+    if not _ops.OPENMP:
+        pytest.skip("no OpenMP pool: OpenBLAS's own threads")
+    proc = subprocess.run([sys.executable, "-c", GRADCHECK_THREADS], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split("\n")[:2] == ["True [1] 2 None", "True"], proc.stderr
