@@ -9,6 +9,7 @@ table, or as JSON with --json.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradi
                          run, score)
 from .network import Network
 from .options import OptionError, RUN_OPTIONS, add_run_arguments, config_of, run_values
-from .record import data_description, open_data, route_sigterm
+from .record import command_line_words, data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
 from .train import DivergenceError, TrainingInterrupted
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (no command means ``train``) and check what the types alone cannot."""
     argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        # No command takes a positional argument: a first word is a command, mistyped.
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        raise UsageError(f"invalid choice: {argv[0]!r} (choose from {', '.join(COMMANDS)})"
+                         + (f"; did you mean {close[0]!r}?" if close else "")
+                         + " (see cbn --help)")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
@@ -505,5 +512,5 @@ def _sized_by(args: Optional[argparse.Namespace]) -> str:
 
 def _fail(message: str) -> int:
     """Print ``cbn: error: <message>`` as one line on stderr; return the usage exit status."""
-    print("cbn: error: " + " ".join(message.split()), file=sys.stderr)
+    print("cbn: error: " + " ".join(command_line_words(message).split()), file=sys.stderr)
     return EXIT_USAGE

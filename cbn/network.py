@@ -97,7 +97,7 @@ class Network:
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
-    dtype : float32 or float64
+    dtype : float32 (default) or float64
         Precision of parameters and computation.
     seed : int or None
         Seed of the initialisation.
@@ -125,7 +125,7 @@ class Network:
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
                  batch_norm: Optional[bool] = None, init: Union[str, float] = "he",
-                 dtype=np.float64, seed: Optional[int] = None, bn_alpha: float = 0.9,
+                 dtype=np.float32, seed: Optional[int] = None, bn_alpha: float = 0.9,
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
                  dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,

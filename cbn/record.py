@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -170,6 +171,16 @@ def open_data(path: Optional[str], protocol: str = "full", *,
     return data
 
 
+# The library's messages name a Python argument with its option beside it,
+# "download=True (command line: --download)"; a command line's name the option alone.
+_PYTHON_ARGUMENT = re.compile(r"\S+=\S+ \(command line: ([^)]+)\)")
+
+
+def command_line_words(message: str) -> str:
+    """``message`` with each "argument=value (command line: --option)" as "--option"."""
+    return _PYTHON_ARGUMENT.sub(r"\1", message)
+
+
 def load_data(args: argparse.Namespace) -> CIFAR10:
     """The data the options name (:func:`open_data`: the shipped sample, announced on
     stderr, when no CIFAR-10 is found), with a one-line description printed.
@@ -180,7 +191,7 @@ def load_data(args: argparse.Namespace) -> CIFAR10:
     try:
         data = open_data(args.data, protocol=args.protocol, prog=prog)
     except (FileNotFoundError, DataError) as exc:
-        raise SystemExit(f"{prog}: error: {exc}") from None
+        raise SystemExit(f"{prog}: error: {command_line_words(str(exc))}") from None
     print(f"data: {data.source} (protocol {data.protocol}): {len(data.train)} train, "
           f"{len(data.val)} val, {len(data.test)} test images", file=sys.stderr)
     return data

@@ -90,7 +90,7 @@ def test_a_signal_stops_fit_at_a_step_with_what_resumes_it(signal_at_step, sigte
 @pytest.fixture
 def on_the_sample(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CBN_DATA", str(tmp_path / "no-cifar-here"))
+    monkeypatch.delenv("CBN_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     # SIGTERM is rerouted by cbn train; put it back after each test.
     previous = signal.getsignal(signal.SIGTERM)
@@ -123,7 +123,7 @@ def test_cbn_train_interrupted_keeps_its_work_and_resumes_bit_for_bit(on_the_sam
     monkeypatch.undo()  # no more signals
     monkeypatch.chdir(on_the_sample)
     monkeypatch.setenv("HOME", str(on_the_sample))
-    monkeypatch.setenv("CBN_DATA", str(on_the_sample / "no-cifar-here"))
+    monkeypatch.delenv("CBN_DATA", raising=False)
     assert cli.main(hint[0].split()[4:]) == 0
     assert same_state(cbn.Network.load("part.npz"), cbn.Network.load("whole.npz"))
 
@@ -362,3 +362,71 @@ def test_a_gradient_check_runs_on_one_thread_and_gives_the_count_back():
     proc = subprocess.run([sys.executable, "-c", GRADCHECK_THREADS], capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.split("\n")[:2] == ["True [1] 2 None", "True"], proc.stderr
+
+
+# -- traps ------------------------------------------------------------------------------------
+
+
+def test_images_flattened_channel_last_are_warned_about_and_converted():
+    import warnings
+    from cbn.inputs import InputWarning, layout_statistic, to_channel_first
+    data = load_sample()
+    X = data.train.images[:200]
+    hwc = np.ascontiguousarray(X.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)).reshape(200, -1)
+    assert layout_statistic(X) < 1.5 < 2.2 < layout_statistic(hwc)
+    net = cbn.Network(3072, [8], 10)
+    with pytest.warns(InputWarning, match="channel-last.*to_channel_first"):
+        cbn.fit(net, hwc, data.train.labels[:200], lam=0, batch_size=100, schedule=0.01,
+                epochs=1, normalization=data.normalization, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        net.predict(to_channel_first(hwc))
+        net.predict(hwc[:31])  # too few rows to judge
+    assert np.array_equal(to_channel_first(hwc), X)
+    assert np.array_equal(to_channel_first(hwc.reshape(-1, 32, 32, 3)), X)
+    with pytest.raises(ValueError, match=r"must have shape \(n, 3072\) or \(n, 32, 32, 3\)"):
+        to_channel_first(X[:, :100])
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((3072,), r"for one example of 3072 features pass X.reshape\(1, -1\)"),
+    ((2, 3, 32, 32), "flatten images channel-first"),
+])
+def test_input_of_the_wrong_rank_gets_a_hint(shape, hint):
+    net = cbn.Network(3072, [8], 10)
+    with pytest.raises(ValueError, match=hint):
+        net.predict(np.zeros(shape, np.float32), normalization=False)
+
+
+def test_a_network_is_float32_unless_asked():
+    assert cbn.Network(4, [3], 2).dtype == np.float32
+
+
+def test_a_wrong_cbn_data_is_an_error_naming_the_variable(on_the_sample, capsys, monkeypatch):
+    monkeypatch.setenv("CBN_DATA", str(on_the_sample / "nowhere"))
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cbn: error: $CBN_DATA is ") and "fix or unset CBN_DATA" in err
+    assert "download=True" not in err and "--download" in err  # the command line's words
+    with pytest.raises(FileNotFoundError, match=r"\$CBN_DATA is"):
+        cbn.data.load_or_sample()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evalute", "--model", "x"], "invalid choice: 'evalute' (choose from train, evaluate, "
+                                  "gradcheck, report); did you mean 'evaluate'?"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_a_mistyped_command_is_an_invalid_choice(on_the_sample, capsys, argv, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_the_data_line_is_printed_once_on_a_terminal(on_the_sample, capsys, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli.main(RUN) == 0
+    out, err = capsys.readouterr()
+    assert (out + err).count("data: CIFAR-10 shipped sample") == 1
