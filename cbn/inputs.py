@@ -78,6 +78,9 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
     arrays = []
     for part in ("mean", "std"):
         array = check.real_array(f"{name}.{part}", getattr(value, part))
+        if array.ndim == 1 and array.size != input_dim:
+            raise ValueError(f"{name}.{part} has {array.size} values, one per feature of the "
+                             f"data it was fitted on, but the network takes {input_dim} inputs")
         arrays.append(check.vector(f"{name}.{part}", array, size=input_dim))
     if (arrays[1] <= 0).any():
         raise ValueError(f"{name}.std must be positive")
@@ -133,6 +136,10 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
     again (or raw images declared standardised with False); warns with
     :class:`InputWarning` when images fit neither. See the module docstring for what is
     judged as images."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] != input_dim:
+        # Said before any normalization's length is, which would only echo the same mismatch.
+        raise ValueError(f"X has {X.shape[1]} features per row, but the network takes "
+                         f"{input_dim} inputs")
     if isinstance(normalization, Fitted):
         return as_normalization(normalization, input_dim)
     if normalization is False:

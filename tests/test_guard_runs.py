@@ -430,3 +430,40 @@ def test_the_data_line_is_printed_once_on_a_terminal(on_the_sample, capsys, monk
     assert cli.main(RUN) == 0
     out, err = capsys.readouterr()
     assert (out + err).count("data: CIFAR-10 shipped sample") == 1
+
+
+def test_a_sigma_given_as_text_and_a_width_mismatch_are_said_plainly():
+    with pytest.raises(TypeError, match=r"got the string '1e-3' \(pass 1e-3 without quotes\)"):
+        cbn.Network(4, [3], 2, init="1e-3")
+    data = load_sample()
+    net = cbn.Network(100, [3], 10)
+    with pytest.raises(ValueError, match="X has 3072 features per row, but the network takes "
+                                         "100 inputs"):
+        cbn.fit(net, data.train.images, data.train.labels, lam=0, batch_size=10,
+                schedule=0.1, epochs=1, normalization=data.normalization)
+    with pytest.raises(ValueError, match="normalization.mean has 3072 values, one per feature"):
+        net.predict(data.train.images[:5, :100].copy(), normalization=data.normalization)
+
+
+def test_ctrl_c_from_outside_ends_cbn_train_with_its_work_kept(tmp_path):
+    """A real SIGINT, sent once the first epoch's line is out: no traceback, exit 130."""
+    import subprocess
+    import sys
+    env = dict(__import__("os").environ, HOME=str(tmp_path))
+    env.pop("CBN_DATA", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cbn", "train", "--step-size", "100000",
+                             "--save", "net.npz", "--blas-threads", "1"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stderr:
+            if line.startswith("epoch 1/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "scores so far" in out
+    assert "--checkpoint net.checkpoint.npz --resume" in err
+    assert (tmp_path / "net.npz").is_file() and (tmp_path / "net.checkpoint.npz").is_file()
