@@ -27,7 +27,10 @@ from ._files import json_ready, user_path, write_text
 from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
                          run, score)
 from .network import Network
-from .options import OptionError, RUN_OPTIONS, add_run_arguments, config_of, run_values
+# Argument types: checked while parsing, before any data is read.
+from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, nonnegative_float,
+                      nonnegative_int, positive_float, positive_int, run_values,
+                      thread_count)
 from .record import command_line_words, data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
@@ -54,11 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-# Argument types: checked while parsing, before any data is read (cbn.options).
-from .options import (nonnegative_float, nonnegative_int, positive_float,  # noqa: E402
-                      positive_int, thread_count)
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -171,7 +169,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
     args.argv = argv  # as the user gave it, to print the command that resumes a run
-    for option in ("save", "out", "model", "results", "data", "checkpoint"):  # every path the user names
+    # every path the user names
+    for option in ("save", "out", "model", "results", "data", "checkpoint"):
         if getattr(args, option, None):
             setattr(args, option, user_path(getattr(args, option)))
     if args.command == "train":

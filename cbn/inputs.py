@@ -136,10 +136,6 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
     again (or raw images declared standardised with False); warns with
     :class:`InputWarning` when images fit neither. See the module docstring for what is
     judged as images."""
-    if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] != input_dim:
-        # Said before any normalization's length is, which would only echo the same mismatch.
-        raise ValueError(f"X has {X.shape[1]} features per row, but the network takes "
-                         f"{input_dim} inputs")
     if isinstance(normalization, Fitted):
         return as_normalization(normalization, input_dim)
     if normalization is False:

@@ -437,8 +437,9 @@ def test_a_sigma_given_as_text_and_a_width_mismatch_are_said_plainly():
         cbn.Network(4, [3], 2, init="1e-3")
     data = load_sample()
     net = cbn.Network(100, [3], 10)
-    with pytest.raises(ValueError, match="X has 3072 features per row, but the network takes "
-                                         "100 inputs"):
+    with pytest.raises(ValueError, match="normalization.mean has 3072 values, one per "
+                                         "feature of the data it was fitted on, but the "
+                                         "network takes 100 inputs"):
         cbn.fit(net, data.train.images, data.train.labels, lam=0, batch_size=10,
                 schedule=0.1, epochs=1, normalization=data.normalization)
     with pytest.raises(ValueError, match="normalization.mean has 3072 values, one per feature"):
