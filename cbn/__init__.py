@@ -26,7 +26,7 @@ from .augment import Augment
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
-from .train import DivergenceError, History, fit
+from .train import DivergenceError, History, TrainingInterrupted, fit
 from .threads import share_pool as _share_pool
 
 _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
@@ -35,6 +35,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
-    "OneCycleLR", "fit", "History", "DivergenceError",
+    "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

@@ -46,7 +46,16 @@ def matrix(name: str, a, *, cols: Optional[int] = None, dtypes=FLOAT_DTYPES,
         allowed = ", ".join(str(d) for d in dtypes)
         raise TypeError(f"{name} must have dtype {allowed}; got {a.dtype}")
     if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (samples as rows), got shape {a.shape}")
+        hint = ""
+        if a.ndim == 1:  # one example (or one feature) given flat
+            hint = (f"; for one example of {a.shape[0]} features pass "
+                    f"{name}.reshape(1, -1)" if cols is None or a.shape[0] == cols else
+                    f"; for {a.shape[0]} examples of one feature pass {name}.reshape(-1, 1)"
+                    if cols == 1 else "")
+        elif a.ndim == 4:  # images as (n, C, H, W) or (n, H, W, C)
+            hint = (f"; flatten images channel-first: {name}.reshape(len({name}), -1) for "
+                    "(n, C, H, W), cbn.inputs.to_channel_first for (n, H, W, C)")
+        raise ValueError(f"{name} must be 2-D (samples as rows), got shape {a.shape}{hint}")
     if cols is not None and a.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
     if a.shape[0] < min_rows:

@@ -9,9 +9,11 @@ table, or as JSON with --json.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,21 +21,27 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, save_checkpoint
 from .data import CIFAR10, DataError
 from ._files import json_ready, user_path, write_text
-from .experiment import GRADCHECK_NETWORKS, RunConfig, gradient_checks, run
+from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
+                         run, score)
 from .network import Network
-from .record import data_description, open_data
+# Argument types: checked while parsing, before any data is read.
+from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, nonnegative_float,
+                      nonnegative_int, positive_float, positive_int, run_values,
+                      thread_count)
+from .record import command_line_words, data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from .schedule import CyclicLR
-from .train import DivergenceError
+from .train import DivergenceError, TrainingInterrupted
 
 COMMANDS = ("train", "evaluate", "gradcheck", "report")
 DESCRIPTION = ("Batch-normalized k-layer networks on CIFAR-10. Without a command, cbn runs "
                "'cbn train': the course's 3-layer BN network, on the CIFAR-10 given by --data "
                "or found in the usual places, else on the small sample shipped with cbn.")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 # What a user can get wrong (arguments, files, data); anything else is a bug and keeps
 # its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError,
@@ -49,57 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-# -- argument types: checked while parsing, before any data is read --------------------------
-
-
-def _number(text: str, kind, low=None, low_open=False, what="", high=None):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
-    if high is not None and value > high:
-        raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, 1, what="an integer")
-
-
-# Thread counts go to C ints (OpenBLAS, OpenMP).
-MAX_THREADS = 2 ** 31 - 1
-
-
-def thread_count(text: str) -> int:
-    return _number(text, int, 1, what="an integer", high=MAX_THREADS)
-
-
-def nonnegative_int(text: str) -> int:
-    return _number(text, int, 0, what="an integer")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, 0.0, low_open=True, what="a number")
-
-
-def nonnegative_float(text: str) -> float:
-    return _number(text, float, 0.0, what="a number")
-
-
-def init_option(text: str):
-    """``he``, ``xavier`` or a positive sigma."""
-    if text in ("he", "xavier"):
-        return text
-    try:
-        return positive_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be he, xavier or a positive sigma, got {text!r}")
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -138,38 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
                                        "cost on the training, validation and test sets. The "
                                        "defaults are the course's 3-layer BN setting.")
     _data_arguments(train)
-    g = train.add_argument_group("network")
-    g.add_argument("--hidden", type=positive_int, nargs="+", default=[50, 50], metavar="W",
-                   help="hidden layer widths (default 50 50)")
-    g.add_argument("--no-bn", action="store_true", help="no batch normalization")
-    g.add_argument("--init", type=init_option, default="he",
-                   help="he, xavier, or sigma: weights drawn from N(0, sigma^2) (default he)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision (default float32)")
-    g = train.add_argument_group("training")
-    g.add_argument("--lam", type=nonnegative_float, default=0.005,
-                   help="L2 strength lambda (default 0.005)")
-    g.add_argument("--batch-size", type=positive_int, default=100,
-                   help="mini-batch size (default 100)")
-    g.add_argument("--eta-min", type=positive_float, default=1e-5,
-                   help="smallest learning rate of the cycle (default 1e-5)")
-    g.add_argument("--eta-max", type=positive_float, default=1e-1,
-                   help="largest learning rate of the cycle (default 0.1)")
-    g.add_argument("--step-size", type=positive_int, metavar="N_S",
-                   help="steps per half cycle (default 5 * training images / batch size)")
-    g.add_argument("--cycles", type=positive_float, default=2,
-                   help="learning-rate cycles to train for (default 2)")
-    g.add_argument("--momentum", type=nonnegative_float, default=0.0,
-                   help="heavy-ball momentum, below 1 (default 0: plain SGD)")
-    g.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the initialisation and the shuffling (default 0)")
+    train.add_argument("--config", metavar="FILE",
+                       help="a run file (.toml or .json) holding options by name (hidden = "
+                            "[100, 50], lam = 0.001, ...); options given here override it")
+    groups = {name: train.add_argument_group(name)
+              for name in ("network", "training", "augmentation")}
+    add_run_arguments(train, groups)
     g = train.add_argument_group("output")
     g.add_argument("--save", metavar="FILE", help="save the trained network (.npz)")
     g.add_argument("--out", metavar="FILE",
                    help="write the scores, configuration and training history as JSON")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="write a checkpoint (.npz) at every epoch's end and when Ctrl-C or "
+                        "SIGTERM stops the run (without it, an interrupted run writes one "
+                        "beside --save or in the current folder)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run from --checkpoint FILE, bit for bit, if the file "
+                        "exists (same options and data); start afresh if not")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown only on a terminal anyway)")
-    _common_arguments(train)
+    g.add_argument("--quiet", action="store_true",
+                   help="no line per epoch on stderr (epoch, step, loss, train and "
+                        "validation accuracy, learning rate, seconds)")
+    g.add_argument("--json", action="store_true",
+                   help="print the results as JSON instead of a table")
 
     evaluate = sub.add_parser("evaluate", help="score a saved network",
                               description="Score a network saved by `cbn train --save` (or "
@@ -210,21 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (no command means ``train``) and check what the types alone cannot."""
     argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        # No command takes a positional argument: a first word is a command, mistyped.
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        raise UsageError(f"invalid choice: {argv[0]!r} (choose from {', '.join(COMMANDS)})"
+                         + (f"; did you mean {close[0]!r}?" if close else "")
+                         + " (see cbn --help)")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "train")
     args = build_parser().parse_args(argv)
-    for option in ("save", "out", "model", "results", "data"):  # every path the user names
+    args.argv = argv  # as the user gave it, to print the command that resumes a run
+    # every path the user names
+    for option in ("save", "out", "model", "results", "data", "checkpoint"):
         if getattr(args, option, None):
             setattr(args, option, user_path(getattr(args, option)))
     if args.command == "train":
-        if args.eta_min >= args.eta_max:
-            raise UsageError(f"--eta-min ({args.eta_min:g}) must be below --eta-max "
-                             f"({args.eta_max:g})")
-        if args.momentum >= 1:
-            raise UsageError(f"--momentum must be below 1, got {args.momentum:g}")
-        if args.batch_size < 2 and not args.no_bn:
-            raise UsageError("--batch-size must be >= 2 with batch normalization")
-        for option in ("save", "out"):
+        given = {o.name: getattr(args, o.name) for o in RUN_OPTIONS if hasattr(args, o.name)}
+        try:
+            values = run_values(given, args.config and user_path(args.config))
+        except OptionError as exc:
+            raise UsageError(str(exc)) from None
+        for name, value in values.items():
+            setattr(args, name, value)
+        args.run_config = config_of(values)
+        if args.resume and not args.checkpoint:
+            raise UsageError("--resume continues from --checkpoint FILE, which is not given")
+        for option in ("save", "out", "checkpoint"):
             _check_writable(f"--{option}", getattr(args, option))
         _check_network_fits(args.hidden, 1, 2, args.dtype)  # the data's widths come later
     if args.command == "evaluate" and not Path(args.model).is_file():
@@ -315,8 +275,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _data(args: argparse.Namespace) -> CIFAR10:
     data = open_data(args.data, protocol=args.protocol, download=args.download)
-    print(f"data: {data_description(data)}" + ("" if data.source == "sample"
-                                                else f" from {data.source}"), file=sys.stderr)
+    # Said once: the result names the data too, on the same screen when both are a terminal.
+    if not (sys.stdout.isatty() and sys.stderr.isatty()) or args.json:
+        print(f"data: {data_description(data)}" + ("" if data.source == "sample"
+                                                    else f" from {data.source}"),
+              file=sys.stderr)
     return data
 
 
@@ -335,26 +298,28 @@ def _scores_table(scores: Dict[str, Dict[str, float]]) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    config = RunConfig(hidden=tuple(args.hidden), batch_norm=not args.no_bn, init=args.init,
-                       lam=args.lam, eta_min=args.eta_min, eta_max=args.eta_max,
-                       step_size=args.step_size, cycles=args.cycles,
-                       batch_size=args.batch_size, dtype=args.dtype, momentum=args.momentum)
+    config = args.run_config
     hidden = f"--hidden {' '.join(map(str, config.hidden))}"
     try:
         # Build what checks itself (widths, sigma, the schedule) before reading any data;
         # the data decides the input and output widths.
-        Network(1, config.hidden, 2, batch_norm=config.batch_norm, init=config.init,
-                dtype=np.dtype(config.dtype))
-        CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
+        Network(1, config.hidden, 2, init=config.init, dtype=np.dtype(config.dtype),
+                **config.network_options())
+        if config.schedule == "cyclic":
+            CyclicLR(config.eta_min, config.eta_max, config.step_size or 1)
     except MemoryError as exc:
         raise _no_memory(hidden, exc) from None
     data = _data(args)
     _check_network_fits(config.hidden, data.n_features, data.n_classes, config.dtype)
     try:
         result = run(data, config, seed=args.seed,
-                     progress=False if args.no_progress else None)
+                     progress=False if args.no_progress else None,
+                     checkpoint=args.checkpoint, resume=True if args.resume else None,
+                     verbose=0 if args.quiet else 1)
     except MemoryError as exc:  # the data is in memory already: the network is too large
         raise _no_memory(hidden, exc) from None
+    except TrainingInterrupted as stop:
+        return _interrupted(args, data, config, stop)
     if args.save:
         _write("--save", args.save, lambda: result.net.save(args.save))
     scores = {split: {what: result.metrics[f"{split}_{what}"]
@@ -372,16 +337,78 @@ def train(args: argparse.Namespace) -> int:
         print(json.dumps(json_ready(document), indent=1))
         return 0
     bn = "with BN" if config.batch_norm else "without BN"
+    length = (f"{config.epochs} epochs" if config.epochs is not None
+              else f"{config.cycles:g} cycles")
+    schedule = (f"n_s {result.metrics['step_size']:.0f}" if config.schedule == "cyclic"
+                else f"{config.schedule} schedule")
     print(f"{len(config.hidden) + 1}-layer {list(config.hidden)} {bn}, init {config.init}, "
           f"{config.dtype}; lambda {config.lam:g}, eta {config.eta_min:g}..{config.eta_max:g}, "
-          f"batch {config.batch_size}, n_s {result.metrics['step_size']:.0f}, "
-          f"{config.cycles:g} cycles, seed {args.seed}")
+          f"batch {config.batch_size}, {schedule}, {length}"
+          + ("" if config.optimizer == "sgd" else f", {config.optimizer}")
+          + f", seed {args.seed}")
     print(f"data: {data_description(data)}" + (" (not comparable with full CIFAR-10)"
                                               if data.source == "sample" else ""))
     print(_scores_table(scores))
     print(f"training took {result.metrics['wall_time']:.1f} s"
           + (f"; network saved to {args.save}" if args.save else ""))
     return 0
+
+
+def _interrupted(args: argparse.Namespace, data: CIFAR10, config: RunConfig,
+                 stop: TrainingInterrupted) -> int:
+    """Keep the work of a run that Ctrl-C or SIGTERM stopped: its checkpoint (``--checkpoint``,
+    else a new file beside ``--save`` or in the current folder), the network (``--save``);
+    print its scores so far and the command that resumes it; exit status 130."""
+    path = stop.checkpoint
+    if path is None:
+        path = _new_file(Path(args.save).parent if args.save else Path("."),
+                         (Path(args.save).stem if args.save else "cbn-train")
+                         + CHECKPOINT_SUFFIX)
+        _write("--checkpoint", path, lambda: save_checkpoint(path, stop.state))
+    if args.save:
+        _write("--save", args.save, lambda: stop.net.save(args.save))
+    metrics = score(stop.net, data, config.lam)
+    scores = {split: {what: metrics[f"{split}_{what}"] for what in ("accuracy", "loss", "cost")}
+              for split in ("train", "val", "test")}
+    again = resume_command(args.argv, path)
+    if args.json:
+        print(json.dumps(json_ready({
+            "command": "train", "interrupted": True, "step": stop.step, "total": stop.total,
+            "data": _data_json(data), "config": config.as_dict(), "seed": args.seed,
+            "scores": scores, "checkpoint": path, "saved": args.save, "resume": again}),
+            indent=1))
+    else:
+        print(f"interrupted at step {stop.step} of {stop.total}; scores so far:")
+        print(_scores_table(scores))
+        print(f"checkpoint written to {path}"
+              + (f"; network saved to {args.save}" if args.save else ""))
+    print(f"cbn: resume with: {again}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _new_file(folder: Path, name: str) -> str:
+    """``folder/name``, or ``folder/<stem>-2<suffixes>``, ...: the first that does not exist,
+    so a file the user has is never overwritten."""
+    stem, suffix = name.split(".", 1)
+    candidate, i = folder / name, 1
+    while candidate.exists():
+        i += 1
+        candidate = folder / f"{stem}-{i}.{suffix}"
+    return str(candidate)
+
+
+def resume_command(argv: Sequence[str], checkpoint: str) -> str:
+    """The ``cbn`` command line ``argv`` continuing from ``checkpoint``: its own
+    ``--checkpoint``/``--resume`` replaced by ``--checkpoint CHECKPOINT --resume``."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--checkpoint":
+            skip = True
+        elif not (token == "--resume" or token.startswith("--checkpoint=")):
+            kept.append(token)
+    return shlex.join(["cbn", *kept, "--checkpoint", checkpoint, "--resume"])
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -452,6 +479,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run ``cbn`` with ``argv`` (default: the command line); return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = None
+    route_sigterm()  # SIGTERM stops a run as Ctrl-C does: at a step, keeping its work
     try:
         args = parse(argv)
         if getattr(args, "blas_threads", None):
@@ -468,7 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(_no_memory(_sized_by(args), exc)))
     except KeyboardInterrupt:
         print("cbn: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # The option that sizes what each command holds in memory, named when memory runs out.
@@ -483,5 +511,5 @@ def _sized_by(args: Optional[argparse.Namespace]) -> str:
 
 def _fail(message: str) -> int:
     """Print ``cbn: error: <message>`` as one line on stderr; return the usage exit status."""
-    print("cbn: error: " + " ".join(message.split()), file=sys.stderr)
+    print("cbn: error: " + " ".join(command_line_words(message).split()), file=sys.stderr)
     return EXIT_USAGE

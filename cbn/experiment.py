@@ -17,24 +17,45 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._files import json_ready, write_text
+from ._files import PathLike, json_ready, write_text
 from .data import CIFAR10
+from .callbacks import EpochLines
+from .checkpoint import CheckpointError
 from .gradcheck import GradcheckResult, gradcheck
 from .network import ACTIVATIONS, NORMS, Network
-from .schedule import CyclicLR
-from .train import History, fit
+from . import optim
+from .augment import Augment, mirror
+from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
+from .train import History, fit, steps_per_epoch
 
 if TYPE_CHECKING:
     from .record import ExampleRecord
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cyclic", "constant", "cosine", "onecycle")
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run besides the data and the seed.
+    """Everything that defines a run besides the data and the seed: every option of
+    ``cbn.Network`` and ``cbn.fit`` that a run sets, by name (the one description behind
+    ``cbn train``, its ``--config`` files, the examples and the hyper-parameter search).
 
     Defaults are the course's 3-layer setting: hidden [50, 50], BN, He init, lambda 0.005,
     eta 1e-5..1e-1, batch 100, 2 cycles. ``step_size`` None means the course's rule
-    n_s = 5 * n_train / batch_size (2250 for 45,000 images)."""
+    n_s = 5 * n_train / batch_size (2250 for 45,000 images).
+
+    ``epochs`` (None: as many as ``cycles`` take) trains that many passes instead, with
+    ``cycles`` learning-rate cycles spread over them (n_s = steps / (2 cycles) unless
+    ``step_size`` is set). ``schedule``: "cyclic" (triangular, eta_min..eta_max), "constant"
+    (eta_max), "cosine" (eta_max down to eta_min) or "onecycle" (up to eta_max and down);
+    all but "cyclic" need ``epochs``. ``optimizer``: "sgd" (the built-in SGD with
+    ``momentum``), "adam" or "adamw" (with ``weight_decay``). ``hflip``, ``shift`` and
+    ``noise`` augment training images (``cbn.Augment``). ``eval_points`` (None: one a
+    cycle's tenth under ``eval_every``, else once an epoch) spreads that many history points
+    over the run; ``eval_train`` also scores the training set at each. ``tta`` scores the
+    validation and test sets on each image and its mirror (probabilities averaged)."""
 
     hidden: tuple = (50, 50)
     batch_norm: bool = True
@@ -53,6 +74,18 @@ class RunConfig:
     activation: str = "relu"
     residual: bool = False
     label_smoothing: float = 0.0
+    bn_placement: str = "before"
+    dropout: float = 0.0
+    epochs: Optional[int] = None
+    schedule: str = "cyclic"
+    optimizer: str = "sgd"
+    weight_decay: float = 0.01
+    hflip: bool = False
+    shift: int = 0
+    noise: float = 0.0
+    eval_points: Optional[int] = None
+    eval_train: bool = True
+    tta: bool = False
 
     def __post_init__(self) -> None:
         # The options a search may draw are checked here, when a trial is planned, rather
@@ -60,9 +93,26 @@ class RunConfig:
         if self.norm not in NORMS + ("auto",):
             raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
         check.choice("activation", self.activation, ACTIVATIONS)
-        if not isinstance(self.residual, (bool, np.bool_)):
-            raise TypeError(f"residual must be True or False, got {self.residual!r}")
+        for name in ("residual", "hflip", "eval_train", "tta", "batch_norm"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check.choice("bn_placement", self.bn_placement, ("before", "after"))
+        check.real("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        check.choice("schedule", self.schedule, SCHEDULES)
+        check.choice("optimizer", self.optimizer, OPTIMIZERS)
+        check.real("weight_decay", self.weight_decay, low=0.0)
+        check.integer("shift", self.shift, low=0)
+        check.real("noise", self.noise, low=0.0)
+        for name in ("epochs", "eval_points"):
+            if getattr(self, name) is not None:
+                check.integer(name, getattr(self, name), low=1)
+        if self.schedule != "cyclic" and self.epochs is None:
+            raise ValueError(f"schedule {self.schedule!r} needs epochs (cycles count the "
+                             "cyclic schedule's cycles only)")
+        if self.optimizer != "sgd" and self.momentum:
+            raise ValueError(f"momentum is the built-in SGD's; optimizer {self.optimizer!r} "
+                             "keeps its own")
 
     def with_(self, **changes) -> "RunConfig":
         """A copy with some fields changed."""
@@ -83,16 +133,68 @@ class RunConfig:
     def network_options(self) -> dict:
         """The keywords of ``cbn.Network`` this configuration sets."""
         norm = ("batch" if self.batch_norm else None) if self.norm == "auto" else self.norm
-        return dict(norm=norm, activation=self.activation, residual=self.residual)
+        return dict(norm=norm, activation=self.activation, residual=self.residual,
+                    bn_placement=self.bn_placement, dropout=self.dropout)
 
     def resolved_step_size(self, n_train: int) -> int:
-        """n_s: the configured one, else 5 * n_train / batch_size (at least 1)."""
+        """n_s: the configured one, else 5 * n_train / batch_size (at least 1), or with
+        ``epochs`` the steps of the run over 2 ``cycles``."""
         if self.step_size is not None:
             return int(self.step_size)
+        if self.epochs is not None:
+            return max(1, int(self.total_steps(n_train) // (2 * self.cycles)))
         return max(1, int(round(5 * n_train / self.batch_size)))
 
+    def total_steps(self, n_train: int) -> int:
+        """The steps of the run (with ``epochs``; with cycles, 2 n_s per cycle)."""
+        if self.epochs is not None:
+            return self.epochs * steps_per_epoch(n_train, self.batch_size,
+                                                 self.network_options()["norm"] == "batch")
+        return int(round(self.cycles * 2 * self.resolved_step_size(n_train)))
 
-_OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0)
+    def make_schedule(self, n_train: int):
+        """The learning-rate schedule this configuration names, for ``n_train`` rows."""
+        if self.schedule == "cyclic":
+            return CyclicLR(self.eta_min, self.eta_max, self.resolved_step_size(n_train))
+        if self.schedule == "constant":
+            return ConstantLR(self.eta_max)
+        if self.schedule == "cosine":
+            return CosineAnnealingLR(self.eta_max, self.eta_min, self.total_steps(n_train))
+        return OneCycleLR(self.eta_max, self.total_steps(n_train))
+
+    def make_optimizer(self):
+        """None (fit's built-in SGD with ``momentum``) or the named ``cbn.optim`` optimizer."""
+        if self.optimizer == "adam":
+            return optim.Adam()
+        if self.optimizer == "adamw":
+            return optim.AdamW(weight_decay=self.weight_decay)
+        return None
+
+    def make_augment(self) -> Optional[Augment]:
+        """The ``cbn.Augment`` of ``hflip``, ``shift`` and ``noise``; None if none is set."""
+        augment = Augment(hflip=self.hflip, shift=self.shift, noise=self.noise)
+        return augment if augment.active else None
+
+    def fit_options(self, n_train: int) -> dict:
+        """The keywords of ``cbn.fit`` this configuration sets, for ``n_train`` rows (all but
+        the data, seed, progress and checkpoint)."""
+        schedule = self.make_schedule(n_train)
+        length = (dict(epochs=self.epochs) if self.epochs is not None
+                  else dict(cycles=self.cycles))
+        eval_every = self.eval_every
+        if self.eval_points is not None:
+            eval_every = max(1, self.total_steps(n_train) // self.eval_points)
+        return dict(lam=self.lam, batch_size=self.batch_size, schedule=schedule,
+                    momentum=self.momentum, optimizer=self.make_optimizer(),
+                    augment=self.make_augment(), eval_every=eval_every,
+                    eval_train=self.eval_train, label_smoothing=self.label_smoothing,
+                    **length)
+
+
+_OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0,
+                           bn_placement="before", dropout=0.0, epochs=None, schedule="cyclic",
+                           optimizer="sgd", weight_decay=0.01, hflip=False, shift=0, noise=0.0,
+                           eval_points=None, eval_train=True, tta=False)
 
 
 @dataclass
@@ -107,24 +209,39 @@ class RunResult:
 
 
 def run(data: CIFAR10, config: RunConfig = RunConfig(), seed: int = 0, *,
-        progress: Optional[bool] = False) -> RunResult:
+        progress: Optional[bool] = False, checkpoint: Optional[PathLike] = None,
+        resume: Union[None, bool, PathLike] = None, verbose: int = 0,
+        callbacks=None) -> RunResult:
     """Train one network on ``data.train`` (validating on ``data.val`` as it goes) and score
     it on all three splits in evaluation mode. ``seed`` fixes initialisation and shuffling;
-    ``progress`` None shows a progress bar only on a terminal."""
+    ``progress`` None shows a progress bar only on a terminal. ``checkpoint`` and ``resume``
+    are ``fit``'s: a run stopped by Ctrl-C raises ``cbn.train.TrainingInterrupted`` after
+    writing ``checkpoint``, and ``resume=True`` continues it bit for bit; its ``wall_time``
+    then counts the training of every invocation. ``verbose`` and ``callbacks`` are
+    ``fit``'s."""
     n_train = len(data.train)
     net = Network(data.train.images.shape[1], config.hidden, len(data.label_names),
                   init=config.init, dtype=np.dtype(config.dtype), seed=seed,
                   **config.network_options())
-    schedule = CyclicLR(config.eta_min, config.eta_max, config.resolved_step_size(n_train))
+    options = config.fit_options(n_train)
     started = time.perf_counter()
     history = fit(net, data.train.images, data.train.labels, X_val=data.val.images,
-                  y_val=data.val.labels, lam=config.lam, batch_size=config.batch_size,
-                  schedule=schedule, cycles=config.cycles, seed=seed, progress=progress,
-                  normalization=data.normalization, momentum=config.momentum,
-                  eval_every=config.eval_every, eval_train=True,
-                  label_smoothing=config.label_smoothing)
-    metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
-                                 "step_size": schedule.step_size, **score(net, data, config.lam)}
+                  y_val=data.val.labels, seed=seed, progress=progress,
+                  normalization=data.normalization, checkpoint=checkpoint, resume=resume,
+                  verbose=verbose, callbacks=callbacks, **options)
+    # A resumed run's history carries the seconds of the invocations before this one.
+    elapsed = max(time.perf_counter() - started, history.wall_time[-1] if history.wall_time
+                  else 0.0)
+    schedule = options["schedule"]
+    metrics: Dict[str, float] = {"wall_time": elapsed,
+                                 "step_size": getattr(schedule, "step_size", 0),
+                                 **score(net, data, config.lam)}
+    for split in ("val", "test") if config.tta else ():
+        part = getattr(data, split)
+        metrics[f"{split}_accuracy_one_view"] = metrics[f"{split}_accuracy"]
+        probs = sum(net.predict_proba(images, normalization=data.normalization)
+                    for images in (part.images, mirror(part.images)))
+        metrics[f"{split}_accuracy"] = float(np.mean(probs.argmax(axis=1) == part.labels))
     return RunResult(config, seed, net, history, metrics)
 
 
@@ -214,13 +331,15 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
            reused: Optional[List[int]] = None, progress: Optional[bool] = None,
            ) -> List[RunResult]:
     """``run(data, config, seed)`` for each seed in turn, with progress bars (one over the
-    runs, one inside each run; ``progress`` None shows them only on a terminal).
+    runs, one inside each run; ``progress`` None shows them only on a terminal), or where
+    none is shown and stderr is not a terminal (a log file), one line per epoch.
 
     With ``saved`` (a folder), each finished run is kept there as ``seed<seed>.json`` (config,
     data, metrics, history) and ``.npz`` (the network), and a run already kept there, or in
     ``reuse_from``, for the same config, seed and data is loaded instead of trained again
-    (and kept in ``saved``; its seed appended to ``reused``), so an interrupted or repeated
-    example resumes where it stopped."""
+    (and kept in ``saved``; its seed appended to ``reused``). The run in progress keeps a
+    checkpoint there (``seed<seed>.checkpoint.npz``, written every epoch and on Ctrl-C, deleted
+    when the run is kept), so an interrupted example continues that run bit for bit."""
     results = []
     disable = None if progress is None else not progress
     for seed in tqdm(list(seeds), desc=desc or "runs", unit="run", dynamic_ncols=True,
@@ -232,9 +351,10 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
             if result is not None:
                 _save_run(path, data, result)
         if result is None:
-            result = run(data, config, seed, progress=progress)
-            if path is not None:
-                _save_run(path, data, result)
+            # Where no bar shows (a log file), one line per epoch says how the run goes.
+            lines = [] if progress or sys.stderr.isatty() else [
+                EpochLines(f"{desc or 'run'}, seed {seed}")]
+            result = _run_resumable(data, config, seed, progress, path, lines)
         else:
             print(f"{desc or 'run'}: reusing the finished run with seed {seed}",
                   file=sys.stderr)
@@ -242,6 +362,29 @@ def repeat(data: CIFAR10, config: RunConfig, seeds: Sequence[int], *, desc: str 
                 reused.append(seed)
         results.append(result)
     return results
+
+
+def _run_resumable(data: CIFAR10, config: RunConfig, seed: int, progress: Optional[bool],
+                   path: Optional[Path], callbacks: list) -> RunResult:
+    """``run``, kept at ``path`` (when given) and continued from its checkpoint there."""
+    if path is None:
+        return run(data, config, seed, progress=progress, callbacks=callbacks)
+    checkpoint = path.with_name(path.name + CHECKPOINT_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True,
+                     callbacks=callbacks)
+    except CheckpointError:  # of another configuration or data, or cut off: start afresh
+        checkpoint.unlink(missing_ok=True)
+        result = run(data, config, seed, progress=progress, checkpoint=checkpoint, resume=True,
+                     callbacks=callbacks)
+    _save_run(path, data, result)
+    checkpoint.unlink(missing_ok=True)  # the finished run replaces it
+    return result
+
+
+# The checkpoint of a kept run still in progress: ``seed<seed>`` + this.
+CHECKPOINT_SUFFIX = ".checkpoint.npz"
 
 
 def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _validate as check
 from .network import _UNSET, Network
+from .threads import one_thread
 
 
 @dataclass
@@ -139,7 +140,9 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
         if type(X) is np.ndarray and X.dtype in check.FLOAT_DTYPES:  # not a masked array
             X = np.ascontiguousarray(X, dtype=np.float64)  # other dtypes: refused below
 
-    with net._lock:  # the perturbed parameters and each cost's ReLU pattern are this call's
+    # One thread: thousands of tiny products, where a team only adds wake-ups and barriers
+    # (tens of times slower beside a busy process).
+    with net._lock, one_thread():  # the perturbed parameters and ReLU patterns are this call's
         return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed,
                           dict(loss=loss, label_smoothing=label_smoothing,
                                sample_weight=sample_weight))

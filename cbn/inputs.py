@@ -24,6 +24,16 @@ pixel does) and fit the identity but not the transform, they were standardised a
 ``ValueError``. Floats that fit neither get an :class:`InputWarning`. Floats that look like
 raw pixels (whole numbers in 0..255) fed to an image network that has no transform get an
 :class:`InputWarning` too.
+
+Row order: an image's 3,072 features are channel-first (CIFAR-10's own layout: 1,024 red
+values, then green, then blue, each plane row by row). Images flattened channel-last (height
+x width x channel, as PIL and most image loaders give them) score near chance; they are
+caught by a cheap statistic on raw images (uint8, or floats judged as images, at least
+LAYOUT_MIN_ROWS rows): the mean |x[j] - x[j + 1024]| over the sample (the same pixel in two
+channels, when channel-first) divided by the mean |x[j] - x[j + 1]| (neighbours). Measured
+on all 60,000 CIFAR-10 images in blocks of 32 rows: 0.81..1.79 channel-first (median 1.28),
+1.94..3.78 channel-last (median 2.70); over 256 rows 1.12..1.44 against 2.40..3.01. Above
+LAYOUT_LIMIT an :class:`InputWarning` names :func:`to_channel_first`, which converts.
 """
 from __future__ import annotations
 
@@ -42,6 +52,8 @@ MEAN_TOL = 1.0       # a class subset of CIFAR-10 moves feature means by well un
 STD_RANGE = (0.3, 3.0)
 IMAGE_FEATURES = CIFAR_SHAPE[0] * CIFAR_SHAPE[1] * CIFAR_SHAPE[2]  # rows judged as images
 PIXEL_MAX = 255.0
+LAYOUT_MIN_ROWS = 32  # fewer: the two layouts' statistics overlap on real CIFAR-10
+LAYOUT_LIMIT = 1.86   # between 1.79 (channel-first) and 1.94 (channel-last) at 32 rows
 
 # What a caller passes as ``normalization=``: None (the network's own, if any), False (X is
 # already standardised: apply nothing), or an object with per-feature ``mean`` and ``std``.
@@ -66,6 +78,9 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
     arrays = []
     for part in ("mean", "std"):
         array = check.real_array(f"{name}.{part}", getattr(value, part))
+        if array.ndim == 1 and array.size != input_dim:
+            raise ValueError(f"{name}.{part} has {array.size} values, one per feature of the "
+                             f"data it was fitted on, but the network takes {input_dim} inputs")
         arrays.append(check.vector(f"{name}.{part}", array, size=input_dim))
     if (arrays[1] <= 0).any():
         raise ValueError(f"{name}.std must be positive")
@@ -141,6 +156,9 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
         raise TypeError("normalization must be None, False or an object with mean and std, "
                         "got True")
     transform = stored if normalization is None else as_normalization(normalization, input_dim)
+    if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 2 \
+            and X.shape[1] == input_dim == IMAGE_FEATURES:
+        _check_layout(X)
     if not _is_float_matrix(X, input_dim):
         if transform is None and isinstance(X, np.ndarray) and X.dtype == np.uint8:
             raise TypeError("X is uint8 (raw images), but this network has no input "
@@ -150,6 +168,7 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
         return transform  # uint8 is raw by definition; other problems are the shape checks'
     if not _images(input_dim, transform):
         return transform
+    _check_layout(X, pixels_only=transform is None)
     if transform is None:
         sample = _sample(X)
         if sample is not None and sample.max() > 1 and sample.min() >= 0 \
@@ -177,6 +196,55 @@ def resolve(X: np.ndarray, normalization: NormalizationArg, stored: Optional[Nor
                   f"{spread:.2g} (expected ~0 and ~1); check its units", InputWarning,
                   stacklevel=3)
     return transform
+
+
+def layout_statistic(X: np.ndarray, sample: Optional[np.ndarray] = None) -> float:
+    """Mean |x[j] - x[j + 1024]| over mean |x[j] - x[j + 1]| of up to SAMPLE_ROWS rows of
+    3,072-feature images: ~1.3 for channel-first rows, ~2.7 channel-last (module docstring)."""
+    sample = _sample(X) if sample is None else sample
+    if sample is None:
+        return float("nan")
+    sample = sample.astype(np.float64)
+    plane = IMAGE_FEATURES // CIFAR_SHAPE[0]
+    across = np.abs(sample[:, :-plane] - sample[:, plane:]).mean()
+    along = np.abs(sample[:, :-1] - sample[:, 1:]).mean()
+    return float(across / along) if along > 0 else float("nan")
+
+
+def _check_layout(X: np.ndarray, pixels_only: bool = False) -> None:
+    """Warn when image rows look flattened channel-last (``pixels_only``: only rows in pixel
+    units are images to judge)."""
+    if X.shape[0] < LAYOUT_MIN_ROWS:
+        return
+    sample = _sample(X)
+    if sample is None or (pixels_only and not (sample.min() >= 0
+                                               and sample.max() <= PIXEL_MAX)):
+        return
+    ratio = layout_statistic(X, sample)
+    if ratio > LAYOUT_LIMIT:
+        warnings.warn(f"X looks like images flattened channel-last (height x width x "
+                      f"channel; layout statistic {ratio:.2f}, channel-first CIFAR-10 gives "
+                      f"~1.3): cbn takes channel-first rows (all red, then green, then blue); "
+                      "convert with cbn.inputs.to_channel_first(X)", InputWarning,
+                      stacklevel=4)
+
+
+def to_channel_first(X: np.ndarray, image_shape: Tuple[int, int, int] = CIFAR_SHAPE
+                     ) -> np.ndarray:
+    """Images flattened channel-last (rows of H x W x C values, or an array (n, H, W, C))
+    as cbn's channel-first rows (n, C*H*W): a new C-contiguous array of X's dtype.
+    ``image_shape`` is (C, H, W), CIFAR-10's (3, 32, 32) by default."""
+    C, H, W = (check.integer("image_shape", v, low=1) for v in image_shape)
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"X must be a numpy array, got {type(X).__name__}")
+    if X.ndim == 4 and X.shape[1:] == (H, W, C):
+        images = X
+    elif X.ndim == 2 and X.shape[1] == C * H * W:
+        images = X.reshape(-1, H, W, C)
+    else:
+        raise ValueError(f"X must have shape (n, {H * W * C}) or (n, {H}, {W}, {C}) for "
+                         f"images of shape {(C, H, W)}, got {X.shape}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(X), C * H * W)
 
 
 def _images(input_dim: int, normalization: Optional[Normalization]) -> bool:

@@ -97,7 +97,7 @@ class Network:
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
-    dtype : float32 or float64
+    dtype : float32 (default) or float64
         Precision of parameters and computation.
     seed : int or None
         Seed of the initialisation.
@@ -125,7 +125,7 @@ class Network:
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
                  batch_norm: Optional[bool] = None, init: Union[str, float] = "he",
-                 dtype=np.float64, seed: Optional[int] = None, bn_alpha: float = 0.9,
+                 dtype=np.float32, seed: Optional[int] = None, bn_alpha: float = 0.9,
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
                  dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,
@@ -140,7 +140,14 @@ class Network:
             raise TypeError(f"residual must be True or False, got {residual!r}")
         self.residual = bool(residual)
         if isinstance(init, str):
-            self.init: Union[str, float] = check.choice("init", init, INIT_NAMES)
+            try:
+                float(init)
+            except ValueError:
+                self.init: Union[str, float] = check.choice("init", init, INIT_NAMES)
+            else:  # a sigma given as text, as a command line or a file would give it
+                raise TypeError(f"init must be one of {list(INIT_NAMES)} or a positive sigma "
+                                f"as a number; got the string {init!r} (pass {init} without "
+                                "quotes)")
         else:
             self.init = check.real("init (sigma)", init, low=0.0, low_open=True)
         self.dtype = check.float_dtype(dtype)
@@ -369,7 +376,12 @@ class Network:
         at test time, offered to show the difference). ``normalization`` (an object with
         per-feature ``mean`` and ``std``) standardises uint8 or raw inputs on the fly;
         None uses the network's own ``normalization``, False feeds X as it is. Images in
-        the wrong units raise or warn (cbn.inputs)."""
+        the wrong units raise or warn (cbn.inputs).
+
+        X holds one example per row, (n, input_dim); one example is ``x.reshape(1, -1)``.
+        Image features are channel-first, as CIFAR-10 stores them (all red values, then
+        green, then blue, each plane row by row); rows flattened channel-last are warned
+        about and converted by ``cbn.inputs.to_channel_first``."""
         check.choice("mode", mode, ("eval", "train"))
         normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
         src, shift, scale = self.prepare_input(X, normalization)
@@ -379,7 +391,8 @@ class Network:
         return probs
 
     def predict(self, X: np.ndarray, *, normalization=None) -> np.ndarray:
-        """Predicted class per row (evaluation mode), int64 of shape (n,)."""
+        """Predicted class per row (evaluation mode), int64 of shape (n,); X's rows as in
+        ``predict_proba`` (channel-first image features)."""
         return self.predict_proba(X, normalization=normalization).argmax(axis=1)
 
     @_exclusive

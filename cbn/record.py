@@ -7,9 +7,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -103,15 +106,42 @@ def run_example(main: Callable[[], int], name: str) -> int:
     """``main()`` of example ``name``, for its ``__main__``: a file that cannot be written
     (disk full, a read-only folder) or an output folder that another took over during the
     run ends it with one line on stderr, ``<name>: error: ...``, and exit status 1 instead of
-    a traceback. Its finished training runs stay in OUT.partial, to be reused."""
+    a traceback. Its finished training runs stay in OUT.partial, to be reused.
+
+    Ctrl-C or SIGTERM lets the training step in progress finish and checkpoint (see
+    :func:`cbn.experiment.repeat`), then ends the example with one line on stderr saying
+    where it stopped and the command that resumes it, and exit status 130."""
+    route_sigterm()
     try:
         return main()
+    except KeyboardInterrupt as exc:
+        print(f"{name}: {interrupted_line(exc)}; resume with: "
+              f"{shlex.join([sys.executable] + sys.argv)}", file=sys.stderr)
+        return 130
     except FolderError as exc:
         message = str(exc)
     except OSError as exc:
         message = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
     print(f"{name}: error: " + " ".join(message.split()), file=sys.stderr)
     return 1
+
+
+def route_sigterm() -> None:
+    """Make SIGTERM stop the process as Ctrl-C does (``KeyboardInterrupt``), so a run
+    killed politely finishes its step and keeps its checkpoint (``cbn.fit`` defers both);
+    only over the default action, in the main thread."""
+    if (hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """"interrupted", with the step where training stopped when ``fit`` says it."""
+    step, total = getattr(exc, "step", None), getattr(exc, "total", None)
+    if step is None:
+        return "interrupted"
+    kept = ", checkpoint kept" if getattr(exc, "checkpoint", None) else ""
+    return f"interrupted at training step {step} of {total}{kept}"
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -141,6 +171,16 @@ def open_data(path: Optional[str], protocol: str = "full", *,
     return data
 
 
+# The library's messages name a Python argument with its option beside it,
+# "download=True (command line: --download)"; a command line's name the option alone.
+_PYTHON_ARGUMENT = re.compile(r"\S+=\S+ \(command line: ([^)]+)\)")
+
+
+def command_line_words(message: str) -> str:
+    """``message`` with each "argument=value (command line: --option)" as "--option"."""
+    return _PYTHON_ARGUMENT.sub(r"\1", message)
+
+
 def load_data(args: argparse.Namespace) -> CIFAR10:
     """The data the options name (:func:`open_data`: the shipped sample, announced on
     stderr, when no CIFAR-10 is found), with a one-line description printed.
@@ -151,7 +191,7 @@ def load_data(args: argparse.Namespace) -> CIFAR10:
     try:
         data = open_data(args.data, protocol=args.protocol, prog=prog)
     except (FileNotFoundError, DataError) as exc:
-        raise SystemExit(f"{prog}: error: {exc}") from None
+        raise SystemExit(f"{prog}: error: {command_line_words(str(exc))}") from None
     print(f"data: {data.source} (protocol {data.protocol}): {len(data.train)} train, "
           f"{len(data.val)} val, {len(data.test)} test images", file=sys.stderr)
     return data

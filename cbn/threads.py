@@ -109,11 +109,57 @@ def computing() -> Iterator[None]:
             finally:
                 _waiting[0] -= 1
             _computing[0] += 1
+    _mine.depth = getattr(_mine, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _mine.depth -= 1
+        with _state:
+            _computing[0] -= 1
+
+
+_mine = threading.local()  # depth: the computations this thread is inside (``computing``)
+
+
+class _OneThread:
+    """The holder of the count while ``one_thread`` runs: computations nested in its own
+    thread stay on one thread (``computing`` asks it for its ceiling back, and it keeps one)."""
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.ceiling = 1
+
+    def _set(self, threads: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body on one thread: for work of many tiny products (a gradient check's
+    thousands of cost evaluations), where a team costs more in wake-ups and barriers than it
+    saves, and many times more beside another busy process (a member parked for a time
+    slice stalls every product). Computations of other threads wait until it ends, as for a
+    governed run, so theirs run on the process's count; it waits for those in progress."""
+    if not _ops.OPENMP or _ops.threads() == 1 or getattr(_mine, "depth", 0):
+        yield  # one thread already, or inside this thread's own computation: its count
+        return
+    holder = _OneThread()
+    with _state:
+        _waiting[0] += 1
+        try:
+            _state.wait_for(lambda: _away[0] is None and _computing[0] == 0)
+        finally:
+            _waiting[0] -= 1
+        ceiling = _ops.threads()
+        _ops.set_threads(1)
+        _away[0] = holder
     try:
         yield
     finally:
         with _state:
-            _computing[0] -= 1
+            _ops.set_threads(ceiling)
+            _away[0] = None
+            _state.notify_all()
 
 
 # Names OpenBLAS builds give the threads-callback setter (the scipy-openblas wheels prefix

@@ -41,7 +41,26 @@ from .runspec import RunSpec, steps_per_epoch
 from .schedule import ConstantLR, CyclicLR
 from .threads import TeamGovernor, computing
 
-__all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch"]
+__all__ = ["fit", "History", "DivergenceError", "RunSpec", "DivergenceGuard", "steps_per_epoch",
+           "TrainingInterrupted"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by ``fit`` when Ctrl-C (or SIGTERM, where the program routes it to
+    ``signal.default_int_handler``) stopped a run at a step boundary.
+
+    A ``KeyboardInterrupt``, so code that catches that still does. It carries what a program
+    needs to keep the work: ``net`` (the network, holding the progress made), ``step`` and
+    ``total`` (steps made and planned), ``history`` (recorded so far), ``checkpoint`` (the path
+    ``fit`` wrote, or None) and ``state``, the run's ``TrainingCheckpoint`` at that step, which
+    ``cbn.checkpoint.save_checkpoint(path, state)`` writes where ``checkpoint=`` was not set."""
+
+    def __init__(self, message: str, *, net: Network, step: int, total: int,
+                 history: History, checkpoint: Optional[str],
+                 state: TrainingCheckpoint) -> None:
+        super().__init__(message)
+        self.net, self.step, self.total, self.history = net, step, total, history
+        self.checkpoint, self.state = checkpoint, state
 
 
 def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarray] = None,
@@ -54,7 +73,8 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         checkpoint_every: Optional[int] = None,
         resume: Union[None, bool, PathLike] = None, optimizer=None,
         augment: Optional[Augment] = None, loss: str = "cross_entropy",
-        label_smoothing: float = 0.0, sample_weight=None) -> History:
+        label_smoothing: float = 0.0, sample_weight=None, callbacks=None,
+        verbose: int = 0) -> History:
     """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
 
     Parameters
@@ -111,9 +131,25 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         weighted mean (batch-norm statistics stay unweighted). The recorded evaluation
         losses (train and val) are unweighted means; ``batch_loss`` is the weighted one.
 
+    callbacks : objects of ``cbn.callbacks`` (``EarlyStopping``, ``ModelCheckpoint``,
+        ``EpochLogger``, or any ``Callback``), called at each epoch's end (and each step's,
+        for those with ``per_step``); see cbn.callbacks for the protocol.
+    verbose : 1 prints one line per epoch on stderr (epoch, step, loss, train and validation
+        accuracy where recorded, learning rate, seconds), on a terminal and in a log file
+        alike; 0 (default) prints nothing. The progress bar, where shown, carries the last
+        validation accuracy.
+
+    Rows of X are examples; the features of an image are in channel-first order (all red
+    values, then green, then blue, each row by row: CIFAR-10's own layout). Images
+    flattened channel-last (height x width x channel, as PIL gives them) must be converted
+    first (``cbn.inputs.to_channel_first``).
+
     Ctrl-C (in the main thread) lets the current step finish, writes a checkpoint if
-    ``checkpoint`` is set, then raises ``KeyboardInterrupt``; the network keeps the progress
-    made. A second Ctrl-C stops at once (the last checkpoint written stays valid).
+    ``checkpoint`` is set, then raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``
+    carrying the network, the step and the checkpoint state); the network keeps the progress
+    made. SIGTERM does the same where its handler is ``signal.default_int_handler`` (as
+    ``cbn train`` and the examples set it). A second signal stops at once (the last
+    checkpoint written stays valid).
 
     Dropout layers of ``net`` draw their masks from (``seed``, step, layer), and ``augment``
     its draws from (``seed``, step, sample), or from a random key kept in the checkpoint when
@@ -149,13 +185,28 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
             source = checkpoint if os.path.exists(checkpoint) else None
         elif resume is not None and resume is not False:
             source = _path("resume", resume)
-        run = _Run(spec)
+        run = _Run(spec, _callbacks(callbacks, verbose))
         if spec.normalization is not None:
             net.normalization = spec.normalization  # kept, so predictions take raw images too
         if source is not None:
             run.restore(load_checkpoint(source), source)
         with tune.held():  # thresholds measured after the plan was built wait for the next run
             return run.train(progress, checkpoint, checkpoint_every)
+
+
+def _callbacks(callbacks, verbose) -> list:
+    """The run's callbacks, checked, with ``EpochLines`` for ``verbose=1``."""
+    if isinstance(verbose, bool) or verbose not in (0, 1):
+        raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+    out = list(callbacks) if callbacks is not None else []
+    for c in out:
+        if not all(callable(getattr(c, m, None)) for m in ("on_train_begin", "on_epoch_end",
+                                                            "on_step_end", "on_train_end")):
+            raise TypeError(f"callbacks must be cbn.callbacks.Callback objects, got {c!r}")
+    if verbose:
+        from .callbacks import EpochLines
+        out.append(EpochLines())
+    return out
 
 
 def _path(name: str, value) -> str:
@@ -167,13 +218,18 @@ def _path(name: str, value) -> str:
     return path
 
 
+# The signals a run defers to its next step boundary: those routed to Python's
+# KeyboardInterrupt (SIGINT by default; SIGTERM where a program asks for it).
+DEFERRED_SIGNALS = (signal.SIGINT,) + ((signal.SIGTERM,) if hasattr(signal, "SIGTERM") else ())
+
+
 @contextlib.contextmanager
 def _deferred_interrupt(run: "_Run") -> Iterator[None]:
-    """Turn the first Ctrl-C into ``run.interrupted = True`` so the loop stops at a step
-    boundary (the state is then consistent and can be saved); a second one raises at once.
-    Only in the main thread and only over Python's default handler, never over a custom one."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """Turn the first Ctrl-C (or SIGTERM routed to ``default_int_handler``) into
+    ``run.interrupted = True`` so the loop stops at a step boundary (the state is then
+    consistent and can be saved); a second one raises at once. Only in the main thread and
+    only over Python's default handler, never over a custom one."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -182,19 +238,26 @@ def _deferred_interrupt(run: "_Run") -> Iterator[None]:
             raise KeyboardInterrupt
         run.interrupted = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {}
+    for signum in DEFERRED_SIGNALS:
+        if signal.getsignal(signum) is signal.default_int_handler:
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 class _Run:
     """One call of ``fit``: the loop's position (step, epoch permutation, random state,
     history, accumulators, optimizer state), which is what a checkpoint holds, and the loop."""
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, callbacks: Optional[list] = None) -> None:
         self.spec = spec
+        self.callbacks = callbacks or []
+        self.stop_training = False
+        self.epoch_loss_sum, self.epoch_count = 0.0, 0
         net = self.net = spec.net
         self.rng = np.random.default_rng(spec.seed)
         self.order = np.empty(spec.n, dtype=np.int64)
@@ -216,6 +279,34 @@ class _Run:
         self.guard = DivergenceGuard(net)
         self.interrupted = False
         self.started = time.perf_counter()
+
+    @property
+    def total(self) -> int:
+        """The steps the run plans."""
+        return self.spec.total
+
+    @property
+    def recorded(self) -> tuple:
+        """The keys of the logs each epoch's end gives the callbacks."""
+        keys = ("epoch", "epochs", "step", "total", "loss", "lr", "seconds")
+        if self.spec.eval_train:
+            keys += ("train_loss", "train_cost", "train_accuracy")
+        if self.spec.val_src is not None:
+            keys += ("val_loss", "val_cost", "val_accuracy")
+        return keys
+
+    def epoch_logs(self, lr: float) -> dict:
+        """What ``on_epoch_end`` gets: see cbn.callbacks."""
+        h = self.history
+        logs = dict(epoch=int(round(self.step / self.spec.per_epoch)),
+                    epochs=self.spec.total / self.spec.per_epoch, step=self.step,
+                    total=self.spec.total,
+                    loss=self.epoch_loss_sum / self.epoch_count if self.epoch_count else math.nan,
+                    lr=lr, seconds=h.wall_time[-1])
+        for key in self.recorded[7:]:
+            logs[key] = getattr(h, key)[-1]
+        self.epoch_loss_sum, self.epoch_count = 0.0, 0
+        return logs
 
     @property
     def keyed(self) -> bool:
@@ -319,6 +410,11 @@ class _Run:
         bar = tqdm(total=total, initial=self.step,
                    disable=None if progress is None else not progress, unit="step",
                    desc="training", dynamic_ncols=True, leave=False)
+        callbacks = self.callbacks
+        per_step = [c for c in callbacks if getattr(c, "per_step", False)]
+        postfix = {}
+        for c in callbacks:
+            c.on_train_begin(self)
         try:
             with _deferred_interrupt(self):
                 while self.step < total:
@@ -355,28 +451,50 @@ class _Run:
                                                   plan.batch_stats_finite, self.history)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
+                        self.epoch_loss_sum += loss
+                        self.epoch_count += 1
                         self.step += 1
                         step = self.step
                         if step % SNAPSHOT_EVERY == 0:
                             guard.keep(step, lr, loss, self.history)
                         if step % 50 == 0:
                             bar.update(50)
-                            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                            postfix["loss"] = f"{loss:.3f}"
+                            bar.set_postfix(postfix, refresh=False)
                         at_epoch_end = b == per_epoch - 1
                         if step == total or at_epoch_end or (eval_every and step % eval_every == 0):
                             governor.rest()  # the history's evaluations on the run's count
                             self.record(lr, loss)
                             plan.set_data(spec.src, spec.y, self.order, spec.shift, spec.scale)
                             spec.targets.apply(plan)
+                            if self.history.val_accuracy:
+                                postfix["val"] = f"{100 * self.history.val_accuracy[-1]:.1f}%"
+                                bar.set_postfix(postfix, refresh=False)
+                        if at_epoch_end and callbacks:
+                            logs = self.epoch_logs(lr)
+                            for c in callbacks:
+                                c.on_epoch_end(self, logs)
+                        for c in per_step:
+                            c.on_step_end(self, step, loss)
+                        if self.stop_training and step < total:
+                            if not self.history.step or self.history.step[-1] != step:
+                                self.record(lr, loss)  # the history ends where the run does
                         if path is not None and (
-                                step == total or self.interrupted
+                                step == total or self.interrupted or self.stop_training
                                 or (step % every == 0 if every else at_epoch_end)):
                             self.save(path, lr, loss)
                         if self.interrupted:
                             where = f"; checkpoint written to {path}" if path else ""
-                            raise KeyboardInterrupt(f"training stopped at step {step}{where}")
-                        if step == total:
+                            raise TrainingInterrupted(
+                                f"training stopped at step {step}{where}", net=net, step=step,
+                                total=total, history=self.history, checkpoint=path,
+                                state=self.to_checkpoint())
+                        if step == total or self.stop_training:
                             break
+                    if self.stop_training:
+                        break
+            for c in callbacks:
+                c.on_train_end(self)
         finally:
             governor.close()
             plan.set_augment(None)  # the cached plan serves later calls too

@@ -17,17 +17,10 @@ On a machine shared with other jobs add ``--blas-threads 1`` (docs/bonus.md says
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional
 
-import numpy as np
-from tqdm.auto import tqdm
-
-import cbn
-from cbn.experiment import RunResult, mean_std, score, summarize
-from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        run_example, show_progress)
+from cbn.experiment import RunConfig, mean_std, run_configs
+from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args, run_example
 from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
 from cbn.tables import accuracy_table, percent
 
@@ -35,43 +28,13 @@ NAME = "bonus"
 TIME_LIMIT = 600.0  # seconds of training allowed per run of the best configuration
 
 
-@dataclass(frozen=True)
-class BonusConfig:
-    """One network and its training; the defaults are the course's 3-layer BN setting
-    (n_s = 2250 at 45,000 images and batch 100: 2 cycles of 10 epochs each)."""
-
-    hidden: tuple = (50, 50)
-    bn_placement: str = "before"
-    dropout: float = 0.0
-    lam: float = 0.005
-    hflip: bool = False
-    shift: int = 0
-    noise: float = 0.0
-    optimizer: str = "sgd"      # "sgd" (the course's plain SGD) or "adam"
-    eta_min: float = 1e-5
-    eta_max: float = 1e-1
-    epochs: int = 20
-    cycles: int = 2             # triangular cycles over the epochs
-    batch_size: int = 100
-    dtype: str = "float32"
-    eval_points: int = 10       # history points (validation, and training with curves)
-    tta: bool = False           # test-time flips: average the probabilities of each image
-                                # and of its mirror (validation and test)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-    def with_(self, **changes) -> "BonusConfig":
-        return replace(self, **changes)
-
-
-BASELINE = BonusConfig()
+# The course's 3-layer BN setting as epochs (n_s = 2250 at 45,000 images and batch 100:
+# 2 cycles of 10 epochs each), with 10 history points.
+BASELINE = RunConfig(epochs=20, cycles=2, eval_points=10, eval_train=False)
 # The chosen combination (validation accuracy of the exploratory runs, docs/bonus.md).
-BEST = BonusConfig(hidden=(1024, 1024), lam=0.001, hflip=True, shift=4, eta_min=1e-3,
-                   eta_max=0.1, epochs=70, cycles=1, eval_points=7, tta=True)
-ABLATION: Dict[str, BonusConfig] = {
+BEST = BASELINE.with_(hidden=(1024, 1024), lam=0.001, hflip=True, shift=4, eta_min=1e-3,
+                      eta_max=0.1, epochs=70, cycles=1, eval_points=7, tta=True)
+ABLATION: Dict[str, RunConfig] = {
     "baseline [50, 50]": BASELINE,
     "wider [1024, 1024]": BASELINE.with_(hidden=(1024, 1024)),
     "deeper [50, 50, 50, 50]": BASELINE.with_(hidden=(50, 50, 50, 50)),
@@ -85,54 +48,15 @@ ABLATION: Dict[str, BonusConfig] = {
     "best, λ = 3e-4": BEST.with_(lam=3e-4),
     "best, λ = 3e-3": BEST.with_(lam=3e-3),
 }
+# The training set is scored at every history point only for the small baseline: for the
+# best network that would cost ~2 s an epoch, a third of its training time.
+CURVES = ("baseline [50, 50]",)
 
 
-def train(data, config: BonusConfig, seed: int, *, curves: bool, progress: bool) -> RunResult:
-    """Train one network; score it on every split in evaluation mode. ``curves`` also
-    records the training set's loss and accuracy at each history point."""
-    n_train = len(data.train)
-    net = cbn.Network(data.train.images.shape[1], config.hidden, len(data.label_names),
-                      batch_norm=True, bn_placement=config.bn_placement,
-                      dropout=config.dropout, dtype=np.dtype(config.dtype), seed=seed)
-    per_epoch = cbn.train.steps_per_epoch(n_train, config.batch_size, True)
-    total = per_epoch * config.epochs
-    schedule = cbn.CyclicLR(config.eta_min, config.eta_max,
-                            max(1, total // (2 * config.cycles)))
-    augment = cbn.Augment(hflip=config.hflip, shift=config.shift, noise=config.noise)
-    started = time.perf_counter()
-    history = cbn.fit(net, data.train.images, data.train.labels, X_val=data.val.images,
-                      y_val=data.val.labels, normalization=data.normalization,
-                      lam=config.lam, batch_size=config.batch_size, schedule=schedule,
-                      epochs=config.epochs, seed=seed, progress=progress,
-                      optimizer=cbn.optim.Adam() if config.optimizer == "adam" else None,
-                      augment=augment if augment.active else None,
-                      eval_every=max(1, total // config.eval_points), eval_train=curves)
-    metrics: Dict[str, float] = {"wall_time": time.perf_counter() - started,
-                                 "step_size": schedule.step_size, **score(net, data, config.lam)}
-    for split in ("val", "test") if config.tta else ():
-        part = getattr(data, split)
-        metrics[f"{split}_accuracy_one_view"] = metrics[f"{split}_accuracy"]
-        probs = sum(net.predict_proba(images, normalization=data.normalization)
-                    for images in (part.images, cbn.augment.mirror(part.images)))
-        metrics[f"{split}_accuracy"] = float(np.mean(probs.argmax(axis=1) == part.labels))
-    return RunResult(config, seed, net, history, metrics)
-
-
-def quick(config: BonusConfig) -> BonusConfig:
+def quick(config: RunConfig) -> RunConfig:
     """A tiny budget that runs every code path: narrow layers, 2 epochs."""
     hidden = tuple(min(w, 32) for w in config.hidden)
     return config.with_(hidden=hidden, epochs=2, cycles=1, eval_points=2)
-
-
-def run_all(data, configs: Dict[str, BonusConfig], seeds: List[int], record: ExampleRecord,
-            curves: Dict[str, bool], progress: bool) -> Dict[str, List[RunResult]]:
-    runs = {}
-    for key, config in configs.items():
-        runs[key] = [train(data, config, seed, curves=curves.get(key, False), progress=progress)
-                     for seed in tqdm(seeds, desc=key, unit="run", dynamic_ncols=True,
-                                      disable=not progress)]
-        record.add(key, summarize(runs[key]))
-    return runs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -144,18 +68,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     record = ExampleRecord(NAME, args, data)
     seeds = [args.seed + i for i in range(args.runs)]
     configs = {"best": BEST} if args.best_only else {**ABLATION, "best": BEST}
+    configs = {key: c.with_(eval_train=key in CURVES) for key, c in configs.items()}
     if args.quick:
         configs = {key: quick(c) for key, c in configs.items()}
-    # The training set is scored at every history point only for the small baseline: for
-    # the best network that would cost ~2 s an epoch, a third of its training time.
-    curves = {"best": False, "baseline [50, 50]": True}
-    runs = run_all(data, configs, seeds, record, curves, show_progress(args))
+    runs = run_configs(data, configs, seeds, record)
 
     best = runs["best"]
     record.add("test_accuracy", mean_std([r.metrics["test_accuracy"] for r in best]))
     record.add("val_accuracy", mean_std([r.metrics["val_accuracy"] for r in best]))
     record.add("train_seconds", mean_std([r.metrics["wall_time"] for r in best]))
-    shown = {k: v for k, v in runs.items() if k in curves}
+    shown = {k: v for k, v in runs.items() if k in CURVES + ("best",)}
     for metric in ("loss", "accuracy"):
         plot_curves(record.figure(f"{metric}.png"),
                     {k: [r.history for r in v] for k, v in shown.items()}, metric)

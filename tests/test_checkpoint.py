@@ -39,7 +39,7 @@ TOTAL = 36
 
 
 def new_net(**kwargs):
-    return Network(8, [6, 5], 3, seed=1, **kwargs)
+    return Network(8, [6, 5], 3, seed=1, **{"dtype": np.float64, **kwargs})
 
 
 def outcome(net, history):

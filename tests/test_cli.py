@@ -26,7 +26,7 @@ PACKAGE = Path(cbn.__file__).resolve().parent
 def no_cifar_anywhere(tmp_path, monkeypatch):
     """No CIFAR-10 to be found: every command falls back to the shipped sample."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("CBN_DATA", str(tmp_path / "no-cifar-here"))
+    monkeypatch.delenv("CBN_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
 
 
@@ -208,8 +208,8 @@ def test_help_is_plain_text_and_every_option_explains_itself(capsys):
 
 
 def test_progress_bars_stay_out_of_redirected_output(tmp_path):
-    env = dict(os.environ, HOME=str(tmp_path), CBN_DATA=str(tmp_path / "none"),
-               PYTHONPATH=str(PACKAGE.parent))
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(PACKAGE.parent))
+    env.pop("CBN_DATA", None)
     proc = subprocess.run([sys.executable, "-m", "cbn", *QUICK], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

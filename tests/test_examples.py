@@ -48,7 +48,8 @@ def environment(home: Path) -> dict:
     shipped sample (never /work/shared or the user's own data)."""
     env = dict(os.environ)
     env.update(PYTHONPATH=PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", ""), HOME=str(home),
-               CBN_DATA=str(home / "no-cifar-here"), MPLBACKEND="Agg")
+               MPLBACKEND="Agg")
+    env.pop("CBN_DATA", None)
     return env
 
 

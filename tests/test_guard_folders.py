@@ -36,7 +36,7 @@ def at_home(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "work").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CBN_DATA", str(tmp_path / "no-cifar-here"))
+    monkeypatch.delenv("CBN_DATA", raising=False)
     monkeypatch.chdir(tmp_path / "work")
 
 

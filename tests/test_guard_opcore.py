@@ -36,7 +36,7 @@ def batch(rng, n, d, k, options):
 def perturbed(rng, **options):
     """A float64 network 6-6-6-5-4 (residual possible on the first two hidden layers, not
     the third), its parameters moved off their initial values."""
-    net = Network(6, [6, 6, 5], 4, seed=2, **options)
+    net = Network(6, [6, 6, 5], 4, seed=2, **{"dtype": np.float64, **options})
     for v in net.params.values():
         v[...] += rng.standard_normal(v.shape) * 0.2
     return net
@@ -233,7 +233,8 @@ def test_fit_trains_on_float_targets_with_mse_and_weighted_rows():
     rng = np.random.default_rng(4)
     X = rng.standard_normal((200, 6))
     Y = X[:, :2] @ rng.standard_normal((2, 3))
-    net = Network(6, [16, 16], 3, norm="layer", activation="gelu", residual=True, seed=0)
+    net = Network(6, [16, 16], 3, norm="layer", activation="gelu", residual=True, seed=0,
+                  dtype=np.float64)
     before = np.mean((net.raw_outputs(X, normalization=False) - Y) ** 2)
     history = fit(net, X, Y, X_val=X[:50], y_val=Y[:50], loss="mse", lam=0.0, batch_size=20,
                   schedule=0.02, epochs=30, seed=0, progress=False,

@@ -207,7 +207,7 @@ def test_evaluation_mode_uses_running_statistics(dt):
 
 def test_train_mode_prediction_uses_batch_statistics():
     rng = np.random.default_rng(2)
-    net = Network(9, [8], 4, seed=1)
+    net = Network(9, [8], 4, seed=1, dtype=np.float64)
     X, _ = data(rng, 20, 9, 4)
     reference = ReferenceNet(dict(net.params), True)
     Z, _, _ = reference.forward(X, training=True)
@@ -389,7 +389,8 @@ def test_dropout_seed_none_turns_dropout_off():
 @pytest.mark.parametrize("placement", ["before", "after"])
 def test_evaluation_ignores_dropout_and_uses_running_statistics(placement):
     rng = np.random.default_rng(5)
-    net = Network(9, [8, 6], 4, seed=1, bn_placement=placement, dropout=0.5)
+    net = Network(9, [8, 6], 4, seed=1, bn_placement=placement, dropout=0.5,
+                  dtype=np.float64)
     for k, v in net.running_stats.items():
         v[...] = rng.random(v.shape) + (0.5 if "var" in k else -0.5)
     X, _ = data(rng, 600, 9, 4)
@@ -454,7 +455,7 @@ def test_a_used_network_pickles_and_deep_copies_with_its_state(dtype):
     (dict(scale=np.ones(5)), "scale must be"),                         # too short
 ])
 def test_a_plan_refuses_data_its_gather_cannot_read(change, match):
-    net = Network(6, [4], 3, seed=0)
+    net = Network(6, [4], 3, seed=0, dtype=np.float64)
     plan = net.plan(4)
     args = dict(src=np.zeros((5, 6)), labels=np.zeros(5, np.int64),
                 idx=np.arange(5, dtype=np.int64), shift=np.zeros(6), scale=np.ones(6))
@@ -465,7 +466,7 @@ def test_a_plan_refuses_data_its_gather_cannot_read(change, match):
 
 
 def test_a_plan_refuses_rows_beyond_its_capacity_or_data():
-    net = Network(6, [4], 3, seed=0)
+    net = Network(6, [4], 3, seed=0, dtype=np.float64)
     plan = net.plan(4)
     plan.set_data(np.zeros((5, 6)), np.zeros(5, np.int64), np.arange(5, dtype=np.int64),
                   np.zeros(6), np.ones(6))

@@ -45,7 +45,7 @@ def test_a_diverging_learning_rate_stops_with_the_step_and_rate_and_keeps_the_la
     X, y = blobs()
     schedule = CyclicLR(0.01, 1e4, 200)  # the rate keeps growing until training blows up
     args = dict(lam=0.0, batch_size=10, schedule=schedule, seed=0, progress=False)
-    net = Network(10, [8, 8], 3, seed=0)
+    net = Network(10, [8, 8], 3, seed=0, dtype=np.float64)
     with pytest.raises(DivergenceError) as info:
         fit(net, X, y, cycles=1, **args)
     error = info.value
@@ -54,7 +54,7 @@ def test_a_diverging_learning_rate_stops_with_the_step_and_rate_and_keeps_the_la
     assert 0 < error.restored_step <= error.step and error.restored_step % 50 == 0
     assert error.history.step and error.history.step[-1] <= error.step
     # The restored state is exactly the state after restored_step steps of the same run.
-    reference = Network(10, [8, 8], 3, seed=0)
+    reference = Network(10, [8, 8], 3, seed=0, dtype=np.float64)
     fit(reference, X, y, cycles=error.restored_step / schedule.cycle_length, **args)
     assert_same_state(state(net), state(reference))
 

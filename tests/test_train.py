@@ -35,7 +35,7 @@ def test_network_overfits_100_samples(bn, dt):
 
 def test_one_step_equals_numpy_reference_sgd_step():
     X, y = blobs(n=8)
-    net = Network(20, [6, 5], 5, seed=4)
+    net = Network(20, [6, 5], 5, seed=4, dtype=np.float64)
     reference = ReferenceNet(dict(net.params), True)
     order = np.random.default_rng(9).permutation(8)  # fit's shuffle for seed 9
     reference.sgd_step(X[order], y[order], lam=0.01, lr=0.05, first=True)
@@ -48,7 +48,7 @@ def test_one_step_equals_numpy_reference_sgd_step():
 
 def test_first_batch_initialises_running_statistics_then_ema_follows():
     X, y = blobs(n=40)
-    net = Network(20, [6], 5, seed=0)
+    net = Network(20, [6], 5, seed=0, dtype=np.float64)
     reference = ReferenceNet(dict(net.params), True)
     order = np.random.default_rng(1).permutation(40)
     for b in range(4):
@@ -135,7 +135,8 @@ def test_uint8_images_with_normalization_match_prenormalised_floats():
         std = images.std(axis=0)
 
     floats = (images - Norm.mean) / Norm.std
-    a, b = Network(12, [8], 3, seed=1), Network(12, [8], 3, seed=1)
+    a, b = (Network(12, [8], 3, seed=1, dtype=np.float64),
+            Network(12, [8], 3, seed=1, dtype=np.float64))
     fit(a, images, y, lam=0.01, batch_size=10, schedule=0.05, epochs=2, seed=2,
         normalization=Norm, progress=False)
     fit(b, floats, y, lam=0.01, batch_size=10, schedule=0.05, epochs=2, seed=2, progress=False)
@@ -193,7 +194,8 @@ def test_adam_steps_with_dropout_equal_the_numpy_reference(placement, dropout):
     """The grads-only compiled step (dropout masks of (seed, step, layer)) followed by the
     optimizer's update, against the reference network and Adam written out per parameter."""
     X, y = blobs(n=8)
-    net = Network(20, [6, 5], 5, seed=4, bn_placement=placement, dropout=dropout)
+    net = Network(20, [6, 5], 5, seed=4, bn_placement=placement, dropout=dropout,
+                  dtype=np.float64)
     params = {k: v.copy() for k, v in net.params.items()}
     rng, state = np.random.default_rng(9), {}
     for step in range(3):

@@ -18,6 +18,11 @@ from .._files import PathLike, cache_dir
 from .errors import DataError
 
 
+class DataVariableError(FileNotFoundError):
+    """``$CBN_DATA`` names a folder without the data set: an error, never a fallback to the
+    shipped sample (as a wrong ``root`` is)."""
+
+
 def search_paths(folder_name: str) -> list[tuple[str, Optional[Path]]]:
     """Where a data set's folder ``folder_name`` is looked for when no root is given, in order.
 
@@ -212,6 +217,14 @@ def resolve_folder(root: Optional[PathLike], download: bool, url: str, md5: str,
             )
         return _download(root.parent if root.name == folder_name else root, url, md5,
                          archive, folder_name)
+    env = os.environ.get("CBN_DATA")
+    if env and not download and as_data_dir(Path(env).expanduser(), folder_name,
+                                            markers) is None:
+        raise DataVariableError(
+            f"$CBN_DATA is {env}, which holds no {what}: expected "
+            f"{Path(env).expanduser() / folder_name} or the data files in that folder itself; "
+            "fix or unset CBN_DATA (to fetch it there, use download=True (command line: "
+            "--download))")
     try:
         return _find(what, folder_name, markers)
     except FileNotFoundError:

@@ -13,6 +13,7 @@ from ..npz import read_npz
 from .cifar10 import N_CLASSES, N_FEATURES, check_options, load_cifar10
 from .dataset import SPLITS, Dataset, Split
 from .errors import DataError, SampleDataWarning
+from .fetch import DataVariableError
 from .normalization import Normalization
 
 SAMPLE_PATH = Path(__file__).parent.parent / "sample_data" / "cifar10_sample.npz"
@@ -127,6 +128,8 @@ def load_or_sample(
         return load_cifar10(data, protocol=protocol, val_size=val_size, download=download)
     try:
         return load_cifar10(protocol=protocol, val_size=val_size)
+    except DataVariableError:
+        raise  # a wrong $CBN_DATA is a mistake to fix, as a wrong ``data`` is
     except FileNotFoundError as exc:
         warnings.warn(
             "Using the small CIFAR-10 sample shipped with cbn, because the full data set was "
