@@ -135,8 +135,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(run_example(main, NAME))
-    except KeyboardInterrupt:
-        print(f"{NAME}: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(run_example(main, NAME))
