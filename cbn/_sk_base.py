@@ -57,10 +57,10 @@ class _ContinuedLR(CyclicLR):
 
 class BaseMLP(BaseEstimator):
     """The shared machinery of ``MLPClassifier`` and ``MLPRegressor`` (see their docstrings
-    for the parameters). Subclasses set ``_loss`` and ``_score_name`` and implement the
-    ``_targets*`` hooks, ``_n_outputs`` and ``_validation_score``."""
+    for the parameters). Subclasses set ``_stratify`` and ``_score_name`` and implement the
+    ``_targets*`` hooks, ``_n_outputs``, ``_loss_options`` and ``_validation_score``."""
 
-    _loss = "cross_entropy"
+    _stratify = True  # the held-out split keeps the classes' shares
     _score_name = "accuracy"
 
     # -- parameters -------------------------------------------------------------------------
@@ -236,6 +236,10 @@ class BaseMLP(BaseEstimator):
         """Whether the network of these parameters has batch normalisation."""
         return self.norm == "batch" or (self.norm == "auto" and bool(self.batch_norm))
 
+    def _loss_options(self) -> dict:
+        """``cbn.fit``'s keywords of the loss (its default: cross-entropy)."""
+        return {}
+
     def _fit_targets(self, y: np.ndarray, weights: Optional[np.ndarray]) -> None:
         """Fit what the targets need from the training rows (the regressor's scale)."""
 
@@ -248,10 +252,7 @@ class BaseMLP(BaseEstimator):
             update = dict(momentum=opt.fused_momentum)
         if self.augment is not None:
             update["augment"] = self.augment
-        if getattr(self, "label_smoothing", 0.0):
-            update["label_smoothing"] = float(self.label_smoothing)
-        if self._loss != "cross_entropy":
-            update["loss"] = self._loss
+        update.update(self._loss_options())
         if weights is not None:
             update["sample_weight"] = weights
         history = train(net, self._source(X), self._targets_for_network(y), lam=self.alpha,
@@ -271,9 +272,8 @@ class BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight, *, partial: bool, classes=None):
         """``fit`` (``partial=False``) and ``partial_fit``: validate, then train a fresh
         network, or continue the fitted one for ``partial_fit`` and ``warm_start``."""
+        self._check_params()
         first = not ((partial or self.warm_start) and hasattr(self, "network_"))
-        if first:
-            self._check_params()
         X, y = validate_data(self, X, y, dtype=SOURCE_DTYPES, order="C", reset=first,
                              **self._validate_y)
         y = self._targets(y, first=first, partial=partial, classes=classes)
@@ -298,6 +298,8 @@ class BaseMLP(BaseEstimator):
             self._start(X, y, weights, rng)
         if X_val is not None:
             self._check_reach(X_val, "rows held out for early stopping")
+            if self.validation_scores_ is None:  # a warm start turning early stopping on
+                self.validation_scores_ = []
         best, stale, best_state, best_loss = -math.inf, 0, None, None
         for _ in range(1 if partial else self.max_iter):
             self._epoch(X, y, weights, self._rng)
@@ -328,7 +330,7 @@ class BaseMLP(BaseEstimator):
         """Rows to train on and rows held out: ``validation_fraction`` of them, stratified
         by class for the classifier when every class can be."""
         rows = np.arange(len(y))
-        stratify = y if self._loss == "cross_entropy" else None
+        stratify = y if self._stratify else None
         try:
             return train_test_split(rows, test_size=self.validation_fraction,
                                     stratify=stratify, random_state=rng)

@@ -11,6 +11,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils.multiclass import check_classification_targets
 
+from . import _validate as check
 from ._sk_base import BaseMLP
 from .augment import Augment
 from .optim import Optimizer
@@ -141,7 +142,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         The class labels, sorted (any type numpy can sort).
 ''' + _ATTRIBUTES.format(loss="cross-entropy", score="accuracy") + '    """')
 
-    _loss = "cross_entropy"
+    _stratify = True
     _score_name = "accuracy"
     _validate_y: dict = {}
 
@@ -187,7 +188,6 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     def _check_params(self) -> None:
         super()._check_params()
-        from . import _validate as check
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         cw = self.class_weight
         if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
@@ -227,6 +227,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def _targets_for_network(self, y: np.ndarray) -> np.ndarray:
         return y
 
+    def _loss_options(self) -> dict:
+        return {"label_smoothing": float(self.label_smoothing)} if self.label_smoothing else {}
+
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
@@ -254,7 +257,6 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             counts = np.bincount(y, minlength=len(self.classes_)).astype(np.float64)
             with np.errstate(divide="ignore"):  # a class absent from y gets no row anyway
                 return np.where(counts > 0, len(y) / (len(self.classes_) * counts), 0.0)
-        from . import _validate as check
         weights = np.ones(len(self.classes_))
         unknown = [label for label in cw if not np.isin(label, self.classes_)]
         if unknown:
@@ -328,7 +330,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 ''' + _ATTRIBUTES.format(loss="squared error of the standardised targets (mean over rows "
                          "and targets)", score="R^2") + '    """')
 
-    _loss = "mse"
+    _stratify = False
     _score_name = "R^2"
     _validate_y = dict(y_numeric=True, multi_output=True)
 
@@ -404,6 +406,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def _n_outputs(self) -> int:
         return max(2, self.n_outputs_)
+
+    def _loss_options(self) -> dict:
+        return {"loss": "mse"}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

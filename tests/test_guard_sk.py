@@ -221,6 +221,14 @@ def test_partial_fit_continues_the_optimizer_state():
     np.testing.assert_array_equal(parts.predict_proba(X), whole.predict_proba(X))
 
 
+def test_a_warm_start_may_turn_early_stopping_on():
+    X, y = regression()
+    est = MLPRegressor(max_iter=2, warm_start=True, random_state=0).fit(X, y)
+    est.set_params(early_stopping=True, max_iter=3).fit(X, y)
+    assert est.n_iter_ == 5 and len(est.validation_scores_) == 3
+    assert est.best_validation_score_ == max(est.validation_scores_)
+
+
 def test_warm_start_refuses_new_labels_and_features():
     X, y = blobs()
     est = MLPClassifier(max_iter=1, warm_start=True, random_state=0).fit(X, y)
