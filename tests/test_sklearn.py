@@ -385,7 +385,9 @@ def test_comparison_example_runs_quick_on_the_sample(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(document) == {"cifar10/cbn", "cifar10/sklearn", "digits/cbn", "digits/sklearn",
-                             "targets", "meta"}
+                             "targets", "diabetes/cbn", "diabetes/sklearn", "friedman1/cbn",
+                             "friedman1/sklearn", "friedman1/targets", "imbalanced/none",
+                             "imbalanced/balanced", "meta"}
     for key in ("cifar10/cbn", "cifar10/sklearn"):
         curve = document[key]["curve"]
         assert curve["epoch"] == [1, 2] and len(curve["val_accuracy"]) == 2
@@ -394,8 +396,27 @@ def test_comparison_example_runs_quick_on_the_sample(tmp_path):
         assert document[key]["test_accuracy"] > 0.8 and document[key]["best_params"]
     assert document["meta"]["data"]["source"] == "sample"
     assert (out / "accuracy_vs_time.png").read_bytes().startswith(PNG_MAGIC)
+    for figure in ("diabetes_r2.png", "friedman1_r2_vs_time.png", "imbalanced_recall.png"):
+        assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+    assert len(document["diabetes/cbn"]["test_r2"]) == 1
+    assert document["friedman1/cbn"]["curve"]["epoch"] == [1, 2]
+    assert len(document["imbalanced/balanced"]["recall"]) == 3
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert summary.count("| cbn.sklearn.MLPClassifier |") == 2
+    assert summary.count("| cbn.sklearn.MLPRegressor |") == 2
+
+
+def test_comparison_runs_the_parts_asked_for(tmp_path):
+    from test_examples import EXAMPLES, environment
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(EXAMPLES / "sklearn_comparison.py"), "--quick",
+                           "--parts", "diabetes", "imbalanced", "--out", str(out)],
+                          cwd=tmp_path, env=environment(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert set(document) == {"diabetes/cbn", "diabetes/sklearn", "imbalanced/none",
+                             "imbalanced/balanced", "meta"}
 
 
 def _comparison_example():
