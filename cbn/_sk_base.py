@@ -240,6 +240,9 @@ class BaseMLP(BaseEstimator):
         """``cbn.fit``'s keywords of the loss (its default: cross-entropy)."""
         return {}
 
+    def _check_weighted_classes(self, y: np.ndarray, weights: Optional[np.ndarray]) -> None:
+        """Refuse weights that leave too little to learn (the classifier: one class)."""
+
     def _fit_targets(self, y: np.ndarray, weights: Optional[np.ndarray]) -> None:
         """Fit what the targets need from the training rows (the regressor's scale)."""
 
@@ -278,10 +281,12 @@ class BaseMLP(BaseEstimator):
                              **self._validate_y)
         y = self._targets(y, first=first, partial=partial, classes=classes)
         weights = self._weights(y, sample_weight, partial)
+        if not partial:
+            self._check_weighted_classes(y, weights)
         rng = check_random_state(self.random_state) if first else self._rng
         X_val = y_val = w_val = None
         if self.early_stopping and not partial:
-            train_rows, val_rows = self._split(y, rng)
+            train_rows, val_rows = self._split(y, weights, rng)
             X_val, y_val = X[val_rows], y[val_rows]
             X, y = X[train_rows], y[train_rows]
             if weights is not None:
@@ -326,21 +331,24 @@ class BaseMLP(BaseEstimator):
             self.best_loss_ = min(self.loss_curve_)
         return self
 
-    def _split(self, y: np.ndarray, rng) -> Tuple[np.ndarray, np.ndarray]:
+    def _split(self, y: np.ndarray, weights: Optional[np.ndarray],
+               rng) -> Tuple[np.ndarray, np.ndarray]:
         """Rows to train on and rows held out: ``validation_fraction`` of them, stratified
-        by class for the classifier when every class can be."""
+        when the data allow by class (the classifier) and by zero or positive weight, so
+        that both parts keep rows that count."""
         rows = np.arange(len(y))
-        stratify = y if self._stratify else None
-        try:
-            return train_test_split(rows, test_size=self.validation_fraction,
-                                    stratify=stratify, random_state=rng)
-        except ValueError:  # a class with one row, or fewer held-out rows than classes
-            if stratify is None:
-                raise ValueError(f"early_stopping: validation_fraction="
-                                 f"{self.validation_fraction} of n_samples={len(y)} rows "
-                                 "leaves no row to train on or none to hold out") from None
-            return train_test_split(rows, test_size=self.validation_fraction,
-                                    random_state=rng)
+        strata = y if self._stratify else None
+        if weights is not None and not weights.all():
+            strata = (weights > 0) if strata is None else 2 * strata + (weights > 0)
+        for stratify in ([strata] if strata is not None else []) + [None]:
+            try:
+                return train_test_split(rows, test_size=self.validation_fraction,
+                                        stratify=stratify, random_state=rng)
+            except ValueError:  # a stratum of one row, or fewer held-out rows than strata
+                continue
+        raise ValueError(f"early_stopping: validation_fraction={self.validation_fraction} "
+                         f"of n_samples={len(y)} rows leaves no row to train on or none to "
+                         "hold out")
 
     def _outputs(self, X) -> np.ndarray:
         """The network's outputs for validated X (probabilities or raw outputs)."""

@@ -244,6 +244,17 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             raise ValueError("sample_weight times class_weight is 0 for every row")
         return weights
 
+    def _check_weighted_classes(self, y: np.ndarray, weights: Optional[np.ndarray]) -> None:
+        """Refuse weights under which the rows of fewer than 2 classes count (partial_fit's
+        batches may hold one class; fit's data may not)."""
+        if weights is None:
+            return
+        counted = np.flatnonzero(np.bincount(y, weights, minlength=len(self.classes_)) > 0)
+        if len(counted) < 2:
+            raise ValueError("sample_weight and class_weight leave weight on the rows of 1 "
+                             f"class only ({self.classes_[counted].tolist()[0]!r}); "
+                             f"{type(self).__name__} needs at least 2 classes")
+
     def _class_weights(self, y: np.ndarray, partial: bool) -> Optional[np.ndarray]:
         """The weight of each class (in ``classes_`` order), or None."""
         cw = self.class_weight

@@ -179,6 +179,29 @@ def test_early_stopping_restores_the_best_network(cls):
     assert est.best_loss_ == est.loss_curve_[best]
 
 
+def test_early_stopping_holds_out_rows_that_weigh():
+    """The split is stratified by zero or positive weight too: with 10 weighted rows in 100,
+    the held-out tenth keeps one of them (at random it would keep none a third of the
+    time)."""
+    X, y = regression(n=100)
+    w = np.zeros(100)
+    w[::10] = 1.0
+    for seed in range(10):
+        est = MLPRegressor(early_stopping=True, max_iter=2, random_state=seed)
+        est.fit(X, y, sample_weight=w)
+        assert len(est.validation_scores_) == 2
+
+
+def test_weights_on_one_class_only_are_refused_by_fit():
+    X, y = blobs(n=60)
+    with pytest.raises(ValueError, match="1 class only .0.; MLPClassifier needs at least 2"):
+        MLPClassifier().fit(X, y, sample_weight=(y == 0).astype(float))
+    with pytest.raises(ValueError, match="1 class only"):
+        MLPClassifier(class_weight={1: 0, 2: 0}).fit(X, y)
+    est = MLPClassifier(random_state=0)  # a batch of partial_fit may hold one class
+    est.partial_fit(X, y, classes=[0, 1, 2], sample_weight=(y == 0).astype(float))
+
+
 def test_verbose_prints_one_line_per_epoch_with_the_validation_score(capsys):
     X, y = regression()
     MLPRegressor(max_iter=3, verbose=1, early_stopping=True, random_state=0).fit(X, y)
