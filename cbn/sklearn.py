@@ -135,7 +135,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         classes a weight (the others 1); "balanced" gives class c the weight
         n_samples / (n_classes * count(c)) over the y of ``fit`` (scikit-learn's meaning;
         ``partial_fit`` takes a dict only, its batch not being the classes' frequencies).
-''' + _TRAINING.format(split="stratified", score="accuracy") + '''
+''' + _TRAINING.format(split="stratified by class and by zero or positive weight",
+                                       score="accuracy") + '''
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -331,7 +332,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     deviation, weighted by ``sample_weight``; 1 for a constant column), the network learns the standardised values, and
     ``predict`` returns them in y's original units, as float64. ``score`` is R^2
     (scikit-learn's ``r2_score``, uniform average over the targets).
-''' + _SCHEDULE + _LAYERS + _TRAINING.format(split="at random", score="R^2") + '''
+''' + _SCHEDULE + _LAYERS + _TRAINING.format(split="stratified by zero or positive weight", score="R^2") + '''
     Attributes
     ----------
     n_outputs_ : int
