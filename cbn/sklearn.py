@@ -77,9 +77,9 @@ _TRAINING = """
         Any finite X: the mean is subtracted at full precision however far from 0 the data
         lie, and only a feature whose 1/std ``dtype`` cannot hold is refused.
     early_stopping : bool, default False
-        Hold out ``validation_fraction`` of the training rows ({split}), stop when their
-        {score} (weighted by ``sample_weight``) has not improved by ``tol`` for
-        ``n_iter_no_change`` epochs, and restore the network of the best epoch. Without it
+        Hold out ``validation_fraction`` of the training rows (stratified by {split}),
+        stop when their {score} (weighted by ``sample_weight``) has not improved by
+        ``tol`` for ``n_iter_no_change`` epochs, and restore the network of the best epoch. Without it
         every epoch runs: with a cyclical rate the training loss rises with the rate, so it
         is no stopping signal. ``partial_fit`` ignores it.
     validation_fraction : float in (0, 1), default 0.1
@@ -105,8 +105,8 @@ _ATTRIBUTES = """
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     loss_curve_ : list of float
-        Per epoch: the mean (sample-weighted) mini-batch {loss} plus ``alpha * sum W^2`` at
-        the epoch's end.
+        Per epoch: the mean (sample-weighted) mini-batch {loss}
+        plus ``alpha * sum W^2`` at the epoch's end.
     best_loss_ : float or None
         Without early stopping the smallest entry of ``loss_curve_``; with it the entry of
         the epoch whose network was restored.
@@ -135,8 +135,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         classes a weight (the others 1); "balanced" gives class c the weight
         n_samples / (n_classes * count(c)) over the y of ``fit`` (scikit-learn's meaning;
         ``partial_fit`` takes a dict only, its batch not being the classes' frequencies).
-''' + _TRAINING.format(split="stratified by class and by zero or positive weight",
-                                       score="accuracy") + '''
+''' + _TRAINING.format(split="class and weight", score="accuracy") + '''
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -329,18 +328,19 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     on the squared error, for one or several float targets.
 
     Each target column is standardised inside (its training rows' mean and standard
-    deviation, weighted by ``sample_weight``; 1 for a constant column), the network learns the standardised values, and
-    ``predict`` returns them in y's original units, as float64. ``score`` is R^2
+    deviation, weighted by ``sample_weight``; 1 for a constant column), the network
+    learns the standardised values, and ``predict`` returns them in y's original units,
+    as float64. ``score`` is R^2
     (scikit-learn's ``r2_score``, uniform average over the targets).
-''' + _SCHEDULE + _LAYERS + _TRAINING.format(split="stratified by zero or positive weight", score="R^2") + '''
+''' + _SCHEDULE + _LAYERS + _TRAINING.format(split="weight", score="R^2") + '''
     Attributes
     ----------
     n_outputs_ : int
         Target columns (1 for a 1-D y, which ``predict`` then returns as 1-D).
     target_mean_, target_scale_ : ndarray of shape (n_outputs_,)
         The standardisation of the targets.
-''' + _ATTRIBUTES.format(loss="squared error of the standardised targets (mean over rows "
-                         "and targets)", score="R^2") + '    """')
+''' + _ATTRIBUTES.format(loss="squared error of the standardised targets",
+                         score="R^2") + '    """')
 
     _stratify = False
     _score_name = "R^2"
