@@ -281,3 +281,14 @@ def test_regressor_grid_search_over_init_in_a_pipeline_with_two_jobs():
     search.fit(X[:300], y[:300])
     assert len(search.cv_results_["mean_test_score"]) == 2
     assert search.score(X[300:], y[300:]) > 0.8
+
+
+def test_predictions_of_many_rows_are_those_of_their_blocks():
+    """Thousands of rows are evaluated in governed blocks, whose thread probe must score
+    them with the estimator's loss: raw outputs, not probabilities."""
+    X, y = regression(n=300)
+    est = MLPRegressor(max_iter=2, random_state=0).fit(X, y)
+    many = np.random.default_rng(0).standard_normal((6000, X.shape[1])) * X.std(0)
+    whole = est.predict(many)
+    parts = np.concatenate([est.predict(many[i:i + 500]) for i in range(0, 6000, 500)])
+    np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-3 * y.std())
