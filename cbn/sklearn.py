@@ -79,9 +79,9 @@ _TRAINING = """
     early_stopping : bool, default False
         Hold out ``validation_fraction`` of the training rows (stratified by {split}),
         stop when their {score} (weighted by ``sample_weight``) has not improved by
-        ``tol`` for ``n_iter_no_change`` epochs, and restore the network of the best epoch. Without it
-        every epoch runs: with a cyclical rate the training loss rises with the rate, so it
-        is no stopping signal. ``partial_fit`` ignores it.
+        ``tol`` for ``n_iter_no_change`` epochs, and restore the network of the best
+        epoch. Without it every epoch runs: with a cyclical rate the training loss rises
+        with the rate, so it is no stopping signal. ``partial_fit`` ignores it.
     validation_fraction : float in (0, 1), default 0.1
     n_iter_no_change : int >= 1, default 10
         Epochs without improvement before stopping; let it span a learning-rate cycle.
