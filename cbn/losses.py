@@ -67,16 +67,21 @@ def targets(y, n: int, num_classes: int, dtype, *, loss: str = "cross_entropy",
         labels, values = None, np.ascontiguousarray(values, dtype=dtype)
         if not np.isfinite(values).all():
             raise ValueError(f"{name} has NaN or infinite values once in {np.dtype(dtype)}")
-    weights = None
-    if sample_weight is not None:
-        weights = np.ascontiguousarray(check.real_array(weight_name, sample_weight))
-        if weights.shape != (n,):
-            raise ValueError(f"{weight_name} must be 1-D with one weight per row ({n}), got "
-                             f"shape {weights.shape}")
-        if not np.isfinite(weights).all():
-            raise ValueError(f"{weight_name} contains NaN or infinite values")
-        if (weights < 0).any():
-            raise ValueError(f"{weight_name} must be >= 0, got a minimum of {weights.min()}")
-        if not weights.sum() > 0:
-            raise ValueError(f"{weight_name} must not be all zero")
+    weights = None if sample_weight is None else sample_weights(sample_weight, n, weight_name)
     return Targets(loss, labels, values, weights, label_smoothing)
+
+
+def sample_weights(sample_weight, n: int, name: str = "sample_weight") -> np.ndarray:
+    """``sample_weight`` as float64 (n,), checked: finite, >= 0, not all zero (a ValueError
+    or TypeError naming ``name`` otherwise)."""
+    weights = np.ascontiguousarray(check.real_array(name, sample_weight), dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(f"{name} must be 1-D with one weight per row ({n}), got "
+                         f"shape {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (weights < 0).any():
+        raise ValueError(f"{name} must be >= 0, got a minimum of {weights.min()}")
+    if not weights.sum() > 0:
+        raise ValueError(f"{name} must not be all zero")
+    return weights

@@ -93,21 +93,19 @@ class Workspace:
         plan = self.plan(cap)
         if self._rows.shape[0] < n:
             self._rows = np.arange(n, dtype=np.int64)
-        targets = y if isinstance(y, Targets) else None
-        plan.set_data(src, y if targets is None else targets.labels, self._rows, shift, scale)
-        if targets is not None:
-            if targets.weights is not None and n > cap:
-                raise ValueError("sample weights score one batch, not blocks")
-            targets.apply(plan)
+        if isinstance(y, Targets) and y.weights is not None and n > cap:
+            raise ValueError("sample weights score one batch, not blocks")
         dropout = training and dropout_seed is not None and net.has_dropout
-        if dropout:
-            plan.set_dropout(dropout_seed, 0)
         loss, correct = 0.0, 0
-        # Many blocks: their thread count is chosen as a training run's steps' is.
+        # Many blocks: their thread count is chosen as a training run's steps' is. The
+        # governor's dry pass points the plan at other data: the run's are set after it.
         governed = n >= GOVERNED_FROM * cap
         governor = TeamGovernor(active=governed, kind="evaluate", probe=self.probe(
             plan, src, y, shift, scale, (cap, n % cap), training, dropout=dropout)
             if governed else None)
+        self._set_data(plan, src, y, shift, scale)
+        if dropout:
+            plan.set_dropout(dropout_seed, 0)
         try:
             for start in range(0, n, cap):
                 stop = min(start + cap, n)
@@ -123,7 +121,18 @@ class Workspace:
             governor.close()
         return loss, correct
 
-    def probe(self, plan: "_ops.Plan", src: np.ndarray, y: Optional[np.ndarray],
+    def _set_data(self, plan: "_ops.Plan", src: np.ndarray,
+                  y: Union[None, np.ndarray, Targets], shift: np.ndarray,
+                  scale: np.ndarray) -> None:
+        """Point ``plan`` at ``src`` in row order, scored against ``y``: int64 labels, or
+        the ``Targets`` of a loss (which ``set_data`` alone would reset to cross-entropy)."""
+        targets = y if isinstance(y, Targets) else None
+        plan.set_data(src, y if targets is None else targets.labels, self._rows, shift, scale)
+        if targets is not None:
+            targets.apply(plan)
+
+    def probe(self, plan: "_ops.Plan", src: np.ndarray,
+              y: Union[None, np.ndarray, Targets],
               shift: np.ndarray, scale: np.ndarray, sizes: Tuple[int, ...], training: bool,
               lam: float = 0.0, dropout: bool = False) -> Tuple[Hashable, Callable[[], bytes]]:
         """``TeamGovernor``'s probe of a run of ``plan`` over ``src`` in batches of ``sizes``
@@ -141,7 +150,7 @@ class Workspace:
             self._rows = np.arange(src.shape[0], dtype=np.int64)
 
         def dry_pass() -> bytes:
-            plan.set_data(src, y, self._rows, shift, scale)
+            self._set_data(plan, src, y, shift, scale)
             results = []
             if training:
                 grad = net.flat_grad

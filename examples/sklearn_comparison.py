@@ -18,9 +18,19 @@ Digits (1,797 8x8 images, 75 % for the search, 25 % held out): StandardScaler + 
 estimator in a Pipeline, GridSearchCV(n_jobs=2) over hidden layers and alpha (the same L2
 strengths in each library's units), the best refitted and scored on the held-out images.
 
+Regression, cbn's MLPRegressor against scikit-learn's (its defaults, on StandardScaler
+features; cbn standardises X and y inside):
+- diabetes (scikit-learn's bundled 442 rows): R^2 on a held-out 25 % for 5 seeds;
+- make_friedman1 (noise 1.0) with --friedman-rows training rows (500,000) and 50,000 test
+  rows: both alternate epoch by epoch as on CIFAR-10; the time cbn takes to reach
+  scikit-learn's final test R^2 (target: at most a fifth of scikit-learn's time).
+Imbalanced classification (make_classification, 3 classes at 90/7/3 %): cbn's
+MLPClassifier without and with class_weight="balanced", recall of each class held out.
+
 Needs scikit-learn (pip install "cbn[sklearn]").
 
     python examples/sklearn_comparison.py --data /path/to/cifar-10-batches-py --blas-threads 1
+    python examples/sklearn_comparison.py --parts diabetes friedman1 imbalanced --out DIR
 """
 from __future__ import annotations
 
@@ -37,10 +47,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import config_context  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.datasets import (load_diabetes, load_digits, make_classification,  # noqa: E402
+                              make_friedman1)
+from sklearn.metrics import recall_score  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SklearnMLP  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SklearnRegressor  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
@@ -48,7 +61,7 @@ from cbn.plots import save_figure  # noqa: E402
 from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
                         parse_example_args, run_example)
 from cbn.tables import markdown_table, number, percent  # noqa: E402
-from cbn.sklearn import MLPClassifier  # noqa: E402
+from cbn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 NAME = "sklearn_comparison"
 HIDDEN = (50, 50)
@@ -56,9 +69,20 @@ LAM, BATCH = 0.005, 100          # cbn's L2 strength and the batch size on CIFAR
 DIGITS_BATCH = 32
 DIGITS_LAMS = (1e-4, 1e-3, 5e-3)  # cbn's alpha; scikit-learn's is 2 * batch * lambda
 LABELS = {"cbn": "cbn.sklearn.MLPClassifier", "sklearn": "sklearn MLPClassifier"}
+REGRESSORS = {"cbn": "cbn.sklearn.MLPRegressor", "sklearn": "sklearn MLPRegressor"}
 # The targets: at cbn's training time at least this much more test accuracy, and
 # scikit-learn's final test accuracy reached in at most this share of its training time.
 TARGET_GAIN, TARGET_TIME_SHARE = 0.03, 0.2
+PARTS = ("cifar10", "digits", "diabetes", "friedman1", "imbalanced")
+DIABETES_SEEDS = 5
+FRIEDMAN_TEST_ROWS = 50_000
+# cbn's settings on the regression sets and the imbalanced task: one fixed choice each
+# (make_friedman1's on its draw of random_state 1, the comparison runs on --seed's).
+DIABETES = dict(hidden_layer_sizes=(50,), batch_size=32, alpha=1e-2, eta_max=0.05,
+                max_iter=30)
+FRIEDMAN = dict(hidden_layer_sizes=(64, 64), batch_size=1000, optimizer="adam",
+                eta_min=1e-4, eta_max=1e-2, alpha=1e-6, cycles=1)
+IMBALANCED = dict(hidden_layer_sizes=(50, 50), max_iter=20)
 
 
 def sklearn_alpha(lam: float, batch_size: int) -> float:
@@ -89,13 +113,13 @@ class EpochRun:
     ``stops`` says after an epoch whether the estimator's own fit would end there."""
 
     def __init__(self, estimator, X, y, evals: Dict[str, tuple], classes, max_epochs: int,
-                 prepare=None, stops=None) -> None:
+                 prepare=None, stops=None, metric: str = "accuracy") -> None:
         self.estimator, self.X, self.y, self.evals = estimator, X, y, evals
         self.classes, self.max_epochs = classes, max_epochs
-        self.prepare, self.stops = prepare, stops
+        self.prepare, self.stops, self.metric = prepare, stops, metric
         self.spent, self.prepare_time, self.done = 0.0, 0.0, False
         self.curve: Dict[str, list] = {"epoch": [], "train_time": [], "load_average": []}
-        self.curve.update({f"{name}_accuracy": [] for name in evals})
+        self.curve.update({f"{name}_{metric}": [] for name in evals})
 
     def step(self) -> None:
         """One more epoch (and the preparation before the first), then the evaluations."""
@@ -107,31 +131,35 @@ class EpochRun:
             self.evals = {k: (transform(Xe), ye) for k, (Xe, ye) in self.evals.items()}
             self.prepare, started = None, time.perf_counter()
         # The data are finite: skip the check each call would repeat (fit makes it once).
+        extra = {} if self.classes is None else {"classes": self.classes}
         with config_context(assume_finite=True):
-            self.estimator.partial_fit(self.X, self.y, classes=self.classes)
+            self.estimator.partial_fit(self.X, self.y, **extra)
         self.spent += time.perf_counter() - started
         epoch = len(self.curve["epoch"]) + 1
         self.curve["epoch"].append(epoch)
         self.curve["train_time"].append(self.spent)
         self.curve["load_average"].append(os.getloadavg()[0])
         for name, (Xe, ye) in self.evals.items():
-            self.curve[f"{name}_accuracy"].append(float(self.estimator.score(Xe, ye)))
+            self.curve[f"{name}_{self.metric}"].append(float(self.estimator.score(Xe, ye)))
         self.done = epoch >= self.max_epochs or bool(self.stops and self.stops(self.estimator))
         print(f"{type(self.estimator).__module__.split('.')[0]}: epoch {epoch}, "
-              f"{self.spent:.1f} s, test accuracy {self.curve['test_accuracy'][-1]:.4f}",
-              file=sys.stderr)
+              f"{self.spent:.1f} s, test {self.metric} "
+              f"{self.curve[f'test_{self.metric}'][-1]:.4f}", file=sys.stderr)
 
 
-def accuracy_at(curve: Dict[str, list], seconds: float) -> Optional[float]:
-    """Test accuracy of the last epoch finished within ``seconds`` of training (None if none)."""
-    done = [a for t, a in zip(curve["train_time"], curve["test_accuracy"]) if t <= seconds]
+def accuracy_at(curve: Dict[str, list], seconds: float,
+                key: str = "test_accuracy") -> Optional[float]:
+    """The ``key`` score (test accuracy) of the last epoch finished within ``seconds`` of
+    training (None if none)."""
+    done = [a for t, a in zip(curve["train_time"], curve[key]) if t <= seconds]
     return done[-1] if done else None
 
 
-def time_to_reach(curve: Dict[str, list], accuracy: float) -> Optional[float]:
-    """Training time of the first epoch with test accuracy >= ``accuracy`` (None if none)."""
-    return next((t for t, a in zip(curve["train_time"], curve["test_accuracy"])
-                 if a >= accuracy), None)
+def time_to_reach(curve: Dict[str, list], accuracy: float,
+                  key: str = "test_accuracy") -> Optional[float]:
+    """Training time of the first epoch whose ``key`` score (test accuracy) is >=
+    ``accuracy`` (None if none)."""
+    return next((t for t, a in zip(curve["train_time"], curve[key]) if a >= accuracy), None)
 
 
 def standardize_for_sklearn(X):
@@ -246,6 +274,218 @@ def digits(args, record: ExampleRecord) -> Dict[str, dict]:
     return entries
 
 
+def params_of(estimator) -> dict:
+    """An estimator's parameters as JSON values (objects by their repr)."""
+    return {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+            for k, v in estimator.get_params().items()}
+
+
+def diabetes(args, record: ExampleRecord) -> Dict[str, dict]:
+    """Test R^2 of both regressors on scikit-learn's diabetes data, a held-out 25 % per seed:
+    scikit-learn's defaults (max_iter raised to 2,000 so that it converges) on StandardScaler
+    features, cbn's ``DIABETES`` setting."""
+    X, y = load_diabetes(return_X_y=True)
+    seeds = [args.seed + i for i in range(1 if args.quick else DIABETES_SEEDS)]
+    their_epochs = 100 if args.quick else 2000
+    makers = {"cbn": lambda s: MLPRegressor(random_state=s, **DIABETES),
+              "sklearn": lambda s: make_pipeline(StandardScaler(), SklearnRegressor(
+                  max_iter=their_epochs, random_state=s))}
+    entries = {key: {"estimator": REGRESSORS[key], "seeds": seeds, "test_r2": [],
+                     "wall_time": []} for key in makers}
+    for seed in seeds:
+        X_fit, X_held, y_fit, y_held = train_test_split(X, y, test_size=0.25,
+                                                        random_state=seed)
+        for key, make in makers.items():
+            estimator = make(seed)
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                estimator.fit(X_fit, y_fit)
+            entries[key]["wall_time"].append(time.perf_counter() - started)
+            entries[key]["test_r2"].append(float(estimator.score(X_held, y_held)))
+            entries[key]["params"] = params_of(estimator)
+    entries["sklearn"]["max_iter"] = their_epochs
+    for key, entry in entries.items():
+        entry["mean_test_r2"] = float(np.mean(entry["test_r2"]))
+        entry["std_test_r2"] = float(np.std(entry["test_r2"]))
+        record.note_run_times(f"diabetes/{key}", [{"seed": s, "wall_time": t} for s, t in
+                                                  zip(seeds, entry["wall_time"])])
+    return {f"diabetes/{key}": entry for key, entry in entries.items()}
+
+
+def friedman1(args, record: ExampleRecord) -> Dict[str, dict]:
+    """Both regressors on make_friedman1, alternating epoch by epoch, test R^2 against the
+    training time; scikit-learn with its defaults and its own stopping rule."""
+    rows = min(args.friedman_rows, 20_000) if args.quick else args.friedman_rows
+    X, y = make_friedman1(n_samples=rows + FRIEDMAN_TEST_ROWS, noise=1.0,
+                          random_state=args.seed)
+    X = X.astype(np.float32)
+    train, test = (X[:rows], y[:rows]), (X[rows:], y[rows:])
+    ours = MLPRegressor(max_iter=args.friedman_epochs, random_state=args.seed, **FRIEDMAN)
+    theirs = SklearnRegressor(max_iter=args.sklearn_epochs,
+                              random_state=np.random.RandomState(args.seed))
+    runs = {"cbn": EpochRun(ours, *train, {"test": test}, None, args.friedman_epochs,
+                            metric="r2"),
+            "sklearn": EpochRun(theirs, *train, {"test": test}, None, args.sklearn_epochs,
+                                prepare=standardize_for_sklearn, metric="r2",
+                                stops=lambda e: sklearn_stops(e.loss_curve_, e.tol,
+                                                              e.n_iter_no_change))}
+    while not all(run.done for run in runs.values()):
+        for run in runs.values():
+            if not run.done:
+                run.step()
+    entries = {}
+    for key, run in runs.items():
+        curve = run.curve
+        entries[f"friedman1/{key}"] = {
+            "estimator": REGRESSORS[key], "train_rows": rows, "epochs": len(curve["epoch"]),
+            "test_r2": curve["test_r2"][-1], "wall_time": curve["train_time"][-1],
+            "standardize_time": run.prepare_time, "curve": curve,
+            "params": params_of(run.estimator)}
+        record.note_run_times(f"friedman1/{key}", [{"seed": args.seed,
+                                                    "wall_time": curve["train_time"][-1]}])
+    ours, theirs = entries["friedman1/cbn"], entries["friedman1/sklearn"]
+    reach = time_to_reach(ours["curve"], theirs["test_r2"], key="test_r2")
+    entries["friedman1/targets"] = {
+        "sklearn_final_test_r2": theirs["test_r2"], "sklearn_time": theirs["wall_time"],
+        "sklearn_first_reached_own_final": time_to_reach(theirs["curve"], theirs["test_r2"],
+                                                         key="test_r2"),
+        "cbn_time_to_sklearn_final": reach,
+        "time_share": None if reach is None else reach / theirs["wall_time"],
+        "time_met": reach is not None and reach <= TARGET_TIME_SHARE * theirs["wall_time"]}
+    return entries
+
+
+def imbalanced(args, record: ExampleRecord) -> Dict[str, dict]:
+    """cbn's MLPClassifier on 3 classes at 90/7/3 %, without and with class_weight=
+    "balanced": the recall of each class on a stratified held-out 25 %."""
+    X, y = make_classification(n_samples=4_000 if args.quick else 40_000, n_features=20,
+                               n_informative=8, n_classes=3, weights=[0.9, 0.07, 0.03],
+                               class_sep=0.8, random_state=args.seed)
+    X_fit, X_held, y_fit, y_held = train_test_split(X, y, test_size=0.25, stratify=y,
+                                                    random_state=args.seed)
+    entries = {}
+    settings = {**IMBALANCED, "max_iter": 3 if args.quick else IMBALANCED["max_iter"]}
+    for weight in (None, "balanced"):
+        estimator = MLPClassifier(class_weight=weight, random_state=args.seed, **settings)
+        started = time.perf_counter()
+        estimator.fit(X_fit, y_fit)
+        spent = time.perf_counter() - started
+        predicted = estimator.predict(X_held)
+        recall = recall_score(y_held, predicted, average=None)
+        key = f"imbalanced/{weight or 'none'}"
+        entries[key] = {"class_weight": weight, "class_shares": np.bincount(y).tolist(),
+                        "recall": recall.tolist(), "balanced_accuracy": float(recall.mean()),
+                        "test_accuracy": float(np.mean(predicted == y_held)),
+                        "wall_time": spent, "settings": settings,
+                        "params": params_of(estimator)}
+        record.note_run_times(key, [{"seed": args.seed, "wall_time": spent}])
+    return entries
+
+
+def plot_regression(record: ExampleRecord, entries: Dict[str, dict]) -> None:
+    """The regression figures of the parts that ran."""
+    if "diabetes/cbn" in entries:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        for offset, key in ((-0.1, "diabetes/cbn"), (0.1, "diabetes/sklearn")):
+            entry = entries[key]
+            ax.plot(np.arange(len(entry["seeds"])) + offset, entry["test_r2"], "o",
+                    label=f"{entry['estimator']} (mean {entry['mean_test_r2']:.3f})")
+        ax.set_xticks(range(len(entries["diabetes/cbn"]["seeds"])))
+        ax.set_xticklabels(entries["diabetes/cbn"]["seeds"])
+        ax.set_xlabel("seed (split and initialisation)")
+        ax.set_ylabel("held-out R²")
+        ax.set_title("diabetes: R² on a held-out 25 % per seed")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save_figure(fig, record.figure("diabetes_r2.png"))
+    if "friedman1/cbn" in entries:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for key in ("friedman1/cbn", "friedman1/sklearn"):
+            curve = entries[key]["curve"]
+            ax.plot(curve["train_time"], curve["test_r2"], marker="o", markersize=3,
+                    label=entries[key]["estimator"])
+        final = entries["friedman1/sklearn"]["test_r2"]
+        ax.axhline(final, color="grey", linestyle=":", linewidth=1,
+                   label=f"scikit-learn's final ({final:.4f})")
+        ax.set_xscale("log")
+        ax.set_ylim(max(0.0, final - 0.1), None)
+        ax.set_xlabel("training time (s, log scale)")
+        ax.set_ylabel("test R²")
+        ax.set_title(f"make_friedman1, {entries['friedman1/cbn']['train_rows']:,} rows: "
+                     "one point per epoch")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        save_figure(fig, record.figure("friedman1_r2_vs_time.png"))
+    if "imbalanced/none" in entries:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        for offset, key in ((-0.2, "imbalanced/none"), (0.2, "imbalanced/balanced")):
+            recall = entries[key]["recall"]
+            ax.bar(np.arange(len(recall)) + offset, recall, width=0.4,
+                   label=f"class_weight={entries[key]['class_weight']!r}")
+        shares = np.asarray(entries["imbalanced/none"]["class_shares"], float)
+        ax.set_xticks(range(len(shares)))
+        ax.set_xticklabels([f"class {k} ({100 * s:.0f} %)"
+                            for k, s in enumerate(shares / shares.sum())])
+        ax.set_ylabel("held-out recall")
+        ax.set_title("imbalanced classes: recall of each class")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend()
+        save_figure(fig, record.figure("imbalanced_recall.png"))
+
+
+def regression_sections(entries: Dict[str, dict]) -> List[str]:
+    """The summary's sections of the regression and imbalanced parts that ran."""
+    lines: List[str] = []
+    if "diabetes/cbn" in entries:
+        rows = [[entries[k]["estimator"]] + [f"{r:.3f}" for r in entries[k]["test_r2"]]
+                + [f"{entries[k]['mean_test_r2']:.3f} ± {entries[k]['std_test_r2']:.3f}",
+                   f"{float(np.mean(entries[k]['wall_time'])):.2f}"]
+                for k in ("diabetes/cbn", "diabetes/sklearn")]
+        seeds = entries["diabetes/cbn"]["seeds"]
+        lines += ["## Diabetes: held-out R² (25 %) per seed", "",
+                  f"cbn: {DIABETES}; scikit-learn: StandardScaler + its defaults "
+                  "(hidden (100,), Adam 1e-3, alpha 1e-4) with max_iter = "
+                  f"{entries['diabetes/sklearn']['max_iter']}.", "",
+                  markdown_table(["estimator", *[f"seed {s}" for s in seeds], "mean ± std",
+                                  "fit time (s)"], rows), ""]
+    if "friedman1/cbn" in entries:
+        goal = entries["friedman1/targets"]
+        rows = [[entries[k]["estimator"], entries[k]["epochs"], f"{entries[k]['test_r2']:.4f}",
+                 number(entries[k]["wall_time"], ".1f")]
+                for k in ("friedman1/cbn", "friedman1/sklearn")]
+        share = goal["time_share"]
+        lines += [f"## make_friedman1 (noise 1.0), {entries['friedman1/cbn']['train_rows']:,} "
+                  f"training rows, {FRIEDMAN_TEST_ROWS:,} test rows", "",
+                  f"cbn: {FRIEDMAN}; scikit-learn: its defaults on StandardScaler features, "
+                  "stopping by its own rule. Alternating epoch by epoch; training time "
+                  "excludes the evaluations.", "",
+                  markdown_table(["estimator", "epochs", "test R²", "training time (s)"],
+                                 rows), "",
+                  "- cbn reaches scikit-learn's final test R² "
+                  f"({goal['sklearn_final_test_r2']:.4f}, after {goal['sklearn_time']:.1f} s) "
+                  f"in at most {TARGET_TIME_SHARE:.0%} of that time: "
+                  f"{'**met**' if goal['time_met'] else '**not met**'} "
+                  f"({seconds(goal['cbn_time_to_sklearn_final'])}"
+                  + ("" if share is None else f", {share:.1%} of it") + "). scikit-learn "
+                  f"itself first reached it after "
+                  f"{seconds(goal['sklearn_first_reached_own_final'])}.", ""]
+    if "imbalanced/none" in entries:
+        rows = [[repr(entries[k]["class_weight"])] + [percent(r) for r in entries[k]["recall"]]
+                + [percent(entries[k]["balanced_accuracy"]),
+                   percent(entries[k]["test_accuracy"])]
+                for k in ("imbalanced/none", "imbalanced/balanced")]
+        shares = entries["imbalanced/none"]["class_shares"]
+        lines += ["## Imbalanced classes: cbn's MLPClassifier with and without class_weight",
+                  "", f"make_classification, 3 classes of {shares} rows; "
+                  f"{entries['imbalanced/none']['settings']}; "
+                  "recall on a stratified held-out 25 %.", "",
+                  markdown_table(["class_weight", *[f"recall {k} (%)" for k in
+                                                    range(len(shares))],
+                                  "balanced acc. (%)", "accuracy (%)"], rows), ""]
+    return lines
+
+
 def plot_accuracy_vs_time(path, entries: Dict[str, dict]) -> None:
     """Test accuracy after each epoch against the training time so far (log scale), with
     scikit-learn's final test accuracy as a line."""
@@ -302,39 +542,14 @@ def targets_section(goal: dict, entries: Dict[str, dict]) -> List[str]:
         "estimators alternated epoch by epoch.", ""]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = example_parser(NAME, __doc__.split("\n\n")[0], runs=None)
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="cbn's epochs on CIFAR-10 (default 20, the course's; 2 with --quick)")
-    parser.add_argument("--sklearn-epochs", type=int, default=200,
-                        help="scikit-learn's max_iter on CIFAR-10: most epochs, fewer when its "
-                             "own stopping rule ends the run (default 200, its default; 2 "
-                             "with --quick)")
-    args = parse_example_args(parser, argv)
-    if args.quick:
-        args.epochs, args.sklearn_epochs = min(args.epochs, 2), min(args.sklearn_epochs, 2)
-    if args.epochs < 1 or args.sklearn_epochs < 1:
-        parser.error("--epochs and --sklearn-epochs must be >= 1")
-    data = load_data(args)
-    record = ExampleRecord(NAME, args, data)
-    for key, entry in {**cifar10(args, data, record), **digits(args, record)}.items():
-        record.add(key, entry)
-    curves = {k: v for k, v in record.entries.items() if k.startswith("cifar10/")}
-    goal = targets(curves["cifar10/cbn"], curves["cifar10/sklearn"])
-    record.add("targets", goal)
-    plot_accuracy_vs_time(record.figure("accuracy_vs_time.png"), curves)
-
+def cifar10_sections(args, entries: Dict[str, dict]) -> List[str]:
+    """The summary's CIFAR-10 section."""
+    curves = {k: v for k, v in entries.items() if k.startswith("cifar10/")}
     cifar_rows = [[e["estimator"], e["epochs"], percent(e["train_accuracy"]),
                    percent(e["val_accuracy"]), percent(e["test_accuracy"]),
                    number(e["wall_time"], ".1f")] for e in curves.values()]
-    digit_rows = [[e["estimator"], ", ".join(f"{k}={v}" for k, v in e["best_params"].items()),
-                   percent(e["train_accuracy"]), percent(e["val_accuracy"]),
-                   percent(e["test_accuracy"]), number(e["wall_time"], ".1f")]
-                  for k, e in record.entries.items() if k.startswith("digits/")]
-    first = next(k for k in record.entries if k.startswith("digits/"))
     threads = "the BLAS default" if args.blas_threads is None else args.blas_threads
-    summary = "\n".join([
-        "# cbn's scikit-learn estimator against scikit-learn's MLPClassifier", "",
+    return [
         f"## CIFAR-10, hidden {list(HIDDEN)}, batch {BATCH}, L2 λ = {LAM} (scikit-learn "
         f"alpha = {sklearn_alpha(LAM, BATCH):g}), {args.dtype} for cbn", "",
         "cbn: batch norm, cyclical SGD η ∈ [1e-05, 0.1] with 2 cycles over its epochs; "
@@ -347,15 +562,72 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{threads}.", "",
         markdown_table(["estimator", "epochs", "train acc. (%)", "val acc. (%)",
                         "test acc. (%)", "training time (s)"], cifar_rows), "",
-        *targets_section(goal, curves),
-        f"## Digits: StandardScaler + estimator, GridSearchCV ({record.entries[first]['folds']}"
-        f" folds, n_jobs=2, {record.entries[first]['candidates']} candidates each), "
+        *targets_section(entries["targets"], curves)]
+
+
+def digits_sections(entries: Dict[str, dict]) -> List[str]:
+    """The summary's digits section."""
+    digit_rows = [[e["estimator"], ", ".join(f"{k}={v}" for k, v in e["best_params"].items()),
+                   percent(e["train_accuracy"]), percent(e["val_accuracy"]),
+                   percent(e["test_accuracy"]), number(e["wall_time"], ".1f")]
+                  for k, e in entries.items() if k.startswith("digits/")]
+    first = entries["digits/cbn"]
+    return [
+        f"## Digits: StandardScaler + estimator, GridSearchCV ({first['folds']}"
+        f" folds, n_jobs=2, {first['candidates']} candidates each), "
         f"batch {DIGITS_BATCH}", "",
         "val acc. is the best candidate's mean cross-validated accuracy; test acc. the "
         "refitted best on the 25 % held out.", "",
         markdown_table(["estimator", "best parameters", "train acc. (%)", "val acc. (%)",
-                        "test acc. (%)", "search time (s)"], digit_rows)])
-    record.write(summary)
+                        "test acc. (%)", "search time (s)"], digit_rows), ""]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = example_parser(NAME, __doc__.split("\n\n")[0], runs=None)
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="cbn's epochs on CIFAR-10 (default 20, the course's; 2 with --quick)")
+    parser.add_argument("--sklearn-epochs", type=int, default=200,
+                        help="scikit-learn's max_iter on CIFAR-10 and make_friedman1: most "
+                             "epochs, fewer when its own stopping rule ends the run (default "
+                             "200, its default; 2 with --quick)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        metavar="PART",
+                        help=f"the comparisons to run, of {', '.join(PARTS)} (default all)")
+    parser.add_argument("--friedman-rows", type=int, default=500_000, metavar="N",
+                        help="training rows of make_friedman1 (default 500,000; at most "
+                             "20,000 with --quick)")
+    parser.add_argument("--friedman-epochs", type=int, default=20, metavar="N",
+                        help="cbn's epochs on make_friedman1 (default 20; 2 with --quick)")
+    args = parse_example_args(parser, argv)
+    if args.quick:
+        args.epochs, args.sklearn_epochs = min(args.epochs, 2), min(args.sklearn_epochs, 2)
+        args.friedman_epochs = min(args.friedman_epochs, 2)
+    if min(args.epochs, args.sklearn_epochs, args.friedman_epochs) < 1:
+        parser.error("--epochs, --sklearn-epochs and --friedman-epochs must be >= 1")
+    if args.friedman_rows < 10:
+        parser.error("--friedman-rows must be >= 10")
+    parts = [p for p in PARTS if p in args.parts]
+    data = load_data(args)
+    record = ExampleRecord(NAME, args, data)
+    runs = {"cifar10": lambda: cifar10(args, data, record), "digits": lambda: digits(args, record),
+            "diabetes": lambda: diabetes(args, record),
+            "friedman1": lambda: friedman1(args, record),
+            "imbalanced": lambda: imbalanced(args, record)}
+    for part in parts:
+        for key, entry in runs[part]().items():
+            record.add(key, entry)
+    entries = record.entries
+    summary = ["# cbn's scikit-learn estimators against scikit-learn's MLPs", ""]
+    if "cifar10" in parts:
+        curves = {k: v for k, v in entries.items() if k.startswith("cifar10/")}
+        record.add("targets", targets(curves["cifar10/cbn"], curves["cifar10/sklearn"]))
+        plot_accuracy_vs_time(record.figure("accuracy_vs_time.png"), curves)
+        summary += cifar10_sections(args, entries)
+    if "digits" in parts:
+        summary += digits_sections(entries)
+    plot_regression(record, entries)
+    summary += regression_sections(entries)
+    record.write("\n".join(summary).rstrip("\n"))
     return 0
 
 
