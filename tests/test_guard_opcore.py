@@ -12,7 +12,6 @@ import pytest
 import reference as ref
 from cbn import Network, fit, gradcheck, kernels
 from cbn.experiment import RunConfig
-from cbn.sklearn import MLPClassifier
 from cbn.space import Choice, sample_trials
 
 ARCHS = list(itertools.product(["batch", "layer", None], ["relu", "gelu"], [False, True],
@@ -287,6 +286,8 @@ def test_bad_loss_options_are_refused_in_every_entry_point(change, error, match)
 
 
 def test_the_estimator_and_the_search_space_take_the_new_options():
+    pytest.importorskip("sklearn")
+    from cbn.sklearn import MLPClassifier
     rng = np.random.default_rng(6)
     X, y = rng.standard_normal((80, 5)), np.arange(80) % 2
     clf = MLPClassifier((8, 8), norm="layer", activation="gelu", residual=True,
