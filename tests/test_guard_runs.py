@@ -353,14 +353,15 @@ with threads.computing():  # inside its own thread's computation: no waiting for
 """
 
 
-def test_a_gradient_check_runs_on_one_thread_and_gives_the_count_back():
+def test_a_gradient_check_runs_on_one_thread_and_gives_the_count_back(tmp_path):
     import subprocess
     import sys
     from cbn import _ops
     if not _ops.OPENMP:
         pytest.skip("no OpenMP pool: OpenBLAS's own threads")
+    # cwd outside the source tree: `python -c` puts the cwd first on sys.path
     proc = subprocess.run([sys.executable, "-c", GRADCHECK_THREADS], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.stdout.split("\n")[:2] == ["True [1] 2 None", "True"], proc.stderr
 
 

@@ -131,7 +131,7 @@ def test_predictions_do_not_depend_on_the_rows_order(dtype):
         np.testing.assert_array_equal(permuted, probs)
 
 
-def test_passes_the_array_api_check():
+def test_passes_the_array_api_check(tmp_path):
     """scikit-learn runs it only with SciPy's array API switch on, which must be set before
     SciPy is imported: a fresh interpreter does it."""
     code = ("import warnings; warnings.simplefilter('ignore')\n"
@@ -139,11 +139,12 @@ def test_passes_the_array_api_check():
             "from cbn.sklearn import MLPClassifier\n"
             "res = check_estimator(MLPClassifier(), on_fail=None)\n"
             "print([r['status'] for r in res if r['check_name'] == 'check_array_api_input'])")
+    # The cwd (first on a `python -c` sys.path) outside the source tree, whose cbn has no
+    # compiled extension when cbn is installed.
     env = dict(os.environ, SCIPY_ARRAY_API="1",
-               PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd()
-                                          for p in sys.path))
+               PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in sys.path if p))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['passed']"
 
@@ -368,9 +369,10 @@ def test_pipeline_grid_search_on_digits():
     assert search.score(X[1200:], y[1200:]) > 0.85
 
 
-def test_cbn_itself_never_imports_sklearn():
+def test_cbn_itself_never_imports_sklearn(tmp_path):
     code = "import sys, cbn, cbn.optim; print('sklearn' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
