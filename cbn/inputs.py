@@ -204,10 +204,11 @@ def layout_statistic(X: np.ndarray, sample: Optional[np.ndarray] = None) -> floa
     sample = _sample(X) if sample is None else sample
     if sample is None:
         return float("nan")
-    sample = sample.astype(np.float64)
+    # uint8 differences fit int16: a quarter of float64's memory traffic, on every fit call
+    sample = sample.astype(np.int16 if sample.dtype == np.uint8 else np.float64)
     plane = IMAGE_FEATURES // CIFAR_SHAPE[0]
-    across = np.abs(sample[:, :-plane] - sample[:, plane:]).mean()
-    along = np.abs(sample[:, :-1] - sample[:, 1:]).mean()
+    across = np.abs(sample[:, :-plane] - sample[:, plane:]).mean(dtype=np.float64)
+    along = np.abs(sample[:, :-1] - sample[:, 1:]).mean(dtype=np.float64)
     return float(across / along) if along > 0 else float("nan")
 
 
