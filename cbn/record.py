@@ -136,12 +136,18 @@ def route_sigterm() -> None:
 
 
 def interrupted_line(exc: KeyboardInterrupt) -> str:
-    """"interrupted", with the step where training stopped when ``fit`` says it."""
+    """"interrupted", with the step where training stopped and the scores last recorded
+    when ``fit`` says them."""
     step, total = getattr(exc, "step", None), getattr(exc, "total", None)
     if step is None:
         return "interrupted"
     kept = ", checkpoint kept" if getattr(exc, "checkpoint", None) else ""
-    return f"interrupted at training step {step} of {total}{kept}"
+    history = getattr(exc, "history", None)
+    last = history.last() if history is not None else {}
+    shown = [f"{name.replace('_', ' ')} {last[name]:.4g}"
+             for name in ("epoch", "batch_loss", "train_accuracy", "val_accuracy") if name in last]
+    scores = f" (last recorded: {', '.join(shown)})" if shown else ""
+    return f"interrupted at training step {step} of {total}{kept}{scores}"
 
 
 def show_progress(args: argparse.Namespace) -> bool:

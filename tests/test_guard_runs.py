@@ -183,6 +183,23 @@ def test_an_interrupted_example_ends_in_one_line_with_the_command_that_resumes_i
     assert "\n" not in err and err.startswith("three_layer: interrupted; resume with: ")
 
 
+def test_an_interrupted_example_line_gives_the_scores_last_recorded(capsys):
+    from cbn.history import History
+    from cbn.train import TrainingInterrupted
+    history = History()
+    history.epoch.append(1.5)
+    history.val_accuracy.append(0.4125)
+
+    def main():
+        raise TrainingInterrupted("stop", net=None, step=120, total=900, history=history,
+                                  checkpoint="runs/seed0.checkpoint.npz", state=None)
+    assert record.run_example(main, "three_layer") == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith("three_layer: interrupted at training step 120 of 900, checkpoint "
+                          "kept (last recorded: epoch 1.5, val accuracy 0.4125); resume with: ")
+
+
 # -- one run description ----------------------------------------------------------------------
 
 
