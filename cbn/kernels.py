@@ -27,6 +27,15 @@ def _same_dtype(**arrays: np.ndarray) -> np.dtype:
     return first
 
 
+def _shaped_like(name: str, array, first_name: str, first: np.ndarray) -> np.ndarray:
+    """``array`` checked as a matrix of ``first``'s shape (named in the error)."""
+    array = check.matrix(name, array, cols=first.shape[1])
+    if array.shape != first.shape:
+        raise ValueError(f"{first_name} and {name} must share a shape, got {first.shape} and "
+                         f"{array.shape}")
+    return array
+
+
 def _finite(what: str, *arrays: Optional[np.ndarray]) -> None:
     """Finite inputs can still overflow (e.g. a variance of values near 1e20 in float32):
     raise rather than return inf or NaN."""
@@ -236,9 +245,7 @@ def relu_forward(S: np.ndarray) -> np.ndarray:
 def relu_backward(dH: np.ndarray, H: np.ndarray) -> np.ndarray:
     """dS = dH where H > 0, else 0."""
     dH = check.matrix("dH", dH)
-    H = check.matrix("H", H, cols=dH.shape[1])
-    if H.shape != dH.shape:
-        raise ValueError(f"dH and H must share a shape, got {dH.shape} and {H.shape}")
+    H = _shaped_like("H", H, "dH", dH)
     _same_dtype(dH=dH, H=H)
     dS = np.empty_like(dH)
     _ops.relu_backward(dH, H, dS)
@@ -303,9 +310,7 @@ def layer_norm_backward(dZ: np.ndarray, Shat: np.ndarray, gamma: np.ndarray,
                         inv_std: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of ``layer_norm_forward``: returns dA, dgamma, dbeta."""
     dZ = check.matrix("dZ", dZ)
-    Shat = check.matrix("Shat", Shat, cols=dZ.shape[1])
-    if Shat.shape != dZ.shape:
-        raise ValueError(f"dZ and Shat must share a shape, got {dZ.shape} and {Shat.shape}")
+    Shat = _shaped_like("Shat", Shat, "dZ", dZ)
     gamma = check.vector("gamma", gamma, size=dZ.shape[1])
     inv_std = check.vector("inv_std", inv_std, size=dZ.shape[0])
     dt = _same_dtype(dZ=dZ, Shat=Shat, gamma=gamma, inv_std=inv_std)
@@ -329,9 +334,7 @@ def gelu_forward(A: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def gelu_backward(dH: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """dA = dH times the derivative ``gelu_forward`` returned."""
     dH = check.matrix("dH", dH)
-    slope = check.matrix("slope", slope, cols=dH.shape[1])
-    if slope.shape != dH.shape:
-        raise ValueError(f"dH and slope must share a shape, got {dH.shape} and {slope.shape}")
+    slope = _shaped_like("slope", slope, "dH", dH)
     _same_dtype(dH=dH, slope=slope)
     return dH * slope
 

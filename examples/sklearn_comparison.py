@@ -85,6 +85,15 @@ FRIEDMAN = dict(hidden_layer_sizes=(64, 64), activation="gelu", batch_size=1000,
 IMBALANCED = dict(hidden_layer_sizes=(50, 50), max_iter=20)
 
 
+def alternate(runs: Dict[str, "EpochRun"]) -> None:
+    """Train ``runs`` epoch by epoch in turn until each is done, so that both estimators
+    meet the same load on the machine."""
+    while not all(run.done for run in runs.values()):
+        for run in runs.values():
+            if not run.done:
+                run.step()
+
+
 def sklearn_alpha(lam: float, batch_size: int) -> float:
     """scikit-learn's alpha for cbn's L2 strength ``lam``: it adds alpha / (2 batch) sum W^2
     to each mini-batch's mean loss, cbn adds lam sum W^2."""
@@ -187,10 +196,7 @@ def cifar10(args, data, record: ExampleRecord) -> Dict[str, dict]:
                                 prepare=standardize_for_sklearn,
                                 stops=lambda e: sklearn_stops(e.loss_curve_, e.tol,
                                                               e.n_iter_no_change))}
-    while not all(run.done for run in runs.values()):
-        for run in runs.values():
-            if not run.done:
-                run.step()
+    alternate(runs)
     entries = {}
     for key, run in runs.items():
         estimator, curve = run.estimator, run.curve
@@ -330,10 +336,7 @@ def friedman1(args, record: ExampleRecord) -> Dict[str, dict]:
                                 prepare=standardize_for_sklearn, metric="r2",
                                 stops=lambda e: sklearn_stops(e.loss_curve_, e.tol,
                                                               e.n_iter_no_change))}
-    while not all(run.done for run in runs.values()):
-        for run in runs.values():
-            if not run.done:
-                run.step()
+    alternate(runs)
     entries = {}
     for key, run in runs.items():
         curve = run.curve

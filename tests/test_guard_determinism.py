@@ -7,6 +7,7 @@ from threadpoolctl import threadpool_limits
 import cbn
 from cbn import _ops, threads, tune
 from test_reliability import run_python
+from test_threads import flip_at_every_step
 
 pytestmark = pytest.mark.skipif(not _ops.OPENMP, reason="built without OpenMP")
 
@@ -16,18 +17,6 @@ def fresh_memory(monkeypatch):
     """No earlier run to carry on from, no answer of an earlier probe."""
     monkeypatch.setattr(threads, "_last", {})
     monkeypatch.setattr(threads, "_neutral", {})
-
-
-def flip_at_every_step(monkeypatch) -> list:
-    """Every comparison picks the other side; returns the list of thread counts set."""
-    monkeypatch.setattr(threads, "FIRST_STRETCH", 1)
-    monkeypatch.setattr(threads, "LONGEST_STRETCH", 1)
-    monkeypatch.setattr(threads, "PROBE_STEPS", 1)
-    monkeypatch.setattr(threads, "MARGIN", float("inf"))
-    seen = []
-    monkeypatch.setattr(threads._ops, "set_threads",
-                        lambda n, set_=_ops.set_threads: (seen.append(n), set_(n)))
-    return seen
 
 
 def data(n=400, d=300, dtype=np.float32):

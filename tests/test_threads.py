@@ -109,6 +109,18 @@ def test_one_governor_at_a_time(monkeypatch):
     third.close()
 
 
+def flip_at_every_step(monkeypatch) -> list:
+    """Every comparison picks the other side; returns the list of thread counts set."""
+    monkeypatch.setattr(threads, "FIRST_STRETCH", 1)
+    monkeypatch.setattr(threads, "LONGEST_STRETCH", 1)
+    monkeypatch.setattr(threads, "PROBE_STEPS", 1)
+    monkeypatch.setattr(threads, "MARGIN", float("inf"))
+    seen = []
+    monkeypatch.setattr(threads._ops, "set_threads",
+                        lambda n, set_=_ops.set_threads: (seen.append(n), set_(n)))
+    return seen
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_switching_threads_mid_run_changes_no_result(monkeypatch, dtype):
     """The first layer (3,072 inputs, sliced per thread) keeps its slices when the governor
@@ -131,14 +143,7 @@ def test_switching_threads_mid_run_changes_no_result(monkeypatch, dtype):
         monkeypatch.setenv("CBN_ADAPTIVE_THREADS", "0")
         steady = train()
         monkeypatch.delenv("CBN_ADAPTIVE_THREADS")
-        # Every comparison picks the other side: the thread count flips all run long.
-        monkeypatch.setattr(threads, "FIRST_STRETCH", 1)
-        monkeypatch.setattr(threads, "LONGEST_STRETCH", 1)
-        monkeypatch.setattr(threads, "PROBE_STEPS", 1)
-        monkeypatch.setattr(threads, "MARGIN", float("inf"))
-        seen = []
-        monkeypatch.setattr(threads._ops, "set_threads",
-                            lambda n, set_=_ops.set_threads: (seen.append(n), set_(n)))
+        seen = flip_at_every_step(monkeypatch)  # the thread count flips all run long
         switching = train()
         assert _ops.threads() == 2
     assert list(threads._neutral.values()) == [True]
