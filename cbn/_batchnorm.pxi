@@ -35,9 +35,10 @@ cdef int _batch_stats(int n, int m, const floating* S, floating eps, floating* m
 cdef inline int _bn_fwd_train(bint relu, int n, int m, const floating* S,
                               const floating* gamma, const floating* beta, floating eps,
                               floating* mean, floating* var, floating* inv_std,
-                              floating* Shat, floating* H) noexcept nogil:
+                              floating* Shat, floating* H, uint16_t* H16) noexcept nogil:
     """Batch statistics (``_batch_stats``);  Shat = (S - mean) inv_std;
-    H = gamma Shat + beta, then max(0, H) with ``relu``. Returns _batch_stats' flag.
+    H = gamma Shat + beta, then max(0, H) with ``relu``, and H rounded to bf16 into ``H16``
+    unless it is NULL (float32 only). Returns _batch_stats' flag.
     ``relu`` is a constant where the plan calls it: the compiler folds it away."""
     # Row pointers and branch-free selects in the inner loops let the compiler vectorise them.
     cdef Py_ssize_t i, j
@@ -60,16 +61,19 @@ cdef inline int _bn_fwd_train(bint relu, int n, int m, const floating* S,
                 h[j] = 0 if z <= 0 else z  # NaN stays NaN, for the finiteness checks
             else:
                 h[j] = z
+        if floating is float:
+            if H16 != NULL:  # the row is still in L1
+                cbn_round_bf16(h, H16 + i * m, m)
     return bad
 
 
 cdef inline void _bn_bwd(bint relu, int n, int m, const floating* dH, const floating* H,
                          const floating* Shat, const floating* gamma,
                          const floating* inv_std, floating* dgamma, floating* dbeta,
-                         floating* dS) noexcept nogil:
+                         floating* dS, uint16_t* dS16) noexcept nogil:
     """dZ = dH, times [H > 0] with ``relu``;  dgamma = sum dZ Shat;  dbeta = sum dZ;
-    dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n).  dS may alias dH; H is not read
-    without ``relu``."""
+    dS = gamma inv_std (dZ - dbeta/n - Shat dgamma/n), and dS rounded to bf16 into ``dS16``
+    unless it is NULL (float32 only).  dS may alias dH; H is not read without ``relu``."""
     cdef Py_ssize_t i, j
     cdef floating g, inv_n = (<floating>1) / n
     cdef const floating* dh
@@ -99,6 +103,9 @@ cdef inline void _bn_bwd(bint relu, int n, int m, const floating* dH, const floa
             if relu:
                 g = g if h[j] > 0 else 0
             ds[j] = gamma[j] * inv_std[j] * (g - (dbeta[j] + sh[j] * dgamma[j]) * inv_n)
+        if floating is float:
+            if dS16 != NULL:
+                cbn_round_bf16(ds, dS16 + i * m, m)
 
 
 cdef int _bn_eval_affine(int m, const floating* gamma, const floating* beta,
@@ -117,9 +124,9 @@ cdef int _bn_eval_affine(int m, const floating* gamma, const floating* beta,
 
 cdef inline int _affine(bint relu, int n, int m, const floating* S,
                         const floating* scale, const floating* shift,
-                        floating* H) noexcept nogil:
+                        floating* H, uint16_t* H16) noexcept nogil:
     """H = S scale + shift, per feature (batch norm in evaluation mode), then max(0, H) with
-    ``relu``, NaN kept. With ``relu``, returns 1 if an input S is not finite (ReLU would map
+    ``relu``, NaN kept; H rounded to bf16 into ``H16`` too unless it is NULL (float32 only). With ``relu``, returns 1 if an input S is not finite (ReLU would map
     -inf to 0), else 0; without, 0."""
     cdef Py_ssize_t i, j, k
     cdef floating z
@@ -133,12 +140,18 @@ cdef inline int _affine(bint relu, int n, int m, const floating* S,
                 z = S[k] * scale[j] + shift[j]
                 H[k] = 0 if z <= 0 else z
                 bad |= (S[k] - S[k]) != 0
+            if floating is float:
+                if H16 != NULL:
+                    cbn_round_bf16(H + i * m, H16 + i * m, m)
         return bad
     for i in range(n):
         s = S + i * m
         h = H + i * m
         for j in range(m):
             h[j] = s[j] * scale[j] + shift[j]
+        if floating is float:
+            if H16 != NULL:
+                cbn_round_bf16(h, H16 + i * m, m)
     return 0
 
 
@@ -172,7 +185,8 @@ cdef inline int _bn_forward_as(bint relu, const OpContext* c, const floating* A,
     cdef int bad
     if c.training:  # on the batch's statistics
         bad = _bn_fwd_train(relu, c.n, c.m, A, buf[BN_GAMMA], buf[BN_BETA], <floating>c.eps,
-                            buf[BN_MEAN], buf[BN_VAR], buf[BN_INV_STD], buf[BN_SHAT], out)
+                            buf[BN_MEAN], buf[BN_VAR], buf[BN_INV_STD], buf[BN_SHAT], out,
+                            c.out16)
         if c.update_stats:
             bad |= _running_update(c.m, buf[BN_MEAN], buf[BN_VAR], buf[BN_RMEAN],
                                    buf[BN_RVAR], <floating>c.alpha, <floating>c.var_factor,
@@ -181,14 +195,14 @@ cdef inline int _bn_forward_as(bint relu, const OpContext* c, const floating* A,
     # on the running statistics
     bad = _bn_eval_affine(c.m, buf[BN_GAMMA], buf[BN_BETA], buf[BN_RMEAN], buf[BN_RVAR],
                           <floating>c.eps, buf[BN_ESCALE], buf[BN_ESHIFT])
-    return bad | _affine(relu, c.n, c.m, A, buf[BN_ESCALE], buf[BN_ESHIFT], out)
+    return bad | _affine(relu, c.n, c.m, A, buf[BN_ESCALE], buf[BN_ESHIFT], out, c.out16)
 
 
 cdef inline int _bn_backward_as(bint relu, const OpContext* c, floating* G,
                                 const floating* out, floating** buf) noexcept nogil:
     cdef int bad = 0
     _bn_bwd(relu, c.n, c.m, G, out, buf[BN_SHAT], buf[BN_GAMMA], buf[BN_INV_STD],
-            buf[BN_DGAMMA], buf[BN_DBETA], G)
+            buf[BN_DGAMMA], buf[BN_DBETA], G, c.grad16)
     if c.update:
         bad |= _sgd_update(c.m, buf[BN_GAMMA], buf[BN_DGAMMA], <floating*>NULL,
                            <floating>c.lr, <floating>0, <floating>0)
@@ -235,7 +249,7 @@ def batch_norm_op(*, out, Shat, gamma, beta, dgamma, dbeta, rmean, rvar, mean, v
                      ("rmean", rmean, FEATURE), ("rvar", rvar, FEATURE),
                      ("mean", mean, FEATURE), ("var", var, FEATURE),
                      ("inv_std", inv_std, FEATURE), ("escale", escale, FEATURE),
-                     ("eshift", eshift, FEATURE)), (), relu, False)
+                     ("eshift", eshift, FEATURE)), (), relu, False, True)
 
 
 def bn_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
@@ -247,7 +261,7 @@ def bn_forward_train(const floating[:, ::1] S, const floating[::1] gamma,
     with nogil:
         bad = _bn_fwd_train(relu, S.shape[0], S.shape[1], &S[0, 0], &gamma[0], &beta[0],
                             <floating>eps, &mean[0], &var[0], &inv_std[0], &Shat[0, 0],
-                            &Z[0, 0])
+                            &Z[0, 0], NULL)
     return bool(bad)
 
 
@@ -258,7 +272,7 @@ def bn_forward_eval(const floating[:, ::1] S, const floating[::1] gamma,
     with nogil:
         _bn_eval_affine(S.shape[1], &gamma[0], &beta[0], &running_mean[0], &running_var[0],
                         <floating>eps, &scale[0], &shift[0])
-        _affine(relu, S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &Z[0, 0])
+        _affine(relu, S.shape[0], S.shape[1], &S[0, 0], &scale[0], &shift[0], &Z[0, 0], NULL)
 
 
 def bn_backward(const floating[:, ::1] dZ, const floating[:, ::1] H,
@@ -268,7 +282,7 @@ def bn_backward(const floating[:, ::1] dZ, const floating[:, ::1] H,
     """With ``relu``, dZ is the gradient w.r.t. the ReLU's output H; without, H is unused."""
     with nogil:
         _bn_bwd(relu, dZ.shape[0], dZ.shape[1], &dZ[0, 0], &H[0, 0], &Shat[0, 0], &gamma[0],
-                &inv_std[0], &dgamma[0], &dbeta[0], &dS[0, 0])
+                &inv_std[0], &dgamma[0], &dbeta[0], &dS[0, 0], NULL)
 
 
 def running_stats_update(const floating[::1] mean, const floating[::1] var,

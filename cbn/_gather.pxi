@@ -219,13 +219,18 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
                        const source_t* src, const int64_t* idx, const double* mean,
                        const floating* mean_hi, const floating* mean_lo,
                        const floating* scale, const AugmentSpec* aug,
-                       floating* out) noexcept nogil:
+                       floating* out, uint16_t* out16) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - mean[j]) scale[j] for rows i0 <= i < i1 (of n) and
     columns j0 <= j < j1 (of d), on the calling thread; augmented per row i if ``aug``.
-    The mean comes in the three forms of ``_split_shift``. Returns 1 if a value written is
-    NaN or infinite, else 0."""
+    The mean comes in the three forms of ``_split_shift``. With ``out16`` (float32 only)
+    the values go there instead, rounded to bf16, ``out`` unused. Returns 1 if a value
+    written is NaN or infinite, else 0."""
     cdef Py_ssize_t i, j
     cdef int bad = 0
+    if floating is float:
+        if out16 != NULL:
+            return _gather_block_bf16(i0, i1, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo,
+                                      scale, aug, out16)
     cdef Py_ssize_t span = <Py_ssize_t>(j1 - j0) * sizeof(source_t)
     cdef const source_t* row
     cdef const source_t* nxt
@@ -252,24 +257,59 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
     return bad
 
 
+cdef enum: _BF16_CHUNK = 512  # values of a row standardised at a time before rounding
+
+
+cdef int _gather_block_bf16(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j1,
+                            const source_t* src, const int64_t* idx, const double* mean,
+                            const float* mean_hi, const float* mean_lo, const float* scale,
+                            const AugmentSpec* aug, uint16_t* out16) noexcept nogil:
+    """``_gather_block`` into bf16: each row in chunks standardised (and augmented) into a
+    buffer on the stack, then rounded from there into ``out16``, still in L1."""
+    cdef float chunk[_BF16_CHUNK]
+    cdef Py_ssize_t i
+    cdef int bad = 0, k0, k1, step = _BF16_CHUNK
+    cdef const source_t* row
+    cdef const source_t* nxt
+    for i in range(i0, i1):
+        row = src + idx[i] * d
+        nxt = src + idx[i + 1] * d if i + 1 < n else NULL
+        k0 = j0
+        while k0 < j1:
+            k1 = k0 + step if k0 + step < j1 else j1
+            if aug != NULL:
+                # chunk - k0: the row function writes columns k0..k1-1 at their own index
+                _gather_augmented_row(row, k0, k1, aug, _augment_key(aug.seed, aug.step, i),
+                                      mean, mean_hi, mean_lo, scale, chunk - k0)
+                bad |= _not_finite(k1 - k0, chunk)
+            else:
+                bad |= _standardise(row + k0, mean + k0, mean_hi + k0, mean_lo + k0,
+                                    scale + k0, chunk, k1 - k0,
+                                    NULL if nxt == NULL else nxt + k0)
+            cbn_round_bf16(chunk, out16 + i * d + k0, k1 - k0)
+            k0 = k1
+    return bad
+
+
 cdef int _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
                  const int64_t* idx, const double* mean, const floating* mean_hi,
                  const floating* mean_lo, const floating* scale, const AugmentSpec* aug,
-                 floating* out) noexcept nogil:
+                 floating* out, uint16_t* out16) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - mean[j]) scale[j] for columns j0..j1-1: mini-batch rows
     straight from the stored images (uint8 or float), standardised on the fly, augmented if
     ``aug`` is not NULL; rows split over the threads if ``parallel``, else all on the
     calling thread. The mean comes in the three forms of ``_split_shift``. Returns 1 if a
     value written is NaN or infinite (a non-finite input, or one that overflows once
-    standardised), else 0."""
+    standardised), else 0. With ``out16`` (float32 only) the rows go there, rounded to
+    bf16, instead of into ``out``."""
     cdef Py_ssize_t i
     cdef int bad = 0
     if not parallel:
         return _gather_block(0, n, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale, aug,
-                             out)
+                             out, out16)
     for i in prange(n, num_threads=_threads(), schedule="static"):
         bad |= _gather_block(i, i + 1, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale,
-                             aug, out)
+                             aug, out, out16)
     return bad
 
 
@@ -305,7 +345,7 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift
         _split_shift(shift, d, mean, halves, halves + d)
         with nogil:
             bad = _gather(idx.shape[0], d, j0, end, j0 == 0 and end == d, &src[0, 0], &idx[0],
-                          mean, halves, halves + d, &scale[0], aug, &out[0, 0])
+                          mean, halves, halves + d, &scale[0], aug, &out[0, 0], NULL)
     finally:
         free(mean)
         free(halves)

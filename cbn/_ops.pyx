@@ -15,7 +15,8 @@ Two ways in:
 
 One file per concern, all included here into the one extension ``cbn._ops``: ``_blas.pxi``
 (OpenBLAS declarations, ``_gemm``, the sliced first layer's batched products),
-``_threads.pxi`` (the OpenMP pool), the linear layer, the losses (``_softmax``, ``_mse``)
+``_threads.pxi`` (the OpenMP pool), ``_bf16.pxi`` (bf16 rounding and oneDNN's bf16
+products, for bf16-mixed plans), the linear layer, the losses (``_softmax``, ``_mse``)
 and the update (``_update``), ``_specs.pxi`` (the op interface: ``OpContext``,
 ``OpKernels``, ``OpSpec``, ``LayerSpec``), one file per block op holding its kernels, its
 two entry points, its ``OpKernels`` and its spec constructor (``_batchnorm``, ``_relu``,
@@ -38,7 +39,7 @@ results.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport NAN, cos, erf, exp, log, sqrt
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
@@ -48,6 +49,7 @@ cdef extern from *:
 
 include "_blas.pxi"
 include "_threads.pxi"
+include "_bf16.pxi"
 include "_update.pxi"
 include "_linear.pxi"
 include "_softmax.pxi"

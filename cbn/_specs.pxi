@@ -32,6 +32,11 @@ cdef struct OpContext:
     double var_factor        # n / (n - 1) for an unbiased running variance, else 1
     bint update              # backward: parameters step by -lr times their gradient
     double lr
+    # bf16-mixed (float32 only), for an op whose spec says it ``rounds``: forward, its output
+    # rounded to bf16 into out16 too; backward, the gradient it leaves rounded into grad16
+    # too (NULL: neither). The plan rounds for the ops that do not.
+    uint16_t* out16
+    uint16_t* grad16
 
 
 # forward(c, A, out, buf, arg): A (n, m) into out (n, m), which may be A itself; returns 1
@@ -92,13 +97,15 @@ cdef class OpSpec:
     the order the op's kernels index them (None: a NULL pointer, where the op allows it);
     args: its scalars; kinks: its output > 0 marks the units past a ReLU's kink;
     feeds_input_grad: its backward pass writes into the gradient w.r.t. the block's input,
-    to which the linear layer's product then adds."""
+    to which the linear layer's product then adds; rounds: its kernels write the bf16 copies
+    of ``OpContext.out16`` and ``grad16`` (bf16-mixed plans) as they write their results."""
     cdef readonly str name
     cdef readonly object out
     cdef readonly tuple buffers
     cdef readonly tuple args
     cdef readonly bint kinks
     cdef readonly bint feeds_input_grad
+    cdef readonly bint rounds
     cdef OpKernels kernels
 
     @property
@@ -115,13 +122,13 @@ cdef class OpSpec:
 
 
 cdef OpSpec _op_spec(str name, OpKernels kernels, object out, tuple buffers, tuple args,
-                     bint kinks, bint feeds_input_grad):
+                     bint kinks, bint feeds_input_grad, bint rounds=False):
     """An ``OpSpec`` (for the ops' constructors)."""
     if len(buffers) > MAX_BUFFERS or len(args) > MAX_ARGS:
         raise ValueError(f"an op has at most {MAX_BUFFERS} arrays and {MAX_ARGS} scalars")
     cdef OpSpec op = OpSpec()
     op.name, op.kernels, op.out, op.buffers, op.args = name, kernels, out, buffers, args
-    op.kinks, op.feeds_input_grad = kinks, feeds_input_grad
+    op.kinks, op.feeds_input_grad, op.rounds = kinks, feeds_input_grad, rounds
     return op
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs, losses, parameters, serialization
+from . import bf16, inputs, losses, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
 from .threads import computing
@@ -99,6 +99,11 @@ class Network:
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
     dtype : float32 (default) or float64
         Precision of parameters and computation.
+    precision : "fp32" (default) or "bf16-mixed"
+        "bf16-mixed" (float32 networks only) runs the layer products in bfloat16 with float32
+        accumulation, in training and evaluation; parameters, batch norm, the loss and the
+        update stay float32. It needs a CPU with AVX512_BF16 and ``pip install "cbn[bf16]"``;
+        elsewhere the network warns once and computes in float32 (``cbn.bf16``).
     seed : int or None
         Seed of the initialisation.
     bn_alpha, bn_eps, bn_init, bn_unbiased
@@ -129,7 +134,8 @@ class Network:
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
                  dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,
-                 activation: str = "relu", residual: bool = False) -> None:
+                 activation: str = "relu", residual: bool = False,
+                 precision: str = "fp32") -> None:
         self.input_dim = check.integer("input_dim", input_dim, low=1)
         self.hidden = check.widths("hidden", hidden)
         self.num_classes = check.integer("num_classes", num_classes, low=2)
@@ -151,6 +157,7 @@ class Network:
         else:
             self.init = check.real("init (sigma)", init, low=0.0, low_open=True)
         self.dtype = check.float_dtype(dtype)
+        self.precision = bf16.check_precision(precision, self.dtype)
         if seed is not None:
             check.integer("seed", seed, low=0)
         self.seed = seed
@@ -169,6 +176,8 @@ class Network:
         self.dropout = parameters.dropout_rates(dropout, len(self.hidden))
 
         self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        # Whether the products run in bf16 here (else float32: cbn.bf16.active)
+        self.bf16 = bf16.active(self.precision)
         self._lock = threading.RLock()
         buffers = parameters.allocate(self.dims, self.norm, self.dtype)
         self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
@@ -271,7 +280,7 @@ class Network:
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
                     bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
                     dropout=list(self.dropout), norm=self.norm, activation=self.activation,
-                    residual=self.residual)
+                    residual=self.residual, precision=self.precision)
 
     @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -301,6 +310,7 @@ class Network:
                 raise ValueError(f"input_mean, input_std: {exc}") from None
         for name, target in list(self._params.items()) + list(self._running.items()):
             target[...] = state[name]
+        self._workspace.weights_changed()
         self._stats_seen = bool(np.asarray(state["stats_seen"]))
         if normalization is not None:
             self.normalization = normalization
@@ -500,5 +510,7 @@ class Network:
             bn += ", residual"
         if self.has_dropout:
             bn += f", dropout {list(self.dropout)}"
+        if self.precision != "fp32":
+            bn += f", {self.precision}" + ("" if self.bf16 else " (as float32 here)")
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "
                 f"{self.dtype.name})")

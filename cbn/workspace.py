@@ -144,7 +144,7 @@ class Workspace:
         net = self._net
         sizes = tuple(sorted({size for size in sizes if size > 0}))
         slices = next((c.slices for c in self.plans.values() if c.plan is plan), None)
-        key = (training, net.dtype.str, tuple(net.dims), net.batch_norm, net.bn_placement,
+        key = (training, net.dtype.str, net.bf16, tuple(net.dims), net.batch_norm, net.bn_placement,
                dropout, plan.capacity, slices, sizes, _ops.transposed_from())
         if self._rows.shape[0] < src.shape[0]:
             self._rows = np.arange(src.shape[0], dtype=np.int64)
@@ -170,6 +170,12 @@ class Workspace:
             return b"".join(results)
 
         return key, dry_pass
+
+    def weights_changed(self) -> None:
+        """The parameters were written from outside the plans: bf16 plans round their
+        weight copies again before their next pass."""
+        for cached in self.plans.values():
+            cached.plan.weights_changed()
 
     def active_units(self, rows: int) -> np.ndarray:
         """Which ReLU outputs were positive in the last forward pass, over its first ``rows``
@@ -202,13 +208,22 @@ class Workspace:
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
         # The first layer in column slices, one per thread (why: cbn/_blas.pxi), for as
-        # many threads as there are now, up to MAX_SLICES.
+        # many threads as there are now, up to MAX_SLICES. bf16 products are oneDNN's, one
+        # call each on every thread: not sliced.
         slices = min(_ops.slice_threads(), _ops.MAX_SLICES)
-        if net.input_dim < _ops.sliced_from():
+        if net.input_dim < _ops.sliced_from() or net.bf16:
             slices = 1
         partials = buffer(slices, cap, dims[1]) if slices > 1 else None
         plan = _ops.Plan(cap, net.input_dim, X, net._theta, net._grad, net.n_weights, layers,
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
+        if net.bf16:
+            def half(*shape: int) -> np.ndarray:
+                a = np.zeros(shape, np.uint16)
+                allocated.append(a)
+                return a
+            plan.set_bf16(half(cap, net.input_dim), [
+                (half(dims[l - 1], dims[l]), half(cap, dims[l]) if l < k else None,
+                 half(cap, dims[l])) for l in range(1, k + 1)])
         return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
     def _block_ops(self, l: int, cap: int, buffer, X: np.ndarray,
