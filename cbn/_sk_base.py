@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _ops
+from . import _ops, bf16
 from . import _validate as check
 from .augment import Augment
 from .data import Normalization
@@ -102,7 +102,7 @@ class BaseMLP(BaseEstimator):
         check.real("tol", self.tol, low=0.0)
         if not isinstance(self.verbose, (bool, np.bool_)):
             check.integer("verbose", self.verbose, low=0)
-        check.float_dtype(self.dtype)
+        bf16.check_precision(self.precision, check.float_dtype(self.dtype))
         self._new_optimizer()
 
     def _new_optimizer(self) -> Optimizer:
@@ -208,6 +208,8 @@ class BaseMLP(BaseEstimator):
             extra.update(norm=(("batch" if self.batch_norm else None) if self.norm == "auto"
                                else self.norm), activation=self.activation,
                          residual=bool(self.residual))
+        if self.precision != "fp32":
+            extra["precision"] = self.precision
         init = self.init if isinstance(self.init, str) else float(self.init)
         self.network_ = Network(X.shape[1], hidden, self._n_outputs(),
                                 batch_norm=None if "norm" in extra else bool(self.batch_norm),

@@ -67,6 +67,7 @@ class RunConfig:
     cycles: float = 2
     batch_size: int = 100
     dtype: str = "float32"
+    precision: str = "fp32"   # "bf16-mixed": bf16 products (cbn.Network's precision)
     momentum: float = 0.0
     eval_every: Optional[int] = None
     # Options of cbn.Network and cbn.fit; "auto": the norm ``batch_norm`` says.
@@ -134,7 +135,8 @@ class RunConfig:
         """The keywords of ``cbn.Network`` this configuration sets."""
         norm = ("batch" if self.batch_norm else None) if self.norm == "auto" else self.norm
         return dict(norm=norm, activation=self.activation, residual=self.residual,
-                    bn_placement=self.bn_placement, dropout=self.dropout)
+                    bn_placement=self.bn_placement, dropout=self.dropout,
+                    precision=self.precision)
 
     def resolved_step_size(self, n_train: int) -> int:
         """n_s: the configured one, else 5 * n_train / batch_size (at least 1), or with

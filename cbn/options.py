@@ -137,6 +137,9 @@ RUN_OPTIONS = (
     Option("init", init_option, "he, xavier, or sigma: weights drawn from N(0, sigma^2)",
            group="network"),
     Option("dtype", _choice("float32", "float64"), "precision", group="network"),
+    Option("precision", _choice("fp32", "bf16-mixed"), "bf16-mixed: the layer products in "
+           "bfloat16 with float32 accumulation (float32 only; pip install 'cbn[bf16]')",
+           group="network"),
     Option("lam", nonnegative_float, "L2 strength lambda"),
     Option("batch_size", positive_int, "mini-batch size"),
     Option("epochs", positive_int, "train this many epochs, with --cycles cycles over them "
@@ -311,7 +314,8 @@ def estimator_config(*, hidden_layer_sizes: Sequence[int] = (50, 50), batch_norm
                      label_smoothing: float = 0.0, alpha: float = 0.005,
                      batch_size: int = 100, optimizer: str = "sgd", eta_min: float = 1e-5,
                      eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
-                     dtype: str = "float32", **_ignored) -> RunConfig:
+                     dtype: str = "float32", precision: str = "fp32",
+                     **_ignored) -> RunConfig:
     """The ``RunConfig`` of a ``cbn.sklearn.MLPClassifier``'s parameters (``get_params()``):
     ``alpha`` is ``lam``, ``max_iter`` the epochs with ``cycles`` cycles over them. Its
     parameters that only the estimator has (standardisation, early stopping, verbosity, the
@@ -323,4 +327,4 @@ def estimator_config(*, hidden_layer_sizes: Sequence[int] = (50, 50), batch_norm
                      label_smoothing=label_smoothing, lam=alpha, batch_size=batch_size,
                      optimizer=optimizer if isinstance(optimizer, str) else "sgd",
                      eta_min=eta_min, eta_max=eta_max, cycles=cycles, epochs=max_iter,
-                     dtype=dtype)
+                     dtype=dtype, precision=precision)

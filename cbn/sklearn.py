@@ -94,6 +94,9 @@ _TRAINING = """
         the standardisation are the first fit's.
     dtype : "float32" or "float64", default "float32"
         Precision of the network (float32 is about twice as fast).
+    precision : "fp32" or "bf16-mixed", default "fp32"
+        "bf16-mixed" (with float32) runs the layer products in bfloat16 with float32
+        accumulation (``cbn.Network``'s ``precision``; ``pip install "cbn[bf16]"``).
     random_state : int, RandomState or None, default None
         Seeds initialisation, shuffling and the validation split; an int makes ``fit``
         repeat exactly (with the same BLAS thread count).
@@ -157,7 +160,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  standardize: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, warm_start: bool = False, dtype: str = "float32",
-                 random_state=None, verbose: int = 0) -> None:
+                 random_state=None, verbose: int = 0, precision: str = "fp32") -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.batch_norm = batch_norm
         self.bn_placement = bn_placement
@@ -185,6 +188,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.precision = precision
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -356,7 +360,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  standardize: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, warm_start: bool = False, dtype: str = "float32",
-                 random_state=None, verbose: int = 0) -> None:
+                 random_state=None, verbose: int = 0, precision: str = "fp32") -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.batch_norm = batch_norm
         self.bn_placement = bn_placement
@@ -382,6 +386,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.precision = precision
 
     # -- targets ----------------------------------------------------------------------------
 
