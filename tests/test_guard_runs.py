@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import cli, experiment, record
+from cbn.lab import cli, experiment, record
 from cbn.checkpoint import save_checkpoint
 from cbn.data import load_sample
-from cbn.experiment import RunConfig, repeat
+from cbn.lab.experiment import RunConfig, repeat
 from cbn.schedule import CyclicLR
 
 STOP_AT = 7
@@ -261,7 +261,7 @@ def test_bonus_configurations_are_run_configs_trained_by_the_shared_loop():
 
 
 def test_the_estimator_parameters_map_onto_a_run_description():
-    from cbn.options import estimator_config
+    from cbn.lab.options import estimator_config
     config = estimator_config(hidden_layer_sizes=(30,), alpha=0.01, max_iter=5, cycles=1,
                               optimizer="adam", eta_min=1e-6, eta_max=1e-3,
                               random_state=0, verbose=True)

@@ -2,7 +2,7 @@
 (the unit the examples repeat and the hyper-parameter search distributes), repeated runs
 (each kept on disk and reused) summarised as mean +- std, and the measurements the examples
 share (BN statistics at test time, gradient checks). The examples' command line and output
-folder live in :mod:`cbn.record`."""
+folder live in :mod:`cbn.lab.record`."""
 from __future__ import annotations
 
 import argparse
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _validate as check
-from ._files import PathLike, json_ready, write_text
-from .data import CIFAR10
-from .callbacks import EpochLines
-from .checkpoint import CheckpointError
-from .gradcheck import GradcheckResult, gradcheck
-from .network import ACTIVATIONS, NORMS, Network
-from . import optim
-from .augment import Augment, mirror
-from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
-from .train import History, fit, steps_per_epoch
+from .. import _validate as check
+from .._files import PathLike, json_ready, write_text
+from ..data import CIFAR10
+from ..callbacks import EpochLines
+from ..checkpoint import CheckpointError
+from ..gradcheck import GradcheckResult, gradcheck
+from ..network import ACTIVATIONS, NORMS, Network
+from .. import optim
+from ..augment import Augment, mirror
+from ..schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
+from ..train import History, fit, steps_per_epoch
 
 if TYPE_CHECKING:
     from .record import ExampleRecord

@@ -19,8 +19,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from . import _validate as check
-from ._files import PathLike, json_ready, write_text
+from .. import _validate as check
+from .._files import PathLike, json_ready, write_text
 from .space import Trial
 
 FORMAT_VERSION = 1  # of the JSON-lines results file
