@@ -7,19 +7,8 @@ Main entry points: ``Network``, ``CyclicLR``, ``fit``, ``gradcheck`` and ``cbn.d
 # _ops: in-place and editable builds find it only this way (see setup.py).
 import scipy_openblas32  # noqa: F401
 
-try:
-    from . import _ops  # noqa: F401
-except ImportError:
-    import os as _os
-
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    if any(name.startswith("_ops.") and name.endswith((".so", ".pyd"))
-           for name in _os.listdir(_here)):
-        raise  # built, yet failing to load: the original error says why
-    raise ImportError(
-        f"you are importing cbn from its source tree ({_here}) without the compiled extension "
-        "cbn._ops; run `pip install .` and start Python outside the source folder, or build "
-        "in place with `python setup.py build_ext --inplace`") from None
+# The compiled core; from a source tree without it, cbn/_ops.py says how to build it.
+from . import _ops  # noqa: F401
 
 from . import data, kernels, optim
 from .augment import Augment

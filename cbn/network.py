@@ -24,11 +24,9 @@ Batch-norm conventions (and their PyTorch equivalents):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
-from typing import (Callable, Dict, Hashable, Iterator, Mapping, Optional, Sequence, Tuple,
-                    Union)
+from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -356,7 +354,7 @@ class Network:
         corrupt or doctored file, or one whose content does not match its checksum, raises
         ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
         checksum load without one."""
-        return serialization.load(cls, path)
+        return serialization.load_network(path, cls)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":

@@ -26,7 +26,6 @@ import time
 from typing import Iterator, Optional, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _validate as check
 from . import tune
@@ -391,6 +390,8 @@ class _Run:
 
     def train(self, progress: Optional[bool], path: Optional[str],
               every: Optional[int]) -> History:
+        from tqdm.auto import tqdm  # here: importing cbn loads no progress-bar machinery
+
         spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
         schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
         n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total

@@ -8,8 +8,7 @@ putting it in the architecture is one line here.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -19,8 +18,8 @@ from . import tune
 from .losses import Targets
 from .threads import GOVERNED_FROM, TeamGovernor, share_pool
 
-if TYPE_CHECKING:
-    from .network import Network
+# The cbn.Network whose plans these are (it imports this module, not the reverse).
+Net = Any
 
 # Rows per block when evaluating: small enough that a block's input stays in cache between
 # the gather and the GEMM (docs/benchmarks.md, "What the fast path does").
@@ -44,7 +43,7 @@ class CachedPlan(NamedTuple):
 class Workspace:
     """Plans of one network by capacity, least recently used first; see ``plan``."""
 
-    def __init__(self, net: "Network") -> None:
+    def __init__(self, net: Net) -> None:
         self._net = net
         self.plans: Dict[int, CachedPlan] = {}
         self._last: List["_ops.LayerSpec"] = []   # the layers of the plan returned last

@@ -28,3 +28,30 @@ def test_an_old_module_name_is_the_moved_module_with_a_deprecation_warning(name)
     assert old is importlib.import_module(f"cbn.lab.{name}")
     assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
         f"cbn.{name} is deprecated and goes in the next release; import cbn.lab.{name} instead"]
+
+
+def test_the_import_contract_holds(tmp_path):
+    """pyproject.toml's [tool.importlinter]: the lab above the library, every module in its
+    layer, no cycles (imports inside functions count), matplotlib in cbn.lab.plots only."""
+    from pathlib import Path
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, "
+            "no_logo=True))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_drawing_a_figure_leaves_matplotlib_s_backend_as_it_was(tmp_path):
+    code = ("import matplotlib; before = matplotlib.get_backend(); "
+            "import cbn; from cbn.lab import plots; "
+            "plots.plot_curves('c.png', {'run': [cbn.History(step=[1, 2], val_loss=[2.3, 2.0])]},"
+            " 'loss'); import sys; "
+            "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend() == before)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ,
+                                                      "MPLBACKEND": "svg"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+    assert (tmp_path / "c.png").stat().st_size > 0
