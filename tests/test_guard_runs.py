@@ -486,3 +486,16 @@ def test_ctrl_c_from_outside_ends_cbn_train_with_its_work_kept(tmp_path):
     assert "Traceback" not in err and "scores so far" in out
     assert "--checkpoint net.checkpoint.npz --resume" in err
     assert (tmp_path / "net.npz").is_file() and (tmp_path / "net.checkpoint.npz").is_file()
+
+
+def test_an_example_keeps_a_run_that_a_newer_cbn_saved(tmp_path):
+    data = load_sample()
+    config = RunConfig(hidden=(8,), step_size=10, cycles=0.5)
+    repeat(data, config, [0], saved=tmp_path, progress=False)
+    saved = dict(np.load(tmp_path / "seed0.npz"))
+    saved["format_version"] = np.array(99)
+    np.savez(tmp_path / "seed0.npz", **saved)
+    before = (tmp_path / "seed0.npz").read_bytes()
+    with pytest.raises(ValueError, match="newer cbn"):
+        repeat(data, config, [0], saved=tmp_path, progress=False)
+    assert (tmp_path / "seed0.npz").read_bytes() == before

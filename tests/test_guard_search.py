@@ -308,3 +308,10 @@ def test_ctrl_c_stops_the_lambda_search_example_with_one_line(tmp_path):
     assert child.returncode == 130 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("lambda_search: interrupted") and "resume with: " in last, err
+
+
+def test_a_results_file_named_from_the_home_folder_is_written_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    run_search("~/s.jsonl", n_trials=1)
+    assert (tmp_path / "s.jsonl").is_file() and not (tmp_path / "~").exists()

@@ -311,7 +311,9 @@ def _saved_run(path: Path, data: CIFAR10, config: RunConfig, seed: int) -> Optio
             return None
         net = Network.load(path.with_suffix(".npz"))
         return RunResult(config, seed, net, History(**saved["history"]), saved["metrics"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if check.from_newer_cbn(error):  # a newer cbn's run is kept, never redone over
+            raise ValueError(f"{path.parent}: {error}; or choose another --out") from None
         return None  # missing, cut off by a kill, or from other code: run it again
 
 

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from tqdm.std import tqdm as tqdm_base  # every tqdm class's lock
 
 from .. import _validate as check
-from .._files import PathLike, json_ready
+from .._files import PathLike, json_ready, user_path
 from ..data import CIFAR10, PROTOCOLS, load_or_sample, load_sample
 from .experiment import RunConfig, run
 from .search_log import FORMAT_VERSION, ResultsFile, write_csv, write_json
@@ -354,7 +354,7 @@ def best(records: Sequence[dict], key: str = "val_accuracy") -> dict:
 def _round_path(results: Optional[PathLike], r: int) -> Optional[Path]:
     if results is None:
         return None
-    path = Path(results)
+    path = Path(user_path(results))
     return path.with_name(f"{path.stem}.round{r}{path.suffix}")
 
 
