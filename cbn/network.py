@@ -276,7 +276,9 @@ class Network:
         """The input standardisation this network applies to raw images when predicting or
         evaluating without ``normalization=`` (set by ``fit(..., normalization=...)``, kept
         by ``save``/``load``, ``state_dict`` and ``copy``); None: inputs are used as given.
-        Assign an object with per-feature ``mean`` and ``std``, or None. See cbn.inputs."""
+        Assign an object with per-feature ``mean`` and ``std``, or None: it is checked and
+        converted once (``cbn.inputs.Checked``), and the gather's shift and scale are kept
+        with it. See cbn.inputs."""
         return self._normalization
 
     @normalization.setter

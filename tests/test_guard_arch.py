@@ -55,3 +55,28 @@ def test_drawing_a_figure_leaves_matplotlib_s_backend_as_it_was(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_fit_converts_its_normalization_once_and_the_network_keeps_the_result(monkeypatch):
+    import numpy as np
+
+    import cbn
+    from cbn.data import Normalization
+    calls = []
+    original = Normalization.scale
+
+    def counted(self, dtype):
+        calls.append(dtype)
+        return original(self, dtype)
+    monkeypatch.setattr(Normalization, "scale", counted)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (40, 12), dtype=np.uint8)
+    y = rng.integers(0, 3, 40)
+    norm = Normalization.fit(X)
+    net = cbn.Network(12, [8], 3, seed=0)
+    cbn.fit(net, X, y, X_val=X[:10], y_val=y[:10], lam=0.0, batch_size=10, schedule=0.01,
+            epochs=1, normalization=norm)
+    net.predict_proba(X)
+    net.predict_proba(X[:5])
+    net.evaluate(X, y)
+    assert len(calls) == 1
