@@ -10,7 +10,7 @@ import scipy_openblas32  # noqa: F401
 # The compiled core; from a source tree without it, cbn/_ops.py says how to build it.
 from . import _ops  # noqa: F401
 
-from . import data, kernels, optim
+from . import data, ops, optim
 from .augment import Augment
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
@@ -20,14 +20,23 @@ from .threads import share_pool as _share_pool
 
 _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 
-# The old names of the modules that moved into cbn.lab (cbn.search, cbn.plots, ...) resolve from
-# this folder for one release (cbn/_moved/__init__.py); nothing there is imported here.
+# The old names of the modules that moved into cbn.lab (cbn.search, cbn.plots, ...) or were
+# renamed (cbn.kernels, cbn.workspace) resolve from this folder for one release
+# (cbn/_moved/__init__.py); nothing there is imported here.
 __path__.append(__path__[0] + "/_moved")
+
+
+def __getattr__(name: str):
+    """``cbn.kernels`` without importing it first: the old name of ``cbn.ops``."""
+    if name in ("kernels", "workspace"):
+        import importlib
+        return importlib.import_module(f"cbn.{name}")  # warns (cbn/_moved)
+    raise AttributeError(f"module 'cbn' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "ops", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

@@ -1,5 +1,5 @@
 """The k-layer fully connected network: its specification, parameters and running
-statistics, and the calls that run it (its compiled plans: ``cbn.workspace``; its files:
+statistics, and the calls that run it (its compiled plans: ``cbn.architecture``; its files:
 ``cbn.serialization``).
 
 Architecture: ``input -> [Linear -> BatchNorm -> ReLU -> Dropout] x (k-1) -> Linear -> softmax``;
@@ -36,7 +36,7 @@ from . import inputs, losses, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
 from .threads import computing
-from .workspace import Workspace
+from .architecture import Workspace
 
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")

@@ -159,7 +159,7 @@ def measure_transposed_from(dtype=np.float32) -> int:
 def _course_plan(d: int, dtype) -> "_ops.Plan":
     """A plan of the course's network with ``d`` inputs, d-[50]-10 with batch norm before
     ReLU, for batches of 100, assembled from the compiled core's pieces as
-    ``cbn.workspace`` assembles a network's (this module sits below the network, whose plans
+    ``cbn.architecture`` assembles a network's (this module sits below the network, whose plans
     read the thresholds measured here)."""
     cap, dims = 100, (d, 50, 10)
     buffers = parameters.allocate(dims, "batch", np.dtype(dtype))

@@ -5,8 +5,10 @@ import warnings
 
 import pytest
 
-MOVED = ["cli", "experiment", "options", "record", "report", "search", "search_log", "space",
-         "plots", "tables"]
+MOVED = {f"cbn.{name}": f"cbn.lab.{name}" for name in (
+    "cli", "experiment", "options", "record", "report", "search", "search_log", "space", "plots",
+    "tables")}
+MOVED.update({"cbn.kernels": "cbn.ops", "cbn.workspace": "cbn.architecture"})
 
 
 def test_importing_cbn_loads_neither_the_lab_nor_matplotlib(tmp_path):
@@ -18,16 +20,27 @@ def test_importing_cbn_loads_neither_the_lab_nor_matplotlib(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", MOVED)
-def test_an_old_module_name_is_the_moved_module_with_a_deprecation_warning(name):
+@pytest.mark.parametrize("old, new", MOVED.items())
+def test_an_old_module_name_is_the_moved_module_with_a_deprecation_warning(old, new):
     import importlib
-    sys.modules.pop(f"cbn.{name}", None)
+
+    import cbn
+    sys.modules.pop(old, None)
+    vars(cbn).pop(old.split(".")[1], None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        old = importlib.import_module(f"cbn.{name}")
-    assert old is importlib.import_module(f"cbn.lab.{name}")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
     assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
-        f"cbn.{name} is deprecated and goes in the next release; import cbn.lab.{name} instead"]
+        f"{old} is deprecated and goes in the next release; import {new} instead"]
+
+
+def test_the_old_name_of_cbn_ops_is_an_attribute_of_cbn_too():
+    import cbn
+    sys.modules.pop("cbn.kernels", None)
+    vars(cbn).pop("kernels", None)
+    with pytest.warns(DeprecationWarning, match="cbn.kernels is deprecated"):
+        assert cbn.kernels is cbn.ops
 
 
 def test_the_import_contract_holds(tmp_path):

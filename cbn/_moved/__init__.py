@@ -1,4 +1,6 @@
-"""The old names of the modules that moved into :mod:`cbn.lab`, kept for one release.
+"""The old names of the modules that moved into :mod:`cbn.lab` or were renamed
+(``cbn.kernels``: :mod:`cbn.ops`; ``cbn.workspace``: :mod:`cbn.architecture`), kept for one
+release.
 
 ``cbn/__init__.py`` appends this folder to ``cbn.__path__``, so ``import cbn.search`` finds
 ``search.py`` here, which warns once (DeprecationWarning) and puts the moved module in its place:

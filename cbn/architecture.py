@@ -1,5 +1,7 @@
-"""The compiled plans of one network: its architecture laid out as a sequence of typed ops
-over preallocated buffers, one plan per batch capacity, cached under a memory budget.
+"""A network's architecture and its compiled plans: the layers laid out as a sequence of
+typed ops over preallocated buffers, one plan per batch capacity, cached under a memory
+budget (``Workspace``). (Named ``cbn.workspace`` before; that name is a deprecated alias for
+one release.)
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
 ``if`` per option (``_block_ops``); the output layer is a linear layer alone. An op is one
