@@ -14,6 +14,16 @@ def linear_forward(X, W, b):
     return X @ W + b
 
 
+def round_bf16(x) -> np.ndarray:
+    """x (float32 values) rounded to bfloat16, round to nearest even, NaN kept NaN, as
+    float64 (bf16 values are exact in float32 and float64)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    bits = np.where(nan, u | 0x00400000, rounded).astype(np.uint32)
+    return bits.view(np.float32).astype(np.float64)
+
+
 def linear_backward(X, W, dS, lam=0.0):
     """Returns dW (with the L2 term 2 lam W), db, dX."""
     return X.T @ dS + 2 * lam * W, dS.sum(axis=0), dS @ W.T
@@ -150,11 +160,13 @@ class ReferenceNet:
     """The network cbn.Network describes, in NumPy: params keyed W1, b1, gamma1, beta1, ...
     ``placement`` "before" (Linear, BN, ReLU) or "after" (Linear, ReLU, BN); ``dropout`` one
     probability per hidden layer, applied in training with the masks of ``dropout_key``
-    (seed, step) when that is set."""
+    (seed, step) when that is set. ``bf16``: the layer products take their operands rounded
+    to bfloat16 (``round_bf16``), as precision="bf16-mixed" does; the rest stays as given."""
 
     def __init__(self, params: Dict[str, np.ndarray], batch_norm: bool, eps: float = 1e-5,
                  alpha: float = 0.9, running: Optional[Dict[str, np.ndarray]] = None,
-                 placement: str = "before", dropout=None, dropout_key=None):
+                 placement: str = "before", dropout=None, dropout_key=None,
+                 bf16: bool = False):
         self.params = {k: v.copy() for k, v in params.items()}
         self.batch_norm = batch_norm
         self.eps = eps
@@ -164,6 +176,20 @@ class ReferenceNet:
         self.placement = placement
         self.dropout = list(dropout or [0.0] * (self.k - 1))
         self.dropout_key = dropout_key
+        self.bf16 = bf16
+
+    def _r(self, x):
+        """An operand of a product: rounded to bf16 in bf16 mode."""
+        return round_bf16(x) if self.bf16 else x
+
+    def _linear(self, A, l):
+        p = self.params
+        return linear_forward(self._r(A), self._r(p[f"W{l}"]), p[f"b{l}"])
+
+    def _linear_backward(self, A, l, dS, lam):
+        W = self.params[f"W{l}"]
+        dW, db, dA = linear_backward(self._r(A), self._r(W), self._r(dS))
+        return dW + 2 * lam * W, dS.sum(axis=0), dA
 
     def forward(self, X, training: bool):
         """Logits, one (input, cache) per hidden block, and the last hidden output. The cache
@@ -171,7 +197,7 @@ class ReferenceNet:
         statistics) and mask (dropout multiplier)."""
         p, caches, A = self.params, [], X
         for l in range(1, self.k):
-            S = linear_forward(A, p[f"W{l}"], p[f"b{l}"])
+            S = self._linear(A, l)
             cache = {}
             H = S
             if self.placement == "after":
@@ -190,7 +216,7 @@ class ReferenceNet:
                 H = H * cache["mask"]
             caches.append((A, H, cache))
             A = H
-        Z = linear_forward(A, p[f"W{self.k}"], p[f"b{self.k}"])
+        Z = self._linear(A, self.k)
         return Z, caches, A
 
     def cost_and_grads(self, X, y, lam) -> Tuple[float, Dict[str, np.ndarray], List]:
@@ -199,7 +225,7 @@ class ReferenceNet:
         loss, G = softmax_cross_entropy(Z, y)
         cost = loss + lam * sum((p[f"W{l}"] ** 2).sum() for l in range(1, self.k + 1))
         grads = {}
-        grads[f"W{self.k}"], grads[f"b{self.k}"], dA = linear_backward(A, p[f"W{self.k}"], G, lam)
+        grads[f"W{self.k}"], grads[f"b{self.k}"], dA = self._linear_backward(A, self.k, G, lam)
         for l in range(self.k - 1, 0, -1):
             A_in, H, cache = caches[l - 1]
             d = dA * cache["mask"] if "mask" in cache else dA
@@ -211,7 +237,7 @@ class ReferenceNet:
                     d, bn["Shat"], p[f"gamma{l}"], bn["inv_std"])
             if self.placement == "after":
                 d = d * (cache["relu"] > 0)
-            grads[f"W{l}"], grads[f"b{l}"], dA = linear_backward(A_in, p[f"W{l}"], d, lam)
+            grads[f"W{l}"], grads[f"b{l}"], dA = self._linear_backward(A_in, l, d, lam)
         return cost, grads, caches
 
     def update_running(self, caches, first: bool):

@@ -44,7 +44,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 # What a user can get wrong (arguments, files, data); anything else is a bug and keeps
 # its traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError,
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, DataError, ImportError,
                CheckpointError, DivergenceError, ValueError, TypeError)
 
 

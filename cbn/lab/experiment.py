@@ -280,10 +280,11 @@ def with_eval_points(config: RunConfig, n_train: int,
 
 
 def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfig:
-    """A RunConfig with ``fields`` and the example options applied: ``--dtype`` and
+    """A RunConfig with ``fields`` and the example options applied: ``--dtype``,
+    ``--precision`` and
     POINTS_PER_CYCLE history points per cycle, or under ``--quick`` short cycles (n_s =
     QUICK_STEP_SIZE) with QUICK_POINTS_PER_CYCLE points."""
-    config = RunConfig(dtype=args.dtype, **fields)
+    config = RunConfig(dtype=args.dtype, precision=getattr(args, "precision", "fp32"), **fields)
     if args.quick:
         return with_eval_points(config.with_(step_size=QUICK_STEP_SIZE), n_train,
                                 QUICK_POINTS_PER_CYCLE)
@@ -295,7 +296,9 @@ def setting_sentence(config: RunConfig, n_train: int, runs: int, seeds: Sequence
     batch ..., n_s = ..., ... cycles, dtype; N run(s) per configuration (seeds ...)"."""
     return (f"λ = {config.lam}, η ∈ [{config.eta_min:g}, {config.eta_max:g}], batch "
             f"{config.batch_size}, n_s = {config.resolved_step_size(n_train)}, "
-            f"{config.cycles:g} cycles, {config.dtype}; {runs} run(s) per configuration "
+            f"{config.cycles:g} cycles, {config.dtype}"
+            f"{'' if config.precision == 'fp32' else ' ' + config.precision}; {runs} run(s) "
+            f"per configuration "
             f"(seeds {', '.join(map(str, seeds))})")
 
 

@@ -31,8 +31,8 @@ def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
                    dtype: str = "float32") -> argparse.ArgumentParser:
     """The options every example takes: ``--data``, ``--protocol``, ``--out`` (default
     ``results/<name>``, or ``results/<name>-quick`` with ``--quick``), ``--seed``,
-    ``--dtype``, ``--quick``, ``--blas-threads``, ``--no-progress`` and, when ``runs`` is
-    given, ``--runs`` (default ``runs``, 1 under ``--quick``)."""
+    ``--dtype``, ``--precision``, ``--quick``, ``--blas-threads``, ``--no-progress`` and,
+    when ``runs`` is given, ``--runs`` (default ``runs``, 1 under ``--quick``)."""
     parser = argparse.ArgumentParser(
         prog=f"{name}.py", description=description,
         epilog="The results are written into OUT.partial and replace OUT only when the "
@@ -55,6 +55,10 @@ def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
                         help="first seed; run i uses seed + i (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=dtype,
                         help=f"precision of training (default {dtype})")
+    parser.add_argument("--precision", choices=("fp32", "bf16-mixed"), default="fp32",
+                        help="bf16-mixed: the layer products in bfloat16 with float32 "
+                             "accumulation (float32 only; pip install 'cbn[bf16]'; default "
+                             "fp32)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny budget (short cycles, 1 run) that exercises every code "
                              "path; its numbers mean nothing")
