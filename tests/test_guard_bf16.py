@@ -228,3 +228,14 @@ def test_the_option_reaches_the_estimators_and_the_command_line(hidden_bf16):
     assert model.network_.precision == "bf16-mixed"
     assert parse(["train", "--precision", "bf16-mixed"]).run_config.precision == "bf16-mixed"
     assert parse(["train"]).run_config.precision == "fp32"
+
+
+@needs_bf16
+def test_bf16_runs_repeat_bit_for_bit():
+    rng = np.random.default_rng(7)
+    X, y = data(rng, 200, 40, 3)
+    nets = [Network(40, [16, 16], 3, seed=0, precision="bf16-mixed") for _ in range(2)]
+    for net in nets:
+        cbn.fit(net, X, y, lam=0.001, schedule=0.05, epochs=2, batch_size=32, seed=1,
+                progress=False)
+    assert np.array_equal(nets[0].flat_params, nets[1].flat_params)
