@@ -10,6 +10,7 @@ from cbn import ops as kernels
 from cbn import checkpoint as cbn_checkpoint
 from cbn.checkpoint import CheckpointError
 from cbn.data import Normalization
+from cbn import testing
 
 M64 = 2**64 - 1
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -142,7 +143,7 @@ def test_training_step_gradient_is_the_gradient_on_the_augmented_batch(dt, threa
         X = np.ascontiguousarray(augment_reference(Z, aug, (3, 32, 32), 11, 5), dtype=dt)
         _, grads = twin.cost_and_grads(X, y[idx], 0.01)
     for name, g in grads.items():
-        np.testing.assert_allclose(net._grads[name], g, **{
+        np.testing.assert_allclose(testing.gradients(net)[name], g, **{
             np.float32: dict(rtol=2e-3, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-12)}[dt])
 
 
