@@ -399,6 +399,7 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
         compiled = augment.compiled(d, check.integer("seed", seed, low=0, high=2**64 - 1))
         step = check.integer("step", step, low=0, high=2**64 - 1)
     out = np.empty((idx.size, d), dt)
-    _ops.gather_rows(src, idx, shift, scale, out, compiled, step=step if compiled is not None else 0)
+    _ops.gather_rows(src, idx, shift, scale, out, compiled,
+                     step=step if compiled is not None else 0)
     _finite("gather_rows", out)
     return out
