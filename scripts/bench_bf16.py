@@ -6,7 +6,7 @@ seed take epochs of training steps in turn, from uint8 rows standardised in the 
 ``fit`` does); the best epoch of each is kept, so a burst of load elsewhere on the machine
 hurts both alike. Prints one line per case: ms per step of each and the ratio.
 
-    python scripts/bench_bf16.py [--rounds 7] [--rows 5120]
+    python scripts/bench_bf16.py [--rounds 7] [--rows 5120] [--threads N]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import cbn
-from cbn import bf16, inputs
+from cbn import _ops, bf16, inputs
 
 CASES = [([1024, 1024], 100), ([1024, 1024], 256), ([50, 50], 100)]
 
@@ -40,7 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", type=int, default=5120)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of cbn's pool (default: one per core)")
     args = parser.parse_args()
+    if args.threads is not None:
+        _ops.set_threads(args.threads)
     print(bf16.describe())
     if not bf16.available():
         return
