@@ -46,8 +46,7 @@ def check_precision(precision, dtype) -> str:
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16-mixed" and dtype.name != "float32":
-        raise ValueError(f"precision='bf16-mixed' runs float32 networks; got dtype={dtype.name} "
-                         "(pass dtype=np.float32)")
+        raise ValueError(f"precision='bf16-mixed' runs float32 networks; got dtype={dtype.name}")
     return precision
 
 

@@ -342,7 +342,8 @@ def train(args: argparse.Namespace) -> int:
     schedule = (f"n_s {result.metrics['step_size']:.0f}" if config.schedule == "cyclic"
                 else f"{config.schedule} schedule")
     print(f"{len(config.hidden) + 1}-layer {list(config.hidden)} {bn}, init {config.init}, "
-          f"{config.dtype}; lambda {config.lam:g}, eta {config.eta_min:g}..{config.eta_max:g}, "
+          f"{config.dtype}{'' if config.precision == 'fp32' else ' ' + config.precision}; "
+          f"lambda {config.lam:g}, eta {config.eta_min:g}..{config.eta_max:g}, "
           f"batch {config.batch_size}, {schedule}, {length}"
           + ("" if config.optimizer == "sgd" else f", {config.optimizer}")
           + f", seed {args.seed}")
