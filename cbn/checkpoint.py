@@ -1,7 +1,8 @@
 """The content of a training checkpoint: everything ``fit`` needs to continue a run bit for
 bit, and the checks that it continues this run. Its file is read and written by
-:mod:`cbn.serialization` (the one module that reads and writes cbn's files), through the
-guarded reader of :mod:`cbn.npz` and the atomic writer of :mod:`cbn._files`.
+:mod:`cbn.serialization` (the one module that reads and writes cbn's network files and
+checkpoints), through the guarded reader of :mod:`cbn.npz` and the atomic writer of
+:mod:`cbn._files`.
 
 No pickle anywhere: every value is a numeric array or a JSON string in a 0-d unicode array.
 """
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _validate as check
-from ._files import PathLike, atomic_savez
+from ._files import PathLike
 from .npz import (CheckpointError, member_array, member_float, member_int, member_json,
                   member_text, member_version, verified, with_checksum)
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_MEMBERS, CHECKPOINT_VERSION,
-                            HISTORY_PREFIX, OPTIMIZER_PREFIX, read_network_file)
+                            HISTORY_PREFIX, OPTIMIZER_PREFIX, read_network_file, write_arrays)
 
 if TYPE_CHECKING:
     from .history import History
@@ -264,8 +265,8 @@ def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network",
 
 
 def save_checkpoint(path: PathLike, checkpoint: TrainingCheckpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (see ``atomic_savez``)."""
-    atomic_savez(path, **checkpoint.to_arrays())
+    """Write ``checkpoint`` to ``path`` atomically (``cbn.serialization.write_arrays``)."""
+    write_arrays(path, checkpoint.to_arrays())
 
 
 def load_checkpoint(path: PathLike) -> TrainingCheckpoint:

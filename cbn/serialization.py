@@ -1,8 +1,9 @@
-"""cbn's files, read and written here only: a network to and from named arrays and ``.npz``
-files (its configuration as JSON, its state as arrays, a checksum on disk; no pickle), and
-the members a training checkpoint adds around it (their content: :mod:`cbn.checkpoint`).
-Every read goes through the guarded reader of :mod:`cbn.npz`, every write through the atomic
-writer of :mod:`cbn._files`."""
+"""cbn's network files and checkpoints are read and written here only: a network to and from
+named arrays and ``.npz`` files (its configuration as JSON, its state as arrays, a checksum
+on disk; no pickle), and the members a training checkpoint adds around it (their content:
+:mod:`cbn.checkpoint`). Every read goes through the guarded reader of :mod:`cbn.npz`
+(``read_network_file``), every write through the atomic writer of :mod:`cbn._files`
+(``write_arrays``)."""
 from __future__ import annotations
 
 import json
@@ -44,7 +45,13 @@ def to_arrays(net: Net) -> Dict[str, np.ndarray]:
 
 def save(net: Net, path: PathLike) -> None:
     """``to_arrays(net)`` with its checksum, written atomically to ``path``."""
-    atomic_savez(path, **with_checksum(to_arrays(net)))
+    write_arrays(path, with_checksum(to_arrays(net)))
+
+
+def write_arrays(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write named arrays (a network's, or a checkpoint's with its network's, checksum
+    included) to ``path`` as ``.npz``, atomically: the one way cbn writes these files."""
+    atomic_savez(path, **arrays)
 
 
 def load_network(path: PathLike, build: Callable[..., Net]) -> Net:
