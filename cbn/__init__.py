@@ -22,7 +22,7 @@ except ImportError:
         "in place with `python setup.py build_ext --inplace`") from None
 
 from . import data, kernels, optim
-from .augment import Augment
+from .augment import Augment, Mixup
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
@@ -34,7 +34,7 @@ _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "kernels", "optim", "Augment", "Mixup", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

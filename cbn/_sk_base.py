@@ -28,7 +28,7 @@ from .data import Normalization
 from .inputs import Fitted
 from .losses import sample_weights
 from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network
-from .optim import OPTIMIZERS, Optimizer
+from .optim import OPTIMIZERS, Optimizer, bind_network
 from .schedule import CyclicLR
 from .train import fit as train
 from .train import steps_per_epoch
@@ -112,8 +112,8 @@ class BaseMLP(BaseEstimator):
         elif isinstance(self.optimizer, Optimizer):  # its configuration, none of its state
             opt = type(self.optimizer)(**self.optimizer.hyper_parameters())
         else:
-            raise TypeError("optimizer must be 'sgd', 'adam', 'adamw' or a "
-                            f"cbn.optim.Optimizer, got {self.optimizer!r}")
+            raise TypeError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or "
+                            f"a cbn.optim.Optimizer, got {self.optimizer!r}")
         if opt.fused_momentum is None and not _core_accepts(train, "optimizer"):
             raise ValueError(f"optimizer {opt!r} needs cbn.fit(optimizer=...), which this "
                              "version of cbn.fit does not take")
@@ -219,7 +219,7 @@ class BaseMLP(BaseEstimator):
         self._fit_targets(y, weights)
         net = self.network_
         self.optimizer_ = self._new_optimizer()
-        self.optimizer_.bind(net.flat_params.size, net.n_weights, net.dtype)
+        bind_network(self.optimizer_, net)
         batch = min(self.batch_size, n_train)
         total = self.max_iter * steps_per_epoch(n_train, batch, net.batch_norm)
         self.schedule_ = CyclicLR(self.eta_min, self.eta_max,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .record import ExampleRecord
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lion")
 SCHEDULES = ("cyclic", "constant", "cosine", "onecycle")
 
 
@@ -51,8 +51,9 @@ class RunConfig:
     ``step_size`` is set). ``schedule``: "cyclic" (triangular, eta_min..eta_max), "constant"
     (eta_max), "cosine" (eta_max down to eta_min) or "onecycle" (up to eta_max and down);
     all but "cyclic" need ``epochs``. ``optimizer``: "sgd" (the built-in SGD with
-    ``momentum``), "adam" or "adamw" (with ``weight_decay``). ``hflip``, ``shift`` and
-    ``noise`` augment training images (``cbn.Augment``). ``eval_points`` (None: one a
+    ``momentum``), "adam", or "adamw", "lamb", "lion" (each with ``weight_decay``, decoupled). ``hflip``, ``shift`` and
+    ``noise`` augment training images (``cbn.Augment``), ``mixup`` (alpha > 0; 0: off)
+    mixes them (``cbn.Mixup``). ``eval_points`` (None: one a
     cycle's tenth under ``eval_every``, else once an epoch) spreads that many history points
     over the run; ``eval_train`` also scores the training set at each. ``tta`` scores the
     validation and test sets on each image and its mirror (probabilities averaged)."""
@@ -74,6 +75,7 @@ class RunConfig:
     activation: str = "relu"
     residual: bool = False
     label_smoothing: float = 0.0
+    mixup: float = 0.0
     bn_placement: str = "before"
     dropout: float = 0.0
     epochs: Optional[int] = None
@@ -97,6 +99,7 @@ class RunConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check.real("mixup", self.mixup, low=0.0)
         check.choice("bn_placement", self.bn_placement, ("before", "after"))
         check.real("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         check.choice("schedule", self.schedule, SCHEDULES)
@@ -168,6 +171,10 @@ class RunConfig:
             return optim.Adam()
         if self.optimizer == "adamw":
             return optim.AdamW(weight_decay=self.weight_decay)
+        if self.optimizer == "lamb":
+            return optim.Lamb(weight_decay=self.weight_decay)
+        if self.optimizer == "lion":
+            return optim.Lion(weight_decay=self.weight_decay)
         return None
 
     def make_augment(self) -> Optional[Augment]:
@@ -188,10 +195,12 @@ class RunConfig:
                     momentum=self.momentum, optimizer=self.make_optimizer(),
                     augment=self.make_augment(), eval_every=eval_every,
                     eval_train=self.eval_train, label_smoothing=self.label_smoothing,
+                    mixup=self.mixup or None,
                     **length)
 
 
 _OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0,
+                           mixup=0.0,
                            bn_placement="before", dropout=0.0, epochs=None, schedule="cyclic",
                            optimizer="sgd", weight_decay=0.01, hflip=False, shift=0, noise=0.0,
                            eval_points=None, eval_train=True, tta=False)

@@ -190,6 +190,12 @@ class Network:
         """k: the number of linear layers."""
         return len(self.dims) - 1
 
+    @property
+    def weight_sizes(self) -> Tuple[int, ...]:
+        """The sizes of the weight matrices W1..Wk, in the order the first ``n_weights``
+        entries of the flat parameters hold them (what ``cbn.optim.Lamb`` needs)."""
+        return tuple(a * b for a, b in zip(self.dims[:-1], self.dims[1:]))
+
     # -- seams for cbn.train and cbn.gradcheck (not needed for ordinary use) ---------------
 
     @_exclusive
@@ -360,11 +366,11 @@ class Network:
 
     def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
                           training: bool = False, dropout_seed: Optional[int] = None,
-                          name: str = "X") -> Tuple[float, int]:
+                          name: str = "X", mix: Optional[float] = None) -> Tuple[float, int]:
         """Forward ``src`` (from ``prepare_input``; ``name`` for errors) in blocks:
         ``Workspace.forward_blocks``."""
         return self._workspace.forward_blocks(src, y, shift, scale, probs, training,
-                                              dropout_seed, name)
+                                              dropout_seed, name, mix)
 
     @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
@@ -417,16 +423,18 @@ class Network:
     @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
              dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
-             label_smoothing: float = 0.0, sample_weight=None) -> float:
+             label_smoothing: float = 0.0, sample_weight=None,
+             mix: Optional[float] = None) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
-        with the dropout masks of ``dropout_seed`` and the loss options as in
+        with the dropout masks of ``dropout_seed`` and the loss options and ``mix`` as in
         ``cost_and_grads``."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         targets = self._targets(y, src.shape[0], loss, label_smoothing, sample_weight)
+        mix = self._mix(mix, targets)
         loss, _ = self.evaluate_prepared(src, targets, shift, scale, training=True,
-                                         dropout_seed=dropout_seed)
+                                         dropout_seed=dropout_seed, mix=mix)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
         return cost
@@ -434,8 +442,8 @@ class Network:
     @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                        dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
-                       label_smoothing: float = 0.0,
-                       sample_weight=None) -> Tuple[float, Dict[str, np.ndarray]]:
+                       label_smoothing: float = 0.0, sample_weight=None,
+                       mix: Optional[float] = None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
 
         cost = mean loss + lam * sum of squared weights, the loss being ``loss``
@@ -445,13 +453,16 @@ class Network:
         statistics are left untouched. Dropout layers apply the
         masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
         every call with the same seed, so ``cost`` with that seed is the function these are
-        the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
+        the gradients of. ``mix`` (cross-entropy only): mixup's share lam in [0, 1], the
+        batch and its targets mixed with the batch reversed as ``fit`` with a ``cbn.Mixup``
+        mixes a step whose draw is lam (None: no mixing). Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
         (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
         targets = self._targets(y, n, loss, label_smoothing, sample_weight)
+        mix = self._mix(mix, targets)
         if self.batch_norm and n < 2:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
         plan = self.plan(n)
@@ -460,7 +471,12 @@ class Network:
         dropout = dropout_seed is not None and self.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
-        loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout)
+        plan.set_mix(mix)
+        try:
+            loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout,
+                                   mix=mix is not None)
+        finally:
+            plan.set_mix(None)  # the cached plan serves later calls too
         if not plan.input_finite:
             raise check.non_finite_input("X", src, np.arange(n))
         plan.backward(n, lam)
@@ -468,6 +484,16 @@ class Network:
         check.finite_result("cost", np.array(cost))
         check.finite_result("the gradients", self._grad)
         return cost, {k: v.copy() for k, v in self._grads.items()}
+
+    @staticmethod
+    def _mix(mix, targets: losses.Targets) -> Optional[float]:
+        """``mix`` checked: None, or a share in [0, 1] with the cross-entropy."""
+        if mix is None:
+            return None
+        mix = check.real("mix", mix, low=0.0, high=1.0)
+        if targets.loss != "cross_entropy":
+            raise ValueError(f"mix (mixup) needs loss='cross_entropy', got {targets.loss!r}")
+        return mix
 
     def _targets(self, y, n: int, loss: str, label_smoothing: float,
                  sample_weight) -> losses.Targets:

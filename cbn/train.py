@@ -72,7 +72,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
         resume: Union[None, bool, PathLike] = None, optimizer=None,
-        augment: Optional[Augment] = None, loss: str = "cross_entropy",
+        augment: Optional[Augment] = None, mixup=None, loss: str = "cross_entropy",
         label_smoothing: float = 0.0, sample_weight=None, callbacks=None,
         verbose: int = 0) -> History:
     """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
@@ -124,6 +124,10 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         drawn inside the compiled gather), or None. Rows are images of
         ``augment.image_shape``, (3, 32, 32) by default for 3,072 features. Validation and
         evaluation never augment.
+    mixup : a ``cbn.Mixup`` (or its alpha, a number > 0; None or 0: none): each training
+        batch mixed with itself reversed, lam x_i + (1 - lam) x_{n-1-i}, and trained against
+        the targets mixed alike, lam drawn from Beta(alpha, alpha) per step (timm's batch
+        mode; see ``cbn.Mixup``). Cross-entropy only; evaluations never mix.
     loss : "cross_entropy" (y: integer labels) or "mse" (y, y_val: float targets (n, K));
         see cbn.losses.
     label_smoothing : cross-entropy against (1 - eps) onehot + eps / K, as PyTorch's.
@@ -171,7 +175,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     with net._lock if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
-                       augment, loss, label_smoothing, sample_weight)
+                       augment, loss, label_smoothing, sample_weight, mixup)
         if checkpoint is not None:
             checkpoint = _path("checkpoint", checkpoint)
         if checkpoint_every is not None:
@@ -311,7 +315,8 @@ class _Run:
     @property
     def keyed(self) -> bool:
         """True if the run draws random masks or augmentations from its key."""
-        return self.net.has_dropout or self.spec.augment is not None
+        return (self.net.has_dropout or self.spec.augment is not None
+                or self.spec.mixup is not None)
 
     # -- history ----------------------------------------------------------------------------
 
@@ -392,7 +397,7 @@ class _Run:
     def train(self, progress: Optional[bool], path: Optional[str],
               every: Optional[int]) -> History:
         spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
-        schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
+        schedule, optimizer, fused, mixup = spec.schedule, spec.optimizer, spec.fused, spec.mixup
         n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total
         lam, momentum, eval_every = spec.lam, spec.fused_momentum, spec.eval_every
         theta, grad, dropout = net.flat_params, net.flat_grad, net.has_dropout
@@ -428,6 +433,8 @@ class _Run:
                         rows = min(batch_size, n - start)
                         lr = schedule.lr(self.step)
                         first = first_stats and not net.stats_seen
+                        if mixup is not None:
+                            plan.set_mix(mixup.share(self.dropout_key, self.step))
                         governor.begin()
                         if fused:
                             loss, _, finite = plan.train_step(start, rows, lr, lam, momentum,
@@ -498,6 +505,7 @@ class _Run:
         finally:
             governor.close()
             plan.set_augment(None)  # the cached plan serves later calls too
+            plan.set_mix(None)
             bar.update(self.step - bar.n)
             bar.close()
         return self.history

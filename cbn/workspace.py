@@ -74,14 +74,16 @@ class Workspace:
                        shift: np.ndarray,
                        scale: np.ndarray, probs: Optional[np.ndarray] = None,
                        training: bool = False, dropout_seed: Optional[int] = None,
-                       name: str = "X") -> Tuple[float, int]:
+                       name: str = "X", mix: Optional[float] = None) -> Tuple[float, int]:
         """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
         which takes all n rows as one batch); return the sum of losses and the number correct
         (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. ``y``: int64
         labels (cross-entropy), or the ``Targets`` of a loss, whose sample weights are for
         a single batch (training mode). In training mode
         a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
-        ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
+        ``scale`` standardise the rows in the gather (``Network.prepare_input``). ``mix``
+        (training only): mixup's share, the batch and its targets mixed with the batch
+        reversed (``Plan.set_mix``)."""
         net = self._net
         n = src.shape[0]
         if training:
@@ -106,12 +108,16 @@ class Workspace:
         self._set_data(plan, src, y, shift, scale)
         if dropout:
             plan.set_dropout(dropout_seed, 0)
+        mixing = training and mix is not None
+        if mixing:
+            plan.set_mix(mix)
         try:
             for start in range(0, n, cap):
                 stop = min(start + cap, n)
                 out = None if probs is None else probs[start:stop]
                 governor.begin()
-                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout,
+                                    mix=mixing)
                 governor.end(stop - start == cap)
                 if not plan.input_finite:
                     raise check.non_finite_input(name, src, self._rows[start:stop])
@@ -119,6 +125,8 @@ class Workspace:
                 correct += c
         finally:
             governor.close()
+            if mixing:
+                plan.set_mix(None)  # the cached plan serves later calls too
         return loss, correct
 
     def _set_data(self, plan: "_ops.Plan", src: np.ndarray,
