@@ -23,6 +23,7 @@ except ImportError:
 
 from . import data, kernels, optim
 from .augment import Augment, Mixup
+from .ema import EMA
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
@@ -34,7 +35,7 @@ _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Augment", "Mixup", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "kernels", "optim", "Augment", "Mixup", "EMA", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

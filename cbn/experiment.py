@@ -25,6 +25,7 @@ from .gradcheck import GradcheckResult, gradcheck
 from .network import ACTIVATIONS, NORMS, Network
 from . import optim
 from .augment import Augment, mirror
+from .ema import EMA
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from .train import History, fit, steps_per_epoch
 
@@ -53,7 +54,9 @@ class RunConfig:
     all but "cyclic" need ``epochs``. ``optimizer``: "sgd" (the built-in SGD with
     ``momentum``), "adam", or "adamw", "lamb", "lion" (each with ``weight_decay``, decoupled). ``hflip``, ``shift`` and
     ``noise`` augment training images (``cbn.Augment``), ``mixup`` (alpha > 0; 0: off)
-    mixes them (``cbn.Mixup``). ``eval_points`` (None: one a
+    mixes them (``cbn.Mixup``). ``ema`` (a decay in (0, 1); 0: off) trains a moving average
+    of the weights that the network takes at the end (``cbn.EMA``), its batch-norm
+    statistics recomputed over ``precise_bn`` batches when that is set. ``eval_points`` (None: one a
     cycle's tenth under ``eval_every``, else once an epoch) spreads that many history points
     over the run; ``eval_train`` also scores the training set at each. ``tta`` scores the
     validation and test sets on each image and its mirror (probabilities averaged)."""
@@ -76,6 +79,8 @@ class RunConfig:
     residual: bool = False
     label_smoothing: float = 0.0
     mixup: float = 0.0
+    ema: float = 0.0
+    precise_bn: int = 0
     bn_placement: str = "before"
     dropout: float = 0.0
     epochs: Optional[int] = None
@@ -100,6 +105,11 @@ class RunConfig:
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         check.real("mixup", self.mixup, low=0.0)
+        check.real("ema", self.ema, low=0.0, high=1.0, high_open=True)
+        check.integer("precise_bn", self.precise_bn, low=0)
+        if self.precise_bn and not self.ema:
+            raise ValueError("precise_bn recomputes the statistics of the averaged weights; "
+                             "it needs ema")
         check.choice("bn_placement", self.bn_placement, ("before", "after"))
         check.real("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         check.choice("schedule", self.schedule, SCHEDULES)
@@ -196,11 +206,12 @@ class RunConfig:
                     augment=self.make_augment(), eval_every=eval_every,
                     eval_train=self.eval_train, label_smoothing=self.label_smoothing,
                     mixup=self.mixup or None,
+                    ema=EMA(self.ema, self.precise_bn) if self.ema else None,
                     **length)
 
 
 _OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0,
-                           mixup=0.0,
+                           mixup=0.0, ema=0.0, precise_bn=0,
                            bn_placement="before", dropout=0.0, epochs=None, schedule="cyclic",
                            optimizer="sgd", weight_decay=0.01, hflip=False, shift=0, noise=0.0,
                            eval_points=None, eval_train=True, tta=False)

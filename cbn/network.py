@@ -373,6 +373,61 @@ class Network:
                                               dropout_seed, name, mix)
 
     @_exclusive
+    def precise_bn(self, X: np.ndarray, *, batch_size: int = 100,
+                   batches: Optional[int] = None, normalization=None, seed: int = 0) -> None:
+        """PreciseBN (Wu and Johnson, 2021, "Rethinking 'Batch' in BatchNorm"; fvcore's
+        ``update_bn_stats``): set each batch-norm layer's running mean and variance to the
+        plain average, over ``batches`` mini-batches of ``batch_size`` rows of X (drawn
+        without replacement, in the permutation of ``seed``; None: every full batch), of
+        the batch statistics the current weights give in training mode, without dropout
+        (the variance as training records it, ``bn_unbiased``). Training leaves moving
+        averages that mix statistics of earlier weights (and averaged weights, ``cbn.EMA``,
+        never produced any); this replaces them. ``normalization`` as in ``predict_proba``."""
+        if not self.batch_norm:
+            raise ValueError("precise_bn recomputes batch-norm statistics; this network has "
+                             "none")
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
+        src, shift, scale = self.prepare_input(X, normalization)
+        n = src.shape[0]
+        rows = min(check.integer("batch_size", batch_size, low=2), n)
+        if rows < 2:
+            raise ValueError("precise_bn needs at least 2 rows of X")
+        full = n // rows
+        batches = full if batches is None else check.integer("batches", batches, low=1,
+                                                             high=full)
+        order = np.random.default_rng(check.integer("seed", seed, low=0)).permutation(n)
+        self._precise_bn(src, shift, scale, order, rows, batches)
+
+    def _precise_bn(self, src, shift, scale, order: np.ndarray, rows: int,
+                    batches: int) -> None:
+        """``precise_bn`` over the first ``batches`` batches of ``rows`` of ``order``; on any
+        error the running statistics are left as they were."""
+        plan = self.plan(rows)
+        plan.set_data(src, None, order, shift, scale)
+        before = {name: value.copy() for name, value in self._running.items()}
+        sums = {name: np.zeros(value.shape) for name, value in self._running.items()}
+        try:
+            for b in range(batches):
+                # first=True: the batch's statistics replace the running ones, summed here
+                plan.forward(b * rows, rows, True, update_stats=True, first=True)
+                if not plan.input_finite:
+                    raise check.non_finite_input("X", src, order[b * rows:(b + 1) * rows])
+                for name, value in self._running.items():
+                    sums[name] += value
+            with np.errstate(over="ignore"):  # an overflow is refused just below
+                means = {name: (total / batches).astype(self.dtype)
+                         for name, total in sums.items()}
+            for mean in means.values():
+                check.finite_result("precise_bn's statistics", mean)
+        except BaseException:
+            for name, value in before.items():
+                self._running[name][...] = value
+            raise
+        for name, mean in means.items():
+            self._running[name][...] = mean
+        self._stats_seen = True
+
+    @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
                       mode: str = "eval") -> np.ndarray:
         """Class probabilities, shape (n, K), in the network's dtype.

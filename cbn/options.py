@@ -153,6 +153,10 @@ RUN_OPTIONS = (
     Option("momentum", nonnegative_float, "heavy-ball momentum of sgd, below 1"),
     Option("weight_decay", nonnegative_float, "decoupled weight decay of adamw, lamb and lion"),
     Option("label_smoothing", fraction, "label smoothing of the cross-entropy"),
+    Option("ema", fraction, "decay of a moving average of the weights, which the network "
+           "takes at the end (0: none)"),
+    Option("precise_bn", nonnegative_int, "with --ema: recompute the averaged network's "
+           "batch-norm statistics over this many training batches"),
     Option("mixup", nonnegative_float, "mixup alpha: batches mixed with themselves reversed, "
            "shares from Beta(alpha, alpha) (0: none)", group="augmentation"),
     Option("hflip", None, "augment: random horizontal flips", "switch", group="augmentation"),
@@ -227,6 +231,9 @@ def check_together(values: Mapping[str, Any], say: Callable[[str], str]) -> None
     batch = values["batch_norm"] if norm == "auto" else norm == "batch"
     if values["batch_size"] < 2 and batch:
         raise OptionError(f"{say('batch_size')} must be >= 2 with batch normalization")
+    if values["precise_bn"] and not values["ema"]:
+        raise OptionError(f"{say('precise_bn')} recomputes the averaged weights' statistics; "
+                          f"it needs {say('ema')}")
     if values["schedule"] != "cyclic" and values["epochs"] is None:
         raise OptionError(f"{say('schedule')} {values['schedule']} needs --epochs (cycles "
                           "count the cyclic schedule's cycles only)")

@@ -16,6 +16,8 @@ from . import _validate as check
 from . import inputs, losses, optim
 from .augment import Augment, Mixup
 from .augment import mixup as as_mixup
+from .ema import EMA
+from .ema import ema as as_ema
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
 
@@ -50,7 +52,7 @@ class RunSpec:
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
                  seed, normalization, momentum, eval_every, eval_train, optimizer,
                  augment=None, loss="cross_entropy", label_smoothing=0.0,
-                 sample_weight=None, mixup=None) -> None:
+                 sample_weight=None, mixup=None, ema=None) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -92,6 +94,10 @@ class RunSpec:
         if self.augment is not None:
             self.augment.shape_for(net.input_dim, net.dtype)
         self.mixup: Optional[Mixup] = as_mixup(mixup)
+        self.ema: Optional[EMA] = as_ema(ema)
+        if self.ema is not None and self.ema.precise_bn and not net.batch_norm:
+            raise ValueError("ema's precise_bn recomputes batch-norm statistics; the network "
+                             "has none")
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         # Training steps score the (weighted) loss; evaluations the unweighted one.
@@ -165,7 +171,8 @@ class RunSpec:
                                                dict(optimizer=optimizer)),
                 **self._loss_signature(),
                 **({} if self.augment is None else dict(augment=self.augment.config())),
-                **({} if self.mixup is None else dict(mixup=self.mixup.config()))),
+                **({} if self.mixup is None else dict(mixup=self.mixup.config())),
+                **({} if self.ema is None else dict(ema=self.ema.config()))),
                 default=lambda value: value.item()))
         return self._signature
 

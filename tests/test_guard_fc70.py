@@ -532,3 +532,207 @@ def test_warm_lamb_and_lion_steps_allocate_nothing():
     # Lamb's norms each take a memoryview of a few hundred bytes, whatever the size; one
     # vector of the 10,000 parameters would be 40,000 bytes or more.
     assert max(growth) <= 1024, growth
+
+
+# -- EMA of the weights and PreciseBN ---------------------------------------------------------
+
+from cbn import EMA  # noqa: E402
+
+
+class Trace:
+    """Records the parameters and running statistics after every step."""
+
+    per_step = True
+
+    def __init__(self):
+        self.states = []
+
+    def on_train_begin(self, run):
+        self.states.append(self.state(run.net))
+
+    def on_epoch_end(self, run, logs):
+        pass
+
+    def on_step_end(self, run, step, loss):
+        self.states.append(self.state(run.net))
+
+    def on_train_end(self, run):
+        pass
+
+    @staticmethod
+    def state(net):
+        return np.concatenate([net.flat_params.astype(np.float64)]
+                              + [v.astype(np.float64) for v in net.running_stats.values()])
+
+
+def blobs(n=60, d=10, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    return rng.standard_normal((n, d)) + rng.standard_normal((k, d))[y], y
+
+
+RUN = dict(lam=1e-3, batch_size=12, schedule=0.05, epochs=3, seed=2, progress=False)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_the_network_takes_the_moving_average_of_every_step(dt):
+    X, y = blobs()
+    trace = Trace()
+    live = Network(10, [7, 6], 3, seed=0, dtype=dt)
+    fit(live, X, y, callbacks=[trace], **RUN)  # the same trajectory, without the average
+    averaged = Network(10, [7, 6], 3, seed=0, dtype=dt)
+    history = fit(averaged, X, y, X_val=X, y_val=y, ema=EMA(0.8), **RUN)
+    expected = trace.states[0]
+    for state in trace.states[1:]:  # timm's ModelEmaV2: ema = decay ema + (1 - decay) live
+        expected = 0.8 * expected + 0.2 * state
+    got = Trace.state(averaged)
+    tol = dict(rtol=1e-5, atol=1e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got, expected, **tol)
+    assert history.val_accuracy[-1] == averaged.evaluate(X, y)["accuracy"]
+
+
+def test_precise_bn_is_the_average_of_the_batch_statistics():
+    X, y = blobs(n=50)
+    net = Network(10, [7, 6], 3, seed=0, dtype=np.float64)
+    fit(net, X, y, **RUN)
+    order = np.random.default_rng(5).permutation(50)
+    reference = ReferenceNet(dict(net.params), True)
+    stats = []
+    for b in range(3):
+        _, caches, _ = reference.forward(X[order[b * 16:(b + 1) * 16]], training=True)
+        stats.append([c["bn"][key] for _, _, c in caches for key in ("mean", "var")])
+    net.precise_bn(X, batch_size=16, batches=3, seed=5, normalization=False)
+    expected = [np.mean(s, axis=0) for s in zip(*stats)]
+    got = [net.running_stats[f"running_{key}{l}"] for l in (1, 2) for key in ("mean", "var")]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
+    # every full batch by default
+    net.precise_bn(X, batch_size=16, seed=5, normalization=False)
+    unbiased = Network(10, [7, 6], 3, seed=0, dtype=np.float64, bn_unbiased=True)
+    for name, value in net.params.items():
+        unbiased.params[name] = value
+    unbiased.precise_bn(X, batch_size=16, seed=5, normalization=False)
+    np.testing.assert_allclose(unbiased.running_stats["running_var1"],
+                               net.running_stats["running_var1"] * 16 / 15, rtol=1e-12)
+
+
+def test_ema_with_precise_bn_recomputes_the_averaged_networks_statistics():
+    X, y = blobs()
+    net = Network(10, [7, 6], 3, seed=0, dtype=np.float64)
+    fit(net, X, y, ema=EMA(0.8, precise_bn=2), **RUN)
+    order = np.random.default_rng(2)  # fit's shuffle: one permutation per epoch
+    for _ in range(RUN["epochs"]):
+        last = order.permutation(60)
+    reference = ReferenceNet(dict(net.params), True)  # the averaged weights
+    stats = []
+    for b in range(2):  # the first batches of the last epoch's order
+        _, caches, _ = reference.forward(X[last[b * 12:(b + 1) * 12]], training=True)
+        stats.append([c["bn"][key] for _, _, c in caches for key in ("mean", "var")])
+    expected = [np.mean(s, axis=0) for s in zip(*stats)]
+    got = [net.running_stats[f"running_{key}{l}"] for l in (1, 2) for key in ("mean", "var")]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
+
+
+def test_precise_bn_leaves_the_statistics_on_an_error_and_checks_its_arguments():
+    X, y = blobs()
+    net = Network(10, [7], 3, seed=0)
+    fit(net, X, y, **RUN)
+    before = {k: v.copy() for k, v in net.running_stats.items()}
+    bad = X.copy()
+    bad[40, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.precise_bn(bad, batch_size=12, normalization=False)
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.running_stats[k], v)
+    with pytest.raises(ValueError, match="batches must be <= 5"):
+        net.precise_bn(X, batch_size=12, batches=6, normalization=False)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        net.precise_bn(X, batch_size=1, normalization=False)
+    with pytest.raises(ValueError, match="has none"):
+        Network(10, [7], 3, batch_norm=False).precise_bn(X, normalization=False)
+
+
+def test_resume_with_ema_is_bit_identical_and_refuses_another_average(tmp_path, monkeypatch):
+    from cbn import checkpoint as cbn_checkpoint
+    from cbn import train as train_module
+    X, y = blobs()
+    run = dict(RUN, X_val=X[:20], y_val=y[:20], ema=EMA(0.9, precise_bn=1))
+    whole = Network(10, [7, 6], 3, seed=0)
+    expected = fit(whole, X, y, **run)
+    path = tmp_path / "run.npz"
+    original = cbn_checkpoint.save_checkpoint
+
+    def save_then_crash(path, checkpoint):
+        original(path, checkpoint)
+        if checkpoint.step == 7:
+            raise Crash
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        fit(Network(10, [7, 6], 3, seed=0), X, y, checkpoint=path, checkpoint_every=1, **run)
+    monkeypatch.undo()
+    for other in (dict(ema=None), dict(ema=EMA(0.8, precise_bn=1))):
+        with pytest.raises(CheckpointError, match="ema"):
+            fit(Network(10, [7, 6], 3, seed=0), X, y, resume=path, **{**run, **other})
+    net = Network(10, [7, 6], 3, seed=0)
+    history = fit(net, X, y, resume=path, **run)
+    np.testing.assert_array_equal(net.flat_params, whole.flat_params)
+    for name, value in net.running_stats.items():
+        np.testing.assert_array_equal(value, whole.running_stats[name])
+    assert {k: v for k, v in history.as_dict().items() if k != "wall_time"} == \
+           {k: v for k, v in expected.as_dict().items() if k != "wall_time"}
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (1.0, ValueError, "ema must be < 1"),
+    (-0.5, ValueError, "ema must be >= 0"),
+    ("0.9", TypeError, "ema must be a cbn.EMA"),
+    (True, TypeError, "ema must be a cbn.EMA"),
+])
+def test_fit_checks_ema(value, error, match):
+    X, y = blobs()
+    with pytest.raises(error, match=match):
+        fit(Network(10, [7], 3), X, y, ema=value, **RUN)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(decay=0.0), ValueError, "decay"), (dict(decay=1.0), ValueError, "decay"),
+    (dict(decay=float("nan")), ValueError, "decay"), (dict(precise_bn=-1), ValueError,
+                                                      "precise_bn"),
+    (dict(precise_bn=1.5), TypeError, "precise_bn"),
+])
+def test_ema_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EMA(**kwargs)
+
+
+def test_precise_bn_needs_batch_norm_in_fit_and_ema_in_the_options():
+    from cbn import options
+    from cbn.experiment import RunConfig
+    X, y = blobs()
+    with pytest.raises(ValueError, match="has none"):
+        fit(Network(10, [7], 3, batch_norm=False), X, y, ema=EMA(0.9, precise_bn=2), **RUN)
+    with pytest.raises(options.OptionError, match="--precise-bn .* needs --ema"):
+        options.run_values({"precise_bn": 5})
+    with pytest.raises(ValueError, match="needs ema"):
+        RunConfig(precise_bn=5)
+    config = options.config_of(options.run_values({"ema": 0.99, "precise_bn": 5}))
+    assert config.fit_options(100)["ema"] == EMA(0.99, 5)
+    assert RunConfig().fit_options(100)["ema"] is None
+    assert "ema" not in RunConfig().as_dict()
+
+
+def test_checkpoint_files_with_a_bad_average_are_refused(tmp_path):
+    from cbn import checkpoint as cbn_checkpoint
+    X, y = blobs()
+    path = tmp_path / "run.npz"
+    fit(Network(10, [7], 3, seed=0), X, y, checkpoint=path, ema=0.9, **RUN)
+    state = cbn_checkpoint.load_checkpoint(path)
+    state.ema = state.ema[:-1]
+    cbn_checkpoint.save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="ema must be finite with shape"):
+        fit(Network(10, [7], 3, seed=0), X, y, resume=path, ema=0.9, **RUN)
+    state.ema = np.zeros((2, 2))
+    cbn_checkpoint.save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match="ema must be a 1-D float array"):
+        cbn_checkpoint.load_checkpoint(path)
