@@ -261,8 +261,8 @@ def test_mixup_alpha_is_checked(alpha, error):
 
 
 def test_mixup_is_an_option_of_the_table_the_space_and_the_estimator(tmp_path):
-    from cbn import options, space
-    from cbn.experiment import RunConfig
+    from cbn.lab import options, space
+    from cbn.lab.experiment import RunConfig
     values = options.run_values({"mixup": 0.2, "epochs": 2, "schedule": "cosine"})
     config = options.config_of(values)
     assert config.mixup == 0.2 and config.fit_options(100)["mixup"] == 0.2
@@ -488,8 +488,8 @@ def test_a_bound_lamb_refuses_another_layout_and_a_state_without_one():
 
 
 def test_new_optimizers_are_reachable_by_name_everywhere():
-    from cbn import options, space
-    from cbn.experiment import RunConfig
+    from cbn.lab import options, space
+    from cbn.lab.experiment import RunConfig
     assert optim.OPTIMIZERS["lamb"] is Lamb and optim.OPTIMIZERS["lion"] is Lion
     for name, cls in (("lamb", Lamb), ("lion", Lion)):
         values = options.run_values({"optimizer": name, "weight_decay": 0.1})
@@ -707,8 +707,8 @@ def test_ema_arguments_are_checked(kwargs, error, match):
 
 
 def test_precise_bn_needs_batch_norm_in_fit_and_ema_in_the_options():
-    from cbn import options
-    from cbn.experiment import RunConfig
+    from cbn.lab import options
+    from cbn.lab.experiment import RunConfig
     X, y = blobs()
     with pytest.raises(ValueError, match="has none"):
         fit(Network(10, [7], 3, batch_norm=False), X, y, ema=EMA(0.9, precise_bn=2), **RUN)
