@@ -27,7 +27,7 @@ from .augment import Augment
 from .data import Normalization
 from .inputs import Fitted
 from .losses import sample_weights
-from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network
+from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network, check_blocks
 from .optim import OPTIMIZERS, Optimizer, bind_network
 from .schedule import CyclicLR
 from .train import fit as train
@@ -68,8 +68,8 @@ class BaseMLP(BaseEstimator):
     def _check_params(self) -> None:
         """Validate the constructor arguments (scikit-learn checks them in fit, not init)."""
         hidden = self.hidden_layer_sizes
-        check.widths("hidden_layer_sizes",
-                     (hidden,) if isinstance(hidden, numbers.Integral) else hidden)
+        widths = check.widths("hidden_layer_sizes",
+                              (hidden,) if isinstance(hidden, numbers.Integral) else hidden)
         for name in ("batch_norm", "standardize", "early_stopping", "residual", "warm_start"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -82,6 +82,11 @@ class BaseMLP(BaseEstimator):
         if self.norm not in NORMS + ("auto",):
             raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
         check.choice("activation", self.activation, ACTIVATIONS)
+        if self.expansion is not None:
+            check.integer("expansion", self.expansion, low=1)
+            norm = (("batch" if self.batch_norm else None) if self.norm == "auto"
+                    else self.norm)
+            check_blocks(widths, self.residual, norm, self.dropout, self.bn_placement)
         if isinstance(self.init, str):
             check.choice("init", self.init, INIT_NAMES)
         else:
@@ -208,6 +213,8 @@ class BaseMLP(BaseEstimator):
             extra.update(norm=(("batch" if self.batch_norm else None) if self.norm == "auto"
                                else self.norm), activation=self.activation,
                          residual=bool(self.residual))
+        if self.expansion is not None:
+            extra["expansion"] = self.expansion
         init = self.init if isinstance(self.init, str) else float(self.init)
         self.network_ = Network(X.shape[1], hidden, self._n_outputs(),
                                 batch_norm=None if "norm" in extra else bool(self.batch_norm),

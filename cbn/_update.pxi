@@ -59,3 +59,14 @@ def sum_of_squares(const floating[::1] x):
         for k in range(x.shape[0]):
             total += <double>x[k] * x[k]
     return total
+
+
+def lerp(floating[::1] avg, const floating[::1] live, double weight):
+    """avg += weight (live - avg), in one pass (a moving average's update, torch's lerp_)."""
+    cdef Py_ssize_t k
+    cdef floating w = <floating>weight
+    if live.shape[0] != avg.shape[0]:
+        raise ValueError(f"live has {live.shape[0]} values for the {avg.shape[0]} of avg")
+    with nogil:
+        for k in range(avg.shape[0]):
+            avg[k] = avg[k] + w * (live[k] - avg[k])

@@ -17,6 +17,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from . import _ops
 from . import _validate as check
 
 __all__ = ["EMA"]
@@ -33,6 +34,9 @@ class EMA:
     precise_bn : batches of the run's batch size over which the averaged network's
         batch-norm statistics are recomputed at the end (0: the running statistics are
         averaged like the weights, as timm does).
+    every : update the average after every this many steps only (the decay applies per
+        update: ``decay ** every`` keeps the horizon of ``decay`` at every step), for large
+        networks on which a pass over the parameters each step costs too much.
 
     The history's last point scores the averaged network, earlier points the live one. The
     average is part of the run's checkpoints, so a resumed run averages as the uninterrupted
@@ -41,16 +45,21 @@ class EMA:
 
     decay: float = 0.999
     precise_bn: int = 0
+    every: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decay", check.real("decay", self.decay, low=0.0, high=1.0,
                                                      low_open=True, high_open=True))
         object.__setattr__(self, "precise_bn", check.integer("precise_bn", self.precise_bn,
                                                              low=0))
+        object.__setattr__(self, "every", check.integer("every", self.every, low=1))
 
     def config(self) -> dict:
         """JSON-ready arguments (part of a run's checkpoint signature)."""
-        return dict(decay=self.decay, precise_bn=self.precise_bn)
+        config = dict(decay=self.decay, precise_bn=self.precise_bn)
+        if self.every != 1:
+            config["every"] = self.every
+        return config
 
     def averager(self, net) -> "Averager":
         """The average of ``net``'s parameters and running statistics, started at their
@@ -77,23 +86,21 @@ class Averager:
         live: List[np.ndarray] = [net.flat_params, *net._running.values()]
         self.spec, self.net = spec, net
         self.state = np.concatenate([a.reshape(-1) for a in live]).astype(net.dtype)
-        self._scratch = np.empty_like(self.state)
-        self._share = np.array(1.0 - spec.decay, dtype=net.dtype)
-        self._pairs: Tuple[Tuple[np.ndarray, np.ndarray, np.ndarray], ...] = ()
+        self._share = 1.0 - spec.decay
+        self._every = spec.every
         start, pairs = 0, []
         for a in live:
-            part = slice(start, start + a.size)
-            pairs.append((self.state[part], a.reshape(-1), self._scratch[part]))
+            pairs.append((self.state[start:start + a.size], a.reshape(-1)))
             start += a.size
-        self._pairs = tuple(pairs)
-        self._n_params = net.flat_params.size
+        self._pairs: Tuple[Tuple[np.ndarray, np.ndarray], ...] = tuple(pairs)
 
-    def update(self) -> None:
-        """avg += (1 - decay) (live - avg), for every parameter and running statistic."""
-        for avg, live, scratch in self._pairs:
-            np.subtract(live, avg, out=scratch)
-            np.multiply(scratch, self._share, out=scratch)
-            np.add(avg, scratch, out=avg)
+    def update(self, step: int) -> None:
+        """After step ``step`` (1-based): avg += (1 - decay) (live - avg) for every
+        parameter and running statistic, when ``step`` is a multiple of ``every``."""
+        if step % self._every:
+            return
+        for avg, live in self._pairs:
+            _ops.lerp(avg, live, self._share)
 
     def load(self, state: np.ndarray, fail) -> None:
         """Continue from a checkpoint's ``state``; ``fail(message)`` makes the error."""
@@ -104,5 +111,5 @@ class Averager:
     def apply(self) -> None:
         """Give the network the averages (its running statistics too, unless ``precise_bn``
         recomputes them afterwards)."""
-        for avg, live, _ in self._pairs:
+        for avg, live in self._pairs:
             np.copyto(live, avg)

@@ -71,6 +71,30 @@ def _exclusive(method):
     return locked
 
 
+def layer_dims(input_dim: int, hidden: Sequence[int], num_classes: int,
+               expansion: Optional[int] = None) -> Tuple[int, ...]:
+    """The widths of a network's layers, input first: ``hidden`` between the input and the
+    classes, or with ``expansion`` e the embedding's width d, then (e d, d) per block."""
+    if expansion is None:
+        return (input_dim, *hidden, num_classes)
+    d = hidden[0]
+    return (input_dim, d, *(expansion * d, d) * (len(hidden) - 1), num_classes)
+
+
+def check_blocks(hidden: Sequence[int], residual: bool, norm: Optional[str], dropout,
+                 bn_placement: str) -> None:
+    """What pre-norm blocks (``expansion``) need of the other options (a ValueError)."""
+    if not residual or norm is None:
+        raise ValueError("expansion builds pre-norm residual blocks: it needs residual=True "
+                         "and a norm ('layer' or 'batch')")
+    if len(set(hidden)) != 1:
+        raise ValueError(f"expansion needs equal hidden widths (the residual stream's), got "
+                         f"{list(hidden)}")
+    if np.any(dropout) or bn_placement != "before":
+        raise ValueError("expansion's blocks take no dropout and no bn_placement='after' (the "
+                         "norm opens each block)")
+
+
 class Network:
     """A k-layer fully connected network with optional batch normalisation.
 
@@ -94,6 +118,15 @@ class Network:
     residual : bool
         h_l = h_{l-1} + block_l(h_{l-1}) for every hidden layer whose input and output widths
         match, the block being its linear -> norm -> activation -> dropout as configured.
+    expansion : int >= 1 or None
+        Pre-norm residual blocks with this expansion factor (with ``residual=True``, a
+        ``norm`` and equal ``hidden`` widths d, no dropout): the first hidden layer embeds
+        the input, x = W1 input + b1, and each further width is a block
+        x := x + W' act(W norm(x) + b) + b' whose inner width is expansion * d (the MLP
+        block of a pre-norm transformer, as in Bachmann et al., 2023, "Scaling MLPs"); the
+        output layer reads norm(x). Each block is two of the network's linear layers, so
+        ``params`` holds W1, b1, gamma1, beta1 (the embedding's norm), W2, b2 (the
+        expansion), W3, b3, gamma3, beta3 (the projection back and the next norm), ...
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
@@ -129,7 +162,8 @@ class Network:
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
                  dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,
-                 activation: str = "relu", residual: bool = False) -> None:
+                 activation: str = "relu", residual: bool = False,
+                 expansion: Optional[int] = None) -> None:
         self.input_dim = check.integer("input_dim", input_dim, low=1)
         self.hidden = check.widths("hidden", hidden)
         self.num_classes = check.integer("num_classes", num_classes, low=2)
@@ -168,9 +202,15 @@ class Network:
         self.bn_placement = check.choice("bn_placement", bn_placement, BN_PLACEMENTS)
         self.dropout = parameters.dropout_rates(dropout, len(self.hidden))
 
-        self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        self.expansion = None if expansion is None else check.integer("expansion", expansion,
+                                                                        low=1)
+        normed = None
+        if self.expansion is not None:
+            check_blocks(self.hidden, self.residual, self.norm, self.dropout, self.bn_placement)
+            normed = [l % 2 == 0 for l in range(2 * len(self.hidden) - 1)]  # the stream's
+        self.dims = layer_dims(self.input_dim, self.hidden, self.num_classes, self.expansion)
         self._lock = threading.RLock()
-        buffers = parameters.allocate(self.dims, self.norm, self.dtype)
+        buffers = parameters.allocate(self.dims, self.norm, self.dtype, normed)
         self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
         self._params, self._grads, self._running = buffers.params, buffers.grads, buffers.running
         self._stats_seen = False
@@ -184,6 +224,7 @@ class Network:
         self._normalization: Optional[inputs.Normalization] = None
 
     # -- construction ---------------------------------------------------------------------
+
 
     @property
     def num_layers(self) -> int:
@@ -277,7 +318,8 @@ class Network:
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
                     bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
                     dropout=list(self.dropout), norm=self.norm, activation=self.activation,
-                    residual=self.residual)
+                    residual=self.residual,
+                    **({} if self.expansion is None else dict(expansion=self.expansion)))
 
     @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -578,7 +620,8 @@ class Network:
         if self.activation != "relu" and not (self.norm and self.bn_placement == "after"):
             bn += ", GELU"
         if self.residual:
-            bn += ", residual"
+            bn += ", residual" if self.expansion is None else \
+                f", pre-norm blocks x{self.expansion}"
         if self.has_dropout:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "

@@ -43,6 +43,9 @@ _LAYERS = """
         The hidden blocks' activation.
     residual : bool, default False
         Residual connections around the hidden blocks whose widths match.
+    expansion : int >= 1 or None, default None
+        Pre-norm residual blocks with this expansion factor (``cbn.Network``'s
+        ``expansion``; needs ``residual``, a norm and equal widths).
     init : "he", "xavier" or a float sigma > 0, default "he"
         Initialisation of the weights (``cbn.Network``'s ``init``): a scheme, or normal
         weights of standard deviation sigma, so a sensitivity study over sigma is a grid
@@ -153,7 +156,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
-                 residual: bool = False, init: Union[str, float] = "he",
+                 residual: bool = False, expansion: Optional[int] = None,
+                 init: Union[str, float] = "he",
                  label_smoothing: float = 0.0, mixup: float = 0.0, class_weight=None,
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
@@ -170,6 +174,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.expansion = expansion
         self.init = init
         self.label_smoothing = label_smoothing
         self.class_weight = class_weight
@@ -359,7 +364,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
-                 residual: bool = False, init: Union[str, float] = "he",
+                 residual: bool = False, expansion: Optional[int] = None,
+                 init: Union[str, float] = "he",
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
                  eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
@@ -374,6 +380,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.expansion = expansion
         self.init = init
         self.augment = augment
         self.alpha = alpha

@@ -477,7 +477,7 @@ class _Run:
                             guard.diverge_in_step(self.step, schedule, loss,
                                                   plan.batch_stats_finite, self.history)
                         if average is not None:
-                            average.update()
+                            average.update(self.step + 1)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
                         self.epoch_loss_sum += loss

@@ -591,6 +591,21 @@ def test_the_network_takes_the_moving_average_of_every_step(dt):
     assert history.val_accuracy[-1] == averaged.evaluate(X, y)["accuracy"]
 
 
+def test_an_average_updated_every_few_steps_skips_the_others():
+    X, y = blobs()
+    trace = Trace()
+    fit(Network(10, [7, 6], 3, seed=0), X, y, callbacks=[trace], **RUN)
+    averaged = Network(10, [7, 6], 3, seed=0)
+    fit(averaged, X, y, ema=EMA(0.7, every=3), **RUN)
+    expected = trace.states[0]
+    for step, state in enumerate(trace.states[1:], start=1):
+        if step % 3 == 0:
+            expected = 0.7 * expected + 0.3 * state
+    np.testing.assert_allclose(Trace.state(averaged), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="every"):
+        EMA(every=0)
+
+
 def test_precise_bn_is_the_average_of_the_batch_statistics():
     X, y = blobs(n=50)
     net = Network(10, [7, 6], 3, seed=0, dtype=np.float64)
@@ -718,6 +733,8 @@ def test_precise_bn_needs_batch_norm_in_fit_and_ema_in_the_options():
         RunConfig(precise_bn=5)
     config = options.config_of(options.run_values({"ema": 0.99, "precise_bn": 5}))
     assert config.fit_options(100)["ema"] == EMA(0.99, 5)
+    values = options.run_values({"ema": 0.99, "ema_every": 4})
+    assert options.config_of(values).fit_options(100)["ema"] == EMA(0.99, 0, 4)
     assert RunConfig().fit_options(100)["ema"] is None
     assert "ema" not in RunConfig().as_dict()
 
@@ -736,3 +753,143 @@ def test_checkpoint_files_with_a_bad_average_are_refused(tmp_path):
     cbn_checkpoint.save_checkpoint(path, state)
     with pytest.raises(CheckpointError, match="ema must be a 1-D float array"):
         cbn_checkpoint.load_checkpoint(path)
+
+
+# -- pre-norm residual blocks with an expansion factor ----------------------------------------
+
+from reference import bn_forward_train, gelu, layer_norm_forward  # noqa: E402
+
+
+def prenorm_reference(p, X, blocks, norm, activation):
+    """x = X W1 + b1; x := x + act(norm(x) W + b) W' + b' per block; logits norm(x) Wk + bk
+    (layer norm, or batch norm with the batch's statistics)."""
+    def normed(x, l):
+        if norm == "layer":
+            return layer_norm_forward(x, p[f"gamma{l}"], p[f"beta{l}"])[0]
+        return bn_forward_train(x, p[f"gamma{l}"], p[f"beta{l}"])[0]
+
+    def act(a):
+        return gelu(a)[0] if activation == "gelu" else np.maximum(a, 0)
+
+    x = X @ p["W1"] + p["b1"]
+    for b in range(blocks):
+        l = 2 * b + 2
+        x = x + act(normed(x, l - 1) @ p[f"W{l}"] + p[f"b{l}"]) @ p[f"W{l + 1}"] + p[f"b{l + 1}"]
+    k = 2 * blocks + 2
+    return softmax(normed(x, k - 1) @ p[f"W{k}"] + p[f"b{k}"])
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+@pytest.mark.parametrize("hidden, expansion", [((5,), 3), ((6, 6, 6), 2), ((4, 4), 1)])
+def test_prenorm_blocks_match_the_numpy_reference(norm, activation, hidden, expansion):
+    rng = np.random.default_rng(7)
+    net = Network(8, hidden, 3, norm=norm, activation=activation, residual=True,
+                  expansion=expansion, seed=1, dtype=np.float64)
+    for name, value in net.params.items():  # gamma and beta away from 1 and 0
+        net.params[name] = value + 0.1 * rng.standard_normal(value.shape)
+    X = rng.standard_normal((9, 8))
+    d = hidden[0]
+    assert net.dims == (8, d) + (expansion * d, d) * (len(hidden) - 1) + (3,)
+    expected = prenorm_reference(dict(net.params), X, len(hidden) - 1, norm, activation)
+    np.testing.assert_allclose(net.predict_proba(X, mode="train"), expected, rtol=1e-10,
+                               atol=1e-12)
+    result = gradcheck(net, X, np.arange(9) % 3, 1e-3)
+    assert result.passed, result.table()
+
+
+def test_prenorm_params_hold_norms_on_the_stream_only():
+    net = Network(8, [4, 4], 3, norm="batch", residual=True, expansion=2)
+    assert list(net.params) == ["W1", "b1", "gamma1", "beta1", "W2", "b2", "W3", "b3",
+                                "gamma3", "beta3", "W4", "b4"]
+    assert list(net.running_stats) == ["running_mean1", "running_var1", "running_mean3",
+                                       "running_var3"]
+    assert "pre-norm blocks x2" in repr(net)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_a_fused_sgd_step_on_prenorm_blocks_is_the_gradient_step(dt):
+    X, y = blobs(n=12)
+    net = Network(10, [6, 6, 6], 3, norm="layer", activation="gelu", residual=True,
+                  expansion=2, seed=0, dtype=dt)
+    _, grads = net.copy().cost_and_grads(X.astype(dt), y, 0.01)
+    expected = {name: value - 0.05 * grads[name] for name, value in net.params.items()}
+    fit(net, X.astype(dt), y, lam=0.01, batch_size=12, schedule=0.05, epochs=1, seed=0,
+        progress=False, normalization=False)
+    tol = dict(rtol=2e-5, atol=2e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for name, value in net.params.items():
+        np.testing.assert_allclose(value, expected[name], **tol, err_msg=name)
+
+
+def test_prenorm_networks_save_load_and_resume(tmp_path):
+    X, y = blobs()
+    make = lambda: Network(10, [6, 6], 3, norm="layer", residual=True,  # noqa: E731
+                           expansion=3, seed=0)
+    net = make()
+    fit(net, X, y, **RUN)
+    net.save(tmp_path / "net.npz")
+    back = Network.load(tmp_path / "net.npz")
+    assert back.expansion == 3 and back.dims == net.dims
+    np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+    path = tmp_path / "run.npz"
+    fit(make(), X, y, checkpoint=path, callbacks=[StopAfter(4)], **RUN)
+    again = make()
+    fit(again, X, y, resume=path, **RUN)
+    np.testing.assert_array_equal(again.flat_params, net.flat_params)
+    with pytest.raises(CheckpointError, match="configured"):
+        fit(Network(10, [6, 6], 3, norm="layer", residual=True, expansion=2, seed=0), X, y,
+            resume=path, **RUN)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(expansion=2), ValueError, "needs residual=True and a norm"),
+    (dict(expansion=2, residual=True, norm=None), ValueError, "needs residual=True"),
+    (dict(expansion=2, residual=True, hidden=[4, 5]), ValueError, "equal hidden widths"),
+    (dict(expansion=2, residual=True, dropout=0.1), ValueError, "no dropout"),
+    (dict(expansion=2, residual=True, bn_placement="after"), ValueError, "no dropout"),
+    (dict(expansion=0, residual=True), ValueError, "expansion must be >= 1"),
+    (dict(expansion=1.5, residual=True), TypeError, "expansion"),
+])
+def test_prenorm_options_are_checked(kwargs, error, match):
+    kwargs = {"hidden": [4, 4], **kwargs}
+    with pytest.raises(error, match=match):
+        Network(8, num_classes=3, **kwargs)
+
+
+def test_a_network_file_with_a_doctored_expansion_is_refused(tmp_path):
+    from cbn.npz import CheckpointError as NpzError
+    net = Network(8, [4, 4], 3, norm="layer", residual=True, expansion=2)
+    path = tmp_path / "net.npz"
+    net.save(path)
+    arrays = dict(np.load(path))
+    for bad in ("'2'", "[1, 2]", "10000000000000"):
+        config = json.loads(str(arrays["network_config"]))
+        config["expansion"] = json.loads(bad.replace("'", '"'))
+        doctored = {**arrays, "network_config": np.array(json.dumps(config))}
+        doctored.pop("checksum", None)
+        np.savez(tmp_path / "bad.npz", **doctored)
+        with pytest.raises(NpzError):
+            Network.load(tmp_path / "bad.npz")
+
+
+def test_expansion_through_the_options_the_space_and_the_estimator():
+    from cbn.lab import options, space
+    from cbn.lab.experiment import RunConfig
+    values = options.run_values({"hidden": (6, 6), "norm": "layer", "residual": True,
+                                 "expansion": 4, "epochs": 1, "schedule": "cosine"})
+    config = options.config_of(values)
+    assert config.network_options()["expansion"] == 4
+    assert "expansion" not in RunConfig().network_options()
+    with pytest.raises(ValueError, match="needs residual=True"):
+        RunConfig(hidden=(6, 6), expansion=4)
+    trials = space.sample_trials({"expansion": space.Choice([2, 4])}, 3, seed=0,
+                                 base=RunConfig(hidden=(6, 6), residual=True, norm="layer"))
+    assert {t.config.expansion for t in trials} <= {2, 4}
+    pytest.importorskip("sklearn")
+    from cbn.sklearn import MLPClassifier
+    X, y = blobs()
+    clf = MLPClassifier((6, 6), norm="layer", residual=True, expansion=2, max_iter=1,
+                        random_state=0).fit(X, y)
+    assert clf.network_.expansion == 2 and clf.network_.num_layers == 4
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        MLPClassifier((6, 5), norm="layer", residual=True, expansion=2).fit(X, y)

@@ -133,6 +133,8 @@ RUN_OPTIONS = (
     Option("activation", _choice(*ACTIVATIONS), "activation function", group="network"),
     Option("residual", None, "residual connections between equal widths", "switch",
            group="network"),
+    Option("expansion", positive_int, "pre-norm residual blocks with this expansion factor "
+           "(with --residual, a norm and equal --hidden widths)", group="network"),
     Option("dropout", fraction, "dropout rate of the hidden layers", group="network"),
     Option("init", init_option, "he, xavier, or sigma: weights drawn from N(0, sigma^2)",
            group="network"),
@@ -155,6 +157,7 @@ RUN_OPTIONS = (
     Option("label_smoothing", fraction, "label smoothing of the cross-entropy"),
     Option("ema", fraction, "decay of a moving average of the weights, which the network "
            "takes at the end (0: none)"),
+    Option("ema_every", positive_int, "with --ema: update the average every this many steps"),
     Option("precise_bn", nonnegative_int, "with --ema: recompute the averaged network's "
            "batch-norm statistics over this many training batches"),
     Option("mixup", nonnegative_float, "mixup alpha: batches mixed with themselves reversed, "
