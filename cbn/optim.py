@@ -5,11 +5,12 @@ with the formulas of their papers' reference implementations: ``Lamb`` (timm's) 
 
 Cost per parameter and step (passes over the n values, each one ufunc): plain SGD 2,
 SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights (timings in
-docs/benchmarks.md).
+docs/benchmarks.md); Lion 1 and Lamb 3 (plus 1 with gradient clipping), each a compiled
+loop (cbn/_update.pxi).
 """
 # Design: an optimizer owns its state buffers (allocated once by ``bind``) and updates the flat
 # vector ``theta`` in place from ``grad`` with NumPy ufuncs writing into a preallocated
-# scratch vector (``out=``), so ``step`` allocates nothing. The learning rate is not a
+# scratch vector (``out=``), or one compiled loop, so ``step`` allocates nothing. The learning rate is not a
 # hyper-parameter: the schedule gives it per step. The first ``n_weights`` entries of theta
 # are the weight matrices W1..Wk (the network stores them first); the rest are biases, gamma
 # and beta, which decoupled weight decay leaves alone. ``grad`` already holds the coupled L2
@@ -40,7 +41,6 @@ class Optimizer:
     _buffers: Tuple[str, ...] = ()
     _nonnegative: Tuple[str, ...] = ()  # buffers that are never negative (second moments)
     _layout = False  # the update needs the sizes of the weight tensors (``tensors``)
-    _two_scratches = False  # the update needs a second scratch vector
 
     def __init__(self) -> None:
         self.n_params: Optional[int] = None
@@ -50,7 +50,6 @@ class Optimizer:
         self.steps = 0  # updates made so far (PyTorch's ``state["step"]``)
         self._state: Dict[str, np.ndarray] = {}
         self._scratch: Optional[np.ndarray] = None
-        self._scratch2: Optional[np.ndarray] = None
         self._consts: Tuple[np.ndarray, ...] = ()
         self._lr_max = math.inf  # the largest rate the dtype holds, once bound
 
@@ -81,7 +80,6 @@ class Optimizer:
         self._lr_max = float(np.finfo(dtype).max)
         self._state = {name: np.zeros(n_params, dtype) for name in self._buffers}
         self._scratch = np.empty(n_params, dtype)
-        self._scratch2 = np.empty(n_params, dtype) if self._two_scratches else None
         self._consts = tuple(np.empty((), dtype) for _ in range(N_CONSTS))
 
     def _check_dtype(self, dtype: np.dtype) -> None:
@@ -436,7 +434,6 @@ class Lamb(Optimizer):
     _buffers = ("exp_avg", "exp_avg_sq")
     _nonnegative = ("exp_avg_sq",)
     _layout = True
-    _two_scratches = True
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
                  weight_decay: float = 0.01, max_grad_norm: Optional[float] = 1.0,
@@ -452,55 +449,24 @@ class Lamb(Optimizer):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
             setattr(self, name, bool(value))
-        self._views_of: Optional[np.ndarray] = None
-        self._views: Tuple[Tuple[np.ndarray, np.ndarray, np.ndarray], ...] = ()
+        self._ends = np.zeros(0, dtype=np.int64)  # where each weight tensor ends
 
     _check_dtype = Adam._check_dtype
 
     def _update(self, theta, grad, lr):
-        c, t = self._const, self.steps
-        g, u = self._scratch, self._scratch2
-        m, v = self._state["exp_avg"], self._state["exp_avg_sq"]
+        t = self.steps
         clip = 1.0
         if self.max_grad_norm is not None:
             clip = max(math.sqrt(_ops.sum_of_squares(grad)) / self.max_grad_norm, 1.0)
-        np.divide(grad, c(0, clip), out=g)
-        np.multiply(m, c(1, self.beta1), out=m)
-        np.multiply(g, c(2, 1.0 - self.beta1), out=u)
-        np.add(m, u, out=m)
-        np.multiply(g, g, out=u)
-        np.multiply(u, c(3, 1.0 - self.beta2), out=u)
-        np.multiply(v, c(4, self.beta2), out=v)
-        np.add(v, u, out=v)
-        np.sqrt(v, out=u)
-        np.divide(u, c(5, math.sqrt(1.0 - self.beta2 ** t)), out=u)
-        np.add(u, c(6, self.eps), out=u)
-        np.divide(m, c(0, 1.0 - self.beta1 ** t), out=g)
-        np.divide(g, u, out=u)
-        if self.weight_decay or self.always_adapt:
-            if self._views_of is not theta:  # new views per step would allocate
-                self._views_of, self._views = theta, self._tensor_views(theta)
-            for w, uw, scratch in self._views:
-                if self.weight_decay:
-                    np.multiply(w, c(1, self.weight_decay), out=scratch)
-                    np.add(uw, scratch, out=uw)
-                w_norm = math.sqrt(_ops.sum_of_squares(w))
-                u_norm = math.sqrt(_ops.sum_of_squares(uw))
-                ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
-                if self.trust_clip:
-                    ratio = min(ratio, 1.0)
-                np.multiply(uw, c(2, ratio), out=uw)
-        np.multiply(u, c(3, lr), out=u)
-        np.subtract(theta, u, out=theta)
+        _ops.lamb_update(theta, grad, self._state["exp_avg"], self._state["exp_avg_sq"],
+                         self._scratch, lr, self.beta1, self.beta2, self.eps,
+                         self.weight_decay, clip, 1.0 - self.beta1 ** t,
+                         math.sqrt(1.0 - self.beta2 ** t), self._ends,
+                         bool(self.weight_decay or self.always_adapt), self.trust_clip)
 
-    def _tensor_views(self, theta):
-        """(weights, their update, scratch) views of each weight tensor."""
-        views, start = [], 0
-        for size in self.tensors:
-            part = slice(start, start + size)
-            views.append((theta[part], self._scratch2[part], self._scratch[part]))
-            start += size
-        return tuple(views)
+    def bind(self, n_params, n_weights, dtype, tensors=None) -> None:
+        super().bind(n_params, n_weights, dtype, tensors)
+        self._ends = np.cumsum(np.array(self.tensors, dtype=np.int64))
 
 
 class Lion(Optimizer):
@@ -523,7 +489,6 @@ class Lion(Optimizer):
 
     _hyper = ("beta1", "beta2", "weight_decay")
     _buffers = ("exp_avg",)
-    _two_scratches = True
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.99,
                  weight_decay: float = 0.0) -> None:
@@ -531,28 +496,14 @@ class Lion(Optimizer):
         self.beta1 = check.real("beta1", beta1, low=0.0, high=1.0, high_open=True)
         self.beta2 = check.real("beta2", beta2, low=0.0, high=1.0, high_open=True)
         self.weight_decay = check.real("weight_decay", weight_decay, low=0.0)
-        self._weights_of: Optional[np.ndarray] = None
-        self._weights: Optional[np.ndarray] = None
 
     def _check_dtype(self, dtype):
         self._below_one("beta1", self.beta1, dtype)
         self._below_one("beta2", self.beta2, dtype)
 
     def _update(self, theta, grad, lr):
-        c, s, u, m = self._const, self._scratch, self._scratch2, self._state["exp_avg"]
-        if self.n_weights and self.weight_decay:
-            if self._weights_of is not theta:  # a new view per step would allocate
-                self._weights_of, self._weights = theta, theta[:self.n_weights]
-            np.multiply(self._weights, c(0, 1.0 - lr * self.weight_decay), out=self._weights)
-        np.multiply(m, c(1, self.beta1), out=s)
-        np.multiply(grad, c(2, 1.0 - self.beta1), out=u)
-        np.add(s, u, out=s)
-        np.sign(s, out=s)
-        np.multiply(s, c(3, lr), out=s)
-        np.subtract(theta, s, out=theta)
-        np.multiply(m, c(4, self.beta2), out=m)
-        np.multiply(grad, c(5, 1.0 - self.beta2), out=u)
-        np.add(m, u, out=m)
+        _ops.lion_update(theta, grad, self._state["exp_avg"], lr, self.beta1, self.beta2,
+                         1.0 - lr * self.weight_decay, self.n_weights)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "lamb": Lamb, "lion": Lion}

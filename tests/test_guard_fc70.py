@@ -529,9 +529,9 @@ def test_warm_lamb_and_lion_steps_allocate_nothing():
                           cwd=os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stderr
     growth = json.loads(done.stdout.strip().splitlines()[-1])
-    # Lamb's norms each take a memoryview of a few hundred bytes, whatever the size; one
-    # vector of the 10,000 parameters would be 40,000 bytes or more.
-    assert max(growth) <= 1024, growth
+    # A compiled call takes a memoryview of each array it is given, a few hundred bytes
+    # whatever the size; one vector of the 10,000 parameters would be 40,000 bytes or more.
+    assert max(growth) <= 4096, growth
 
 
 # -- EMA of the weights and PreciseBN ---------------------------------------------------------
