@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from reference import ReferenceNet, softmax
-from cbn import Augment, Mixup, Network, fit, kernels
+from cbn import Augment, Mixup, Network, fit
+from cbn import ops as kernels
 from cbn.checkpoint import CheckpointError
 from cbn.data import Normalization
 from cbn.gradcheck import gradcheck

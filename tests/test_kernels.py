@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from cbn import kernels
+from cbn import ops as kernels
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
@@ -142,7 +142,7 @@ def test_sgd_update_matches_formula(rng, dt, momentum):
         want = t64 + v64
     else:
         want = t64 - 0.1 * (g64 + 0.01 * t64)
-    assert kernels.sgd_update(theta, grad, 0.1, weight_decay=0.01, momentum=momentum, velocity=vel)
+    assert kernels.sgd_update(theta, grad, 0.1, lam=0.005, momentum=momentum, velocity=vel)
     np.testing.assert_allclose(theta, want, rtol=1e-6, atol=1e-6)
 
 

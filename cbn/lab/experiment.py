@@ -5,13 +5,12 @@ share (BN statistics at test time, gradient checks). The examples' command line 
 folder live in :mod:`cbn.lab.record`."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,9 +27,6 @@ from ..augment import Augment, mirror
 from ..ema import EMA
 from ..schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from ..train import History, fit, steps_per_epoch
-
-if TYPE_CHECKING:
-    from .record import ExampleRecord
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lion")
@@ -312,12 +308,20 @@ def with_eval_points(config: RunConfig, n_train: int,
     return config.with_(eval_every=max(1, cycle // points_per_cycle))
 
 
-def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfig:
-    """A RunConfig with ``fields`` and the example options applied: ``--dtype`` and
-    POINTS_PER_CYCLE history points per cycle, or under ``--quick`` short cycles (n_s =
+class ExampleOptions(Protocol):
+    """The options of an example that shape its runs (an example's parsed command line,
+    ``cbn.lab.record.parse_example_args``, has them)."""
+
+    dtype: str
+    quick: bool
+
+
+def example_config(options: ExampleOptions, n_train: int, **fields) -> RunConfig:
+    """A RunConfig with ``fields`` and the example's ``options`` applied: ``dtype`` and
+    POINTS_PER_CYCLE history points per cycle, or with ``quick`` short cycles (n_s =
     QUICK_STEP_SIZE) with QUICK_POINTS_PER_CYCLE points."""
-    config = RunConfig(dtype=args.dtype, **fields)
-    if args.quick:
+    config = RunConfig(dtype=options.dtype, **fields)
+    if options.quick:
         return with_eval_points(config.with_(step_size=QUICK_STEP_SIZE), n_train,
                                 QUICK_POINTS_PER_CYCLE)
     return with_eval_points(config, n_train)
@@ -421,8 +425,18 @@ def _run_resumable(data: CIFAR10, config: RunConfig, seed: int, progress: Option
 CHECKPOINT_SUFFIX = ".checkpoint.npz"
 
 
+class Recorder(Protocol):
+    """What ``run_configs`` records into: ``cbn.lab.record.ExampleRecord`` (which imports this
+    module, so it is named here by what it does)."""
+
+    def repeat(self, data: CIFAR10, config: RunConfig, seeds: Sequence[int],
+               key: str) -> List[RunResult]: ...
+
+    def add(self, key: str, entry: Mapping[str, object]) -> None: ...
+
+
 def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],
-                record: "ExampleRecord") -> Dict[str, List[RunResult]]:
+                record: Recorder) -> Dict[str, List[RunResult]]:
     """Run every configuration with every seed (the same seeds for each, so configurations
     are compared on equal draws), record each under its name; return the runs by name.
     Finished runs are kept in ``record.saved_runs(name)`` and reused on a rerun."""
