@@ -33,7 +33,7 @@ OPTIMIZER_PREFIX = "optimizer_"
 VERSIONS = {"format_version": FORMAT_VERSION, "checkpoint_version": CHECKPOINT_VERSION}
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
-                      "elapsed", "run", "optimizer", "dropout_key")
+                      "elapsed", "run", "optimizer", "dropout_key", "ema")
 
 
 def to_arrays(net: Net) -> Dict[str, np.ndarray]:
@@ -180,6 +180,15 @@ def check_config_fits(config, shape_of: Callable[[str], Optional[Tuple[int, ...]
     if not isinstance(hidden, list):
         raise fail(f"network_config['hidden'] must be a list, got {type(hidden).__name__}")
     dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
+    expansion = config.get("expansion")
+    if expansion is not None:  # pre-norm blocks: their widths are computed, from integers only
+        if (type(expansion) is not int or expansion < 1 or not hidden
+                or not all(type(w) is int for w in hidden)):
+            raise fail(f"network_config's expansion {check.short_repr(expansion)} needs to be a "
+                       "positive integer, with integer hidden widths")
+        dims = [config.get("input_dim"), hidden[0],
+                *(expansion * hidden[0], hidden[0]) * (len(hidden) - 1),
+                config.get("num_classes")]
     for l in range(1, len(dims)):
         shape = shape_of(f"W{l}")
         if shape != (dims[l - 1], dims[l]):
