@@ -130,7 +130,7 @@ def test_evaluation_matches_the_reference_and_follows_loaded_weights():
 
 @needs_bf16
 @pytest.mark.parametrize("options", [dict(), dict(momentum=0.9), dict(optimizer="adam"),
-                                     dict(dropout=0.2, momentum=0.5)])
+                                     dict(dropout=0.2, momentum=0.5), dict(mixup=0.2)])
 def test_training_in_bf16_learns_like_fp32(options):
     rng = np.random.default_rng(5)
     centers = rng.standard_normal((4, 60)) * 2
