@@ -31,6 +31,10 @@ from .threads import share_pool as _share_pool
 
 _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 
+# The old names of the modules that moved into cbn.lab (cbn.search, cbn.plots, ...) resolve from
+# this folder for one release (cbn/_moved/__init__.py); nothing there is imported here.
+__path__.append(__path__[0] + "/_moved")
+
 __version__ = "0.1.0"
 
 __all__ = [

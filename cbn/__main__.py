@@ -1,7 +1,7 @@
-"""``python -m cbn``: the ``cbn`` command (see :mod:`cbn.cli`)."""
+"""``python -m cbn``: the ``cbn`` command (see :mod:`cbn.lab.cli`)."""
 import sys
 
-from .cli import main
+from .lab.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

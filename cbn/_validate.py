@@ -188,12 +188,19 @@ def file_version(value, newest: int, fail: Callable[[str], Exception], *,
     if isinstance(value, bool) or not isinstance(value, int):
         raise fail(f"{field} must be an integer, got {short_repr(value, 60)}")
     if value > newest:
-        raise fail(f"written by a newer cbn ({field} {short_repr(value, 40)}; this cbn reads "
-                   f"up to {newest}); update cbn to read it")
+        error = fail(f"written by a newer cbn ({field} {short_repr(value, 40)}; this cbn reads "
+                     f"up to {newest}); update cbn to read it")
+        error.from_newer_cbn = True  # a caller that would redo such a file must keep it instead
+        raise error
     if value < oldest:
         raise fail(f"{field} {short_repr(value, 40)} is not one cbn writes (this cbn reads "
                    f"{oldest} to {newest})")
     return value
+
+
+def from_newer_cbn(error: BaseException) -> bool:
+    """Whether ``error`` is :func:`file_version`'s refusal of a file a newer cbn wrote."""
+    return getattr(error, "from_newer_cbn", False) is True
 
 
 _SHORT = reprlib.Repr()

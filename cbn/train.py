@@ -106,7 +106,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     eval_every : also record the history every this many steps (default: once per epoch,
         and at the end).
     eval_train : also measure loss/cost/accuracy on the whole training set at each point,
-        as the course's curves do (``cbn.experiment`` turns it on). Off by default: it is a
+        as the course's curves do (``cbn.lab.experiment`` turns it on). Off by default: it is a
         forward pass over all training rows, about a third of an epoch's time; ``batch_loss``
         (the mean loss of the mini-batches since the last point) is recorded either way.
     checkpoint : path of a checkpoint file (``.npz``, no pickle) to write every

@@ -19,10 +19,11 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import RunConfig, mean_std, run_configs
-from cbn.record import ExampleRecord, example_parser, load_data, parse_example_args, run_example
-from cbn.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
-from cbn.tables import accuracy_table, percent
+from cbn.lab.experiment import RunConfig, mean_std, run_configs
+from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                            run_example)
+from cbn.lab.plots import plot_ablation, plot_accuracy_vs_time, plot_curves
+from cbn.lab.tables import accuracy_table, percent
 
 NAME = "bonus"
 TIME_LIMIT = 600.0  # seconds of training allowed per run of the best configuration

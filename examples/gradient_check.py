@@ -15,11 +15,11 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import GRADCHECK_NETWORKS, gradient_checks
-from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        run_example)
-from cbn.plots import plot_gradcheck
-from cbn.tables import markdown_table
+from cbn.lab.experiment import GRADCHECK_NETWORKS, gradient_checks
+from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                            run_example)
+from cbn.lab.plots import plot_gradcheck
+from cbn.lab.tables import markdown_table
 
 NAME = "gradient_check"
 PARAMETERS = ("W", "b", "gamma", "beta")

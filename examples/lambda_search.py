@@ -1,12 +1,12 @@
 """Exercise 4 of DD2424 assignment 3: search the L2 strength lambda of the 3-layer BN network.
 
 A coarse random search with log10(lambda) uniform in [-5, -1] (2 cycles per trial), a fine
-random search in the range narrowed around the best coarse trials (cbn.search.refine), then
+random search in the range narrowed around the best coarse trials (cbn.lab.search.refine), then
 the best lambda of both trained for 3 cycles with several seeds. Everything else is the course
 setting: [50, 50] with BN, He init, eta 1e-5..1e-1, batch 100, n_s = 5 * n_train / 100.
 Trials are picked by validation accuracy only; the test set is scored once per final run.
 
-Trials run in worker processes (cbn.search; --workers 0 runs them here) and are saved as
+Trials run in worker processes (cbn.lab.search; --workers 0 runs them here) and are saved as
 they finish to coarse.jsonl and fine.jsonl in --out, so an interrupted search resumes where
 it stopped when run again with the same options.
 
@@ -18,12 +18,12 @@ import math
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from cbn.experiment import example_config, summarize
-from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        run_example, show_progress)
-from cbn.plots import plot_accuracy_vs_lambda
-from cbn.tables import accuracy_table, markdown_table, number, percent
-from cbn.search import DataSpec, LogUniform, best, refine, search, write_csv
+from cbn.lab.experiment import example_config, summarize
+from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                            run_example, show_progress)
+from cbn.lab.plots import plot_accuracy_vs_lambda
+from cbn.lab.tables import accuracy_table, markdown_table, number, percent
+from cbn.lab.search import DataSpec, LogUniform, best, refine, search, write_csv
 
 NAME = "lambda_search"
 HIDDEN = (50, 50)
@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     n_train = len(data.train)
     base = example_config(args, n_train, hidden=HIDDEN, batch_norm=True, cycles=2)
     base = base.with_(eval_every=None)  # trials are scored at the end; curves not needed
-    blas = args.blas_threads or 1  # per trial, the same everywhere (see cbn.search)
+    blas = args.blas_threads or 1  # per trial, the same everywhere (see cbn.lab.search)
     if args.workers == 0:
         trial_data, options = data, dict(executor="serial", blas_threads=blas)
     else:  # workers load the data themselves, from the folder this process found

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from cbn.report import main
+from cbn.lab.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

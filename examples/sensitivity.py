@@ -16,12 +16,12 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional
 
-from cbn.experiment import (bn_statistics_accuracy, example_config, mean_std, run_configs,
-                            setting_sentence)
-from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        run_example)
-from cbn.plots import plot_bn_statistics, plot_sensitivity
-from cbn.tables import accuracy_table, markdown_table, percent
+from cbn.lab.experiment import (bn_statistics_accuracy, example_config, mean_std, run_configs,
+                                setting_sentence)
+from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                            run_example)
+from cbn.lab.plots import plot_bn_statistics, plot_sensitivity
+from cbn.lab.tables import accuracy_table, markdown_table, percent
 
 NAME = "sensitivity"
 HIDDEN = (50, 50)

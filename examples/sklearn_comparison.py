@@ -57,10 +57,10 @@ from sklearn.neural_network import MLPRegressor as SklearnRegressor  # noqa: E40
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from cbn.plots import save_figure  # noqa: E402
-from cbn.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
-                        parse_example_args, run_example)
-from cbn.tables import markdown_table, number, percent  # noqa: E402
+from cbn.lab.plots import save_figure  # noqa: E402
+from cbn.lab.record import (ExampleRecord, example_parser, load_data,  # noqa: E402
+                            parse_example_args, run_example)
+from cbn.lab.tables import markdown_table, number, percent  # noqa: E402
 from cbn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 NAME = "sklearn_comparison"

@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from cbn.experiment import example_config, run_configs, setting_sentence
-from cbn.record import (ExampleRecord, example_parser, load_data, parse_example_args,
-                        run_example)
-from cbn.plots import METRICS, plot_curves
-from cbn.tables import accuracy_table
+from cbn.lab.experiment import example_config, run_configs, setting_sentence
+from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
+                            run_example)
+from cbn.lab.plots import METRICS, plot_curves
+from cbn.lab.tables import accuracy_table
 
 NAME = "three_layer"
 HIDDEN = (50, 50)

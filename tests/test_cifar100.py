@@ -8,7 +8,7 @@ import pytest
 
 from cbn.data import DataError, Dataset, UnsafePickleError, load_cifar100
 from cbn.data.cifar100 import FOLDER_NAME
-from cbn.experiment import RunConfig, run
+from cbn.lab.experiment import RunConfig, run
 from test_data import py2_pickle, py3_pickle
 
 FINE = [f"fine{k}".encode() for k in range(100)]

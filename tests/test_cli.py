@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import cli
+from cbn.lab import cli
 from cbn.data import load_sample
 
 from test_data import write_cifar  # a small CIFAR-10 folder in the official format

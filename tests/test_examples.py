@@ -18,11 +18,11 @@ import pytest
 
 import cbn
 from cbn.data import load_sample
-from cbn import plots
-from cbn.experiment import QUICK_POINTS_PER_CYCLE
-from cbn.plots import runs_disagree
-from cbn.record import MARKER, ExampleRecord
-from cbn.report import REFERENCE_NUMBERS, main as report_main
+from cbn.lab import plots
+from cbn.lab.experiment import QUICK_POINTS_PER_CYCLE
+from cbn.lab.plots import runs_disagree
+from cbn.lab.record import MARKER, ExampleRecord
+from cbn.lab.report import REFERENCE_NUMBERS, main as report_main
 from cbn.train import History
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -383,7 +383,7 @@ def test_figure_captions_state_data_seeds_and_quick(tmp_path):
 
 
 def test_accuracies_of_runs_that_disagree_are_listed_one_by_one():
-    from cbn.tables import percent
+    from cbn.lab.tables import percent
     assert percent({"mean": 0.35, "std": 0.179, "values": [0.10, 0.4406, 0.5095]}) == \
         "10.00, 44.06, 50.95 (per run)"
     assert percent({"mean": 0.5343, "std": 0.0013, "values": [0.5331, 0.5338, 0.5361]}) == \

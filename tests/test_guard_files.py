@@ -20,7 +20,7 @@ import cbn
 from cbn import Augment, CyclicLR, Network, _ops, fit, tune
 from cbn.checkpoint import CheckpointError, load_checkpoint, read_npz, with_checksum
 from cbn.optim import SGD, Adam, AdamW, check_state
-from cbn.search_log import ResultsFile
+from cbn.lab.search_log import ResultsFile
 
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     p for p in (str(Path(cbn.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}

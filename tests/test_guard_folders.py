@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import Network, cli, fit, plots
+from cbn import Network, fit
+from cbn.lab import cli, plots
 from cbn._files import write_text
 from cbn.checkpoint import CheckpointError, load_checkpoint
 from cbn.data import load_sample
-from cbn.record import MARKER, ExampleRecord, example_parser, parse_example_args, run_example
-from cbn.report import check_results, main as report_main
+from cbn.lab.record import MARKER, ExampleRecord, example_parser, parse_example_args, run_example
+from cbn.lab.report import check_results, main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_PARENT = str(Path(cbn.__file__).resolve().parents[1])
@@ -246,7 +247,7 @@ def test_no_file_is_written_around_the_atomic_writer():
     """cbn and the examples write files only through cbn._files (the search log appends to
     its own file; downloads are renamed into place when whole)."""
     import re
-    allowed = {"cbn/_files.py", "cbn/search_log.py", "cbn/data/fetch.py"}
+    allowed = {"cbn/_files.py", "cbn/lab/search_log.py", "cbn/data/fetch.py"}
     pattern = re.compile(r"open\([^)]*['\"][wax]b?\+?['\"]|\.write_(text|bytes)\(|"
                          r"savefig\((?!f,)|np\.save|json\.dump\(|to_csv\(|imsave\(")
     found = []

@@ -11,8 +11,8 @@ import pytest
 
 import reference as ref
 from cbn import Network, fit, gradcheck, kernels
-from cbn.experiment import RunConfig
-from cbn.space import Choice, sample_trials
+from cbn.lab.experiment import RunConfig
+from cbn.lab.space import Choice, sample_trials
 
 ARCHS = list(itertools.product(["batch", "layer", None], ["relu", "gelu"], [False, True],
                                ["before", "after"]))

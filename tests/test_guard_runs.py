@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import cli, experiment, record
+from cbn.lab import cli, experiment, record
 from cbn.checkpoint import save_checkpoint
 from cbn.data import load_sample
-from cbn.experiment import RunConfig, repeat
+from cbn.lab.experiment import RunConfig, repeat
 from cbn.schedule import CyclicLR
 
 STOP_AT = 7
@@ -261,7 +261,7 @@ def test_bonus_configurations_are_run_configs_trained_by_the_shared_loop():
 
 
 def test_the_estimator_parameters_map_onto_a_run_description():
-    from cbn.options import estimator_config
+    from cbn.lab.options import estimator_config
     config = estimator_config(hidden_layer_sizes=(30,), alpha=0.01, max_iter=5, cycles=1,
                               optimizer="adam", eta_min=1e-6, eta_max=1e-3,
                               random_state=0, verbose=True)
@@ -486,3 +486,16 @@ def test_ctrl_c_from_outside_ends_cbn_train_with_its_work_kept(tmp_path):
     assert "Traceback" not in err and "scores so far" in out
     assert "--checkpoint net.checkpoint.npz --resume" in err
     assert (tmp_path / "net.npz").is_file() and (tmp_path / "net.checkpoint.npz").is_file()
+
+
+def test_an_example_keeps_a_run_that_a_newer_cbn_saved(tmp_path):
+    data = load_sample()
+    config = RunConfig(hidden=(8,), step_size=10, cycles=0.5)
+    repeat(data, config, [0], saved=tmp_path, progress=False)
+    saved = dict(np.load(tmp_path / "seed0.npz"))
+    saved["format_version"] = np.array(99)
+    np.savez(tmp_path / "seed0.npz", **saved)
+    before = (tmp_path / "seed0.npz").read_bytes()
+    with pytest.raises(ValueError, match="newer cbn"):
+        repeat(data, config, [0], saved=tmp_path, progress=False)
+    assert (tmp_path / "seed0.npz").read_bytes() == before

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 import cbn
-from cbn import search as search_module
-from cbn.search import search
+from cbn.lab import search as search_module
+from cbn.lab.search import search
 
 from test_examples import EXAMPLES, environment
 from test_search import BASE, SPACE, trial_lines, without_time
@@ -124,7 +124,7 @@ ONE_TRIAL = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
     from test_search import BASE, SPACE
-    from cbn.search import search
+    from cbn.lab.search import search
     search("sample", SPACE, 1, base=BASE, seed=3, executor="serial", results=sys.argv[1],
            progress=False)
 """)
@@ -176,15 +176,15 @@ def test_a_last_record_without_a_line_end_is_kept_and_ended(tmp_path, monkeypatc
 GATED_SEARCH = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, sys.argv[3])
-    import cbn.search
+    import cbn.lab.search
     from test_search import BASE, SPACE
-    real_run = cbn.search.run
+    real_run = cbn.lab.search.run
     def gated_run(*args, **kwargs):
         while not os.path.exists(sys.argv[2]):
             time.sleep(0.01)
         return real_run(*args, **kwargs)
-    cbn.search.run = gated_run
-    cbn.search.search("sample", SPACE, 2, base=BASE, seed=3, executor="serial",
+    cbn.lab.search.run = gated_run
+    cbn.lab.search.search("sample", SPACE, 2, base=BASE, seed=3, executor="serial",
                       results=sys.argv[1], progress=False)
 """)
 
@@ -227,7 +227,7 @@ POOL_SEARCH = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
     from test_search import BASE, SPACE
-    from cbn.search import search
+    from cbn.lab.search import search
     search("sample", SPACE, 500, base=BASE, seed=3, executor="processes", max_workers=2,
            results=sys.argv[1], progress=False)
 """)
@@ -308,3 +308,10 @@ def test_ctrl_c_stops_the_lambda_search_example_with_one_line(tmp_path):
     assert child.returncode == 130 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("lambda_search: interrupted") and "resume with: " in last, err
+
+
+def test_a_results_file_named_from_the_home_folder_is_written_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    run_search("~/s.jsonl", n_trials=1)
+    assert (tmp_path / "s.jsonl").is_file() and not (tmp_path / "~").exists()

@@ -18,12 +18,12 @@ import pytest
 
 import cbn
 
-from cbn import search as search_module
+from cbn.lab import search as search_module
 from cbn.data import load_sample
-from cbn.experiment import RunConfig
-from cbn.plots import plot_search
-from cbn.search import (Choice, DataSpec, LogUniform, Uniform, best, coarse_to_fine,
-                        default_workers, refine, sample_trials, search, write_csv, write_json)
+from cbn.lab.experiment import RunConfig
+from cbn.lab.plots import plot_search
+from cbn.lab.search import (Choice, DataSpec, LogUniform, Uniform, best, coarse_to_fine,
+                            default_workers, refine, sample_trials, search, write_csv, write_json)
 
 BASE = RunConfig(hidden=(10,), cycles=0.5)  # 100 updates on the sample's 2,000 images
 SPACE = {"lam": LogUniform(1e-4, 1e-1), "eta_max": LogUniform(1e-2, 1e-1),
@@ -113,7 +113,7 @@ KILLED_SEARCH = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
     from test_search import BASE, N, SPACE
-    from cbn.search import search
+    from cbn.lab.search import search
     search("sample", SPACE, N, base=BASE, seed=3, executor="serial", results=sys.argv[1],
            progress=False)
 """)
@@ -428,7 +428,7 @@ def test_loaded_data_is_refused_for_worker_processes():
 
 
 def test_a_process_loads_each_data_spec_once():
-    from cbn.search import _cached
+    from cbn.lab.search import _cached
     assert _cached(DataSpec("sample")) is _cached(DataSpec("sample"))
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from .experiment import OPTIMIZERS, SCHEDULES, RunConfig
-from .network import ACTIVATIONS
+from ..network import ACTIVATIONS
 
 
 class OptionError(ValueError):

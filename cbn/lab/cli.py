@@ -21,20 +21,20 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError, save_checkpoint
-from .data import CIFAR10, DataError
-from ._files import json_ready, user_path, write_text
+from ..checkpoint import CheckpointError, save_checkpoint
+from ..data import CIFAR10, DataError
+from .._files import json_ready, user_path, write_text
 from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
                          run, score)
-from .network import Network
+from ..network import Network
 # Argument types: checked while parsing, before any data is read.
 from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, nonnegative_float,
                       nonnegative_int, positive_float, positive_int, run_values,
                       thread_count)
 from .record import command_line_words, data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
-from .schedule import CyclicLR
-from .train import DivergenceError, TrainingInterrupted
+from ..schedule import CyclicLR
+from ..train import DivergenceError, TrainingInterrupted
 
 COMMANDS = ("train", "evaluate", "gradcheck", "report")
 DESCRIPTION = ("Batch-normalized k-layer networks on CIFAR-10. Without a command, cbn runs "
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``cbn`` parser with its four subcommands."""
     parser = _Parser(prog="cbn", description=DESCRIPTION,
                      epilog="cbn COMMAND --help lists the options of each command.")
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"cbn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 

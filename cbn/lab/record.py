@@ -21,10 +21,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .data import CIFAR10, DataError, SampleDataWarning, load_or_sample
-from ._files import json_ready, user_path, write_text
+from ..data import CIFAR10, DataError, SampleDataWarning, load_or_sample
+from .._files import json_ready, user_path, write_text
 from .experiment import RunConfig, RunResult, repeat
-from .tune import cpu_name, machine_key, usable_cores
+from ..tune import cpu_name, machine_key, usable_cores
 
 
 def example_parser(name: str, description: str, *, runs: Optional[int] = 3,
@@ -109,7 +109,7 @@ def run_example(main: Callable[[], int], name: str) -> int:
     a traceback. Its finished training runs stay in OUT.partial, to be reused.
 
     Ctrl-C or SIGTERM lets the training step in progress finish and checkpoint (see
-    :func:`cbn.experiment.repeat`), then ends the example with one line on stderr saying
+    :func:`cbn.lab.experiment.repeat`), then ends the example with one line on stderr saying
     where it stopped and the command that resumes it, and exit status 130."""
     route_sigterm()
     try:
@@ -209,7 +209,7 @@ def machine_info() -> Dict[str, object]:
     import scipy
     from threadpoolctl import threadpool_info
 
-    from . import __version__
+    from .. import __version__
 
     keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",
             "architecture", "filepath")

@@ -1,4 +1,4 @@
-"""Search spaces over :class:`cbn.experiment.RunConfig` fields (``LogUniform``, ``Uniform``,
+"""Search spaces over :class:`cbn.lab.experiment.RunConfig` fields (``LogUniform``, ``Uniform``,
 ``Choice``), the trials planned from them and a search seed, and their narrowing around the
 best records (:func:`refine`)."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import _validate as check
-from ._files import json_ready
+from .. import _validate as check
+from .._files import json_ready
 from .experiment import RunConfig
 
 
@@ -164,7 +164,7 @@ def sample_trials(space: Mapping[str, Distribution], n_trials: int, *,
     n_trials = check.integer("n_trials", n_trials, low=1)
     seed = check.integer("seed", seed, low=0)
     if not isinstance(base, RunConfig):
-        raise TypeError(f"base must be a cbn.experiment.RunConfig, got {type(base).__name__}")
+        raise TypeError(f"base must be a cbn.lab.experiment.RunConfig, got {type(base).__name__}")
     trials = []
     for index in range(n_trials):
         params_seq, run_seq = np.random.SeedSequence(seed, spawn_key=(index,)).spawn(2)

@@ -2,7 +2,7 @@
 (the unit the examples repeat and the hyper-parameter search distributes), repeated runs
 (each kept on disk and reused) summarised as mean +- std, and the measurements the examples
 share (BN statistics at test time, gradient checks). The examples' command line and output
-folder live in :mod:`cbn.record`."""
+folder live in :mod:`cbn.lab.record`."""
 from __future__ import annotations
 
 import argparse
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _validate as check
-from ._files import PathLike, json_ready, write_text
-from .data import CIFAR10
-from .callbacks import EpochLines
-from .checkpoint import CheckpointError
-from .gradcheck import GradcheckResult, gradcheck
-from .network import ACTIVATIONS, NORMS, Network
-from . import optim
-from .augment import Augment, mirror
-from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
-from .train import History, fit, steps_per_epoch
+from .. import _validate as check
+from .._files import PathLike, json_ready, write_text
+from ..data import CIFAR10
+from ..callbacks import EpochLines
+from ..checkpoint import CheckpointError
+from ..gradcheck import GradcheckResult, gradcheck
+from ..network import ACTIVATIONS, NORMS, Network
+from .. import optim
+from ..augment import Augment, mirror
+from ..schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
+from ..train import History, fit, steps_per_epoch
 
 if TYPE_CHECKING:
     from .record import ExampleRecord
@@ -314,7 +314,9 @@ def _saved_run(path: Path, data: CIFAR10, config: RunConfig, seed: int) -> Optio
             return None
         net = Network.load(path.with_suffix(".npz"))
         return RunResult(config, seed, net, History(**saved["history"]), saved["metrics"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if check.from_newer_cbn(error):  # a newer cbn's run is kept, never redone over
+            raise ValueError(f"{path.parent}: {error}; or choose another --out") from None
         return None  # missing, cut off by a kill, or from other code: run it again
 
 

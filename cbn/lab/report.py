@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ._files import user_path, write_text
+from .._files import user_path, write_text
 from .tables import markdown_table, mean_of, number, percent
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def comparison_section(results) -> str:
         rows.append([target.what, text, _target_text(target), _verdict(target, found)])
     targets = markdown_table(["target (full protocol)", "ours", "target", "verdict"], rows)
     return ("## Our numbers and the published ones\n\n" + published
-            + "\n\nPublished numbers are quoted from `cbn.report.REFERENCE_NUMBERS`, which "
+            + "\n\nPublished numbers are quoted from `cbn.lab.report.REFERENCE_NUMBERS`, which "
               "names their sources; ours are read from each example's `results.json`.\n\n"
             + "## Targets\n\n" + targets + "\n")
 

@@ -19,8 +19,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from . import _validate as check
-from ._files import PathLike, json_ready, write_text
+from .. import _validate as check
+from .._files import PathLike, json_ready, user_path, write_text
 from .space import Trial
 
 FORMAT_VERSION = 1  # of the JSON-lines results file
@@ -53,7 +53,7 @@ class ResultsFile:
     second search on the same file is refused at once rather than mixing its lines in."""
 
     def __init__(self, path: PathLike, header: dict) -> None:
-        self.path = Path(path)
+        self.path = Path(user_path(path))
         self.header = json.loads(json.dumps(header))
         self._fd: Optional[int] = None
         self._newline = b"\n"

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from ._files import PathLike, atomic_write, user_path  # noqa: E402
-from .train import History  # noqa: E402
+from .._files import PathLike, atomic_write, user_path  # noqa: E402
+from ..train import History  # noqa: E402
 METRICS = ("cost", "loss", "accuracy")
 DPI = 110
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
@@ -278,7 +278,7 @@ def plot_accuracy_vs_lambda(path: PathLike,
 
 def plot_search(records: Sequence[Mapping], path: PathLike, param: str = "lam") -> Path:
     """Validation accuracy against hyper-parameter ``param`` (log axis) of a search's records
-    (from ``cbn.search.search`` or ``coarse_to_fine``, one stage per ``round``), with the best
+    (from ``cbn.lab.search.search`` or ``coarse_to_fine``, one stage per ``round``), with the best
     trial's value marked. Failed trials are left out."""
     from .search import best  # here, so plotting needs no search machinery otherwise
 

@@ -1,12 +1,12 @@
-"""Random hyper-parameter search over :class:`cbn.experiment.RunConfig` fields: reproducible,
+"""Random hyper-parameter search over :class:`cbn.lab.experiment.RunConfig` fields: reproducible,
 resumable, and run on local processes or any ``concurrent.futures.Executor`` (a Dask cluster
 included) without changes.
 
 Usage::
 
-    from cbn.experiment import RunConfig
-    from cbn.plots import plot_search
-    from cbn.search import Choice, DataSpec, LogUniform, best, refine, search, write_csv
+    from cbn.lab.experiment import RunConfig
+    from cbn.lab.plots import plot_search
+    from cbn.lab.search import Choice, DataSpec, LogUniform, best, refine, search, write_csv
 
     if __name__ == "__main__":        # worker processes re-import this script
         data = DataSpec("~/data/cifar-10-batches-py", protocol="full", val_size=5000)
@@ -21,14 +21,14 @@ Usage::
 On a Dask cluster, pass ``executor=dask.distributed.Client(address).get_executor()``.
 :func:`coarse_to_fine` runs the search/refine loop in one call.
 
-Every trial is one :func:`cbn.experiment.run`. Trial ``i``'s hyper-parameters and training
+Every trial is one :func:`cbn.lab.experiment.run`. Trial ``i``'s hyper-parameters and training
 seed come from ``numpy.random.SeedSequence(seed, spawn_key=(i,))`` alone, and every trial
 runs with the same number of BLAS threads (``blas_threads``, default 1) wherever it runs, so
 serial, process and Dask searches give the same table bit for bit (except ``wall_time``).
 
 Workers get a small :class:`DataSpec`, not the images, and load the data once per process.
-The spaces and trials live in :mod:`cbn.space`, the results file and tables in
-:mod:`cbn.search_log`; this module runs the trials.
+The spaces and trials live in :mod:`cbn.lab.space`, the results file and tables in
+:mod:`cbn.lab.search_log`; this module runs the trials.
 
 A record (one row of the table) is a flat dict: ``trial``, ``seed``, ``status`` ("ok" or
 "failed"), every RunConfig field (``hidden`` as a list), ``data_source``, then for "ok"
@@ -54,14 +54,14 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 from tqdm.std import tqdm as tqdm_base  # every tqdm class's lock
 
-from . import _validate as check
-from ._files import PathLike, json_ready
-from .data import CIFAR10, PROTOCOLS, load_or_sample, load_sample
+from .. import _validate as check
+from .._files import PathLike, json_ready, user_path
+from ..data import CIFAR10, PROTOCOLS, load_or_sample, load_sample
 from .experiment import RunConfig, run
 from .search_log import FORMAT_VERSION, ResultsFile, write_csv, write_json
 from .space import (Choice, Distribution, LogUniform, Trial, Uniform, check_space, refine,
                     sample_trials)
-from .tune import usable_cores
+from ..tune import usable_cores
 
 __all__ = [
     "LogUniform", "Uniform", "Choice", "DataSpec", "Trial", "sample_trials", "run_trial",
@@ -354,7 +354,7 @@ def best(records: Sequence[dict], key: str = "val_accuracy") -> dict:
 def _round_path(results: Optional[PathLike], r: int) -> Optional[Path]:
     if results is None:
         return None
-    path = Path(results)
+    path = Path(user_path(results))
     return path.with_name(f"{path.stem}.round{r}{path.suffix}")
 
 

@@ -1,0 +1,4 @@
+"""Deprecated name of :mod:`cbn.lab.search` (kept for one release; see cbn/_moved/__init__.py)."""
+from cbn._moved import alias
+
+alias(__name__, "cbn.lab.search")
