@@ -26,8 +26,8 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 PRECISIONS = ("fp32", "bf16")
-SECONDS = 0.1     # a calibrated run lasts at least this
-REPEATS = 5       # runs at the calibrated size; the best counts
+SECONDS = 0.05    # a calibrated run lasts at least this (short: more chances of a quiet moment)
+REPEATS = 10      # runs at the calibrated size; the best counts
 GEMM_N = 1536     # the large product, n x n by n x n
 
 

@@ -183,9 +183,8 @@ def bf16_unavailable() -> Optional[str]:
         return f"{type(e).__name__}: {e}"
     if caught:
         return f"bf16 falls back to fp32 here: {caught[0].message}"
-    precision = getattr(net, "precision", "bf16-mixed")
-    if precision != "bf16-mixed":
-        return f"the network runs in {precision!r}, not 'bf16-mixed'"
+    if getattr(net, "bf16", True) is False:  # the fallback warned earlier in the process
+        return "bf16 falls back to fp32 here (the network's products run in float32)"
     return None
 
 

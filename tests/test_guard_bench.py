@@ -238,6 +238,7 @@ def test_the_warm_up_round_is_reported_per_contender():
     ("no option", "this cbn has no bf16 products"),
     ("extra missing", "ImportError: bf16-mixed needs the extra cbn[bf16]"),
     ("falls back", "bf16 falls back to fp32 here: no avx512_bf16"),
+    ("falls back quietly", "bf16 falls back to fp32 here (the network's products"),
     ("runs", None),
 ])
 def test_a_bf16_case_skips_with_the_reason_cbn_gives(monkeypatch, behaviour, reason):
@@ -248,7 +249,8 @@ def test_a_bf16_case_skips_with_the_reason_cbn_gives(monkeypatch, behaviour, rea
             raise ImportError("bf16-mixed needs the extra cbn[bf16]")
         if behaviour == "falls back":
             warnings.warn("no avx512_bf16", RuntimeWarning)
-        return type("Net", (), {"precision": precision})()
+        return type("Net", (), {"precision": precision,
+                                "bf16": behaviour != "falls back quietly"})()
     monkeypatch.setattr(tb, "Network", network)
     why = tb.bf16_unavailable.__wrapped__()
     assert why == reason if reason is None else why.startswith(reason)
