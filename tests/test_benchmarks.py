@@ -85,7 +85,9 @@ BOUNDS = ("gemm", "gemm+rows")  # products only: nothing to check against cbn's 
 DTYPE = "float32"
 CHECK_STEPS = 4       # steps of the check before the timing, all on the case's first batch
 CHECK_LR = 0.1        # large enough that a missing update shows in the losses
-TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}  # largest relative loss difference from cbn's
+# largest relative loss difference from cbn's: float32 libraries agree to ~1e-6, bfloat16
+# products move these losses by ~1e-3 (so an fp32 case catches a contender in bf16)
+TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
 ROUNDS = (5, 15)      # fewest and most timed rounds per case (after one warm-up round)
 CASE_SECONDS = 10.0   # timed rounds per case: as many as fit in this, by the warm-up round
 STEP_ROWS = 5000      # rows the step cases cycle through

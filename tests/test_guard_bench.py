@@ -208,12 +208,14 @@ def trainer(scale=1.0, update=True, fail=False):
 
 
 def test_a_contender_that_skips_work_or_fails_its_check_is_left_out_with_the_reason():
-    runs = {"cbn": trainer(), "numpy": trainer(1.0005), "torch": trainer(update=False),
+    runs = {"cbn": trainer(), "numpy": trainer(1.00005), "torch": trainer(update=False),
             "jax": trainer(fail=True), "compile": trainer(float("nan")),
             "gemm": tb.Block(lambda: None)}
     seconds = {}
     left_out = tb.check_same_work(tb.CASES["epoch 3-layer BN b100 float32"], runs, seconds)
     assert set(left_out) == {"torch", "jax", "compile"}
+    assert "torch" in tb.check_same_work(tb.CASES["epoch 3-layer BN b100 float32"],
+                                         {"cbn": trainer(), "torch": trainer(1.002)})
     assert "differ from cbn's 2.0000, 1.0000" in left_out["torch"]
     assert left_out["jax"] == "its check failed: RuntimeError: no compiler"
     assert set(seconds) == {"cbn", "numpy", "torch", "jax", "compile"}
