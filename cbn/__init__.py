@@ -7,21 +7,10 @@ Main entry points: ``Network``, ``CyclicLR``, ``fit``, ``gradcheck`` and ``cbn.d
 # _ops: in-place and editable builds find it only this way (see setup.py).
 import scipy_openblas32  # noqa: F401
 
-try:
-    from . import _ops  # noqa: F401
-except ImportError:
-    import os as _os
+# The compiled core; from a source tree without it, cbn/_ops.py says how to build it.
+from . import _ops  # noqa: F401
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    if any(name.startswith("_ops.") and name.endswith((".so", ".pyd"))
-           for name in _os.listdir(_here)):
-        raise  # built, yet failing to load: the original error says why
-    raise ImportError(
-        f"you are importing cbn from its source tree ({_here}) without the compiled extension "
-        "cbn._ops; run `pip install .` and start Python outside the source folder, or build "
-        "in place with `python setup.py build_ext --inplace`") from None
-
-from . import data, kernels, optim
+from . import data, ops, optim
 from .augment import Augment
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
@@ -31,14 +20,23 @@ from .threads import share_pool as _share_pool
 
 _share_pool()  # NumPy's OpenBLAS on cbn's threads (cbn.threads)
 
-# The old names of the modules that moved into cbn.lab (cbn.search, cbn.plots, ...) resolve from
-# this folder for one release (cbn/_moved/__init__.py); nothing there is imported here.
+# The old names of the modules that moved into cbn.lab (cbn.search, cbn.plots, ...) or were
+# renamed (cbn.kernels, cbn.workspace) resolve from this folder for one release
+# (cbn/_moved/__init__.py); nothing there is imported here.
 __path__.append(__path__[0] + "/_moved")
+
+
+def __getattr__(name: str):
+    """``cbn.kernels`` without importing it first: the old name of ``cbn.ops``."""
+    if name in ("kernels", "workspace"):
+        import importlib
+        return importlib.import_module(f"cbn.{name}")  # warns (cbn/_moved)
+    raise AttributeError(f"module 'cbn' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "kernels", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
+    "data", "ops", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
     "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

@@ -4,10 +4,10 @@
 Every kernel is a ``cdef ... noexcept nogil`` function on raw pointers to C-contiguous,
 row-major data (samples as rows), specialised for float32 and float64 by the fused type
 ``floating``. Kernels trust their inputs and never allocate: the Python layer
-(``cbn.kernels``, ``cbn.network``) validates, casts and allocates before calling them.
+(``cbn.ops``, ``cbn.network``) validates, casts and allocates before calling them.
 
 Two ways in:
-- thin ``def`` wrappers, one per kernel, over typed memoryviews (used by ``cbn.kernels``);
+- thin ``def`` wrappers, one per kernel, over typed memoryviews (used by ``cbn.ops``);
 - ``Plan``: the buffers of one network at one batch capacity, described by typed
   ``LayerSpec``/``OpSpec`` objects, which runs a whole training step (gather, forward, loss,
   backward, update) with the GIL released. Its code is ``_plan.pxi``, rendered per dtype
@@ -20,7 +20,7 @@ and the update (``_update``), ``_specs.pxi`` (the op interface: ``OpContext``,
 ``OpKernels``, ``OpSpec``, ``LayerSpec``), one file per block op holding its kernels, its
 two entry points, its ``OpKernels`` and its spec constructor (``_batchnorm``, ``_relu``,
 ``_dropout``, ``_layernorm``, ``_gelu``, ``_residual``), the gather (``_gather``) and
-``_plan.pxi``. Each kernel file also has the ``def`` wrappers ``cbn.kernels`` calls.
+``_plan.pxi``. Each kernel file also has the ``def`` wrappers ``cbn.ops`` calls.
 
 Threads: one OpenMP pool runs both OpenBLAS's GEMM jobs (handed over through OpenBLAS's
 threads callback) and our own parallel loops (the gather, the transposed weight product's

@@ -83,7 +83,7 @@ BATCH, FEATURE, SAMPLE = "batch", "feature", "sample"
 
 cdef class OpSpec:
     """One element-wise op of a hidden block and the arrays it works on: the typed seam
-    between ``cbn.workspace`` (which allocates) and ``Plan`` (which runs). Made by the ops'
+    between ``cbn.architecture`` (which allocates) and ``Plan`` (which runs). Made by the ops'
     constructors (``relu_op``, ``batch_norm_op``, ...); Plan checks every array's dtype and
     size against the block's width and its batch capacity.
 

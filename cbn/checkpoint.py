@@ -1,6 +1,7 @@
-"""The layout of a training checkpoint (everything ``fit`` needs to continue a run bit for
-bit) and of a saved network on disk, read through the guarded reader of :mod:`cbn.npz` and
-written atomically by :mod:`cbn._files`.
+"""The content of a training checkpoint: everything ``fit`` needs to continue a run bit for
+bit, and the checks that it continues this run. Its file is read and written by
+:mod:`cbn.serialization` (the one module that reads and writes cbn's files), through the
+guarded reader of :mod:`cbn.npz` and the atomic writer of :mod:`cbn._files`.
 
 No pickle anywhere: every value is a numeric array or a JSON string in a 0-d unicode array.
 """
@@ -10,102 +11,22 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import _validate as check
 from ._files import PathLike, atomic_savez
-from .npz import (MAX_TEXT_BYTES, CheckpointError, Member, member_array, member_float,
-                  member_int, member_json, member_text, member_version, parse_json, read_npz,
-                  verified, with_checksum)
-from .serialization import FORMAT_VERSION, INPUT_MEMBERS, check_config_fits
+from .npz import (CheckpointError, member_array, member_float, member_int, member_json,
+                  member_text, member_version, verified, with_checksum)
+from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_MEMBERS, CHECKPOINT_VERSION,
+                            HISTORY_PREFIX, OPTIMIZER_PREFIX, read_network_file)
 
 if TYPE_CHECKING:
     from .history import History
     from .network import Network
 
-CHECKPOINT_FORMAT = "cbn.fit checkpoint"
-CHECKPOINT_VERSION = 2   # 2 added the optimizer state and the dropout key; 1 is still read
-HISTORY_PREFIX = "history_"
-OPTIMIZER_PREFIX = "optimizer_"
 HISTORY_INT_FIELDS = ("step",)
-NETWORK_MEMBERS = ("network_config", "format_version", "checksum", "stats_seen")
-# The format versions a file may declare, and the newest this cbn reads (1 is the oldest).
-VERSIONS = {"format_version": FORMAT_VERSION, "checkpoint_version": CHECKPOINT_VERSION}
-CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
-                      "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
-                      "elapsed", "run", "optimizer", "dropout_key")
-
-
-def load_network(path: PathLike, build: Callable[..., Any]):
-    """The network saved in ``path`` by ``Network.save`` (or inside a ``fit`` checkpoint),
-    every error a ``CheckpointError`` naming the file; ``build(**config)`` is ``Network``.
-    A file without a checksum (saved before cbn wrote one) loads as it is."""
-    path = os.fspath(path)
-    net, arrays = _read_network_file(path, build)
-    arrays = verified(arrays, lambda message: CheckpointError(f"{path}: {message}"),
-                      required=False)
-    try:
-        names = set(net.state_dict()) | set(INPUT_MEMBERS)
-        net.load_state_dict({name: arrays[name] for name in names if name in arrays})
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    return net
-
-
-def _read_network_file(path: str, build: Callable[..., Any]) -> Tuple[Any, Dict[str, np.ndarray]]:
-    """An empty network built from the stored configuration, and every array of the file.
-
-    The configuration is read first and matched to the stored weights' shapes; only then is
-    the network built (so a doctored file cannot make it allocate more than the file holds),
-    and every member must be one the network (or a training checkpoint) has, with the shape
-    the network expects, before any other array is read."""
-    def fail(message: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {message}")
-
-    made = {}
-
-    def expect(members: Dict[str, Member], read) -> None:
-        # First the versions: a newer cbn's file may differ in anything checked below.
-        for key, newest in VERSIONS.items():
-            if key in members:
-                member_version({key: read(key)}, key, newest, fail)
-        made["net"] = net = _empty_network(members, read, build, fail)
-        shapes = {name: value.shape for name, value in net.state_dict().items()}
-        shapes.update({name: (net.input_dim,) for name in INPUT_MEMBERS})
-        allowed = set(shapes) | set(NETWORK_MEMBERS)
-        if "checkpoint_format" in members:
-            allowed |= set(CHECKPOINT_MEMBERS)
-            allowed |= {name for name in members
-                        if name.startswith((HISTORY_PREFIX, OPTIMIZER_PREFIX))}
-        unknown = sorted(set(members) - allowed)
-        if unknown:
-            raise fail(f"holds arrays a cbn network does not have: {unknown[:5]}")
-        for name, shape in shapes.items():
-            if name in members and members[name].shape != shape:
-                raise fail(f"{name} has shape {members[name].shape}, expected {shape}")
-
-    arrays = read_npz(path, expect)
-    return made["net"], arrays
-
-
-def _empty_network(members: Dict[str, Member], read, build, fail):
-    if "network_config" not in members:
-        raise fail("holds no cbn network (no 'network_config')")
-    config_member = members["network_config"]
-    if config_member.shape != () or config_member.dtype.kind != "U" or \
-            config_member.dtype.itemsize > MAX_TEXT_BYTES:
-        raise fail(f"'network_config' must be a 0-d string of at most {MAX_TEXT_BYTES} bytes, "
-                   f"got {config_member.dtype} {config_member.shape}")
-    config = parse_json(str(read("network_config")), "network_config", fail)
-    # before building anything: sizes as the weights say
-    check_config_fits(config, lambda name: members[name].shape if name in members else None,
-                      fail)
-    try:
-        return build(**config)
-    except (TypeError, ValueError) as exc:
-        raise fail(f"network_config does not describe a network: {exc}") from None
 
 
 @dataclass
@@ -350,10 +271,10 @@ def save_checkpoint(path: PathLike, checkpoint: TrainingCheckpoint) -> None:
 def load_checkpoint(path: PathLike) -> TrainingCheckpoint:
     """Read a checkpoint written by ``fit(..., checkpoint=path)``; ``CheckpointError`` if the
     file is not a complete, well-formed one. Every member's size is checked against the
-    stored network before any array is read (see ``_read_network_file``)."""
+    stored network before any array is read (``cbn.serialization.read_network_file``)."""
     from .network import Network
     path = os.fspath(path)
-    _, arrays = _read_network_file(path, Network)
+    _, arrays = read_network_file(path, Network)
     return TrainingCheckpoint.from_arrays(arrays, source=path)
 
 

@@ -69,9 +69,35 @@ class Fitted(Normalization):
     estimator): :func:`resolve` applies it as given, without judging X's units."""
 
 
-def as_normalization(value, input_dim: int, name: str = "normalization") -> Normalization:
+class Checked(Normalization):
+    """A normalization checked for a network's inputs by :func:`as_normalization` (float64,
+    read-only, one mean and std per input, std > 0), with the gather's ``1 / std`` cached per
+    dtype: a network keeps one, so it is checked and converted once, not at every call."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "_gather", {})
+
+    def gather(self, dtype: np.dtype) -> Tuple[np.ndarray, np.ndarray, float]:
+        """``(mean, scale, largest |mean|)`` for the plan's gather in ``dtype``: the float64
+        mean, ``1 / std`` in ``dtype`` (``Normalization.scale``, computed once per dtype)."""
+        cached = self._gather.get(dtype)
+        if cached is None:
+            try:
+                scale = self.scale(dtype)
+            except ValueError as exc:
+                raise ValueError(f"normalization: {exc}") from None
+            scale.flags.writeable = False
+            cached = self._gather[dtype] = (self.mean, scale, float(np.abs(self.mean).max()))
+        return cached
+
+
+def as_normalization(value, input_dim: int, name: str = "normalization") -> Checked:
     """``value`` (any object with per-feature ``mean`` and ``std`` of length ``input_dim``)
-    as a :class:`cbn.data.Normalization` (float64, read-only copies, std > 0)."""
+    checked, as a :class:`Checked` normalization (float64, read-only copies, std > 0); one
+    this function made already is returned as it is."""
+    if type(value) is Checked and value.mean.shape == (input_dim,):
+        return value
     if not (hasattr(value, "mean") and hasattr(value, "std")) or isinstance(value, np.ndarray):
         raise TypeError(f"{name} must have per-feature mean and std (e.g. data.normalization), "
                         f"got {type(value).__name__}")
@@ -84,7 +110,7 @@ def as_normalization(value, input_dim: int, name: str = "normalization") -> Norm
         arrays.append(check.vector(f"{name}.{part}", array, size=input_dim))
     if (arrays[1] <= 0).any():
         raise ValueError(f"{name}.std must be positive")
-    return Normalization(mean=np.array(arrays[0], np.float64), std=np.array(arrays[1], np.float64))
+    return Checked(mean=np.array(arrays[0], np.float64), std=np.array(arrays[1], np.float64))
 
 
 def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: str = "X"
@@ -96,15 +122,11 @@ def gather_arguments(X, normalization, input_dim: int, dtype: np.dtype, name: st
     NaN and inf are left to the gather, which refuses them as it reads the rows
     (``check.non_finite_input``)."""
     X = check.matrix(name, X, cols=input_dim, dtypes=check.SOURCE_DTYPES, finite=False)
-    norm = as_normalization(normalization, input_dim)
-    try:
-        scale = norm.scale(dtype)
-    except ValueError as exc:
-        raise ValueError(f"normalization: {exc}") from None
+    mean, scale, largest = as_normalization(normalization, input_dim).gather(np.dtype(dtype))
     # float64 rows subtract the float64 mean; the others read it rounded to dtype.
-    if X.dtype != np.float64 and np.abs(norm.mean).max() > np.finfo(dtype).max:
+    if X.dtype != np.float64 and largest > np.finfo(dtype).max:
         raise ValueError(f"normalization.mean is too large for {np.dtype(dtype).name}")
-    return X, norm.mean, scale
+    return X, mean, scale
 
 
 def _sample(X: np.ndarray) -> Optional[np.ndarray]:

@@ -1,5 +1,5 @@
 """The k-layer fully connected network: its specification, parameters and running
-statistics, and the calls that run it (its compiled plans: ``cbn.workspace``; its files:
+statistics, and the calls that run it (its compiled plans: ``cbn.architecture``; its files:
 ``cbn.serialization``).
 
 Architecture: ``input -> [Linear -> BatchNorm -> ReLU -> Dropout] x (k-1) -> Linear -> softmax``;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from . import inputs, losses, parameters, serialization
 from ._files import PathLike
 from .live import LiveArrays
 from .threads import computing
-from .workspace import Workspace
+from .architecture import Workspace
 
 INIT_NAMES = ("he", "xavier")
 BN_INITS = ("first_batch", "zeros_ones")
@@ -66,7 +66,7 @@ def _exclusive(method):
     another thread chose for itself."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._lock, computing():
+        with self.exclusive(), computing():
             return method(self, *args, **kwargs)
     return locked
 
@@ -117,10 +117,10 @@ class Network:
 
     Threads: one network may be shared between threads. Its computations (``predict_proba``,
     ``predict``, ``evaluate``, ``accuracy``, ``cost``, ``cost_and_grads``, ``state_dict``,
-    ``load_state_dict``, ``to_arrays``, ``save``, ``copy``, pickling, and the seams ``plan``
-    and ``active_units``) take its lock; ``cbn.fit`` and ``cbn.gradcheck`` hold it for the
-    whole run, so a call made during training waits until training ends. Different
-    networks never wait for each other.
+    ``load_state_dict``, ``to_arrays``, ``save``, ``copy``, pickling, and the plan-level
+    methods ``plan`` and ``active_units``) take its lock; ``cbn.fit`` and
+    ``cbn.gradcheck`` hold it for the whole run (``exclusive``), so a call made during
+    training waits until training ends. Different networks never wait for each other.
     """
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, *,
@@ -174,6 +174,8 @@ class Network:
         self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
         self._params, self._grads, self._running = buffers.params, buffers.grads, buffers.running
         self._stats_seen = False
+        # Batch norm's first-batch rule (``copies_batch_stats``).
+        self._first_batch_rule = self.norm == "batch" and self.bn_init == "first_batch"
         parameters.initialize(self._params, self.num_layers, self.init, self.norm,
                               np.random.default_rng(seed))
         if not np.isfinite(self._theta).all():
@@ -190,14 +192,29 @@ class Network:
         """k: the number of linear layers."""
         return len(self.dims) - 1
 
-    # -- seams for cbn.train and cbn.gradcheck (not needed for ordinary use) ---------------
+    # -- running the compiled plans directly (what cbn.fit and cbn.gradcheck build on) -----
+
+    def exclusive(self) -> threading.RLock:
+        """The network's lock, as a context manager: ``with net.exclusive(): ...`` makes the
+        block the only code computing with this network (its calls take the lock too, so
+        the same thread may call them inside). Whoever runs a ``plan`` holds it for as long
+        as it uses the plan."""
+        return self._lock
 
     @_exclusive
     def plan(self, rows: int) -> _ops.Plan:
         """The compiled plan with workspace for at least ``rows`` rows (``Workspace.plan``);
-        the caller points it at its data (``set_data``) before each use, holding the
-        network's lock (``_lock``) for as long as it uses the plan."""
+        the caller points it at its data (``set_data``) before each use, holding
+        ``exclusive()`` for as long as it uses the plan."""
         return self._workspace.plan(rows)
+
+    def probe(self, plan: _ops.Plan, src: np.ndarray, y, shift: np.ndarray, scale: np.ndarray,
+              sizes: Tuple[int, ...], training: bool, lam: float = 0.0,
+              dropout: bool = False) -> Tuple[Hashable, Callable[[], bytes]]:
+        """``cbn.threads.TeamGovernor``'s probe of a run of ``plan`` (one of this network's)
+        over ``src`` in batches of ``sizes`` rows: ``Workspace.probe``. Its dry pass runs the
+        plan, so the caller holds ``exclusive()`` while the governor may call it."""
+        return self._workspace.probe(plan, src, y, shift, scale, sizes, training, lam, dropout)
 
     @_exclusive
     def active_units(self, rows: int) -> np.ndarray:
@@ -220,6 +237,19 @@ class Network:
     @stats_seen.setter
     def stats_seen(self, value: bool) -> None:
         self._stats_seen = bool(value)
+
+    @property
+    def copies_batch_stats(self) -> bool:
+        """Batch norm's first-batch rule (``bn_init="first_batch"``): True while the next
+        training step is to set the running statistics to its batch's statistics rather than
+        blend into them, that is until a training step has updated them."""
+        return self._first_batch_rule and not self._stats_seen
+
+    def batch_stats_updated(self) -> None:
+        """Note that a training step updated the running statistics (with batch norm):
+        later steps blend into them."""
+        if self.batch_norm:
+            self._stats_seen = True
 
     @property
     def has_dropout(self) -> bool:
@@ -246,7 +276,9 @@ class Network:
         """The input standardisation this network applies to raw images when predicting or
         evaluating without ``normalization=`` (set by ``fit(..., normalization=...)``, kept
         by ``save``/``load``, ``state_dict`` and ``copy``); None: inputs are used as given.
-        Assign an object with per-feature ``mean`` and ``std``, or None. See cbn.inputs."""
+        Assign an object with per-feature ``mean`` and ``std``, or None: it is checked and
+        converted once (``cbn.inputs.Checked``), and the gather's shift and scale are kept
+        with it. See cbn.inputs."""
         return self._normalization
 
     @normalization.setter
@@ -324,7 +356,7 @@ class Network:
         corrupt or doctored file, or one whose content does not match its checksum, raises
         ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
         checksum load without one."""
-        return serialization.load(cls, path)
+        return serialization.load_network(path, cls)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "arrays") -> "Network":

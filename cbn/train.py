@@ -26,7 +26,6 @@ import time
 from typing import Iterator, Optional, Union
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _validate as check
 from . import tune
@@ -168,7 +167,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     """
     # Held for the whole run: the network's plans are re-pointed at every step. A computation
     # too (``threads.computing``): it starts on the process's own thread count.
-    with net._lock if isinstance(net, Network) else contextlib.nullcontext(), computing():
+    with net.exclusive() if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
                        augment, loss, label_smoothing, sample_weight)
@@ -391,12 +390,13 @@ class _Run:
 
     def train(self, progress: Optional[bool], path: Optional[str],
               every: Optional[int]) -> History:
+        from tqdm.auto import tqdm  # here: importing cbn loads no progress-bar machinery
+
         spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
         schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
         n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total
         lam, momentum, eval_every = spec.lam, spec.fused_momentum, spec.eval_every
         theta, grad, dropout = net.flat_params, net.flat_grad, net.has_dropout
-        first_stats = net.batch_norm and net.bn_init == "first_batch"
         plan.set_velocity(self.velocity)
         plan.set_dropout(self.dropout_key, 0)
         plan.set_augment(None if spec.augment is None else
@@ -404,7 +404,7 @@ class _Run:
         self.started = time.perf_counter() - self.elapsed_before
         # Switching threads must not change the run: the governor first checks that its
         # products at the full and the last batch size give the same bits on one thread.
-        governor = TeamGovernor(probe=net._workspace.probe(
+        governor = TeamGovernor(probe=net.probe(
             plan, spec.src, spec.y, spec.shift, spec.scale,
             (min(batch_size, n), n % batch_size if batch_size < n else 0), True, lam, dropout))
         bar = tqdm(total=total, initial=self.step,
@@ -427,7 +427,7 @@ class _Run:
                         start = b * batch_size
                         rows = min(batch_size, n - start)
                         lr = schedule.lr(self.step)
-                        first = first_stats and not net.stats_seen
+                        first = net.copies_batch_stats
                         governor.begin()
                         if fused:
                             loss, _, finite = plan.train_step(start, rows, lr, lam, momentum,
@@ -443,8 +443,7 @@ class _Run:
                                 "X", spec.src, self.order[start:start + rows],
                                 f"; training stopped at step {self.step}, the network keeps "
                                 "the steps before")
-                        if not net.stats_seen and net.batch_norm:
-                            net.stats_seen = True
+                        net.batch_stats_updated()
                         loss /= rows
                         if not (finite and math.isfinite(loss)):
                             guard.diverge_in_step(self.step, schedule, loss,

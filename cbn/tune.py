@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
+from . import parameters
 from ._files import atomic_write, cache_dir
 
 DEFAULTS = {"transposed_from": _ops.transposed_from(), "sliced_from": _ops.sliced_from()}
@@ -48,7 +49,7 @@ REPEATS = 3                           # timings per candidate; the fastest count
 MARGIN = 0.9                          # a way must be 10 % faster to replace the built-in one
 NEVER = 10 ** 9
 
-_lock = threading.RLock()  # reentrant: measuring builds plans, which call ensure()
+_lock = threading.RLock()
 _done: Dict[str, Dict[str, int]] = {}  # machine key -> thresholds applied in this process
 _measuring = False
 _wait = [0.0]  # time.monotonic() before which ensure() does not look again (a busy machine)
@@ -155,11 +156,35 @@ def measure_transposed_from(dtype=np.float32) -> int:
     return _from(ROWS, transposed_wins)
 
 
+def _course_plan(d: int, dtype) -> "_ops.Plan":
+    """A plan of the course's network with ``d`` inputs, d-[50]-10 with batch norm before
+    ReLU, for batches of 100, assembled from the compiled core's pieces as
+    ``cbn.architecture`` assembles a network's (this module sits below the network, whose plans
+    read the thresholds measured here)."""
+    cap, dims = 100, (d, 50, 10)
+    buffers = parameters.allocate(dims, "batch", np.dtype(dtype))
+    parameters.initialize(buffers.params, 2, "he", "batch", np.random.default_rng(0))
+    p, g, r = buffers.params, buffers.grads, buffers.running
+
+    def zeros(*shape: int) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    WT = zeros(d * 50) if cap >= _ops.transposed_from() else None
+    norm = _ops.batch_norm_op(
+        out=zeros(cap, 50), Shat=zeros(cap, 50), relu=True, gamma=p["gamma1"], beta=p["beta1"],
+        dgamma=g["gamma1"], dbeta=g["beta1"], rmean=r["running_mean1"],
+        rvar=r["running_var1"], mean=zeros(50), var=zeros(50), inv_std=zeros(50),
+        escale=zeros(50), eshift=zeros(50))
+    layers = [_ops.LayerSpec(p["W1"], p["b1"], g["W1"], g["b1"], zeros(cap, 50), WT, [norm]),
+              _ops.LayerSpec(p["W2"], p["b2"], g["W2"], g["b2"], zeros(cap, 10), WT, ())]
+    slices = min(_ops.slice_threads(), _ops.MAX_SLICES) if d >= _ops.sliced_from() else 1
+    return _ops.Plan(cap, d, zeros(cap, d), buffers.theta, buffers.grad, buffers.n_weights,
+                     layers, 1e-5, 0.9, False, zeros(slices, cap, 50) if slices > 1 else None)
+
+
 def measure_sliced_from(dtype=np.float32) -> int:
     """The fewest inputs (of INPUTS) from which a sliced first layer ([50] hidden, batch 100)
     trains faster, for that width and every larger one (the built-in value on one thread)."""
-    from .network import Network  # the network builds plans, which call ensure()
-
     if _ops.threads() < 2 or not _ops.OPENMP:
         return DEFAULTS["sliced_from"]
     rng = np.random.default_rng(0)
@@ -169,7 +194,7 @@ def measure_sliced_from(dtype=np.float32) -> int:
         X = rng.standard_normal((400, d)).astype(dtype)
         y = np.arange(400, dtype=np.int64) % 10
         _ops.set_sliced_from(1 if sliced else NEVER)
-        plan = Network(d, [50], 10, dtype=dtype, seed=0).plan(100)
+        plan = _course_plan(d, dtype)
         plan.set_data(X, y, np.arange(400, dtype=np.int64), np.zeros(d, dtype),
                       np.ones(d, dtype))
         plan.set_velocity(None)

@@ -5,7 +5,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import cbn
-from cbn import Augment, CyclicLR, Network, fit, kernels
+from cbn import Augment, CyclicLR, Network, fit
+from cbn import ops as kernels
 from cbn import checkpoint as cbn_checkpoint
 from cbn.checkpoint import CheckpointError
 from cbn.data import Normalization

@@ -19,7 +19,8 @@ import cbn
 from cbn import CyclicLR, DivergenceError, Network, fit
 from cbn import checkpoint as ckpt_module
 from cbn import train as train_module
-from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint, read_npz
+from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint
+from cbn.npz import read_npz
 
 ROOT = Path(__file__).resolve().parent.parent
 

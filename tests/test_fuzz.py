@@ -709,7 +709,7 @@ def test_fit_on_tiny_data_and_batches(rows, batch_size, bn):
 
 
 # --------------------------------------------------------------------------------------------
-# Kernels (cbn.kernels): spoil one argument of a valid call
+# Kernels (cbn.ops): spoil one argument of a valid call
 # --------------------------------------------------------------------------------------------
 
 def kernel_calls(dt):

@@ -5,8 +5,10 @@ import warnings
 
 import pytest
 
-MOVED = ["cli", "experiment", "options", "record", "report", "search", "search_log", "space",
-         "plots", "tables"]
+MOVED = {f"cbn.{name}": f"cbn.lab.{name}" for name in (
+    "cli", "experiment", "options", "record", "report", "search", "search_log", "space", "plots",
+    "tables")}
+MOVED.update({"cbn.kernels": "cbn.ops", "cbn.workspace": "cbn.architecture"})
 
 
 def test_importing_cbn_loads_neither_the_lab_nor_matplotlib(tmp_path):
@@ -18,13 +20,76 @@ def test_importing_cbn_loads_neither_the_lab_nor_matplotlib(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", MOVED)
-def test_an_old_module_name_is_the_moved_module_with_a_deprecation_warning(name):
+@pytest.mark.parametrize("old, new", MOVED.items())
+def test_an_old_module_name_is_the_moved_module_with_a_deprecation_warning(old, new):
     import importlib
-    sys.modules.pop(f"cbn.{name}", None)
+
+    import cbn
+    sys.modules.pop(old, None)
+    vars(cbn).pop(old.split(".")[1], None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        old = importlib.import_module(f"cbn.{name}")
-    assert old is importlib.import_module(f"cbn.lab.{name}")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
     assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
-        f"cbn.{name} is deprecated and goes in the next release; import cbn.lab.{name} instead"]
+        f"{old} is deprecated and goes in the next release; import {new} instead"]
+
+
+def test_the_old_name_of_cbn_ops_is_an_attribute_of_cbn_too():
+    import cbn
+    sys.modules.pop("cbn.kernels", None)
+    vars(cbn).pop("kernels", None)
+    with pytest.warns(DeprecationWarning, match="cbn.kernels is deprecated"):
+        assert cbn.kernels is cbn.ops
+
+
+def test_the_import_contract_holds(tmp_path):
+    """pyproject.toml's [tool.importlinter]: the lab above the library, every module in its
+    layer, no cycles (imports inside functions count), matplotlib in cbn.lab.plots only."""
+    from pathlib import Path
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, "
+            "no_logo=True))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_drawing_a_figure_leaves_matplotlib_s_backend_as_it_was(tmp_path):
+    code = ("import matplotlib; before = matplotlib.get_backend(); "
+            "import cbn; from cbn.lab import plots; "
+            "plots.plot_curves('c.png', {'run': [cbn.History(step=[1, 2], val_loss=[2.3, 2.0])]},"
+            " 'loss'); import sys; "
+            "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend() == before)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ,
+                                                      "MPLBACKEND": "svg"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_fit_converts_its_normalization_once_and_the_network_keeps_the_result(monkeypatch):
+    import numpy as np
+
+    import cbn
+    from cbn.data import Normalization
+    calls = []
+    original = Normalization.scale
+
+    def counted(self, dtype):
+        calls.append(dtype)
+        return original(self, dtype)
+    monkeypatch.setattr(Normalization, "scale", counted)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (40, 12), dtype=np.uint8)
+    y = rng.integers(0, 3, 40)
+    norm = Normalization.fit(X)
+    net = cbn.Network(12, [8], 3, seed=0)
+    cbn.fit(net, X, y, X_val=X[:10], y_val=y[:10], lam=0.0, batch_size=10, schedule=0.01,
+            epochs=1, normalization=norm)
+    net.predict_proba(X)
+    net.predict_proba(X[:5])
+    net.evaluate(X, y)
+    assert len(calls) == 1

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cbn
 from cbn import Augment, CyclicLR, Network, _ops, fit, tune
-from cbn.checkpoint import CheckpointError, load_checkpoint, read_npz, with_checksum
+from cbn.checkpoint import CheckpointError, load_checkpoint
+from cbn.npz import read_npz, with_checksum
 from cbn.optim import SGD, Adam, AdamW, check_state
 from cbn.lab.search_log import ResultsFile
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import kernels
+from cbn import ops as kernels
 from cbn.augment import Augment
 from cbn.data import Normalization
 from cbn.inputs import InputWarning

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from cbn import Network, fit, gradcheck, kernels
+from cbn import Network, fit, gradcheck
+from cbn import ops as kernels
 from cbn.lab.experiment import RunConfig
 from cbn.lab.space import Choice, sample_trials
 

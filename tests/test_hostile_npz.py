@@ -17,8 +17,8 @@ import pytest
 
 import cbn
 from cbn import CyclicLR, Network, fit
-from cbn.checkpoint import (CheckpointError, atomic_savez, load_checkpoint, read_npz,
-                            with_checksum)
+from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint
+from cbn.npz import read_npz, with_checksum
 
 # The child imports the cbn under test (installed or built in place), never a source tree
 # without its extension: it runs elsewhere, with that cbn's folder on its path.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from cbn import kernels
+from cbn import ops as kernels
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]

@@ -319,7 +319,7 @@ def test_negative_lambda_is_rejected():
 
 
 def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
-    import cbn.workspace as network
+    import cbn.architecture as network
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((1000, 20)), rng.integers(0, 4, 1000)
     net = Network(20, [5], 4, seed=0, dtype=np.float64)

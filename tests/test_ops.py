@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from cbn import _ops, kernels
+from cbn import _ops
+from cbn import ops as kernels
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-11, atol=1e-12)}
 DTYPES = [np.float32, np.float64]

@@ -1,4 +1,5 @@
 """Deprecated name of :mod:`cbn.lab.experiment` (kept for one release; see cbn/_moved/__init__.py)."""
 from cbn._moved import alias
+from cbn.lab import experiment
 
-alias(__name__, "cbn.lab.experiment")
+alias(__name__, experiment)

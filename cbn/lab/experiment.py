@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,9 +27,6 @@ from .. import optim
 from ..augment import Augment, mirror
 from ..schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from ..train import History, fit, steps_per_epoch
-
-if TYPE_CHECKING:
-    from .record import ExampleRecord
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -389,8 +386,18 @@ def _run_resumable(data: CIFAR10, config: RunConfig, seed: int, progress: Option
 CHECKPOINT_SUFFIX = ".checkpoint.npz"
 
 
+class Recorder(Protocol):
+    """What ``run_configs`` records into: ``cbn.lab.record.ExampleRecord`` (which imports this
+    module, so it is named here by what it does)."""
+
+    def repeat(self, data: CIFAR10, config: RunConfig, seeds: Sequence[int],
+               key: str) -> List[RunResult]: ...
+
+    def add(self, key: str, entry: Mapping[str, object]) -> None: ...
+
+
 def run_configs(data: CIFAR10, configs: Mapping[str, RunConfig], seeds: Sequence[int],
-                record: "ExampleRecord") -> Dict[str, List[RunResult]]:
+                record: Recorder) -> Dict[str, List[RunResult]]:
     """Run every configuration with every seed (the same seeds for each, so configurations
     are compared on equal draws), record each under its name; return the runs by name.
     Finished runs are kept in ``record.saved_runs(name)`` and reused on a rerun."""

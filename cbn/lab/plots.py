@@ -1,25 +1,25 @@
 """The examples' figures, one function per figure, written as PNG files.
 
-Uses matplotlib's Agg backend (no display needed, nothing is shown). Curves over several
-runs are drawn as their mean, with each run as a thin line behind it, unless the runs end far
-apart (some train, some stay at chance): a mean of such runs describes none of them, so each
-run is then drawn as its own line. Every function takes a ``title`` (the examples state the
+Figures are matplotlib ``Figure`` objects drawn without pyplot, so no backend or other global
+state of matplotlib is chosen or changed (nothing is shown; PNG needs no display). Curves
+over several runs are drawn as their mean, with each run as a thin line behind it, unless
+the runs end far apart (some train, some stay at chance): a mean of such runs describes none
+of them, so each run is then drawn as its own line. Every function takes a ``title`` (the examples state the
 data set, protocol and seeds there).
 """
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from .._files import PathLike, atomic_write, user_path  # noqa: E402
-from ..train import History  # noqa: E402
+from .._files import PathLike, atomic_write, user_path
+from ..train import History
 METRICS = ("cost", "loss", "accuracy")
 DPI = 110
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
@@ -31,6 +31,13 @@ def _series(histories: Sequence[History], name: str) -> Tuple[np.ndarray, np.nda
     length = min(min(len(h.step), len(getattr(h, name))) for h in histories)  # may be unrecorded
     values = np.array([getattr(h, name)[:length] for h in histories], dtype=np.float64)
     return (np.asarray(histories[0].step[:length]), values.mean(axis=0), values.std(axis=0))
+
+
+def _subplots(rows: int = 1, cols: int = 1, *, figsize: Tuple[float, float], **kwargs):
+    """``pyplot.subplots`` without pyplot: a new ``Figure`` on an Agg canvas, and its axes."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
 # Runs "disagree" when their final values spread over more than this fraction of how far
@@ -100,7 +107,9 @@ def save_figure(fig, path: PathLike) -> Path:
         atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower() or "png",
                                                  dpi=DPI, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:  # a figure the caller made with pyplot: pyplot lets it go
+            pyplot.close(fig)
     return path
 
 
@@ -121,8 +130,8 @@ def plot_curves(path: PathLike, panels: Mapping[str, Sequence[History]], metric:
     if not panels or any(not runs for runs in panels.values()):
         raise ValueError("panels must map each title to at least one history")
     rows, cols = _grid(len(panels))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), sharey=True,
-                             squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), sharey=True,
+                          squeeze=False)
     scale = 100.0 if metric == "accuracy" else 1.0
     for ax, (name, runs) in zip(axes.flat, panels.items()):
         scaled = [_scaled(h, metric, scale) for h in runs]
@@ -160,8 +169,8 @@ def plot_gradcheck(path: PathLike, results: Mapping[str, Sequence[Mapping[str, f
     if not results:
         raise ValueError("results must hold at least one network")
     rows, cols = _grid(len(results), max_cols=2)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), sharey=True,
-                             squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(6.5 * cols, 3.2 * rows), sharey=True,
+                          squeeze=False)
     kinds = {"W": "tab:blue", "b": "tab:gray", "gamma": "tab:green", "beta": "tab:purple"}
     for ax, (name, table) in zip(axes.flat, results.items()):
         labels = [r["name"] for r in table]
@@ -194,9 +203,9 @@ def plot_sensitivity(path: PathLike, grid: Mapping[Tuple[str, str], Sequence[His
         raise ValueError("grid must map each cell to at least one history")
     row_labels = list(dict.fromkeys(r for r, _ in grid))
     col_labels = list(dict.fromkeys(c for _, c in grid))
-    fig, axes = plt.subplots(len(row_labels), len(col_labels),
-                             figsize=(4.6 * len(col_labels), 2.9 * len(row_labels)),
-                             sharey="row", sharex=True, squeeze=False)
+    fig, axes = _subplots(len(row_labels), len(col_labels),
+                          figsize=(4.6 * len(col_labels), 2.9 * len(row_labels)),
+                          sharey="row", sharex=True, squeeze=False)
     scale = 100.0 if metric == "accuracy" else 1.0
     for i, row in enumerate(row_labels):
         for j, col in enumerate(col_labels):
@@ -228,7 +237,7 @@ def plot_bn_statistics(path: PathLike, accuracies: Mapping[str, Mapping[str, flo
         raise ValueError("accuracies must hold at least one network")
     sources = list(dict.fromkeys(s for acc in accuracies.values() for s in acc))
     width = 0.8 / len(sources)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(accuracies) + 2), 3.6))
+    fig, ax = _subplots(figsize=(max(6.0, 1.6 * len(accuracies) + 2), 3.6))
     x = np.arange(len(accuracies))
     for k, source in enumerate(sources):
         values = [100 * acc.get(source, np.nan) for acc in accuracies.values()]
@@ -256,7 +265,7 @@ def plot_accuracy_vs_lambda(path: PathLike,
     (low, high) shaded. ``name``/``xlabel`` relabel it for another hyper-parameter."""
     if not stages:
         raise ValueError("stages must hold at least one stage")
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = _subplots(figsize=(6.4, 3.8))
     if span is not None:
         ax.axvspan(span[0], span[1], color="tab:green", alpha=0.12,
                    label=f"fine range [{span[0]:.2g}, {span[1]:.2g}]")
@@ -308,7 +317,7 @@ def plot_ablation(path: PathLike,
         raise ValueError("accuracies must hold at least one configuration")
     names = list(accuracies)
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
+    fig, ax = _subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
     for offset, (split, color) in zip((-0.2, 0.2), (("val", VAL_COLOR), ("test", TRAIN_COLOR))):
         values = [100 * np.asarray(accuracies[n][split], dtype=np.float64) for n in names]
         ax.barh(y + offset, [v.mean() for v in values], height=0.38, color=color,
@@ -330,7 +339,7 @@ def plot_accuracy_vs_time(path: PathLike, runs: Mapping[str, Sequence[History]])
     one colour per configuration (``runs``: name -> histories)."""
     if not runs or any(not histories for histories in runs.values()):
         raise ValueError("runs must map each name to at least one history")
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     for i, (name, histories) in enumerate(runs.items()):
         color = f"C{i}"
         for j, h in enumerate(histories):

@@ -1,5 +1,7 @@
-"""The compiled plans of one network: its architecture laid out as a sequence of typed ops
-over preallocated buffers, one plan per batch capacity, cached under a memory budget.
+"""A network's architecture and its compiled plans: the layers laid out as a sequence of
+typed ops over preallocated buffers, one plan per batch capacity, cached under a memory
+budget (``Workspace``). (Named ``cbn.workspace`` before; that name is a deprecated alias for
+one release.)
 
 Each hidden block is a linear layer followed by element-wise ops, chosen here by a short
 ``if`` per option (``_block_ops``); the output layer is a linear layer alone. An op is one
@@ -8,8 +10,7 @@ putting it in the architecture is one line here.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple,
-                    Union)
+from typing import Any, Callable, Dict, Hashable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -19,8 +20,8 @@ from . import tune
 from .losses import Targets
 from .threads import GOVERNED_FROM, TeamGovernor, share_pool
 
-if TYPE_CHECKING:
-    from .network import Network
+# The cbn.Network whose plans these are (it imports this module, not the reverse).
+Net = Any
 
 # Rows per block when evaluating: small enough that a block's input stays in cache between
 # the gather and the GEMM (docs/benchmarks.md, "What the fast path does").
@@ -44,7 +45,7 @@ class CachedPlan(NamedTuple):
 class Workspace:
     """Plans of one network by capacity, least recently used first; see ``plan``."""
 
-    def __init__(self, net: "Network") -> None:
+    def __init__(self, net: Net) -> None:
         self._net = net
         self.plans: Dict[int, CachedPlan] = {}
         self._last: List["_ops.LayerSpec"] = []   # the layers of the plan returned last

@@ -1,5 +1,7 @@
-"""The compiled kernels one by one, with their inputs checked: a functional API for tests,
-teaching and reuse. The network runs the same kernels through ``_ops.Plan`` instead.
+"""The public, checked face of the compiled core ``cbn._ops``: its kernels one by one, with
+their inputs checked, a functional API for tests, teaching and reuse. The network runs the
+same kernels through ``_ops.Plan`` instead. (Named ``cbn.kernels`` before; that name is a
+deprecated alias for one release.)
 
 Every function takes C-contiguous float32 or float64 arrays of one dtype (uint8 is also
 allowed as the source of ``gather_rows``) and returns new arrays of that dtype, except the
