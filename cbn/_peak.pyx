@@ -27,6 +27,10 @@ cdef extern from *:
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     #define CBN_PEAK_X86 1
     #include <immintrin.h>
+    /* AVX512_BF16's intrinsics and its __builtin_cpu_supports name: GCC 10, clang 9 */
+    #if (defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10)
+    #define CBN_PEAK_BF16 1
+    #endif
     #endif
 
     /* Independent accumulator chains per loop: a latency of 4 to 6 cycles times 2 to 4
@@ -78,6 +82,7 @@ cdef extern from *:
     /* vdpbf16ps: per fp32 lane, acc += a0*b0 + a1*b1 over a pair of bf16 values, 4 flops.
        Pairs (1, 1) and (x, -x), x = 0x3A83 (~1e-3): each pair adds exactly 0, so every
        chain keeps its value. */
+    #ifdef CBN_PEAK_BF16
     #define CBN_DOT512(c) CBN_ACC(c) = _mm512_dpbf16_ps(CBN_ACC(c), a, b);
     __attribute__((target("avx512f,avx512bf16")))
     static float cbn_dot_bf16_avx512(int64_t iterations) {
@@ -89,6 +94,7 @@ cdef extern from *:
         CBN_R24(CBN_SUM512)
         return _mm512_reduce_add_ps(s);
     }
+    #endif
     #endif
 
     #define CBN_DECLC(c) float CBN_ACC(c) = (float)(c);
@@ -112,10 +118,12 @@ cdef extern from *:
     #ifdef CBN_PEAK_X86
         __builtin_cpu_init();
         if (kind == 1) {
+    #ifdef CBN_PEAK_BF16
             if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16")) {
                 *flops = 4.0 * 16 * CBN_CHAINS_512; *isa = "avx512_bf16";
                 return cbn_dot_bf16_avx512;
             }
+    #endif
             *flops = 0.0; *isa = ""; return 0;
         }
         if (__builtin_cpu_supports("avx512f")) {
@@ -174,7 +182,8 @@ def _kind(kind) -> int:
 
 def isa(kind: str):
     """The instruction set the ``kind`` loop runs on this CPU ("avx512f", "avx2+fma" or
-    "c" for fp32; "avx512_bf16" for bf16), or None where the CPU has no such instruction."""
+    "c" for fp32; "avx512_bf16" for bf16), or None where the CPU has no such instruction
+    (for bf16 also where this build's compiler had none: before GCC 10 or clang 9)."""
     cdef double flops
     cdef const char* name
     loop = cbn_peak_pick(_kind(kind), &flops, &name)
