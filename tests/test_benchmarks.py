@@ -216,10 +216,9 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int,
     counter = itertools.count()
     bf16 = precision == "bf16"
 
-    def rows(b: Optional[int]) -> Tuple[int, np.ndarray]:
-        b = next(counter) if b is None else b
-        start = starts[b % len(starts)]
-        return b, order[start:start + batch]
+    def rows(b: Optional[int]) -> np.ndarray:
+        start = starts[(next(counter) if b is None else b) % len(starts)]
+        return order[start:start + batch]
 
     if contender == "cbn":
         src, pshift, pscale = net.prepare_input(X, norm)
@@ -236,7 +235,7 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int,
         return step
     if contender == "numpy":
         model = NumpyNet(dict(net.params), net.batch_norm, batch)
-        return lambda b=None, lr=LR: model.train_step(X, y, rows(b)[1], shift, scale, lr, LAM)
+        return lambda b=None, lr=LR: model.train_step(X, y, rows(b), shift, scale, lr, LAM)
     if contender in ("torch", "compile"):
         import torch
         from contender_torch import TorchNet
@@ -245,13 +244,13 @@ def stepper(contender: str, net: Network, X, y, norm, batch: int,
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         st = None if shift is None else torch.from_numpy(shift)
         sc = None if scale is None else torch.from_numpy(scale)
-        return lambda b=None, lr=LR: model.train_step(Xt, yt, torch.from_numpy(rows(b)[1]),
+        return lambda b=None, lr=LR: model.train_step(Xt, yt, torch.from_numpy(rows(b)),
                                                       st, sc, lr, LAM)
     if contender == "jax":
         from contender_jax import JaxNet
         model = JaxNet(dict(net.params), net.batch_norm, bf16=bf16)
         data = JaxNet.data(X, y, shift, scale)
-        return lambda b=None, lr=LR: model.train_step(data, rows(b)[1], lr, LAM)
+        return lambda b=None, lr=LR: model.train_step(data, rows(b), lr, LAM)
     bound = (GemmBound(net.dims, batch, net.dtype, source=X, order=order)
              if contender == "gemm+rows" else GemmBound(net.dims, batch, net.dtype))
     return lambda b=None, lr=LR: bound.step()
