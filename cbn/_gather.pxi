@@ -155,6 +155,33 @@ cdef struct AugmentSpec:
     uint64_t step
 
 
+cdef class Augmentation:
+    """An augmentation as the compiled gather reads it (``cbn.Augment.compiled`` makes it):
+    one typed ``AugmentSpec``, checked here once. ``Plan.set_augment`` takes it and keys its
+    draws by the plan's step; ``gather_rows`` by the ``step`` it is given."""
+    cdef AugmentSpec spec
+
+    def __init__(self, bint flip, int shift, double noise, int C, int H, int W, uint64_t seed):
+        if C < 1 or H < 1 or W < 1:
+            raise ValueError(f"image shape ({C}, {H}, {W}) must have C, H, W >= 1")
+        if not (0 <= shift <= 0xFFFF and noise >= 0):
+            raise ValueError(f"augment needs 0 <= shift <= 65535 and noise >= 0, "
+                             f"got {shift}, {noise}")
+        self.spec.flip, self.spec.shift, self.spec.noise = flip, shift, noise
+        self.spec.C, self.spec.H, self.spec.W = C, H, W
+        self.spec.seed, self.spec.step = seed, 0
+
+    @property
+    def features(self) -> int:
+        """C H W: the input width the augmentation fits."""
+        return self.spec.C * self.spec.H * self.spec.W
+
+    def __repr__(self):
+        return (f"Augmentation(flip={bool(self.spec.flip)}, shift={self.spec.shift}, "
+                f"noise={self.spec.noise}, shape=({self.spec.C}, {self.spec.H}, {self.spec.W}), "
+                f"seed={self.spec.seed})")
+
+
 cdef uint64_t _AUGMENT_SAMPLE = 1ULL << 63  # sample streams apart from dropout's layer streams
 
 
@@ -274,12 +301,12 @@ cdef int _gather(int n, int d, int j0, int j1, bint parallel, const source_t* sr
 
 
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift,
-                const floating[::1] scale, floating[:, ::1] out, object augment=None,
-                int j0=0, j1=None):
+                const floating[::1] scale, floating[:, ::1] out, Augmentation augment=None,
+                int j0=0, j1=None, uint64_t step=0):
     """shift: the per-feature mean, float64 or out's dtype (``_split_shift``). augment: None,
-    or (flip, shift, noise, C, H, W, seed, step), checked by the caller. Columns j0..j1-1
-    only (default: all), on one thread when that is not all of them. Returns False if a
-    value written is NaN or infinite."""
+    or an ``Augmentation``, its draws keyed by ``step``. Columns j0..j1-1 only (default:
+    all), on one thread when that is not all of them. Returns False if a value written is
+    NaN or infinite."""
     cdef AugmentSpec spec
     cdef AugmentSpec* aug = NULL
     cdef Py_ssize_t d = src.shape[1]
@@ -292,10 +319,10 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift
     if scale.shape[0] < d or out.shape[1] != d:
         raise ValueError(f"scale and out must have the {d} columns of src")
     if augment is not None:
-        (spec.flip, spec.shift, spec.noise, spec.C, spec.H, spec.W, spec.seed,
-         spec.step) = augment
-        if spec.C * spec.H * spec.W != d or spec.shift < 0:
-            raise ValueError(f"augment {augment} does not fit rows of {d} values")
+        if augment.features != d:
+            raise ValueError(f"{augment!r} does not fit rows of {d} values")
+        spec = augment.spec
+        spec.step = step
         aug = &spec
     mean = <double*>calloc(d, sizeof(double))
     halves = <floating*>calloc(2 * d, sizeof(floating))

@@ -50,14 +50,14 @@ cdef void _weight_product_as(bint transposed, int n, int d_in, int d_out, floati
 
 
 cdef void _weight_grad(int n, int d_in, int d_out, const floating* A, const floating* dS,
-                       floating lam2, const floating* W, floating* dW,
+                       floating l2_grad, const floating* W, floating* dW,
                        floating* tmp) noexcept nogil:
-    """dW := A^T dS + lam2 W (``tmp``: as in _weight_product)."""
+    """dW := A^T dS + l2_grad W (``tmp``: as in _weight_product)."""
     cdef Py_ssize_t i
     cdef floating beta = 0
-    if lam2 != 0:
+    if l2_grad != 0:
         for i in range(<Py_ssize_t>d_in * d_out):
-            dW[i] = lam2 * W[i]
+            dW[i] = l2_grad * W[i]
         beta = 1
     _weight_product(n, d_in, d_out, <floating>1, A, dS, beta, dW, tmp)
 
@@ -83,10 +83,10 @@ cdef void _col_sums(int n, int m, const floating* A, floating* out) noexcept nog
 
 
 cdef void _linear_bwd(int n, int d, int m, const floating* X, const floating* W,
-                      const floating* dS, floating lam2, floating* dW, floating* db,
+                      const floating* dS, floating l2_grad, floating* dW, floating* db,
                       floating* dX) noexcept nogil:
-    """dW := X^T dS + lam2 W;  db := column sums of dS;  dX := dS W^T (skipped if dX is NULL)."""
-    _weight_grad(n, d, m, X, dS, lam2, W, dW, <floating*>NULL)
+    """dW := X^T dS + l2_grad W;  db := column sums of dS;  dX := dS W^T (skipped if dX is NULL)."""
+    _weight_grad(n, d, m, X, dS, l2_grad, W, dW, <floating*>NULL)
     _col_sums(n, m, dS, db)
     if dX != NULL:
         _gemm(False, True, n, d, m, <floating>1, dS, W, <floating>0, dX)
@@ -99,12 +99,12 @@ def linear_forward(const floating[:, ::1] X, const floating[:, ::1] W,
 
 
 def linear_backward(const floating[:, ::1] X, const floating[:, ::1] W,
-                    const floating[:, ::1] dS, double lam2, floating[:, ::1] dW,
+                    const floating[:, ::1] dS, double lam, floating[:, ::1] dW,
                     floating[::1] db, floating[:, ::1] dX=None):
     cdef floating* pdx = NULL if dX is None else &dX[0, 0]
     with nogil:
         _linear_bwd(X.shape[0], X.shape[1], W.shape[1], &X[0, 0], &W[0, 0], &dS[0, 0],
-                    <floating>lam2, &dW[0, 0], &db[0], pdx)
+                    <floating>_l2_grad(lam), &dW[0, 0], &db[0], pdx)
 
 
 def weight_product(const floating[:, ::1] A, const floating[:, ::1] dS, floating[:, ::1] C,

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _ops
 from . import _validate as check
 
 __all__ = ["Augment", "CIFAR_SHAPE", "mirror"]
@@ -99,10 +100,11 @@ class Augment:
         return dict(hflip=self.hflip, shift=self.shift, noise=self.noise,
                     image_shape=None if self.image_shape is None else list(self.image_shape))
 
-    def plan_args(self, features: int, seed: int) -> tuple:
-        """The tuple ``Plan.set_augment`` takes, for rows of ``features`` values."""
+    def compiled(self, features: int, seed: int) -> "_ops.Augmentation":
+        """This augmentation as the compiled gather takes it (``Plan.set_augment``,
+        ``gather_rows``), for rows of ``features`` values, its draws keyed by ``seed``."""
         C, H, W = self.shape_for(features)
-        return (self.hflip, self.shift, self.noise, C, H, W, seed)
+        return _ops.Augmentation(self.hflip, self.shift, self.noise, C, H, W, seed)
 
 
 def mirror(X: np.ndarray, image_shape: Optional[Tuple[int, int, int]] = None) -> np.ndarray:

@@ -142,7 +142,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
 
     # One thread: thousands of tiny products, where a team only adds wake-ups and barriers
     # (tens of times slower beside a busy process).
-    with net.exclusive(), one_thread():  # the perturbed parameters and ReLU patterns are this call's
+    # The perturbed parameters and ReLU patterns are this call's alone.
+    with net.exclusive(), one_thread():
         return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed,
                           dict(loss=loss, label_smoothing=label_smoothing,
                                sample_weight=sample_weight))

@@ -354,8 +354,8 @@ class Network:
     def load(cls, path: PathLike) -> "Network":
         """Rebuild a network saved with ``save`` (or from a ``fit`` checkpoint). A truncated,
         corrupt or doctored file, or one whose content does not match its checksum, raises
-        ``cbn.checkpoint.CheckpointError`` (a ValueError). Files saved before cbn wrote a
-        checksum load without one."""
+        ``cbn.checkpoint.CheckpointError`` (a ValueError). A file without a checksum loads
+        as it is."""
         return serialization.load_network(path, cls)
 
     @classmethod
@@ -384,7 +384,7 @@ class Network:
         """Validate input rows (float, or uint8 with a ``normalization`` that has per-feature
         ``mean`` and ``std``); return (source, shift, scale) for the plan's gather kernel."""
         # NaN and inf are refused as the kernels gather the rows (check.non_finite_input), not
-        # by a pass over all of X first, which cost as much as an epoch's reads of it.
+        # by a pass over all of X first, which would read all of X once more.
         if normalization is None:
             X = check.matrix(name, X, cols=self.input_dim, finite=False)
             return X, self._identity_shift, self._identity_scale

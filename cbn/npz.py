@@ -139,7 +139,7 @@ def with_checksum(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def verified(arrays: Dict[str, np.ndarray], fail, required: bool = True) -> Dict[str, np.ndarray]:
     """``arrays`` without their ``checksum``, after checking it; ``fail(message)`` makes the
-    error. Without ``required``, a file that has no checksum (saved before cbn wrote one) passes."""
+    error. Without ``required``, a file that has no checksum passes."""
     if "checksum" not in arrays and not required:
         return dict(arrays)
     checksum = member_text(arrays, "checksum", fail)

@@ -10,6 +10,7 @@ W (d, m), S and H (n, m), per-feature vectors (m,).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -81,7 +82,7 @@ def linear_backward(X: np.ndarray, W: np.ndarray, dS: np.ndarray, lam: float = 0
     dW = np.empty_like(W)
     db = np.empty(W.shape[1], dt)
     dX = np.empty_like(X) if need_dX else None
-    _ops.linear_backward(X, W, dS, 2 * lam, dW, db, dX)
+    _ops.linear_backward(X, W, dS, lam, dW, db, dX)
     _finite("linear_backward", dW, db, dX)
     return dW, db, dX
 
@@ -341,15 +342,25 @@ def gelu_backward(dH: np.ndarray, slope: np.ndarray) -> np.ndarray:
     return dH * slope
 
 
-def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: float = 0.0,
-               momentum: float = 0.0, velocity: Optional[np.ndarray] = None) -> bool:
-    """In place: theta -= lr (grad + weight_decay theta), or with ``velocity``:
-    velocity = momentum velocity - lr (grad + weight_decay theta); theta += velocity.
-    Returns True when every updated value is finite."""
+def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, lam: float = 0.0,
+               momentum: float = 0.0, velocity: Optional[np.ndarray] = None,
+               weight_decay: Optional[float] = None) -> bool:
+    """In place: theta -= lr (grad + 2 lam theta), or with ``velocity``:
+    velocity = momentum velocity - lr (grad + 2 lam theta); theta += velocity (the gradient
+    of the L2 term lam sum theta^2, as everywhere in cbn). ``weight_decay`` (deprecated, for
+    one release) is the old spelling of 2 lam. Returns True when every updated value is
+    finite."""
     theta = check.vector("theta", theta, writeable=True)
     grad = check.vector("grad", grad, size=theta.shape[0])
     lr = check.real("lr", lr, low=0.0)
-    weight_decay = check.real("weight_decay", weight_decay, low=0.0)
+    if weight_decay is not None:
+        warnings.warn("sgd_update(weight_decay=w) is deprecated and goes in the next release; "
+                      "pass lam=w / 2 (the L2 strength, as fit's lam)", DeprecationWarning,
+                      stacklevel=2)
+        if lam:
+            raise ValueError("give lam or weight_decay, not both")
+        lam = check.real("weight_decay", weight_decay, low=0.0) / 2
+    lam = check.real("lam", lam, low=0.0)
     momentum = check.real("momentum", momentum, low=0.0, high=1.0)
     if velocity is not None:
         velocity = check.vector("velocity", velocity, size=theta.shape[0], writeable=True)
@@ -358,7 +369,7 @@ def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, weight_decay: 
         if momentum:
             raise ValueError("momentum > 0 needs a velocity array")
         _same_dtype(theta=theta, grad=grad)
-    return not _ops.sgd_update(theta, grad, lr, weight_decay, momentum, velocity)
+    return not _ops.sgd_update(theta, grad, lr, lam, momentum, velocity)
 
 
 def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.ndarray,
@@ -381,13 +392,14 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
     d = src.shape[1]
     shift = np.ascontiguousarray(check.vector("shift", shift, size=d), dtype=np.float64)
     scale = np.ascontiguousarray(check.vector("scale", scale, size=d), dtype=dt)
-    args = None
+    compiled = None
     if augment is not None:
         if not isinstance(augment, Augment):
             raise TypeError(f"augment must be a cbn.Augment or None, got {augment!r}")
-        args = augment.plan_args(d, check.integer("seed", seed, low=0, high=2**64 - 1)) + (
-            check.integer("step", step, low=0, high=2**64 - 1),)
+        compiled = augment.compiled(d, check.integer("seed", seed, low=0, high=2**64 - 1))
+        step = check.integer("step", step, low=0, high=2**64 - 1)
     out = np.empty((idx.size, d), dt)
-    _ops.gather_rows(src, idx, shift, scale, out, args)
+    _ops.gather_rows(src, idx, shift, scale, out, compiled,
+                     step=step if compiled is not None else 0)
     _finite("gather_rows", out)
     return out

@@ -29,7 +29,7 @@ def steps_per_epoch(n: int, batch_size: int, batch_norm: bool) -> int:
 
 
 def _checksum(*arrays: Optional[np.ndarray]) -> str:
-    """CRC-32 of the arrays' shapes, dtypes and bytes (about 0.1 s for CIFAR-10's 138 MB)."""
+    """CRC-32 of the arrays' shapes, dtypes and bytes."""
     crc = 0
     for a in arrays:
         if a is None:
@@ -154,7 +154,7 @@ class RunSpec:
                 n=self.n, batch_size=self.batch_size, lam=self.lam, momentum=self.momentum,
                 schedule=schedule, total=self.total, seed=self.seed,
                 eval_every=self.eval_every, eval_train=self.eval_train,
-                # The shift in the network's dtype, as checkpoints have always hashed it.
+                # The shift in the network's dtype: the form the checkpoints' signatures hold.
                 data=_checksum(self.src, self.y, self.val_src,
                                None if self.y_val is None else self.y_val.labels, shift,
                                self.scale), **({} if optimizer is None else
@@ -165,8 +165,8 @@ class RunSpec:
         return self._signature
 
     def _loss_signature(self) -> dict:
-        """The loss options, when not plain cross-entropy (so runs of before they existed
-        still match their checkpoints)."""
+        """The loss options, when not plain cross-entropy (which adds nothing, so a plain run's
+        signature is the same with or without these options in cbn)."""
         t = self.targets
         if t.loss == "cross_entropy" and not t.label_smoothing and t.weights is None:
             return {}

@@ -50,7 +50,7 @@ def save(net: Net, path: PathLike) -> None:
 def load_network(path: PathLike, build: Callable[..., Net]) -> Net:
     """The network saved in ``path`` by ``Network.save`` (or inside a ``fit`` checkpoint),
     every error a ``CheckpointError`` naming the file; ``build(**config)`` is ``Network``.
-    A file without a checksum (saved before cbn wrote one) loads as it is."""
+    A file without a checksum loads as it is."""
     path = os.fspath(path)
     net, arrays = read_network_file(path, build)
     arrays = verified(arrays, lambda message: CheckpointError(f"{path}: {message}"),
@@ -124,7 +124,7 @@ def from_arrays(build: Callable[..., Net], arrays: Mapping[str, np.ndarray],
     ignored)."""
     if "network_config" not in arrays:
         raise ValueError(f"{source} holds no cbn network (no 'network_config')")
-    if "format_version" in arrays:  # files have always had it; hand-made arrays may not
+    if "format_version" in arrays:  # cbn's files have it; hand-made arrays may not
         member_version(arrays, "format_version", FORMAT_VERSION,
                        lambda message: ValueError(f"{source}: {message}"))
     try:

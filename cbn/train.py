@@ -400,7 +400,7 @@ class _Run:
         plan.set_velocity(self.velocity)
         plan.set_dropout(self.dropout_key, 0)
         plan.set_augment(None if spec.augment is None else
-                         spec.augment.plan_args(net.input_dim, self.dropout_key))
+                         spec.augment.compiled(net.input_dim, self.dropout_key))
         self.started = time.perf_counter() - self.elapsed_before
         # Switching threads must not change the run: the governor first checks that its
         # products at the full and the last batch size give the same bits on one thread.

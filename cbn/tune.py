@@ -224,7 +224,7 @@ def _busy() -> bool:
         return False
 
 
-FORMAT_VERSION = 1  # of tune.json; a cache without one (cbn before it had one) is version 1
+FORMAT_VERSION = 1  # of tune.json; a cache that names none is version 1
 MAX_CACHE_BYTES = 1 << 20  # an entry takes ~200 bytes: a larger file is not one cbn wrote
 _warned: set = set()  # cache files already warned about in this process
 

@@ -10,6 +10,7 @@ from cbn import ops as kernels
 from cbn import checkpoint as cbn_checkpoint
 from cbn.checkpoint import CheckpointError
 from cbn.data import Normalization
+from cbn import testing
 
 M64 = 2**64 - 1
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -102,12 +103,12 @@ def test_column_slices_gather_the_same_values_as_whole_rows():
     src, norm = images(n=6)
     idx = np.arange(6, dtype=np.int64)
     shift, scale = norm.mean.astype(np.float32), (1 / norm.std).astype(np.float32)
-    args = Augment(hflip=True, shift=4, noise=0.2).plan_args(3072, 3) + (9,)
+    args = Augment(hflip=True, shift=4, noise=0.2).compiled(3072, 3)
     whole = np.zeros((6, 3072), np.float32)
-    cbn._ops.gather_rows(src, idx, shift, scale, whole, args)
+    cbn._ops.gather_rows(src, idx, shift, scale, whole, args, step=9)
     pieces = np.full((6, 3072), np.nan, np.float32)
     for j0, j1 in ((0, 1000), (1000, 1001), (1001, 2050), (2050, 3072)):
-        cbn._ops.gather_rows(src, idx, shift, scale, pieces, args, j0, j1)
+        cbn._ops.gather_rows(src, idx, shift, scale, pieces, args, j0, j1, step=9)
     np.testing.assert_array_equal(pieces, whole)
 
 
@@ -135,14 +136,14 @@ def test_training_step_gradient_is_the_gradient_on_the_augmented_batch(dt, threa
         idx = np.random.default_rng(0).permutation(40)
         shift, scale = norm.mean.astype(dt), (1 / norm.std).astype(dt)
         plan.set_data(src, y, idx, shift, scale)
-        plan.set_augment(aug.plan_args(3072, 11))
+        plan.set_augment(aug.compiled(3072, 11))
         plan.grad_step(0, 40, 0.01, True, False, 5)
         plan.set_augment(None)
         Z = (src[idx].astype(np.float64) - norm.mean) / norm.std
         X = np.ascontiguousarray(augment_reference(Z, aug, (3, 32, 32), 11, 5), dtype=dt)
         _, grads = twin.cost_and_grads(X, y[idx], 0.01)
     for name, g in grads.items():
-        np.testing.assert_allclose(net._grads[name], g, **{
+        np.testing.assert_allclose(testing.gradients(net)[name], g, **{
             np.float32: dict(rtol=2e-3, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-12)}[dt])
 
 
@@ -152,7 +153,7 @@ def test_evaluation_never_augments():
     net = Network(3072, [8], 10, batch_norm=True, seed=0)
     before = net.copy()
     plan = net.plan(30)
-    plan.set_augment(Augment(noise=1.0).plan_args(3072, 0))
+    plan.set_augment(Augment(noise=1.0).compiled(3072, 0))
     # The plan is cached: evaluation and gradient checks through it see the plain images.
     np.testing.assert_array_equal(net.predict_proba(src, normalization=norm),
                                   before.predict_proba(src, normalization=norm))
@@ -273,7 +274,7 @@ def test_fit_checks_the_image_shape_against_the_features():
 def test_plan_refuses_an_image_shape_that_does_not_fit():
     plan = Network(48, [4], 3, seed=0).plan(4)
     with pytest.raises(ValueError, match="48 input features"):
-        plan.set_augment((True, 1, 0.0, 3, 4, 5, 0))
+        plan.set_augment(Augment(hflip=True, shift=1, image_shape=(3, 4, 5)).compiled(60, 0))
 
 
 def test_sklearn_estimator_passes_augment_to_fit_and_checks_it():
@@ -302,7 +303,7 @@ def test_a_warm_augmented_step_allocates_nothing():
     plan.set_data(src, y, np.arange(40, dtype=np.int64), norm.mean.astype(np.float32),
                   (1 / norm.std).astype(np.float32))
     plan.set_velocity(None)
-    plan.set_augment(Augment(hflip=True, shift=4, noise=0.1).plan_args(3072, 0))
+    plan.set_augment(Augment(hflip=True, shift=4, noise=0.1).compiled(3072, 0))
     plan.train_step(0, 20, 0.01, 0.0, 0.0, True, False, 0)  # warm up
     tracemalloc.start()
     try:

@@ -94,16 +94,16 @@ def test_the_probe_changes_no_state_of_the_network():
     net.cost_and_grads(X[:50], y[:50])
     before = net.state_dict(), net.flat_grad.copy()
     plan = net.plan(100)
-    key, dry_pass = net._workspace.probe(plan, X, y, np.zeros(300, np.float32),
-                                         np.ones(300, np.float32), (100, 50), True, 1e-3, True)
+    key, dry_pass = net.probe(plan, X, y, np.zeros(300, np.float32),
+                             np.ones(300, np.float32), (100, 50), True, 1e-3, True)
     first = dry_pass()
     assert dry_pass() == first and len(first) == 2 * net.flat_grad.nbytes
     for name, value in before[0].items():
         np.testing.assert_array_equal(net.state_dict()[name], value)
     np.testing.assert_array_equal(net.flat_grad, before[1])
     # The key tells the run's shapes apart.
-    assert key != net._workspace.probe(plan, X, y, np.zeros(300, np.float32),
-                                       np.ones(300, np.float32), (100,), True, 1e-3, True)[0]
+    assert key != net.probe(plan, X, y, np.zeros(300, np.float32),
+                           np.ones(300, np.float32), (100,), True, 1e-3, True)[0]
 
 
 def test_bytes_that_differ_on_one_thread_keep_the_governor_off_and_free(monkeypatch):

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cbn
-from cbn import Augment, CyclicLR, Network, _ops, fit, tune
+from cbn import Augment, CyclicLR, Network, _ops, fit, testing, tune
 from cbn.checkpoint import CheckpointError, load_checkpoint
 from cbn.npz import read_npz, with_checksum
 from cbn.optim import SGD, Adam, AdamW, check_state
@@ -210,8 +210,7 @@ def test_a_damaged_cache_warns_once_gives_the_built_ins_and_is_measured_next_tim
     written = json.loads(path.read_text())
     assert written["format_version"] == tune.FORMAT_VERSION
     assert tune.machine_key() not in written
-    tune._done.clear()  # a new process: the mended file is measured into, without a warning
-    tune._warned.clear()
+    testing.forget_tuning()  # a new process: the mended file is measured into, without a warning
     assert not _works(path) and len(measured) == 1
     assert json.loads(path.read_text())[tune.machine_key()] == {"transposed_from": 200,
                                                                "sliced_from": 512}
@@ -321,8 +320,7 @@ def test_whatever_the_cache_holds_thresholds_stay_in_range(cache, entry, version
     if version is not None:
         document["format_version"] = version
     path.write_text(json.dumps(document))
-    tune._done.clear()
-    tune._warned.clear()
+    testing.forget_tuning()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         found = tune.ensure()

@@ -142,7 +142,7 @@ def test_sgd_update_matches_formula(rng, dt, momentum):
         want = t64 + v64
     else:
         want = t64 - 0.1 * (g64 + 0.01 * t64)
-    assert kernels.sgd_update(theta, grad, 0.1, weight_decay=0.01, momentum=momentum, velocity=vel)
+    assert kernels.sgd_update(theta, grad, 0.1, lam=0.005, momentum=momentum, velocity=vel)
     np.testing.assert_allclose(theta, want, rtol=1e-6, atol=1e-6)
 
 

@@ -6,6 +6,7 @@ from threadpoolctl import threadpool_limits
 from reference import ReferenceNet
 from cbn import ConstantLR, Network, _ops, fit
 from cbn.data import Normalization
+from cbn import testing
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 ARCHS = [([50, 50], True), ([50, 50], False), ([50, 30, 20, 20, 10, 10, 10, 10], True),
@@ -27,7 +28,7 @@ def expect_slices(net, rows):
     """The plan for ``rows`` can slice the first layer exactly when it should."""
     sliced = _ops.OPENMP and net.input_dim >= _ops.sliced_from()
     net.plan(rows)
-    assert net._workspace.plans[rows].slices == (2 if sliced else 1)
+    assert testing.cached_plans(net)[rows].slices == (2 if sliced else 1)
 
 
 def data(rng, n, d, k, dt=np.float64):
@@ -92,7 +93,7 @@ def test_three_uneven_slices_match_the_reference(rows):
         net = Network(263, [16, 8], 6, dtype=np.float64, seed=3)
         X, y = data(rng, rows, 263, 6)
         cost, grads = net.cost_and_grads(X, y, 0.01)
-        assert net._workspace.plans[rows].slices == 3
+        assert testing.cached_plans(net)[rows].slices == 3
     reference = ReferenceNet(dict(net.params), True)
     rcost, rgrads, _ = reference.cost_and_grads(X, y, 0.01)
     assert cost == pytest.approx(rcost, rel=1e-10)
@@ -325,19 +326,19 @@ def test_a_one_off_large_batch_does_not_keep_its_workspace(monkeypatch):
     net = Network(20, [5], 4, seed=0, dtype=np.float64)
     net.cost_and_grads(X[:50], y[:50])
     small = net.plan(50)
-    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * net._workspace.plans[50].nbytes)  # ~205 rows
+    monkeypatch.setattr(network, "PLAN_CACHE_BYTES", 4.1 * testing.cached_plans(net)[50].nbytes)  # ~205 rows
     cost, grads = net.cost_and_grads(X, y)      # 1000 rows: over the budget, not kept
-    assert set(net._workspace.plans) == {50}
+    assert set(testing.cached_plans(net)) == {50}
     fresh = Network(20, [5], 4, seed=0, dtype=np.float64)
     expected_cost, expected = fresh.cost_and_grads(X, y)
     assert cost == expected_cost and all(np.array_equal(grads[k], expected[k]) for k in grads)
     assert net.plan(40) is small               # the smallest cached plan that fits
     net.plan(60), net.plan(70)                # within budget: cached, ...
-    assert list(net._workspace.plans) == [50, 60, 70]
+    assert list(testing.cached_plans(net)) == [50, 60, 70]
     net.plan(50)
     net.plan(80)                               # ... until the least recently used goes
-    assert list(net._workspace.plans) == [70, 50, 80]
-    assert sum(c.nbytes for c in net._workspace.plans.values()) <= network.PLAN_CACHE_BYTES
+    assert list(testing.cached_plans(net)) == [70, 50, 80]
+    assert sum(c.nbytes for c in testing.cached_plans(net).values()) <= network.PLAN_CACHE_BYTES
 
 
 # -- batch norm after ReLU, dropout ----------------------------------------------------------

@@ -212,7 +212,7 @@ def test_the_evaluation_kernel_refuses_an_affine_map_that_overflows():
 def test_a_nan_parameter_never_gives_finite_probabilities(batch_norm, where):
     X, y = blobs()
     net = _bn_net(batch_norm=batch_norm)
-    net._params[where].flat[0] = np.nan  # as a bug or a bit flip would, past the checks
+    net.params[where].flat[0] = np.nan  # as a bug or a bit flip would, past the checks
     for call in (lambda: net.predict_proba(X), lambda: net.evaluate(X, y),
                  lambda: net.cost(X, y), lambda: net.cost_and_grads(X, y)):
         with pytest.raises(ValueError, match="NaN or infinite"):
@@ -222,7 +222,7 @@ def test_a_nan_parameter_never_gives_finite_probabilities(batch_norm, where):
 def test_an_infinite_weight_hidden_by_relu_is_still_an_error():
     X, y = blobs()
     net = _bn_net(batch_norm=False)
-    net._params["W1"][:, 0] = -np.inf  # ReLU maps -inf to 0: only the check can tell
+    net.params["W1"][:, 0] = -np.inf  # ReLU maps -inf to 0: only the check can tell
     with pytest.raises(ValueError, match="NaN or infinite"):
         net.predict_proba(np.abs(X) + 1)
 

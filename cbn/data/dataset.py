@@ -114,4 +114,4 @@ class Dataset:
         return self.normalization.apply(self.split(split).images, dtype)
 
 
-CIFAR10 = Dataset  # the name under which CIFAR-10 loaders have always returned it
+CIFAR10 = Dataset  # the name CIFAR-10's loaders give it (cbn.data.CIFAR10)

@@ -5,7 +5,6 @@ share (BN statistics at test time, gradient checks). The examples' command line 
 folder live in :mod:`cbn.lab.record`."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -277,12 +276,20 @@ def with_eval_points(config: RunConfig, n_train: int,
     return config.with_(eval_every=max(1, cycle // points_per_cycle))
 
 
-def example_config(args: argparse.Namespace, n_train: int, **fields) -> RunConfig:
-    """A RunConfig with ``fields`` and the example options applied: ``--dtype`` and
-    POINTS_PER_CYCLE history points per cycle, or under ``--quick`` short cycles (n_s =
+class ExampleOptions(Protocol):
+    """The options of an example that shape its runs (an example's parsed command line,
+    ``cbn.lab.record.parse_example_args``, has them)."""
+
+    dtype: str
+    quick: bool
+
+
+def example_config(options: ExampleOptions, n_train: int, **fields) -> RunConfig:
+    """A RunConfig with ``fields`` and the example's ``options`` applied: ``dtype`` and
+    POINTS_PER_CYCLE history points per cycle, or with ``quick`` short cycles (n_s =
     QUICK_STEP_SIZE) with QUICK_POINTS_PER_CYCLE points."""
-    config = RunConfig(dtype=args.dtype, **fields)
-    if args.quick:
+    config = RunConfig(dtype=options.dtype, **fields)
+    if options.quick:
         return with_eval_points(config.with_(step_size=QUICK_STEP_SIZE), n_train,
                                 QUICK_POINTS_PER_CYCLE)
     return with_eval_points(config, n_train)

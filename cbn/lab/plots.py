@@ -4,8 +4,8 @@ Figures are matplotlib ``Figure`` objects drawn without pyplot, so no backend or
 state of matplotlib is chosen or changed (nothing is shown; PNG needs no display). Curves
 over several runs are drawn as their mean, with each run as a thin line behind it, unless
 the runs end far apart (some train, some stay at chance): a mean of such runs describes none
-of them, so each run is then drawn as its own line. Every function takes a ``title`` (the examples state the
-data set, protocol and seeds there).
+of them, so each run is then drawn as its own line. Every function takes a ``title`` (the
+examples state the data set, protocol and seeds there).
 """
 from __future__ import annotations
 
