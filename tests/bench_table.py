@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bench_peak import Peak
+from bench_peak import Peak, higher
 
 NOISE_LIMIT = 0.20   # the bound's IQR/median above which a case's ratios are not trusted
 BOUND = "gemm"
@@ -117,12 +117,14 @@ def from_benchmarks(benchmarks: Iterable[Mapping]) -> List[CaseResult]:
 
 
 def peaks_from_benchmarks(benchmarks: Iterable[Mapping]) -> Dict[str, Peak]:
-    """The peaks the run measured (each entry's ``extra_info["peaks"]``; the first found)."""
+    """The peaks the run measured: per precision the highest of the entries'
+    ``extra_info["peaks"]`` (each case records the peaks known when it ran)."""
+    best: Dict[str, Peak] = {}
     for b in benchmarks:
-        peaks = (b.get("extra_info") or {}).get("peaks")
-        if peaks:
-            return {p: Peak.from_json(v) for p, v in peaks.items()}
-    return {}
+        for precision, data in ((b.get("extra_info") or {}).get("peaks") or {}).items():
+            peak = Peak.from_json(data)
+            best[precision] = higher(best[precision], peak) if precision in best else peak
+    return best
 
 
 def _cell(value: Optional[float]) -> str:

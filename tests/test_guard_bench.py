@@ -287,3 +287,19 @@ def test_pytorch_with_bf16_autocast_trains_within_bf16_rounding_of_fp32():
     assert tb.check_same_work(case, runs) == {}
     torch_loss, cbn_loss = runs["torch"].check(0, 0.0), runs["cbn"].check(0, 0.0)
     assert abs(torch_loss - cbn_loss) / cbn_loss > 1e-5  # bf16 rounding, not fp32's
+
+
+def test_the_peak_keeps_the_highest_of_the_runs_measurements(monkeypatch):
+    rates = iter([1e9, 5e9])
+    monkeypatch.setattr(bench_peak, "loop_rate", lambda precision, threads:
+                        (next(rates), "avx512f", threads))
+    peaks = dict(PEAKS)
+    bench_peak.remeasure(peaks)  # 1 GFLOP/s: below the 4 held, kept at 4
+    assert peaks["fp32"] == PEAKS["fp32"]
+    bench_peak.remeasure(peaks)  # 5: higher
+    assert (peaks["fp32"].gflops, peaks["fp32"].loop_gflops, peaks["fp32"].gemm_gflops) == (
+        5.0, 5.0, 3.0)
+    assert peaks["bf16"] == PEAKS["bf16"]  # absent stays absent, never measured
+    entries = [{"extra_info": {"peaks": {p: v.to_json() for p, v in ps.items()}}}
+               for ps in (PEAKS, peaks, PEAKS)]
+    assert bench_table.peaks_from_benchmarks(entries)["fp32"].gflops == 5.0
