@@ -11,7 +11,8 @@ import scipy_openblas32  # noqa: F401
 from . import _ops  # noqa: F401
 
 from . import data, ops, optim
-from .augment import Augment
+from .augment import Augment, Mixup
+from .ema import EMA
 from .gradcheck import GradcheckResult, gradcheck
 from .network import Network
 from .schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
@@ -36,7 +37,7 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "ops", "optim", "Augment", "Network", "CyclicLR", "ConstantLR", "CosineAnnealingLR",
-    "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
+    "data", "ops", "optim", "Augment", "Mixup", "EMA", "Network", "CyclicLR", "ConstantLR",
+    "CosineAnnealingLR", "OneCycleLR", "fit", "History", "DivergenceError", "TrainingInterrupted",
     "gradcheck", "GradcheckResult", "__version__",
 ]

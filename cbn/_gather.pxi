@@ -279,36 +279,69 @@ cdef int _gather_block(Py_ssize_t i0, Py_ssize_t i1, int n, int d, int j0, int j
     return bad
 
 
+# Mixup: once a batch is gathered (and augmented), row i and its partner, row n - 1 - i
+# (the batch reversed, as timm's Mixup pairs them), are mixed with each other in place, so the
+# pass needs no buffer and no second read of the source.
+
+cdef void _mix_pair(Py_ssize_t i, int n, int d, int j0, int j1, const double* mix,
+                    floating* out) noexcept nogil:
+    """Rows i and k = n - 1 - i of ``out`` (i < k), columns j0..j1-1, mixed with each other:
+    row i := mix[i] row i + (1 - mix[i]) row k, row k := mix[k] row k + (1 - mix[k]) row i,
+    both from the rows as gathered, in ``floating`` with mix and 1 - mix rounded to it."""
+    cdef Py_ssize_t k = n - 1 - i, j
+    cdef floating* a = out + i * d
+    cdef floating* b = out + k * d
+    cdef floating la = <floating>mix[i], ma = <floating>(1 - mix[i])
+    cdef floating lb = <floating>mix[k], mb = <floating>(1 - mix[k])
+    cdef floating u, v
+    for j in range(j0, j1):
+        u = a[j]
+        v = b[j]
+        a[j] = la * u + ma * v
+        b[j] = lb * v + mb * u
+
+
 cdef int _gather(int n, int d, int j0, int j1, bint parallel, const source_t* src,
                  const int64_t* idx, const double* mean, const floating* mean_hi,
                  const floating* mean_lo, const floating* scale, const AugmentSpec* aug,
-                 floating* out) noexcept nogil:
+                 const double* mix, floating* out) noexcept nogil:
     """out[i, j] = (src[idx[i], j] - mean[j]) scale[j] for columns j0..j1-1: mini-batch rows
     straight from the stored images (uint8 or float), standardised on the fly, augmented if
-    ``aug`` is not NULL; rows split over the threads if ``parallel``, else all on the
-    calling thread. The mean comes in the three forms of ``_split_shift``. Returns 1 if a
-    value written is NaN or infinite (a non-finite input, or one that overflows once
-    standardised), else 0."""
+    ``aug`` is not NULL, then mixed if ``mix`` is not NULL (``_mix_pair``: mix[i] is row i's
+    share of itself, in [0, 1]; the middle row of an odd batch, its own partner, stays as
+    it is); rows split over the threads if ``parallel``, else all on the calling thread.
+    The mean comes in the three forms of ``_split_shift``. Returns 1 if a value gathered is
+    NaN or infinite (a non-finite input, or one that overflows once standardised), else 0
+    (mixing then makes no such value: it averages finite ones)."""
     cdef Py_ssize_t i
     cdef int bad = 0
     if not parallel:
-        return _gather_block(0, n, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale, aug,
-                             out)
+        bad = _gather_block(0, n, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale, aug,
+                            out)
+        if mix != NULL and not bad:
+            for i in range(n // 2):
+                _mix_pair(i, n, d, j0, j1, mix, out)
+        return bad
     for i in prange(n, num_threads=_threads(), schedule="static"):
         bad |= _gather_block(i, i + 1, n, d, j0, j1, src, idx, mean, mean_hi, mean_lo, scale,
                              aug, out)
+    if mix != NULL and not bad:
+        for i in prange(n // 2, num_threads=_threads(), schedule="static"):
+            _mix_pair(i, n, d, j0, j1, mix, out)
     return bad
 
 
 def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift,
                 const floating[::1] scale, floating[:, ::1] out, Augmentation augment=None,
-                int j0=0, j1=None, uint64_t step=0):
+                int j0=0, j1=None, uint64_t step=0, const double[::1] mix=None):
     """shift: the per-feature mean, float64 or out's dtype (``_split_shift``). augment: None,
-    or an ``Augmentation``, its draws keyed by ``step``. Columns j0..j1-1 only (default:
-    all), on one thread when that is not all of them. Returns False if a value written is
-    NaN or infinite."""
+    or an ``Augmentation``, its draws keyed by ``step``. mix: None, or each row's share of
+    itself in [0, 1] (one per row of idx; ``_gather``), checked by the caller. Columns
+    j0..j1-1 only (default: all), on one thread when that is not all of them. Returns False
+    if a value written is NaN or infinite."""
     cdef AugmentSpec spec
     cdef AugmentSpec* aug = NULL
+    cdef const double* pmix = NULL
     cdef Py_ssize_t d = src.shape[1]
     cdef int end = d if j1 is None else j1
     cdef int bad
@@ -324,6 +357,10 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift
         spec = augment.spec
         spec.step = step
         aug = &spec
+    if mix is not None:
+        if mix.shape[0] != idx.shape[0]:
+            raise ValueError(f"mix has {mix.shape[0]} values for {idx.shape[0]} rows")
+        pmix = &mix[0]
     mean = <double*>calloc(d, sizeof(double))
     halves = <floating*>calloc(2 * d, sizeof(floating))
     try:
@@ -332,7 +369,7 @@ def gather_rows(const source_t[:, ::1] src, const int64_t[::1] idx, object shift
         _split_shift(shift, d, mean, halves, halves + d)
         with nogil:
             bad = _gather(idx.shape[0], d, j0, end, j0 == 0 and end == d, &src[0, 0], &idx[0],
-                          mean, halves, halves + d, &scale[0], aug, &out[0, 0])
+                          mean, halves, halves + d, &scale[0], aug, pmix, &out[0, 0])
     finally:
         free(mean)
         free(halves)

@@ -27,8 +27,8 @@ from .augment import Augment
 from .data import Normalization
 from .inputs import Fitted
 from .losses import sample_weights
-from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network
-from .optim import OPTIMIZERS, Optimizer
+from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network, check_blocks
+from .optim import OPTIMIZERS, Optimizer, bind_network
 from .schedule import CyclicLR
 from .train import fit as train
 from .train import steps_per_epoch
@@ -68,8 +68,8 @@ class BaseMLP(BaseEstimator):
     def _check_params(self) -> None:
         """Validate the constructor arguments (scikit-learn checks them in fit, not init)."""
         hidden = self.hidden_layer_sizes
-        check.widths("hidden_layer_sizes",
-                     (hidden,) if isinstance(hidden, numbers.Integral) else hidden)
+        widths = check.widths("hidden_layer_sizes",
+                              (hidden,) if isinstance(hidden, numbers.Integral) else hidden)
         for name in ("batch_norm", "standardize", "early_stopping", "residual", "warm_start"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -82,6 +82,11 @@ class BaseMLP(BaseEstimator):
         if self.norm not in NORMS + ("auto",):
             raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
         check.choice("activation", self.activation, ACTIVATIONS)
+        if self.expansion is not None:
+            check.integer("expansion", self.expansion, low=1)
+            norm = (("batch" if self.batch_norm else None) if self.norm == "auto"
+                    else self.norm)
+            check_blocks(widths, self.residual, norm, self.dropout, self.bn_placement)
         if isinstance(self.init, str):
             check.choice("init", self.init, INIT_NAMES)
         else:
@@ -112,8 +117,8 @@ class BaseMLP(BaseEstimator):
         elif isinstance(self.optimizer, Optimizer):  # its configuration, none of its state
             opt = type(self.optimizer)(**self.optimizer.hyper_parameters())
         else:
-            raise TypeError("optimizer must be 'sgd', 'adam', 'adamw' or a "
-                            f"cbn.optim.Optimizer, got {self.optimizer!r}")
+            raise TypeError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or "
+                            f"a cbn.optim.Optimizer, got {self.optimizer!r}")
         if opt.fused_momentum is None and not _core_accepts(train, "optimizer"):
             raise ValueError(f"optimizer {opt!r} needs cbn.fit(optimizer=...), which this "
                              "version of cbn.fit does not take")
@@ -208,6 +213,8 @@ class BaseMLP(BaseEstimator):
             extra.update(norm=(("batch" if self.batch_norm else None) if self.norm == "auto"
                                else self.norm), activation=self.activation,
                          residual=bool(self.residual))
+        if self.expansion is not None:
+            extra["expansion"] = self.expansion
         init = self.init if isinstance(self.init, str) else float(self.init)
         self.network_ = Network(X.shape[1], hidden, self._n_outputs(),
                                 batch_norm=None if "norm" in extra else bool(self.batch_norm),
@@ -219,7 +226,7 @@ class BaseMLP(BaseEstimator):
         self._fit_targets(y, weights)
         net = self.network_
         self.optimizer_ = self._new_optimizer()
-        self.optimizer_.bind(net.flat_params.size, net.n_weights, net.dtype)
+        bind_network(self.optimizer_, net)
         batch = min(self.batch_size, n_train)
         total = self.max_iter * steps_per_epoch(n_train, batch, net.batch_norm)
         self.schedule_ = CyclicLR(self.eta_min, self.eta_max,

@@ -75,14 +75,16 @@ class Workspace:
                        shift: np.ndarray,
                        scale: np.ndarray, probs: Optional[np.ndarray] = None,
                        training: bool = False, dropout_seed: Optional[int] = None,
-                       name: str = "X") -> Tuple[float, int]:
+                       name: str = "X", mix: Optional[float] = None) -> Tuple[float, int]:
         """Forward the rows of ``src`` (n, d) in blocks (evaluation mode unless ``training``,
         which takes all n rows as one batch); return the sum of losses and the number correct
         (both 0 without labels ``y``) and fill ``probs`` (n, K) when given. ``y``: int64
         labels (cross-entropy), or the ``Targets`` of a loss, whose sample weights are for
         a single batch (training mode). In training mode
         a ``dropout_seed`` applies the dropout masks of (dropout_seed, step 0). ``shift`` and
-        ``scale`` standardise the rows in the gather (``Network.prepare_input``)."""
+        ``scale`` standardise the rows in the gather (``Network.prepare_input``). ``mix``
+        (training only): mixup's share, the batch and its targets mixed with the batch
+        reversed (``Plan.set_mix``)."""
         net = self._net
         n = src.shape[0]
         if training:
@@ -107,12 +109,16 @@ class Workspace:
         self._set_data(plan, src, y, shift, scale)
         if dropout:
             plan.set_dropout(dropout_seed, 0)
+        mixing = training and mix is not None
+        if mixing:
+            plan.set_mix(mix)
         try:
             for start in range(0, n, cap):
                 stop = min(start + cap, n)
                 out = None if probs is None else probs[start:stop]
                 governor.begin()
-                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout)
+                l, c = plan.forward(start, stop - start, training, probs=out, dropout=dropout,
+                                    mix=mixing)
                 governor.end(stop - start == cap)
                 if not plan.input_finite:
                     raise check.non_finite_input(name, src, self._rows[start:stop])
@@ -120,6 +126,8 @@ class Workspace:
                 correct += c
         finally:
             governor.close()
+            if mixing:
+                plan.set_mix(None)  # the cached plan serves later calls too
         return loss, correct
 
     def _set_data(self, plan: "_ops.Plan", src: np.ndarray,
@@ -146,6 +154,7 @@ class Workspace:
         sizes = tuple(sorted({size for size in sizes if size > 0}))
         slices = next((c.slices for c in self.plans.values() if c.plan is plan), None)
         key = (training, net.dtype.str, tuple(net.dims), net.batch_norm, net.bn_placement,
+               net.expansion,
                dropout, plan.capacity, slices, sizes, _ops.transposed_from())
         if self._rows.shape[0] < src.shape[0]:
             self._rows = np.arange(src.shape[0], dtype=np.int64)
@@ -197,8 +206,12 @@ class Workspace:
               if cap >= _ops.transposed_from() else None)
         layers: List["_ops.LayerSpec"] = []
         for l in range(1, k + 1):
-            ops = self._block_ops(l, cap, buffer, X, layers[-1] if layers else None) \
-                if l < k else ()
+            if l == k:
+                ops = ()
+            elif net.expansion is not None:
+                ops = self._prenorm_ops(l, cap, buffer, layers)
+            else:
+                ops = self._block_ops(l, cap, buffer, X, layers[-1] if layers else None)
             layers.append(_ops.LayerSpec(
                 net._params[f"W{l}"], net._params[f"b{l}"], net._grads[f"W{l}"],
                 net._grads[f"b{l}"], buffer(cap, dims[l]), WT, ops))
@@ -212,6 +225,51 @@ class Workspace:
                          net.bn_eps, net.bn_alpha, net.bn_unbiased, partials)
         return CachedPlan(cap, plan, layers, sum(a.nbytes for a in allocated), slices)
 
+    def _norm(self, l: int, m: int, cap: int, buffer, relu: bool) -> "_ops.OpSpec":
+        """The norm op of hidden layer ``l`` (width ``m``), fused with ReLU if ``relu``."""
+        net = self._net
+        gamma, beta = net._params[f"gamma{l}"], net._params[f"beta{l}"]
+        dgamma, dbeta = net._grads[f"gamma{l}"], net._grads[f"beta{l}"]
+        if net.norm == "layer":
+            return _ops.layer_norm_op(out=buffer(cap, m), Shat=buffer(cap, m),
+                                      inv_std=buffer(cap), gamma=gamma, beta=beta,
+                                      dgamma=dgamma, dbeta=dbeta)
+        return _ops.batch_norm_op(
+            out=buffer(cap, m), Shat=buffer(cap, m), relu=relu, gamma=gamma, beta=beta,
+            dgamma=dgamma, dbeta=dbeta,
+            rmean=net._running[f"running_mean{l}"], rvar=net._running[f"running_var{l}"],
+            mean=buffer(m), var=buffer(m), inv_std=buffer(m), escale=buffer(m),
+            eshift=buffer(m))
+
+    def _activation(self, m: int, cap: int, buffer) -> "_ops.OpSpec":
+        """The activation op of a hidden layer of width ``m``."""
+        if self._net.activation == "gelu":
+            return _ops.gelu_op(buffer(cap, m), buffer(cap, m))
+        return _ops.relu_op(buffer(cap, m))
+
+    def _prenorm_ops(self, l: int, cap: int, buffer, layers: list) -> list:
+        """The ops of hidden layer ``l`` (1-based) of a network of pre-norm blocks
+        (``Network(expansion=...)``): odd layers carry the residual stream x (the embedding,
+        then each block's projection back, which adds the skip from the stream two layers
+        below) and end with the norm the next linear reads; even layers expand, with the
+        activation alone. A ``stream_op`` marks each point a later skip reads, to take that
+        skip's gradient in."""
+        net = self._net
+        m = net.dims[l]
+        if l % 2 == 0:
+            return [self._activation(m, cap, buffer)]
+        ops = []
+        if l > 1:  # the skip from the stream two layers below, into its stream op's buffer
+            below = layers[l - 3]
+            stream = next(op for op in below.ops if op.name == "stream")
+            value = below.S if below.ops[0] is stream else below.ops[0].out
+            ops.append(_ops.residual_op(buffer(cap, m), value, stream.array("grad"),
+                                        feeds_input_grad=False))
+        if l + 2 < net.num_layers:  # a skip above reads this point
+            ops.append(_ops.stream_op(buffer(cap, m)))
+        ops.append(self._norm(l, m, cap, buffer, relu=False))
+        return ops
+
     def _block_ops(self, l: int, cap: int, buffer, X: np.ndarray,
                    below: Optional["_ops.LayerSpec"]) -> list:
         """The element-wise ops of hidden block ``l`` (1-based), in order; ``X`` is the
@@ -220,23 +278,10 @@ class Workspace:
         m = net.dims[l]
 
         def norm(relu: bool) -> "_ops.OpSpec":
-            gamma, beta = net._params[f"gamma{l}"], net._params[f"beta{l}"]
-            dgamma, dbeta = net._grads[f"gamma{l}"], net._grads[f"beta{l}"]
-            if net.norm == "layer":
-                return _ops.layer_norm_op(out=buffer(cap, m), Shat=buffer(cap, m),
-                                          inv_std=buffer(cap), gamma=gamma, beta=beta,
-                                          dgamma=dgamma, dbeta=dbeta)
-            return _ops.batch_norm_op(
-                out=buffer(cap, m), Shat=buffer(cap, m), relu=relu, gamma=gamma, beta=beta,
-                dgamma=dgamma, dbeta=dbeta,
-                rmean=net._running[f"running_mean{l}"], rvar=net._running[f"running_var{l}"],
-                mean=buffer(m), var=buffer(m), inv_std=buffer(m), escale=buffer(m),
-                eshift=buffer(m))
+            return self._norm(l, m, cap, buffer, relu)
 
         def activation() -> "_ops.OpSpec":
-            if net.activation == "gelu":
-                return _ops.gelu_op(buffer(cap, m), buffer(cap, m))
-            return _ops.relu_op(buffer(cap, m))
+            return self._activation(m, cap, buffer)
 
         if net.norm is None:
             ops = [activation()]

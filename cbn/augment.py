@@ -7,10 +7,14 @@ by (dy, dx), each uniform in [-shift, shift] (pixels that come in from outside a
 training mean), then add N(0, noise^2) to every value. The draws are a hash of (run seed,
 step, position in the batch), so a run and its resume from a checkpoint see the same images.
 Validation, test and evaluation batches are never augmented.
+
+``Mixup`` mixes each training batch with itself reversed, rows and cross-entropy targets
+alike, after the transform above; see its docstring for the exact draws.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -19,7 +23,7 @@ import numpy as np
 from . import _ops
 from . import _validate as check
 
-__all__ = ["Augment", "CIFAR_SHAPE", "mirror"]
+__all__ = ["Augment", "Mixup", "CIFAR_SHAPE", "mirror"]
 
 CIFAR_SHAPE = (3, 32, 32)  # CIFAR-10's rows: 1024 red, 1024 green, 1024 blue, row-major
 # The largest standard normal draw of the jitter: Box-Muller's radius sqrt(-2 ln u) with u at
@@ -105,6 +109,66 @@ class Augment:
         ``gather_rows``), for rows of ``features`` values, its draws keyed by ``seed``."""
         C, H, W = self.shape_for(features)
         return _ops.Augmentation(self.hflip, self.shift, self.noise, C, H, W, seed)
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """Mixup (Zhang et al., 2018, "mixup: Beyond Empirical Risk Minimization") of the
+    training batches of ``fit``, as timm's ``Mixup`` mixes a batch in its default mode
+    (``mode="batch"``, ``prob=1``, no CutMix): one share lambda per batch, each row's
+    partner the row at the mirrored position.
+
+    At training step s of a run whose random key is k (``fit``'s ``seed``, else the random
+    key its checkpoint keeps), for a batch of n rows x_0..x_{n-1} with labels t_i::
+
+        lam   = numpy.random.default_rng([k, s]).beta(alpha, alpha)     (``share(k, s)``)
+        x_i  := lam x_i + (1 - lam) x_{n-1-i}             (timm: x.mul(lam).add(x.flip(0).mul(1 - lam)))
+        q_i  := lam q(t_i) + (1 - lam) q(t_{n-1-i}),  q(t) = (1 - eps) onehot(t) + eps / K
+
+    with eps the label smoothing (timm's ``mixup_target``). The rows are mixed after the
+    gather standardised and augmented them (``Augment``), in the network's dtype with lam
+    and 1 - lam rounded to it; the middle row of an odd batch, its own partner, stays as it
+    is. The loss is the cross-entropy against q_i (its sample weight, if any, that of its
+    own row x_i); the accuracy a step counts compares with t_i. Validation, evaluation and
+    ``predict`` never mix. The draws depend only on (k, s), so a resumed run mixes as the
+    uninterrupted one.
+
+    Parameters
+    ----------
+    alpha : the Beta(alpha, alpha) parameter, > 0 (timm's ``mixup_alpha``; 0.2 to 1 are
+        usual; small values keep lam near 0 or 1, 1 draws it uniformly).
+    """
+
+    alpha: float = 0.2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", check.real("alpha", self.alpha, low=0.0,
+                                                     low_open=True))
+
+    def share(self, key: int, step: int) -> float:
+        """lam of step ``step`` of a run keyed ``key`` (both integers in [0, 2^64))."""
+        key = check.integer("key", key, low=0, high=2**64 - 1)
+        step = check.integer("step", step, low=0, high=2**64 - 1)
+        return float(np.random.default_rng([key, step]).beta(self.alpha, self.alpha))
+
+    @staticmethod
+    def partner(n: int) -> np.ndarray:
+        """The partner of each row of a batch of ``n``: n - 1 - i (the batch reversed)."""
+        return np.arange(check.integer("n", n, low=1))[::-1].copy()
+
+    def config(self) -> dict:
+        """JSON-ready arguments (part of a run's checkpoint signature)."""
+        return dict(alpha=self.alpha)
+
+
+def mixup(value) -> Optional[Mixup]:
+    """``value`` as a ``Mixup``: a Mixup, a positive alpha (a number), or None/0 (none)."""
+    if value is None or isinstance(value, Mixup):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"mixup must be a cbn.Mixup, a positive alpha or None, got {value!r}")
+    alpha = check.real("mixup", value, low=0.0)
+    return None if alpha == 0 else Mixup(alpha)
 
 
 def mirror(X: np.ndarray, image_shape: Optional[Tuple[int, int, int]] = None) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The content of a training checkpoint: everything ``fit`` needs to continue a run bit for
 bit, and the checks that it continues this run. Its file is read and written by
-:mod:`cbn.serialization` (the one module that reads and writes cbn's files), through the
-guarded reader of :mod:`cbn.npz` and the atomic writer of :mod:`cbn._files`.
+:mod:`cbn.serialization` (the one module that reads and writes cbn's network files and
+checkpoints), through the guarded reader of :mod:`cbn.npz` and the atomic writer of
+:mod:`cbn._files`.
 
 No pickle anywhere: every value is a numeric array or a JSON string in a 0-d unicode array.
 """
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _validate as check
-from ._files import PathLike, atomic_savez
+from ._files import PathLike
 from .npz import (CheckpointError, member_array, member_float, member_int, member_json,
                   member_text, member_version, verified, with_checksum)
 from .serialization import (CHECKPOINT_FORMAT, CHECKPOINT_MEMBERS, CHECKPOINT_VERSION,
-                            HISTORY_PREFIX, OPTIMIZER_PREFIX, read_network_file)
+                            HISTORY_PREFIX, OPTIMIZER_PREFIX, read_network_file, write_arrays)
 
 if TYPE_CHECKING:
     from .history import History
@@ -49,6 +50,8 @@ class TrainingCheckpoint:
     optimizer : the optimizer's ``state_dict()`` (None for fit's built-in SGD): its arrays
         are stored as ``optimizer_<key>``, everything else as one JSON string.
     dropout_key : the seed of the run's dropout masks and augmentation (0 without either).
+    ema : the moving average of ``cbn.EMA`` (the flat parameters, then each running
+        statistic), or None without one (stored only with one).
 
     On disk (``to_arrays``) a SHA-256 of everything is added as ``checksum``, so a file
     changed other than by ``save_checkpoint`` is refused when read.
@@ -67,6 +70,7 @@ class TrainingCheckpoint:
     run: dict = field(default_factory=dict)
     optimizer: Optional[dict] = None
     dropout_key: int = 0
+    ema: Optional[np.ndarray] = None
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
         """The checkpoint as named arrays (what ``save_checkpoint`` writes)."""
@@ -85,6 +89,8 @@ class TrainingCheckpoint:
             run=np.array(json.dumps(self.run)),
             dropout_key=np.array(self.dropout_key, dtype=np.uint64),
         )
+        if self.ema is not None:
+            arrays["ema"] = self.ema
         optimizer = self.optimizer or {}
         arrays["optimizer"] = np.array(json.dumps(
             None if self.optimizer is None else
@@ -131,6 +137,9 @@ class TrainingCheckpoint:
         velocity = member_array(arrays, "velocity", fail)
         if velocity.ndim != 1 or velocity.dtype.kind != "f":
             raise fail(f"velocity must be a 1-D float array, got {velocity.dtype} {velocity.shape}")
+        ema = member_array(arrays, "ema", fail) if "ema" in arrays else None
+        if ema is not None and (ema.ndim != 1 or ema.dtype.kind != "f"):
+            raise fail(f"ema must be a 1-D float array, got {ema.dtype} {ema.shape}")
         order = member_array(arrays, "order", fail)
         if order.ndim != 1 or order.dtype != np.int64:
             raise fail(f"order must be a 1-D int64 array, got {order.dtype} {order.shape}")
@@ -169,7 +178,7 @@ class TrainingCheckpoint:
                    step=step, epoch_start=epoch_start, order=order, rng_state=rng_state,
                    history=history, batch_loss_sum=scalars["batch_loss_sum"],
                    batch_count=batch_count, elapsed=scalars["elapsed"], run=run,
-                   optimizer=optimizer, dropout_key=dropout_key)
+                   optimizer=optimizer, dropout_key=dropout_key, ema=ema)
 
 
 def _is_pcg64_state(state: dict) -> bool:
@@ -239,6 +248,8 @@ def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network",
         v, shape = ckpt.velocity, run.net.flat_params.shape
         if v.shape != shape or not np.isfinite(v).all():
             raise fail(f"velocity must be finite with shape {shape}")
+    if (ckpt.ema is None) != (run.ema is None):
+        raise fail("a moving average (ema) present without cbn.EMA, or missing with it")
     if (ckpt.optimizer is None) != (run.optimizer is None):
         raise fail("optimizer state present without an optimizer, or missing with one")
     try:
@@ -264,8 +275,8 @@ def check_resume(ckpt: TrainingCheckpoint, run, source: str) -> Tuple["Network",
 
 
 def save_checkpoint(path: PathLike, checkpoint: TrainingCheckpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (see ``atomic_savez``)."""
-    atomic_savez(path, **checkpoint.to_arrays())
+    """Write ``checkpoint`` to ``path`` atomically (``cbn.serialization.write_arrays``)."""
+    write_arrays(path, checkpoint.to_arrays())
 
 
 def load_checkpoint(path: PathLike) -> TrainingCheckpoint:

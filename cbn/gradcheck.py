@@ -84,7 +84,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
               max_entries: Optional[int] = None, bn_placement: str = "before",
               dropout=0.0, dropout_seed: int = 0, norm=_UNSET, activation: str = "relu",
               residual: bool = False, loss: str = "cross_entropy",
-              label_smoothing: float = 0.0, sample_weight=None) -> GradcheckResult:
+              label_smoothing: float = 0.0, sample_weight=None,
+              mix: Optional[float] = None) -> GradcheckResult:
     """Compare ``net.cost_and_grads`` with centered finite differences for every parameter
     of every layer, in float64 and training mode.
 
@@ -98,8 +99,8 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
     inputs, labels covering the classes), from ``seed``.
     ``bn_placement``, ``dropout``, ``norm``, ``activation`` and ``residual`` configure that
     network as ``Network`` does; with ``loss="mse"`` its targets are normal (n, K) values.
-    ``loss``, ``label_smoothing`` and ``sample_weight`` choose the cost, as in
-    ``Network.cost_and_grads``.
+    ``loss``, ``label_smoothing``, ``sample_weight`` and ``mix`` (mixup's share) choose the
+    cost, as in ``Network.cost_and_grads``.
     ``max_entries`` checks a random subset of that many entries per parameter (all when None).
     Dropout masks are held fixed: every cost evaluation uses those of ``dropout_seed``.
     """
@@ -146,7 +147,7 @@ def gradcheck(net: Optional[Network] = None, X: Optional[np.ndarray] = None,
     with net.exclusive(), one_thread():
         return _check_all(net, X, y, lam, rng, h, floor, tolerance, max_entries, dropout_seed,
                           dict(loss=loss, label_smoothing=label_smoothing,
-                               sample_weight=sample_weight))
+                               sample_weight=sample_weight, mix=mix))
 
 
 def _check_all(net: Network, X, y, lam: float, rng, h: float, floor: float, tolerance: float,

@@ -8,6 +8,10 @@
   (``Network.raw_outputs``), not probabilities; the accuracy ``fit`` records counts the rows
   whose largest output sits where their target's largest value does.
 
+Mixup (``cbn.Mixup``) makes the cross-entropy's target of row i lam q(t_i) + (1 - lam)
+q(t_{n-1-i}), q(t) its smoothed one-hot above: a soft target, in the same kernel (lam = 1 is
+the plain loss); it needs ``"cross_entropy"``.
+
 ``sample_weight`` w (n,), w >= 0 with a positive sum, makes the loss of a batch the weighted
 mean sum w_i l_i / sum w_i (l_i: sample i's loss). Batch-norm statistics stay unweighted:
 a sample's weight scales its loss, not its share of the batch mean and variance.
@@ -69,6 +73,20 @@ def targets(y, n: int, num_classes: int, dtype, *, loss: str = "cross_entropy",
             raise ValueError(f"{name} has NaN or infinite values once in {np.dtype(dtype)}")
     weights = None if sample_weight is None else sample_weights(sample_weight, n, weight_name)
     return Targets(loss, labels, values, weights, label_smoothing)
+
+
+def mix_shares(mix, n: int, name: str = "mix") -> np.ndarray:
+    """Mixup's shares as float64 (n,): a number for every row, or one per row, each in
+    [0, 1] (a ValueError or TypeError naming ``name`` otherwise)."""
+    shares = np.asarray(check.real_array(name, mix), dtype=np.float64)
+    shares = np.full(n, float(shares)) if shares.ndim == 0 else np.ascontiguousarray(shares)
+    if shares.shape != (n,):
+        raise ValueError(f"{name} must be a number or one value per row ({n}), got "
+                         f"shape {shares.shape}")
+    if not (np.isfinite(shares).all() and ((shares >= 0) & (shares <= 1)).all()):
+        raise ValueError(f"{name} must be in [0, 1], got values from {shares.min()!r} to "
+                         f"{shares.max()!r}")
+    return shares
 
 
 def sample_weights(sample_weight, n: int, name: str = "sample_weight") -> np.ndarray:

@@ -71,6 +71,30 @@ def _exclusive(method):
     return locked
 
 
+def layer_dims(input_dim: int, hidden: Sequence[int], num_classes: int,
+               expansion: Optional[int] = None) -> Tuple[int, ...]:
+    """The widths of a network's layers, input first: ``hidden`` between the input and the
+    classes, or with ``expansion`` e the embedding's width d, then (e d, d) per block."""
+    if expansion is None:
+        return (input_dim, *hidden, num_classes)
+    d = hidden[0]
+    return (input_dim, d, *(expansion * d, d) * (len(hidden) - 1), num_classes)
+
+
+def check_blocks(hidden: Sequence[int], residual: bool, norm: Optional[str], dropout,
+                 bn_placement: str) -> None:
+    """What pre-norm blocks (``expansion``) need of the other options (a ValueError)."""
+    if not residual or norm is None:
+        raise ValueError("expansion builds pre-norm residual blocks: it needs residual=True "
+                         "and a norm ('layer' or 'batch')")
+    if len(set(hidden)) != 1:
+        raise ValueError(f"expansion needs equal hidden widths (the residual stream's), got "
+                         f"{list(hidden)}")
+    if np.any(dropout) or bn_placement != "before":
+        raise ValueError("expansion's blocks take no dropout and no bn_placement='after' (the "
+                         "norm opens each block)")
+
+
 class Network:
     """A k-layer fully connected network with optional batch normalisation.
 
@@ -94,6 +118,15 @@ class Network:
     residual : bool
         h_l = h_{l-1} + block_l(h_{l-1}) for every hidden layer whose input and output widths
         match, the block being its linear -> norm -> activation -> dropout as configured.
+    expansion : int >= 1 or None
+        Pre-norm residual blocks with this expansion factor (with ``residual=True``, a
+        ``norm`` and equal ``hidden`` widths d, no dropout): the first hidden layer embeds
+        the input, x = W1 input + b1, and each further width is a block
+        x := x + W' act(W norm(x) + b) + b' whose inner width is expansion * d (the MLP
+        block of a pre-norm transformer, as in Bachmann et al., 2023, "Scaling MLPs"); the
+        output layer reads norm(x). Each block is two of the network's linear layers, so
+        ``params`` holds W1, b1, gamma1, beta1 (the embedding's norm), W2, b2 (the
+        expansion), W3, b3, gamma3, beta3 (the projection back and the next norm), ...
     init : "he", "xavier" or float
         Weight initialisation: He, N(0, 2/d_in); Xavier, N(0, 1/d_in); a number sigma
         draws every weight from N(0, sigma^2). Biases and beta start at 0, gamma at 1.
@@ -129,7 +162,8 @@ class Network:
                  bn_eps: float = 1e-5, bn_init: str = "first_batch",
                  bn_unbiased: bool = False, bn_placement: str = "before",
                  dropout: Union[float, Sequence[float]] = 0.0, norm=_UNSET,
-                 activation: str = "relu", residual: bool = False) -> None:
+                 activation: str = "relu", residual: bool = False,
+                 expansion: Optional[int] = None) -> None:
         self.input_dim = check.integer("input_dim", input_dim, low=1)
         self.hidden = check.widths("hidden", hidden)
         self.num_classes = check.integer("num_classes", num_classes, low=2)
@@ -168,9 +202,15 @@ class Network:
         self.bn_placement = check.choice("bn_placement", bn_placement, BN_PLACEMENTS)
         self.dropout = parameters.dropout_rates(dropout, len(self.hidden))
 
-        self.dims = (self.input_dim,) + self.hidden + (self.num_classes,)
+        self.expansion = None if expansion is None else check.integer("expansion", expansion,
+                                                                        low=1)
+        normed = None
+        if self.expansion is not None:
+            check_blocks(self.hidden, self.residual, self.norm, self.dropout, self.bn_placement)
+            normed = [l % 2 == 0 for l in range(2 * len(self.hidden) - 1)]  # the stream's
+        self.dims = layer_dims(self.input_dim, self.hidden, self.num_classes, self.expansion)
         self._lock = threading.RLock()
-        buffers = parameters.allocate(self.dims, self.norm, self.dtype)
+        buffers = parameters.allocate(self.dims, self.norm, self.dtype, normed)
         self._theta, self._grad, self.n_weights = buffers.theta, buffers.grad, buffers.n_weights
         self._params, self._grads, self._running = buffers.params, buffers.grads, buffers.running
         self._stats_seen = False
@@ -187,10 +227,17 @@ class Network:
 
     # -- construction ---------------------------------------------------------------------
 
+
     @property
     def num_layers(self) -> int:
         """k: the number of linear layers."""
         return len(self.dims) - 1
+
+    @property
+    def weight_sizes(self) -> Tuple[int, ...]:
+        """The sizes of the weight matrices W1..Wk, in the order the first ``n_weights``
+        entries of the flat parameters hold them (what ``cbn.optim.Lamb`` needs)."""
+        return tuple(a * b for a, b in zip(self.dims[:-1], self.dims[1:]))
 
     # -- running the compiled plans directly (what cbn.fit and cbn.gradcheck build on) -----
 
@@ -303,7 +350,8 @@ class Network:
                     bn_alpha=self.bn_alpha, bn_eps=self.bn_eps, bn_init=self.bn_init,
                     bn_unbiased=self.bn_unbiased, bn_placement=self.bn_placement,
                     dropout=list(self.dropout), norm=self.norm, activation=self.activation,
-                    residual=self.residual)
+                    residual=self.residual,
+                    **({} if self.expansion is None else dict(expansion=self.expansion)))
 
     @_exclusive
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -392,11 +440,66 @@ class Network:
 
     def evaluate_prepared(self, src, y, shift, scale, probs: Optional[np.ndarray] = None,
                           training: bool = False, dropout_seed: Optional[int] = None,
-                          name: str = "X") -> Tuple[float, int]:
+                          name: str = "X", mix: Optional[float] = None) -> Tuple[float, int]:
         """Forward ``src`` (from ``prepare_input``; ``name`` for errors) in blocks:
         ``Workspace.forward_blocks``."""
         return self._workspace.forward_blocks(src, y, shift, scale, probs, training,
-                                              dropout_seed, name)
+                                              dropout_seed, name, mix)
+
+    @_exclusive
+    def precise_bn(self, X: np.ndarray, *, batch_size: int = 100,
+                   batches: Optional[int] = None, normalization=None, seed: int = 0) -> None:
+        """PreciseBN (Wu and Johnson, 2021, "Rethinking 'Batch' in BatchNorm"; fvcore's
+        ``update_bn_stats``): set each batch-norm layer's running mean and variance to the
+        plain average, over ``batches`` mini-batches of ``batch_size`` rows of X (drawn
+        without replacement, in the permutation of ``seed``; None: every full batch), of
+        the batch statistics the current weights give in training mode, without dropout
+        (the variance as training records it, ``bn_unbiased``). Training leaves moving
+        averages that mix statistics of earlier weights (and averaged weights, ``cbn.EMA``,
+        never produced any); this replaces them. ``normalization`` as in ``predict_proba``."""
+        if not self.batch_norm:
+            raise ValueError("precise_bn recomputes batch-norm statistics; this network has "
+                             "none")
+        normalization = inputs.resolve(X, normalization, self._normalization, self.input_dim)
+        src, shift, scale = self.prepare_input(X, normalization)
+        n = src.shape[0]
+        rows = min(check.integer("batch_size", batch_size, low=2), n)
+        if rows < 2:
+            raise ValueError("precise_bn needs at least 2 rows of X")
+        full = n // rows
+        batches = full if batches is None else check.integer("batches", batches, low=1,
+                                                             high=full)
+        order = np.random.default_rng(check.integer("seed", seed, low=0)).permutation(n)
+        self._precise_bn(src, shift, scale, order, rows, batches)
+
+    def _precise_bn(self, src, shift, scale, order: np.ndarray, rows: int,
+                    batches: int) -> None:
+        """``precise_bn`` over the first ``batches`` batches of ``rows`` of ``order``; on any
+        error the running statistics are left as they were."""
+        plan = self.plan(rows)
+        plan.set_data(src, None, order, shift, scale)
+        before = {name: value.copy() for name, value in self._running.items()}
+        sums = {name: np.zeros(value.shape) for name, value in self._running.items()}
+        try:
+            for b in range(batches):
+                # first=True: the batch's statistics replace the running ones, summed here
+                plan.forward(b * rows, rows, True, update_stats=True, first=True)
+                if not plan.input_finite:
+                    raise check.non_finite_input("X", src, order[b * rows:(b + 1) * rows])
+                for name, value in self._running.items():
+                    sums[name] += value
+            with np.errstate(over="ignore"):  # an overflow is refused just below
+                means = {name: (total / batches).astype(self.dtype)
+                         for name, total in sums.items()}
+            for mean in means.values():
+                check.finite_result("precise_bn's statistics", mean)
+        except BaseException:
+            for name, value in before.items():
+                self._running[name][...] = value
+            raise
+        for name, mean in means.items():
+            self._running[name][...] = mean
+        self._stats_seen = True
 
     @_exclusive
     def predict_proba(self, X: np.ndarray, *, normalization=None,
@@ -449,16 +552,18 @@ class Network:
     @_exclusive
     def cost(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
              dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
-             label_smoothing: float = 0.0, sample_weight=None) -> float:
+             label_smoothing: float = 0.0, sample_weight=None,
+             mix: Optional[float] = None) -> float:
         """Cost of one batch in training mode (batch statistics; running statistics untouched),
-        with the dropout masks of ``dropout_seed`` and the loss options as in
+        with the dropout masks of ``dropout_seed`` and the loss options and ``mix`` as in
         ``cost_and_grads``."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         targets = self._targets(y, src.shape[0], loss, label_smoothing, sample_weight)
+        mix = self._mix(mix, targets)
         loss, _ = self.evaluate_prepared(src, targets, shift, scale, training=True,
-                                         dropout_seed=dropout_seed)
+                                         dropout_seed=dropout_seed, mix=mix)
         cost = loss / src.shape[0] + lam * self.l2_penalty()
         check.finite_result("cost", np.array(cost))
         return cost
@@ -466,8 +571,8 @@ class Network:
     @_exclusive
     def cost_and_grads(self, X: np.ndarray, y: np.ndarray, lam: float = 0.0, *,
                        dropout_seed: Optional[int] = 0, loss: str = "cross_entropy",
-                       label_smoothing: float = 0.0,
-                       sample_weight=None) -> Tuple[float, Dict[str, np.ndarray]]:
+                       label_smoothing: float = 0.0, sample_weight=None,
+                       mix: Optional[float] = None) -> Tuple[float, Dict[str, np.ndarray]]:
         """Cost and its gradient w.r.t. every parameter on one batch, in training mode.
 
         cost = mean loss + lam * sum of squared weights, the loss being ``loss``
@@ -477,13 +582,16 @@ class Network:
         statistics are left untouched. Dropout layers apply the
         masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
         every call with the same seed, so ``cost`` with that seed is the function these are
-        the gradients of. Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
+        the gradients of. ``mix`` (cross-entropy only): mixup's share lam in [0, 1], the
+        batch and its targets mixed with the batch reversed as ``fit`` with a ``cbn.Mixup``
+        mixes a step whose draw is lam (None: no mixing). Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
         (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)
         n = src.shape[0]
         targets = self._targets(y, n, loss, label_smoothing, sample_weight)
+        mix = self._mix(mix, targets)
         if self.batch_norm and n < 2:
             raise ValueError("a training batch with batch norm needs at least 2 samples, got 1")
         plan = self.plan(n)
@@ -492,7 +600,12 @@ class Network:
         dropout = dropout_seed is not None and self.has_dropout
         if dropout:
             plan.set_dropout(dropout_seed, 0)
-        loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout)
+        plan.set_mix(mix)
+        try:
+            loss, _ = plan.forward(0, n, True, grad_out=True, dropout=dropout,
+                                   mix=mix is not None)
+        finally:
+            plan.set_mix(None)  # the cached plan serves later calls too
         if not plan.input_finite:
             raise check.non_finite_input("X", src, np.arange(n))
         plan.backward(n, lam)
@@ -500,6 +613,16 @@ class Network:
         check.finite_result("cost", np.array(cost))
         check.finite_result("the gradients", self._grad)
         return cost, {k: v.copy() for k, v in self._grads.items()}
+
+    @staticmethod
+    def _mix(mix, targets: losses.Targets) -> Optional[float]:
+        """``mix`` checked: None, or a share in [0, 1] with the cross-entropy."""
+        if mix is None:
+            return None
+        mix = check.real("mix", mix, low=0.0, high=1.0)
+        if targets.loss != "cross_entropy":
+            raise ValueError(f"mix (mixup) needs loss='cross_entropy', got {targets.loss!r}")
+        return mix
 
     def _targets(self, y, n: int, loss: str, label_smoothing: float,
                  sample_weight) -> losses.Targets:
@@ -529,7 +652,8 @@ class Network:
         if self.activation != "relu" and not (self.norm and self.bn_placement == "after"):
             bn += ", GELU"
         if self.residual:
-            bn += ", residual"
+            bn += ", residual" if self.expansion is None else \
+                f", pre-norm blocks x{self.expansion}"
         if self.has_dropout:
             bn += f", dropout {list(self.dropout)}"
         return (f"Network({'-'.join(map(str, self.dims))}, {bn}, init={self.init!r}, "

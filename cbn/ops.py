@@ -18,7 +18,7 @@ import numpy as np
 from . import _ops
 from . import _validate as check
 from . import losses
-from .augment import Augment
+from .augment import Augment, Mixup
 
 
 def _same_dtype(**arrays: np.ndarray) -> np.dtype:
@@ -264,18 +264,23 @@ def softmax(Z: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy(Z: np.ndarray, y: np.ndarray, *, label_smoothing: float = 0.0,
-                          sample_weight: Optional[np.ndarray] = None
+                          sample_weight: Optional[np.ndarray] = None, mix=None
                           ) -> Tuple[float, np.ndarray, int]:
     """Mean cross-entropy of logits Z (n, K) against labels y, its gradient w.r.t. Z
     ((P - q) / n, q = (1 - label_smoothing) onehot(y) + label_smoothing / K), and the number
     of rows whose argmax equals the label. With ``sample_weight`` w the mean is
-    sum w_i l_i / sum w_i and row i's gradient is scaled by w_i / sum w instead of 1 / n."""
+    sum w_i l_i / sum w_i and row i's gradient is scaled by w_i / sum w instead of 1 / n.
+    ``mix`` (mixup's targets, ``cbn.Mixup``): row i's share of its own label, a number or
+    one per row, each in [0, 1]; row i's target is then mix_i q(y_i) + (1 - mix_i)
+    q(y_{n-1-i})."""
     Z = check.matrix("Z", Z)
     t = losses.targets(y, Z.shape[0], Z.shape[1], Z.dtype, label_smoothing=label_smoothing,
                        sample_weight=sample_weight)
+    if mix is not None:
+        mix = losses.mix_shares(mix, Z.shape[0])
     G = np.empty_like(Z)
     loss, correct = _ops.softmax_cross_entropy(Z, t.labels, G, None, t.label_smoothing,
-                                               t.weights)
+                                               t.weights, mix)
     _finite("softmax_cross_entropy", np.array(loss), G)
     return loss / Z.shape[0], G, int(correct)
 
@@ -373,12 +378,15 @@ def sgd_update(theta: np.ndarray, grad: np.ndarray, lr: float, *, lam: float = 0
 
 
 def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.ndarray,
-                dtype=np.float32, augment=None, seed: int = 0, step: int = 0) -> np.ndarray:
+                dtype=np.float32, augment=None, seed: int = 0, step: int = 0,
+                mixup=None) -> np.ndarray:
     """out[i] = (src[idx[i]] - shift) * scale in ``dtype``: mini-batch rows taken straight
     from stored images (uint8, float32 or float64) and standardised on the way, x - shift
     kept to ``dtype``'s precision however large the shift (taken in float64); with
     ``augment`` (a ``cbn.Augment``) row i is then transformed with the draws of
-    (seed, step, i), as in a training step of ``fit``."""
+    (seed, step, i), and with ``mixup`` (a ``cbn.Mixup``) the rows are then mixed with
+    the batch reversed with the share ``mixup.share(seed, step)``: the batch of a training
+    step of ``fit`` whose key is ``seed``."""
     dt = check.float_dtype(dtype)
     src = check.matrix("src", src, dtypes=check.SOURCE_DTYPES)
     if (not isinstance(idx, np.ndarray) or isinstance(idx, np.ma.MaskedArray)
@@ -398,8 +406,13 @@ def gather_rows(src: np.ndarray, idx: np.ndarray, shift: np.ndarray, scale: np.n
             raise TypeError(f"augment must be a cbn.Augment or None, got {augment!r}")
         compiled = augment.compiled(d, check.integer("seed", seed, low=0, high=2**64 - 1))
         step = check.integer("step", step, low=0, high=2**64 - 1)
+    mix = None
+    if mixup is not None:
+        if not isinstance(mixup, Mixup):
+            raise TypeError(f"mixup must be a cbn.Mixup or None, got {mixup!r}")
+        mix = np.full(idx.size, mixup.share(seed, step))
     out = np.empty((idx.size, d), dt)
     _ops.gather_rows(src, idx, shift, scale, out, compiled,
-                     step=step if compiled is not None else 0)
+                     step=step if compiled is not None else 0, mix=mix)
     _finite("gather_rows", out)
     return out

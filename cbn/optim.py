@@ -1,13 +1,16 @@
 """Optimizers over the network's flat parameter buffer, with PyTorch's update formulas:
-``SGD`` (momentum, Nesterov), ``Adam`` and ``AdamW``.
+``SGD`` (momentum, Nesterov), ``Adam`` and ``AdamW``; and two that PyTorch's core lacks,
+with the formulas of their papers' reference implementations: ``Lamb`` (timm's) and
+``Lion`` (lucidrains' lion-pytorch, the paper's Algorithm 2).
 
 Cost per parameter and step (passes over the n values, each one ufunc): plain SGD 2,
 SGD with momentum 4, Nesterov 6, Adam 13, AdamW 13 + 1 over the weights (timings in
-docs/benchmarks.md).
+docs/benchmarks.md); Lion 1 and Lamb 3 (plus 1 with gradient clipping), each a compiled
+loop (cbn/_update.pxi).
 """
 # Design: an optimizer owns its state buffers (allocated once by ``bind``) and updates the flat
 # vector ``theta`` in place from ``grad`` with NumPy ufuncs writing into a preallocated
-# scratch vector (``out=``), so ``step`` allocates nothing. The learning rate is not a
+# scratch vector (``out=``), or one compiled loop, so ``step`` allocates nothing. The learning rate is not a
 # hyper-parameter: the schedule gives it per step. The first ``n_weights`` entries of theta
 # are the weight matrices W1..Wk (the network stores them first); the rest are biases, gamma
 # and beta, which decoupled weight decay leaves alone. ``grad`` already holds the coupled L2
@@ -19,9 +22,10 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import _ops
 from . import _validate as check
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "check_state"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Lamb", "Lion", "OPTIMIZERS", "check_state"]
 
 N_CONSTS = 7  # scalar slots an update needs at most (AdamW)
 
@@ -36,11 +40,13 @@ class Optimizer:
     _hyper: Tuple[str, ...] = ()
     _buffers: Tuple[str, ...] = ()
     _nonnegative: Tuple[str, ...] = ()  # buffers that are never negative (second moments)
+    _layout = False  # the update needs the sizes of the weight tensors (``tensors``)
 
     def __init__(self) -> None:
         self.n_params: Optional[int] = None
         self.n_weights: Optional[int] = None
         self.dtype: Optional[np.dtype] = None
+        self.tensors: Optional[Tuple[int, ...]] = None
         self.steps = 0  # updates made so far (PyTorch's ``state["step"]``)
         self._state: Dict[str, np.ndarray] = {}
         self._scratch: Optional[np.ndarray] = None
@@ -49,22 +55,28 @@ class Optimizer:
 
     # -- sizes ------------------------------------------------------------------------------
 
-    def bind(self, n_params: int, n_weights: int, dtype) -> None:
+    def bind(self, n_params: int, n_weights: int, dtype, tensors=None) -> None:
         """Allocate the state buffers (zeros) for ``n_params`` parameters of ``dtype`` whose
-        first ``n_weights`` are weights. Binding again to the same sizes keeps the state;
-        other sizes raise ValueError (use a fresh optimizer for another network)."""
+        first ``n_weights`` are weights, those of the weight tensors of sizes ``tensors``
+        (W1, W2, ... in order, summing to ``n_weights``; None: one tensor), which only
+        ``Lamb`` reads. Binding again to the same sizes keeps the state; other sizes raise
+        ValueError (use a fresh optimizer for another network)."""
         n_params = check.integer("n_params", n_params, low=1)
         n_weights = check.integer("n_weights", n_weights, low=0, high=n_params)
         dtype = check.float_dtype(dtype)
+        tensors = _tensor_sizes(tensors, n_weights)
         if self.n_params is not None:
-            if (self.n_params, self.n_weights, self.dtype) != (n_params, n_weights, dtype):
+            if ((self.n_params, self.n_weights, self.dtype, self.tensors)
+                    != (n_params, n_weights, dtype, tensors)):
                 raise ValueError(
                     f"{type(self).__name__} is bound to {self.n_params} parameters "
-                    f"({self.n_weights} weights) of {self.dtype}, not {n_params} ({n_weights}) "
+                    f"({self.n_weights} weights in tensors of {list(self.tensors)}) of "
+                    f"{self.dtype}, not {n_params} ({n_weights} in {list(tensors)}) "
                     f"of {dtype}; use a fresh optimizer for another network")
             return
         self._check_dtype(dtype)
         self.n_params, self.n_weights, self.dtype = n_params, n_weights, dtype
+        self.tensors = tensors
         self._lr_max = float(np.finfo(dtype).max)
         self._state = {name: np.zeros(n_params, dtype) for name in self._buffers}
         self._scratch = np.empty(n_params, dtype)
@@ -140,6 +152,8 @@ class Optimizer:
         state = dict(name=type(self).__name__, **self.hyper_parameters(), step=self.steps,
                      n_params=self.n_params, n_weights=self.n_weights,
                      dtype=None if self.dtype is None else self.dtype.name)
+        if self._layout:
+            state["tensors"] = None if self.tensors is None else list(self.tensors)
         state.update({name: buf.copy() for name, buf in self._state.items()})
         return state
 
@@ -167,7 +181,7 @@ class Optimizer:
             raise ValueError(f"{name} state: missing keys {missing}")
         fresh = type(self)(**{k: state[k] for k in self._hyper})  # validates them
         expected = {"name", "step", "n_params", "n_weights", "dtype", *fresh._hyper,
-                    *fresh._buffers}
+                    *fresh._buffers, *(("tensors",) if fresh._layout else ())}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"{name} state: missing keys {missing}, unexpected keys {extra}")
@@ -176,9 +190,11 @@ class Optimizer:
             if fresh.steps:
                 raise ValueError(f"{name} state has {fresh.steps} steps but no sizes")
         else:
-            fresh.bind(state["n_params"], state["n_weights"], state["dtype"])
-            if self.n_params is not None:
-                self.bind(fresh.n_params, fresh.n_weights, fresh.dtype)  # raises if they differ
+            fresh.bind(state["n_params"], state["n_weights"], state["dtype"],
+                       state["tensors"] if fresh._layout else None)
+            if self.n_params is not None:  # raises if they differ
+                self.bind(fresh.n_params, fresh.n_weights, fresh.dtype,
+                          fresh.tensors if fresh._layout else self.tensors)
             for key in fresh._buffers:
                 buf = state[key]
                 if getattr(buf, "dtype", None) != fresh.dtype:  # a ValueError, as for sizes
@@ -357,7 +373,140 @@ class AdamW(Adam):
         Adam._update(self, theta, grad, lr)  # super() would allocate its proxy each step
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+def bind_network(optimizer, net) -> None:
+    """``optimizer.bind`` to the parameters of ``net`` (a ``cbn.Network``), with the sizes of
+    its weight matrices for an optimizer that reads them (``Lamb``); any other object with
+    ``bind(n_params, n_weights, dtype)`` gets those three."""
+    if getattr(optimizer, "_layout", False):
+        optimizer.bind(net.flat_params.size, net.n_weights, net.dtype, net.weight_sizes)
+    else:
+        optimizer.bind(net.flat_params.size, net.n_weights, net.dtype)
+
+
+def _tensor_sizes(tensors, n_weights: int) -> Tuple[int, ...]:
+    """``tensors`` checked: positive sizes summing to ``n_weights`` (None: one tensor of them
+    all, or none without weights)."""
+    if tensors is None:
+        return (n_weights,) if n_weights else ()
+    if isinstance(tensors, (str, bytes)) or not hasattr(tensors, "__iter__"):
+        raise TypeError(f"tensors must be a sequence of sizes, got {tensors!r}")
+    sizes = tuple(check.integer("tensors", size, low=1) for size in tensors)
+    if sum(sizes) != n_weights:
+        raise ValueError(f"tensors {list(sizes)} hold {sum(sizes)} weights, not the "
+                         f"{n_weights} of n_weights")
+    return sizes
+
+
+class Lamb(Optimizer):
+    """LAMB (You et al., 2020, "Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes"), with the formulas of timm's ``timm.optim.Lamb`` (bias correction on,
+    ``grad_averaging`` on, weight decay on the weight matrices only, as timm's optimizer
+    factory groups parameters: biases, gamma and beta get none).
+
+    At step t (1-based) with rate lr and gradient g (``fit``'s coupled L2 term included)::
+
+        g  = g / max(||g|| / max_grad_norm, 1)      (global norm over every parameter; skipped
+                                                      when max_grad_norm is None)
+        m  = beta1 m + (1 - beta1) g
+        v  = beta2 v + (1 - beta2) g^2
+        u  = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        for each weight matrix W (its slice of u, u_W):
+            u_W += weight_decay W
+            r = ||W|| / ||u_W||  (1 if either is 0; min(r, 1) with trust_clip)
+            u_W *= r             (only when weight_decay > 0 or always_adapt, as timm)
+        theta -= lr u
+
+    The weight matrices are the tensors ``bind`` is given (``fit`` and the estimator pass
+    the network's W1, W2, ...); the norms are accumulated in float64.
+
+    Parameters
+    ----------
+    beta1, beta2 : decay rates of the moments, in [0, 1) (timm: 0.9, 0.999).
+    eps : added to the denominator, > 0 (timm: 1e-6).
+    weight_decay : decoupled decay of the weights per unit rate, >= 0 (timm: 0.01).
+    max_grad_norm : the global gradient norm clipped to, > 0, or None (timm: 1.0).
+    trust_clip : clip the trust ratio at 1 (LAMBC; timm: False).
+    always_adapt : apply the trust ratio also when weight_decay is 0 (timm: False).
+    """
+
+    _hyper = ("beta1", "beta2", "eps", "weight_decay", "max_grad_norm", "trust_clip",
+              "always_adapt")
+    _buffers = ("exp_avg", "exp_avg_sq")
+    _nonnegative = ("exp_avg_sq",)
+    _layout = True
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: Optional[float] = 1.0,
+                 trust_clip: bool = False, always_adapt: bool = False) -> None:
+        super().__init__()
+        self.beta1 = check.real("beta1", beta1, low=0.0, high=1.0, high_open=True)
+        self.beta2 = check.real("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        self.eps = check.real("eps", eps, low=0.0, low_open=True)
+        self.weight_decay = check.real("weight_decay", weight_decay, low=0.0)
+        self.max_grad_norm = None if max_grad_norm is None else check.real(
+            "max_grad_norm", max_grad_norm, low=0.0, low_open=True)
+        for name, value in (("trust_clip", trust_clip), ("always_adapt", always_adapt)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+            setattr(self, name, bool(value))
+        self._ends = np.zeros(0, dtype=np.int64)  # where each weight tensor ends
+
+    _check_dtype = Adam._check_dtype
+
+    def _update(self, theta, grad, lr):
+        t = self.steps
+        clip = 1.0
+        if self.max_grad_norm is not None:
+            clip = max(math.sqrt(_ops.sum_of_squares(grad)) / self.max_grad_norm, 1.0)
+        _ops.lamb_update(theta, grad, self._state["exp_avg"], self._state["exp_avg_sq"],
+                         self._scratch, lr, self.beta1, self.beta2, self.eps,
+                         self.weight_decay, clip, 1.0 - self.beta1 ** t,
+                         math.sqrt(1.0 - self.beta2 ** t), self._ends,
+                         bool(self.weight_decay or self.always_adapt), self.trust_clip)
+
+    def bind(self, n_params, n_weights, dtype, tensors=None) -> None:
+        super().bind(n_params, n_weights, dtype, tensors)
+        self._ends = np.cumsum(np.array(self.tensors, dtype=np.int64))
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), with the
+    formulas of the paper's Algorithm 2 as lucidrains' ``lion_pytorch.Lion`` writes them
+    (decoupled weight decay on the weight matrices only, as ``AdamW`` here)::
+
+        W     *= 1 - lr weight_decay                        (theta[:n_weights] only)
+        theta -= lr sign(beta1 m + (1 - beta1) g)           (sign(0) = 0)
+        m      = beta2 m + (1 - beta2) g
+
+    Its steps all have size lr, so it wants a rate 3-10 times below AdamW's and a weight
+    decay as many times higher (the paper's advice).
+
+    Parameters
+    ----------
+    beta1, beta2 : interpolation and decay rates, in [0, 1) (lion-pytorch: 0.9, 0.99).
+    weight_decay : decoupled decay of the weights per unit rate, >= 0 (lion-pytorch: 0).
+    """
+
+    _hyper = ("beta1", "beta2", "weight_decay")
+    _buffers = ("exp_avg",)
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.99,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.beta1 = check.real("beta1", beta1, low=0.0, high=1.0, high_open=True)
+        self.beta2 = check.real("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check.real("weight_decay", weight_decay, low=0.0)
+
+    def _check_dtype(self, dtype):
+        self._below_one("beta1", self.beta1, dtype)
+        self._below_one("beta2", self.beta2, dtype)
+
+    def _update(self, theta, grad, lr):
+        _ops.lion_update(theta, grad, self._state["exp_avg"], lr, self.beta1, self.beta2,
+                         1.0 - lr * self.weight_decay, self.n_weights)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "lamb": Lamb, "lion": Lion}
 """Optimizer classes by lower-case name."""
 
 

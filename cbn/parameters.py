@@ -37,17 +37,19 @@ class Parameters:
     n_weights: int
 
 
-def allocate(dims: Sequence[int], norm: Optional[str], dtype: np.dtype) -> Parameters:
+def allocate(dims: Sequence[int], norm: Optional[str], dtype: np.dtype,
+             normed: Optional[Sequence[bool]] = None) -> Parameters:
     """Zeroed parameters of a network with layer widths ``dims`` (input first), with gamma
     and beta in every hidden block when it has a ``norm`` ("batch" or "layer"), and running
-    statistics with "batch"."""
-    affine = norm is not None
+    statistics with "batch"; ``normed`` (one per hidden layer) names the blocks that have
+    the norm when not all do."""
     k = len(dims) - 1
+    normed = [norm is not None and (normed is None or bool(normed[l])) for l in range(k - 1)]
     shapes = [(f"W{l + 1}", (dims[l], dims[l + 1])) for l in range(k)]
     n_weights = sum(a * b for _, (a, b) in shapes)
     for l in range(k):
         shapes.append((f"b{l + 1}", (dims[l + 1],)))
-        if affine and l < k - 1:
+        if l < k - 1 and normed[l]:
             shapes.append((f"gamma{l + 1}", (dims[l + 1],)))
             shapes.append((f"beta{l + 1}", (dims[l + 1],)))
     total = sum(int(np.prod(s)) for _, s in shapes)
@@ -63,11 +65,11 @@ def allocate(dims: Sequence[int], norm: Optional[str], dtype: np.dtype) -> Param
     order = []
     for l in range(1, k + 1):
         order += [f"W{l}", f"b{l}"]
-        if affine and l < k:
+        if l < k and normed[l - 1]:
             order += [f"gamma{l}", f"beta{l}"]
     running: Dict[str, np.ndarray] = {}
     if norm == "batch":
-        for l in range(1, k):
+        for l in (l for l in range(1, k) if normed[l - 1]):
             running[f"running_mean{l}"] = np.zeros(dims[l], dtype)
             running[f"running_var{l}"] = np.ones(dims[l], dtype)
     return Parameters(theta, grad, {name: params[name] for name in order},
@@ -88,7 +90,7 @@ def initialize(params: Dict[str, np.ndarray], num_layers: int, init: Union[str, 
         else:
             sigma = float(init)
         W[...] = rng.standard_normal(W.shape) * sigma
-        if norm is not None and l < num_layers:
+        if f"gamma{l}" in params:
             params[f"gamma{l}"][...] = 1
 
 

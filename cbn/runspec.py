@@ -13,8 +13,11 @@ import numpy as np
 
 from . import _ops
 from . import _validate as check
-from . import inputs, losses
-from .augment import Augment
+from . import inputs, losses, optim
+from .augment import Augment, Mixup
+from .augment import mixup as as_mixup
+from .ema import EMA
+from .ema import ema as as_ema
 from .network import Network
 from .schedule import ConstantLR, CyclicLR
 
@@ -49,7 +52,7 @@ class RunSpec:
     def __init__(self, net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs,
                  seed, normalization, momentum, eval_every, eval_train, optimizer,
                  augment=None, loss="cross_entropy", label_smoothing=0.0,
-                 sample_weight=None) -> None:
+                 sample_weight=None, mixup=None, ema=None) -> None:
         if not isinstance(net, Network):
             raise TypeError(f"net must be a cbn.Network, got {type(net).__name__}")
         if not all(np.isfinite(v).all() for v in (net.flat_params, *net.running_stats.values())):
@@ -75,7 +78,7 @@ class RunSpec:
             if self.momentum:
                 raise ValueError("momentum= sets the built-in SGD; with optimizer= give the "
                                  "momentum to the optimizer")
-            optimizer.bind(net.flat_params.size, net.n_weights, net.dtype)
+            optim.bind_network(optimizer, net)
             self.fused_momentum = optimizer.fused_momentum
             if self.fused_momentum is not None:
                 self.fused_momentum = check.real("optimizer.fused_momentum",
@@ -90,6 +93,11 @@ class RunSpec:
             else None
         if self.augment is not None:
             self.augment.shape_for(net.input_dim, net.dtype)
+        self.mixup: Optional[Mixup] = as_mixup(mixup)
+        self.ema: Optional[EMA] = as_ema(ema)
+        if self.ema is not None and self.ema.precise_bn and not net.batch_norm:
+            raise ValueError("ema's precise_bn recomputes batch-norm statistics; the network "
+                             "has none")
         self.src, self.shift, self.scale = net.prepare_input(X, normalization)
         self.n = n = self.src.shape[0]
         # Training steps score the (weighted) loss; evaluations the unweighted one.
@@ -97,6 +105,8 @@ class RunSpec:
                                       label_smoothing=label_smoothing,
                                       sample_weight=sample_weight)
         self.y = self.targets.labels
+        if self.mixup is not None and self.targets.loss != "cross_entropy":
+            raise ValueError(f"mixup mixes cross-entropy targets; loss={loss!r} has none")
         self.eval_targets = dataclasses.replace(self.targets, weights=None)
         if net.batch_norm and min(n, self.batch_size) < 2:
             raise ValueError("batch norm needs mini-batches of at least 2 samples; got "
@@ -160,7 +170,9 @@ class RunSpec:
                                self.scale), **({} if optimizer is None else
                                                dict(optimizer=optimizer)),
                 **self._loss_signature(),
-                **({} if self.augment is None else dict(augment=self.augment.config()))),
+                **({} if self.augment is None else dict(augment=self.augment.config())),
+                **({} if self.mixup is None else dict(mixup=self.mixup.config())),
+                **({} if self.ema is None else dict(ema=self.ema.config()))),
                 default=lambda value: value.item()))
         return self._signature
 

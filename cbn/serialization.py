@@ -1,8 +1,9 @@
-"""cbn's files, read and written here only: a network to and from named arrays and ``.npz``
-files (its configuration as JSON, its state as arrays, a checksum on disk; no pickle), and
-the members a training checkpoint adds around it (their content: :mod:`cbn.checkpoint`).
-Every read goes through the guarded reader of :mod:`cbn.npz`, every write through the atomic
-writer of :mod:`cbn._files`."""
+"""cbn's network files and checkpoints are read and written here only: a network to and from
+named arrays and ``.npz`` files (its configuration as JSON, its state as arrays, a checksum
+on disk; no pickle), and the members a training checkpoint adds around it (their content:
+:mod:`cbn.checkpoint`). Every read goes through the guarded reader of :mod:`cbn.npz`
+(``read_network_file``), every write through the atomic writer of :mod:`cbn._files`
+(``write_arrays``)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ OPTIMIZER_PREFIX = "optimizer_"
 VERSIONS = {"format_version": FORMAT_VERSION, "checkpoint_version": CHECKPOINT_VERSION}
 CHECKPOINT_MEMBERS = ("checkpoint_format", "checkpoint_version", "velocity", "step",
                       "epoch_start", "order", "rng_state", "batch_loss_sum", "batch_count",
-                      "elapsed", "run", "optimizer", "dropout_key")
+                      "elapsed", "run", "optimizer", "dropout_key", "ema")
 
 
 def to_arrays(net: Net) -> Dict[str, np.ndarray]:
@@ -44,7 +45,13 @@ def to_arrays(net: Net) -> Dict[str, np.ndarray]:
 
 def save(net: Net, path: PathLike) -> None:
     """``to_arrays(net)`` with its checksum, written atomically to ``path``."""
-    atomic_savez(path, **with_checksum(to_arrays(net)))
+    write_arrays(path, with_checksum(to_arrays(net)))
+
+
+def write_arrays(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write named arrays (a network's, or a checkpoint's with its network's, checksum
+    included) to ``path`` as ``.npz``, atomically: the one way cbn writes these files."""
+    atomic_savez(path, **arrays)
 
 
 def load_network(path: PathLike, build: Callable[..., Net]) -> Net:
@@ -173,6 +180,15 @@ def check_config_fits(config, shape_of: Callable[[str], Optional[Tuple[int, ...]
     if not isinstance(hidden, list):
         raise fail(f"network_config['hidden'] must be a list, got {type(hidden).__name__}")
     dims = [config.get("input_dim"), *hidden, config.get("num_classes")]
+    expansion = config.get("expansion")
+    if expansion is not None:  # pre-norm blocks: their widths are computed, from integers only
+        if (type(expansion) is not int or expansion < 1 or not hidden
+                or not all(type(w) is int for w in hidden)):
+            raise fail(f"network_config's expansion {check.short_repr(expansion)} needs to be a "
+                       "positive integer, with integer hidden widths")
+        dims = [config.get("input_dim"), hidden[0],
+                *(expansion * hidden[0], hidden[0]) * (len(hidden) - 1),
+                config.get("num_classes")]
     for l in range(1, len(dims)):
         shape = shape_of(f"W{l}")
         if shape != (dims[l - 1], dims[l]):

@@ -43,6 +43,9 @@ _LAYERS = """
         The hidden blocks' activation.
     residual : bool, default False
         Residual connections around the hidden blocks whose widths match.
+    expansion : int >= 1 or None, default None
+        Pre-norm residual blocks with this expansion factor (``cbn.Network``'s
+        ``expansion``; needs ``residual``, a norm and equal widths).
     init : "he", "xavier" or a float sigma > 0, default "he"
         Initialisation of the weights (``cbn.Network``'s ``init``): a scheme, or normal
         weights of standard deviation sigma, so a sensitivity study over sigma is a grid
@@ -61,7 +64,8 @@ _TRAINING = """
         ``alpha`` equals ``2 * batch_size * alpha`` here (1.0 for the course's 0.005 at 100).
     batch_size : int >= 1, default 100
         Rows per mini-batch (all rows when there are fewer).
-    optimizer : "sgd", "adam", "adamw" or a ``cbn.optim.Optimizer``, default "sgd"
+    optimizer : "sgd", "adam", "adamw", "lamb", "lion" or a ``cbn.optim.Optimizer``,
+        default "sgd"
         The update rule; an optimizer object is copied, never changed. Adam usually wants
         ``eta_max`` around 1e-3. Its state (SGD's momentum buffer, Adam's moments and step
         count) carries over from epoch to epoch, into ``partial_fit`` and into warm starts.
@@ -130,6 +134,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     on the softmax cross-entropy.
 ''' + _SCHEDULE + _LAYERS + '''    label_smoothing : float in [0, 1), default 0.0
         Cross-entropy against (1 - eps) onehot + eps / K, as PyTorch's.
+    mixup : float >= 0, default 0.0
+        Mixup's alpha (``cbn.Mixup``): each training batch mixed with itself reversed, rows
+        and targets, with a share drawn from Beta(alpha, alpha) per step; 0: none.
     class_weight : None, "balanced" or dict {label: weight}, default None
         Weights of the classes in the loss, multiplying ``sample_weight``: a dict gives some
         classes a weight (the others 1); "balanced" gives class c the weight
@@ -149,8 +156,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
-                 residual: bool = False, init: Union[str, float] = "he",
-                 label_smoothing: float = 0.0, class_weight=None,
+                 residual: bool = False, expansion: Optional[int] = None,
+                 init: Union[str, float] = "he",
+                 label_smoothing: float = 0.0, mixup: float = 0.0, class_weight=None,
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
                  eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
@@ -159,12 +167,14 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  tol: float = 1e-4, warm_start: bool = False, dtype: str = "float32",
                  random_state=None, verbose: int = 0) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.mixup = mixup
         self.batch_norm = batch_norm
         self.bn_placement = bn_placement
         self.dropout = dropout
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.expansion = expansion
         self.init = init
         self.label_smoothing = label_smoothing
         self.class_weight = class_weight
@@ -189,6 +199,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def _check_params(self) -> None:
         super()._check_params()
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check.real("mixup", self.mixup, low=0.0)
         cw = self.class_weight
         if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
             raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
@@ -228,7 +239,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return y
 
     def _loss_options(self) -> dict:
-        return {"label_smoothing": float(self.label_smoothing)} if self.label_smoothing else {}
+        options = {"label_smoothing": float(self.label_smoothing)} if self.label_smoothing \
+            else {}
+        if self.mixup:
+            options["mixup"] = float(self.mixup)
+        return options
 
     def _n_outputs(self) -> int:
         return len(self.classes_)
@@ -349,7 +364,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (50, 50), *,
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
-                 residual: bool = False, init: Union[str, float] = "he",
+                 residual: bool = False, expansion: Optional[int] = None,
+                 init: Union[str, float] = "he",
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
                  eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
@@ -364,6 +380,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.expansion = expansion
         self.init = init
         self.augment = augment
         self.alpha = alpha

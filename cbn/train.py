@@ -71,7 +71,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         eval_train: bool = False, checkpoint: Optional[PathLike] = None,
         checkpoint_every: Optional[int] = None,
         resume: Union[None, bool, PathLike] = None, optimizer=None,
-        augment: Optional[Augment] = None, loss: str = "cross_entropy",
+        augment: Optional[Augment] = None, mixup=None, ema=None, loss: str = "cross_entropy",
         label_smoothing: float = 0.0, sample_weight=None, callbacks=None,
         verbose: int = 0) -> History:
     """Train ``net`` in place with mini-batch SGD (or ``optimizer``); return the history.
@@ -123,6 +123,14 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
         drawn inside the compiled gather), or None. Rows are images of
         ``augment.image_shape``, (3, 32, 32) by default for 3,072 features. Validation and
         evaluation never augment.
+    mixup : a ``cbn.Mixup`` (or its alpha, a number > 0; None or 0: none): each training
+        batch mixed with itself reversed, lam x_i + (1 - lam) x_{n-1-i}, and trained against
+        the targets mixed alike, lam drawn from Beta(alpha, alpha) per step (timm's batch
+        mode; see ``cbn.Mixup``). Cross-entropy only; evaluations never mix.
+    ema : a ``cbn.EMA`` (or its decay, in (0, 1); None or 0: none): a moving average of the
+        parameters and running statistics over the steps (timm's ModelEmaV2), which the
+        network takes when the run ends, its batch-norm statistics then optionally
+        recomputed (PreciseBN, ``EMA.precise_bn``); the history's last point scores it.
     loss : "cross_entropy" (y: integer labels) or "mse" (y, y_val: float targets (n, K));
         see cbn.losses.
     label_smoothing : cross-entropy against (1 - eps) onehot + eps / K, as PyTorch's.
@@ -170,7 +178,7 @@ def fit(net: Network, X: np.ndarray, y: np.ndarray, *, X_val: Optional[np.ndarra
     with net.exclusive() if isinstance(net, Network) else contextlib.nullcontext(), computing():
         spec = RunSpec(net, X, y, X_val, y_val, lam, batch_size, schedule, cycles, epochs, seed,
                        normalization, momentum, eval_every, eval_train, optimizer,
-                       augment, loss, label_smoothing, sample_weight)
+                       augment, loss, label_smoothing, sample_weight, mixup, ema)
         if checkpoint is not None:
             checkpoint = _path("checkpoint", checkpoint)
         if checkpoint_every is not None:
@@ -275,6 +283,7 @@ class _Run:
         # A plan no larger than the data: batch_size may exceed n.
         self.plan = net.plan(min(spec.batch_size, spec.n))
         self.velocity = np.zeros_like(net.flat_params) if spec.fused_momentum else None
+        self.average = None if spec.ema is None else spec.ema.averager(net)
         self.guard = DivergenceGuard(net)
         self.interrupted = False
         self.started = time.perf_counter()
@@ -310,7 +319,8 @@ class _Run:
     @property
     def keyed(self) -> bool:
         """True if the run draws random masks or augmentations from its key."""
-        return self.net.has_dropout or self.spec.augment is not None
+        return (self.net.has_dropout or self.spec.augment is not None
+                or self.spec.mixup is not None)
 
     # -- history ----------------------------------------------------------------------------
 
@@ -354,7 +364,8 @@ class _Run:
             batch_loss_sum=self.batch_loss_sum, batch_count=self.batch_count,
             elapsed=time.perf_counter() - self.started, run=self.spec.signature(),
             optimizer=None if optimizer is None else optimizer.state_dict(),
-            dropout_key=self.dropout_key)
+            dropout_key=self.dropout_key,
+            ema=None if self.average is None else self.average.state.copy())
 
     def save(self, path: str, lr: float, loss: float) -> None:
         self.guard.check(self.step, lr, loss, self.history)
@@ -377,6 +388,8 @@ class _Run:
         self.net.load_state_dict(saved.state_dict())
         if self.velocity is not None:
             np.copyto(self.velocity, ckpt.velocity)
+        if self.average is not None:
+            self.average.load(ckpt.ema, lambda message: CheckpointError(f"{source}: {message}"))
         self.order[:] = ckpt.order
         self.step, self.epoch_start, self.rng, self.history = (ckpt.step, ckpt.epoch_start,
                                                                rng, history)
@@ -386,6 +399,17 @@ class _Run:
             self.dropout_key = ckpt.dropout_key
         self.guard.keep_unchecked(self.step)
 
+    def take_average(self) -> None:
+        """The network takes the moving average (``cbn.EMA``), its batch-norm statistics
+        recomputed over the first batches of the epoch's order with ``precise_bn``."""
+        spec = self.spec
+        self.average.apply()
+        batches = spec.ema.precise_bn
+        if batches:
+            rows = min(spec.batch_size, spec.n)
+            self.net._precise_bn(spec.src, spec.shift, spec.scale, self.order, rows,
+                                 min(batches, spec.n // rows))
+
     # -- the loop ---------------------------------------------------------------------------
 
     def train(self, progress: Optional[bool], path: Optional[str],
@@ -393,7 +417,8 @@ class _Run:
         from tqdm.auto import tqdm  # here: importing cbn loads no progress-bar machinery
 
         spec, net, plan, guard = self.spec, self.net, self.plan, self.guard
-        schedule, optimizer, fused = spec.schedule, spec.optimizer, spec.fused
+        schedule, optimizer, fused, mixup = spec.schedule, spec.optimizer, spec.fused, spec.mixup
+        average = self.average
         n, batch_size, per_epoch, total = spec.n, spec.batch_size, spec.per_epoch, spec.total
         lam, momentum, eval_every = spec.lam, spec.fused_momentum, spec.eval_every
         theta, grad, dropout = net.flat_params, net.flat_grad, net.has_dropout
@@ -428,6 +453,8 @@ class _Run:
                         rows = min(batch_size, n - start)
                         lr = schedule.lr(self.step)
                         first = net.copies_batch_stats
+                        if mixup is not None:
+                            plan.set_mix(mixup.share(self.dropout_key, self.step))
                         governor.begin()
                         if fused:
                             loss, _, finite = plan.train_step(start, rows, lr, lam, momentum,
@@ -448,6 +475,8 @@ class _Run:
                         if not (finite and math.isfinite(loss)):
                             guard.diverge_in_step(self.step, schedule, loss,
                                                   plan.batch_stats_finite, self.history)
+                        if average is not None:
+                            average.update(self.step + 1)
                         self.batch_loss_sum += loss
                         self.batch_count += 1
                         self.epoch_loss_sum += loss
@@ -461,6 +490,8 @@ class _Run:
                             postfix["loss"] = f"{loss:.3f}"
                             bar.set_postfix(postfix, refresh=False)
                         at_epoch_end = b == per_epoch - 1
+                        if step == total and average is not None:
+                            self.take_average()
                         if step == total or at_epoch_end or (eval_every and step % eval_every == 0):
                             governor.rest()  # the history's evaluations on the run's count
                             self.record(lr, loss)
@@ -497,6 +528,7 @@ class _Run:
         finally:
             governor.close()
             plan.set_augment(None)  # the cached plan serves later calls too
+            plan.set_mix(None)
             bar.update(self.step - bar.n)
             bar.close()
         return self.history

@@ -34,7 +34,8 @@ except ImportError:  # a source checkout with the extension built in place
 
 import cbn  # noqa: E402
 from cbn import CyclicLR, Network, fit  # noqa: E402
-from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint  # noqa: E402
+from cbn._files import atomic_savez  # noqa: E402
+from cbn.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 
 def build(config: dict):

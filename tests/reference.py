@@ -115,6 +115,13 @@ def soft_cross_entropy(Z, y, label_smoothing=0.0, w=None):
     return float((c * -(Q * logP).sum(axis=1)).sum()), (softmax(Z) - Q) * c[:, None]
 
 
+def target_cross_entropy(Z, Q):
+    """Mean cross-entropy against the target distributions Q (n, K) (timm's
+    SoftTargetCrossEntropy); returns the mean loss and its gradient w.r.t. Z."""
+    n = Z.shape[0]
+    return float(-(Q * np.log(softmax(Z))).sum() / n), (softmax(Z) - Q) / n
+
+
 def squared_error(Z, Y, w=None):
     """The mean over all values of (Z - Y)^2 (rows weighted by w when given) and its
     gradient w.r.t. Z."""
@@ -196,7 +203,8 @@ class ReferenceNet:
     def cost_and_grads(self, X, y, lam) -> Tuple[float, Dict[str, np.ndarray], List]:
         p = self.params
         Z, caches, A = self.forward(X, training=True)
-        loss, G = softmax_cross_entropy(Z, y)
+        # y: labels, or target distributions (n, K)
+        loss, G = softmax_cross_entropy(Z, y) if np.ndim(y) == 1 else target_cross_entropy(Z, y)
         cost = loss + lam * sum((p[f"W{l}"] ** 2).sum() for l in range(1, self.k + 1))
         grads = {}
         grads[f"W{self.k}"], grads[f"b{self.k}"], dA = linear_backward(A, p[f"W{self.k}"], G, lam)

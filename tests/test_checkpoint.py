@@ -19,7 +19,8 @@ import cbn
 from cbn import CyclicLR, DivergenceError, Network, fit
 from cbn import checkpoint as ckpt_module
 from cbn import train as train_module
-from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint
+from cbn._files import atomic_savez
+from cbn.checkpoint import CheckpointError, load_checkpoint
 from cbn.npz import read_npz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,7 +324,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, m
 WRITER = """
 import sys, time
 import numpy as np
-from cbn.checkpoint import atomic_savez
+from cbn._files import atomic_savez
 path = sys.argv[1]
 k = 0
 while True:

@@ -399,7 +399,7 @@ def test_check_state_names_buffers_as_told_and_knows_only_cbn_optimizers():
     with pytest.raises(ValueError, match="file_exp_avg_sq is a second moment"):
         check_state({**_adam_state(), "exp_avg_sq": -np.ones(4)}, lambda k: "file_" + k)
     with pytest.raises(ValueError, match="names no optimizer of cbn.optim"):
-        check_state({"name": "Lion"})
+        check_state({"name": "Lars"})
     check_state(_adam_state())
 
 

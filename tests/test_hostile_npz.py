@@ -17,7 +17,8 @@ import pytest
 
 import cbn
 from cbn import CyclicLR, Network, fit
-from cbn.checkpoint import CheckpointError, atomic_savez, load_checkpoint
+from cbn._files import atomic_savez
+from cbn.checkpoint import CheckpointError, load_checkpoint
 from cbn.npz import read_npz, with_checksum
 
 # The child imports the cbn under test (installed or built in place), never a source tree

@@ -153,7 +153,8 @@ def test_only_plain_sgd_takes_the_fused_update():
 
 
 def test_optimizers_by_name():
-    assert optim.OPTIMIZERS == {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+    assert optim.OPTIMIZERS == {"sgd": SGD, "adam": Adam, "adamw": AdamW,
+                                "lamb": optim.Lamb, "lion": optim.Lion}
 
 
 # -- state ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..data import CIFAR10, DataError
 from .._files import json_ready, user_path, write_text
 from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradient_checks,
                          run, score)
-from ..network import Network
+from ..network import Network, layer_dims
 # Argument types: checked while parsing, before any data is read.
 from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, nonnegative_float,
                       nonnegative_int, positive_float, positive_int, run_values,
@@ -186,7 +186,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             raise UsageError("--resume continues from --checkpoint FILE, which is not given")
         for option in ("save", "out", "checkpoint"):
             _check_writable(f"--{option}", getattr(args, option))
-        _check_network_fits(args.hidden, 1, 2, args.dtype)  # the data's widths come later
+        _check_network_fits(args.hidden, 1, 2, args.dtype,  # the data's widths come later
+                            args.run_config.expansion)
     if args.command == "evaluate" and not Path(args.model).is_file():
         raise UsageError(f"--model {args.model}: no such file")
     if args.command == "report" and args.out is not None:
@@ -238,12 +239,13 @@ def _physical_memory() -> Optional[int]:
         return None
 
 
-def _check_network_fits(hidden: Sequence[int], inputs: int, classes: int, dtype: str) -> None:
+def _check_network_fits(hidden: Sequence[int], inputs: int, classes: int, dtype: str,
+                        expansion: Optional[int] = None) -> None:
     """Refuse ``--hidden`` widths whose parameters, gradients and the last good copy that
     ``fit`` keeps (a lower bound of what training needs) exceed the machine's memory, before
     numpy is asked for them: an allocation that the OS grants lazily would end in the process
     being killed rather than in an error."""
-    dims = (inputs, *hidden, classes)
+    dims = layer_dims(inputs, hidden, classes, expansion)
     need = 3 * np.dtype(dtype).itemsize * sum((a + 1) * b for a, b in zip(dims, dims[1:]))
     have = _physical_memory()
     if have is not None and need > have:
@@ -310,7 +312,8 @@ def train(args: argparse.Namespace) -> int:
     except MemoryError as exc:
         raise _no_memory(hidden, exc) from None
     data = _data(args)
-    _check_network_fits(config.hidden, data.n_features, data.n_classes, config.dtype)
+    _check_network_fits(config.hidden, data.n_features, data.n_classes, config.dtype,
+                        config.expansion)
     try:
         result = run(data, config, seed=args.seed,
                      progress=False if args.no_progress else None,

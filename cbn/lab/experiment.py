@@ -21,14 +21,15 @@ from ..data import CIFAR10
 from ..callbacks import EpochLines
 from ..checkpoint import CheckpointError
 from ..gradcheck import GradcheckResult, gradcheck
-from ..network import ACTIVATIONS, NORMS, Network
+from ..network import ACTIVATIONS, NORMS, Network, check_blocks
 from .. import optim
 from ..augment import Augment, mirror
+from ..ema import EMA
 from ..schedule import ConstantLR, CosineAnnealingLR, CyclicLR, OneCycleLR
 from ..train import History, fit, steps_per_epoch
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lamb", "lion")
 SCHEDULES = ("cyclic", "constant", "cosine", "onecycle")
 
 
@@ -47,8 +48,12 @@ class RunConfig:
     ``step_size`` is set). ``schedule``: "cyclic" (triangular, eta_min..eta_max), "constant"
     (eta_max), "cosine" (eta_max down to eta_min) or "onecycle" (up to eta_max and down);
     all but "cyclic" need ``epochs``. ``optimizer``: "sgd" (the built-in SGD with
-    ``momentum``), "adam" or "adamw" (with ``weight_decay``). ``hflip``, ``shift`` and
-    ``noise`` augment training images (``cbn.Augment``). ``eval_points`` (None: one a
+    ``momentum``), "adam", or "adamw", "lamb", "lion" (each with ``weight_decay``, decoupled). ``hflip``, ``shift`` and
+    ``noise`` augment training images (``cbn.Augment``), ``mixup`` (alpha > 0; 0: off)
+    mixes them (``cbn.Mixup``). ``ema`` (a decay in (0, 1); 0: off) trains a moving average
+    of the weights that the network takes at the end (``cbn.EMA``), its batch-norm
+    statistics recomputed over ``precise_bn`` batches when that is set, updated every
+    ``ema_every`` steps. ``eval_points`` (None: one a
     cycle's tenth under ``eval_every``, else once an epoch) spreads that many history points
     over the run; ``eval_train`` also scores the training set at each. ``tta`` scores the
     validation and test sets on each image and its mirror (probabilities averaged)."""
@@ -69,7 +74,12 @@ class RunConfig:
     norm: Optional[str] = "auto"
     activation: str = "relu"
     residual: bool = False
+    expansion: Optional[int] = None
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    ema: float = 0.0
+    ema_every: int = 1
+    precise_bn: int = 0
     bn_placement: str = "before"
     dropout: float = 0.0
     epochs: Optional[int] = None
@@ -93,6 +103,13 @@ class RunConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check.real("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        check.real("mixup", self.mixup, low=0.0)
+        check.real("ema", self.ema, low=0.0, high=1.0, high_open=True)
+        check.integer("precise_bn", self.precise_bn, low=0)
+        check.integer("ema_every", self.ema_every, low=1)
+        if self.precise_bn and not self.ema:
+            raise ValueError("precise_bn recomputes the statistics of the averaged weights; "
+                             "it needs ema")
         check.choice("bn_placement", self.bn_placement, ("before", "after"))
         check.real("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
         check.choice("schedule", self.schedule, SCHEDULES)
@@ -100,9 +117,13 @@ class RunConfig:
         check.real("weight_decay", self.weight_decay, low=0.0)
         check.integer("shift", self.shift, low=0)
         check.real("noise", self.noise, low=0.0)
-        for name in ("epochs", "eval_points"):
+        for name in ("epochs", "eval_points", "expansion"):
             if getattr(self, name) is not None:
                 check.integer(name, getattr(self, name), low=1)
+        if self.expansion is not None:
+            options = self.network_options()
+            check_blocks(self.hidden, self.residual, options["norm"], self.dropout,
+                         self.bn_placement)
         if self.schedule != "cyclic" and self.epochs is None:
             raise ValueError(f"schedule {self.schedule!r} needs epochs (cycles count the "
                              "cyclic schedule's cycles only)")
@@ -129,8 +150,11 @@ class RunConfig:
     def network_options(self) -> dict:
         """The keywords of ``cbn.Network`` this configuration sets."""
         norm = ("batch" if self.batch_norm else None) if self.norm == "auto" else self.norm
-        return dict(norm=norm, activation=self.activation, residual=self.residual,
-                    bn_placement=self.bn_placement, dropout=self.dropout)
+        options = dict(norm=norm, activation=self.activation, residual=self.residual,
+                       bn_placement=self.bn_placement, dropout=self.dropout)
+        if self.expansion is not None:
+            options["expansion"] = self.expansion
+        return options
 
     def resolved_step_size(self, n_train: int) -> int:
         """n_s: the configured one, else 5 * n_train / batch_size (at least 1), or with
@@ -164,6 +188,10 @@ class RunConfig:
             return optim.Adam()
         if self.optimizer == "adamw":
             return optim.AdamW(weight_decay=self.weight_decay)
+        if self.optimizer == "lamb":
+            return optim.Lamb(weight_decay=self.weight_decay)
+        if self.optimizer == "lion":
+            return optim.Lion(weight_decay=self.weight_decay)
         return None
 
     def make_augment(self) -> Optional[Augment]:
@@ -184,10 +212,14 @@ class RunConfig:
                     momentum=self.momentum, optimizer=self.make_optimizer(),
                     augment=self.make_augment(), eval_every=eval_every,
                     eval_train=self.eval_train, label_smoothing=self.label_smoothing,
+                    mixup=self.mixup or None,
+                    ema=EMA(self.ema, self.precise_bn, self.ema_every) if self.ema else None,
                     **length)
 
 
-_OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, label_smoothing=0.0,
+_OMITTED_AT_DEFAULT = dict(norm="auto", activation="relu", residual=False, expansion=None,
+                           label_smoothing=0.0,
+                           mixup=0.0, ema=0.0, ema_every=1, precise_bn=0,
                            bn_placement="before", dropout=0.0, epochs=None, schedule="cyclic",
                            optimizer="sgd", weight_decay=0.01, hflip=False, shift=0, noise=0.0,
                            eval_points=None, eval_train=True, tta=False)

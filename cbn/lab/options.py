@@ -133,6 +133,8 @@ RUN_OPTIONS = (
     Option("activation", _choice(*ACTIVATIONS), "activation function", group="network"),
     Option("residual", None, "residual connections between equal widths", "switch",
            group="network"),
+    Option("expansion", positive_int, "pre-norm residual blocks with this expansion factor "
+           "(with --residual, a norm and equal --hidden widths)", group="network"),
     Option("dropout", fraction, "dropout rate of the hidden layers", group="network"),
     Option("init", init_option, "he, xavier, or sigma: weights drawn from N(0, sigma^2)",
            group="network"),
@@ -149,10 +151,17 @@ RUN_OPTIONS = (
     Option("step_size", positive_int, "steps per half cycle (default 5 * training images / "
            "batch size, or with --epochs the steps over 2 cycles)", metavar="N_S"),
     Option("optimizer", _choice(*OPTIMIZERS), "sgd (the course's, with --momentum), adam, "
-           "adamw"),
+           "adamw, lamb, lion"),
     Option("momentum", nonnegative_float, "heavy-ball momentum of sgd, below 1"),
-    Option("weight_decay", nonnegative_float, "decoupled weight decay of adamw"),
+    Option("weight_decay", nonnegative_float, "decoupled weight decay of adamw, lamb and lion"),
     Option("label_smoothing", fraction, "label smoothing of the cross-entropy"),
+    Option("ema", fraction, "decay of a moving average of the weights, which the network "
+           "takes at the end (0: none)"),
+    Option("ema_every", positive_int, "with --ema: update the average every this many steps"),
+    Option("precise_bn", nonnegative_int, "with --ema: recompute the averaged network's "
+           "batch-norm statistics over this many training batches"),
+    Option("mixup", nonnegative_float, "mixup alpha: batches mixed with themselves reversed, "
+           "shares from Beta(alpha, alpha) (0: none)", group="augmentation"),
     Option("hflip", None, "augment: random horizontal flips", "switch", group="augmentation"),
     Option("shift", nonnegative_int, "augment: random translations of up to this many pixels",
            group="augmentation"),
@@ -225,6 +234,9 @@ def check_together(values: Mapping[str, Any], say: Callable[[str], str]) -> None
     batch = values["batch_norm"] if norm == "auto" else norm == "batch"
     if values["batch_size"] < 2 and batch:
         raise OptionError(f"{say('batch_size')} must be >= 2 with batch normalization")
+    if values["precise_bn"] and not values["ema"]:
+        raise OptionError(f"{say('precise_bn')} recomputes the averaged weights' statistics; "
+                          f"it needs {say('ema')}")
     if values["schedule"] != "cyclic" and values["epochs"] is None:
         raise OptionError(f"{say('schedule')} {values['schedule']} needs --epochs (cycles "
                           "count the cyclic schedule's cycles only)")
@@ -308,7 +320,7 @@ def run_file_text(values: Mapping[str, Any]) -> str:
 def estimator_config(*, hidden_layer_sizes: Sequence[int] = (50, 50), batch_norm: bool = True,
                      bn_placement: str = "before", dropout: float = 0.0, norm="auto",
                      activation: str = "relu", residual: bool = False,
-                     label_smoothing: float = 0.0, alpha: float = 0.005,
+                     label_smoothing: float = 0.0, mixup: float = 0.0, alpha: float = 0.005,
                      batch_size: int = 100, optimizer: str = "sgd", eta_min: float = 1e-5,
                      eta_max: float = 1e-1, cycles: float = 2, max_iter: int = 20,
                      dtype: str = "float32", **_ignored) -> RunConfig:
@@ -320,7 +332,7 @@ def estimator_config(*, hidden_layer_sizes: Sequence[int] = (50, 50), batch_norm
         else tuple(hidden_layer_sizes)
     return RunConfig(hidden=hidden, batch_norm=batch_norm, bn_placement=bn_placement,
                      dropout=dropout, norm=norm, activation=activation, residual=residual,
-                     label_smoothing=label_smoothing, lam=alpha, batch_size=batch_size,
+                     label_smoothing=label_smoothing, mixup=mixup, lam=alpha, batch_size=batch_size,
                      optimizer=optimizer if isinstance(optimizer, str) else "sgd",
                      eta_min=eta_min, eta_max=eta_max, cycles=cycles, epochs=max_iter,
                      dtype=dtype)
