@@ -115,19 +115,20 @@ class Augment:
 class Mixup:
     """Mixup (Zhang et al., 2018, "mixup: Beyond Empirical Risk Minimization") of the
     training batches of ``fit``, as timm's ``Mixup`` mixes a batch in its default mode
-    (``mode="batch"``, ``prob=1``, no CutMix): one share lambda per batch, each row's
-    partner the row at the mirrored position.
+    (``mode="batch"``, ``prob=1``, no CutMix): one share per batch (timm's and the paper's
+    lambda; named ``share`` here, since ``lam`` is cbn's L2 strength), each row's partner the
+    row at the mirrored position.
 
     At training step s of a run whose random key is k (``fit``'s ``seed``, else the random
     key its checkpoint keeps), for a batch of n rows x_0..x_{n-1} with labels t_i::
 
-        lam   = numpy.random.default_rng([k, s]).beta(alpha, alpha)     (``share(k, s)``)
-        x_i  := lam x_i + (1 - lam) x_{n-1-i}             (timm: x.mul(lam).add(x.flip(0).mul(1 - lam)))
-        q_i  := lam q(t_i) + (1 - lam) q(t_{n-1-i}),  q(t) = (1 - eps) onehot(t) + eps / K
+        share = numpy.random.default_rng([k, s]).beta(alpha, alpha)     (``share(k, s)``)
+        x_i  := share x_i + (1 - share) x_{n-1-i}   (timm: x.mul(lam).add(x.flip(0).mul(1 - lam)))
+        q_i  := share q(t_i) + (1 - share) q(t_{n-1-i}),  q(t) = (1 - eps) onehot(t) + eps / K
 
     with eps the label smoothing (timm's ``mixup_target``). The rows are mixed after the
-    gather standardised and augmented them (``Augment``), in the network's dtype with lam
-    and 1 - lam rounded to it; the middle row of an odd batch, its own partner, stays as it
+    gather standardised and augmented them (``Augment``), in the network's dtype with share
+    and 1 - share rounded to it; the middle row of an odd batch, its own partner, stays as it
     is. The loss is the cross-entropy against q_i (its sample weight, if any, that of its
     own row x_i); the accuracy a step counts compares with t_i. Validation, evaluation and
     ``predict`` never mix. The draws depend only on (k, s), so a resumed run mixes as the
@@ -136,7 +137,7 @@ class Mixup:
     Parameters
     ----------
     alpha : the Beta(alpha, alpha) parameter, > 0 (timm's ``mixup_alpha``; 0.2 to 1 are
-        usual; small values keep lam near 0 or 1, 1 draws it uniformly).
+        usual; small values keep the share near 0 or 1, 1 draws it uniformly).
     """
 
     alpha: float = 0.2
@@ -146,7 +147,7 @@ class Mixup:
                                                      low_open=True))
 
     def share(self, key: int, step: int) -> float:
-        """lam of step ``step`` of a run keyed ``key`` (both integers in [0, 2^64))."""
+        """The share of step ``step`` of a run keyed ``key`` (both integers in [0, 2^64))."""
         key = check.integer("key", key, low=0, high=2**64 - 1)
         step = check.integer("step", step, low=0, high=2**64 - 1)
         return float(np.random.default_rng([key, step]).beta(self.alpha, self.alpha))

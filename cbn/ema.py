@@ -83,7 +83,7 @@ class Averager:
     allocating."""
 
     def __init__(self, spec: EMA, net) -> None:
-        live: List[np.ndarray] = [net.flat_params, *net._running.values()]
+        live: List[np.ndarray] = [net.flat_params, *net.running_stats.values()]
         self.spec, self.net = spec, net
         self.state = np.concatenate([a.reshape(-1) for a in live]).astype(net.dtype)
         self._share = 1.0 - spec.decay

@@ -470,12 +470,13 @@ class Network:
         batches = full if batches is None else check.integer("batches", batches, low=1,
                                                              high=full)
         order = np.random.default_rng(check.integer("seed", seed, low=0)).permutation(n)
-        self._precise_bn(src, shift, scale, order, rows, batches)
+        self.precise_bn_prepared(src, shift, scale, order, rows, batches)
 
-    def _precise_bn(self, src, shift, scale, order: np.ndarray, rows: int,
-                    batches: int) -> None:
-        """``precise_bn`` over the first ``batches`` batches of ``rows`` of ``order``; on any
-        error the running statistics are left as they were."""
+    def precise_bn_prepared(self, src, shift, scale, order: np.ndarray, rows: int,
+                            batches: int) -> None:
+        """``precise_bn`` over the first ``batches`` batches of ``rows`` of ``order``, the rows
+        of ``src`` prepared as ``prepare_input`` gives them (what ``fit`` runs at its end);
+        on any error the running statistics are left as they were."""
         plan = self.plan(rows)
         plan.set_data(src, None, order, shift, scale)
         before = {name: value.copy() for name, value in self._running.items()}
@@ -582,10 +583,10 @@ class Network:
         statistics are left untouched. Dropout layers apply the
         masks of ``dropout_seed`` (an integer in [0, 2^64); None: no dropout), the same on
         every call with the same seed, so ``cost`` with that seed is the function these are
-        the gradients of. ``mix`` (cross-entropy only): mixup's share lam in [0, 1], the
-        batch and its targets mixed with the batch reversed as ``fit`` with a ``cbn.Mixup``
-        mixes a step whose draw is lam (None: no mixing). Returns ``(cost, grads)`` with ``grads`` keyed like ``params``
-        (fresh arrays)."""
+        the gradients of. ``mix`` (cross-entropy only): mixup's share in [0, 1], the batch
+        and its targets mixed with the batch reversed as ``fit`` with a ``cbn.Mixup`` mixes a
+        step whose draw is that share (None: no mixing). Returns ``(cost, grads)`` with
+        ``grads`` keyed like ``params`` (fresh arrays)."""
         lam = check.real("lam", lam, low=0.0)
         dropout_seed = check.dropout_seed(dropout_seed)
         src, shift, scale = self.prepare_input(X, None)

@@ -407,8 +407,8 @@ class _Run:
         batches = spec.ema.precise_bn
         if batches:
             rows = min(spec.batch_size, spec.n)
-            self.net._precise_bn(spec.src, spec.shift, spec.scale, self.order, rows,
-                                 min(batches, spec.n // rows))
+            self.net.precise_bn_prepared(spec.src, spec.shift, spec.scale, self.order, rows,
+                                         min(batches, spec.n // rows))
 
     # -- the loop ---------------------------------------------------------------------------
 

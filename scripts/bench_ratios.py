@@ -4,8 +4,9 @@
     python scripts/bench_ratios.py bench.json [more.json ...] [--markdown]
 
 The table is the one the run printed at its end (tests/bench_table.py builds both): per
-case, the median over rounds of cbn's time over each contender's in the same round (below 1:
-cbn is faster), and whether the GEMM bound's own rounds spread too much to trust the case.
+case, cbn's GFLOP/s and share of the peak the run measured, the median over rounds of cbn's
+time over each contender's in the same round (below 1: cbn is faster), and whether the GEMM
+bound's own rounds spread too much to trust the case; then the peaks and the goals.
 The BLAS libraries and thread counts recorded with the run are printed first. Several files
 give one table each: ratios only mean something within a round, so runs are not mixed.
 """
@@ -66,7 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         for line in blas_summary(data):
             print(f"# {line}")
-        print(bench_table.format_table(results, markdown=args.markdown))
+        peaks = bench_table.peaks_from_benchmarks(data["benchmarks"])
+        print(bench_table.format_table(results, markdown=args.markdown, peaks=peaks))
     return status
 
 

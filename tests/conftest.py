@@ -9,7 +9,8 @@ them (tests/test_fuzz.py then tries well over 10,000 inputs in all), for a long 
 Benchmarks (tests that take pytest-benchmark's ``benchmark`` fixture) run only under
 ``--benchmark-only``, which runs nothing else, or ``--benchmark-enable``, which runs
 everything; a plain run deselects them. Such a run ends
-with the table of ratios of tests/bench_table.py, also written as ``<name>.ratios.md`` and
+with the table of ratios of tests/bench_table.py, with the machine's peak measured once in the
+run (tests/bench_peak.py, the ``peaks`` fixture), also written as ``<name>.ratios.md`` and
 ``<name>.ratios.json`` beside ``--benchmark-json=<name>.json``.
 """
 import os
@@ -34,6 +35,7 @@ os.environ.setdefault("CBN_AUTOTUNE", "0")
 
 _RESULTS = pytest.StashKey[list]()
 _LOAD = pytest.StashKey[tuple]()
+_PEAKS = pytest.StashKey[dict]()
 
 
 def _load_average() -> tuple:
@@ -67,6 +69,16 @@ def case_results(request) -> list:
     return request.config.stash[_RESULTS]
 
 
+@pytest.fixture(scope="session")
+def peaks(request) -> dict:
+    """The machine's peak per precision (``bench_peak.Peak``), measured once per run on the
+    threads the benchmarks use, for the summary's "% of peak"."""
+    import bench_peak
+    measured = bench_peak.measure_all(bench_peak.blas_threads())
+    request.config.stash[_PEAKS] = measured
+    return measured
+
+
 def _context(config) -> dict:
     """Load averages (1, 5, 15 min) at the start and end of the run, and the BLAS in use."""
     from threadpoolctl import threadpool_info
@@ -83,8 +95,9 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     import bench_table
     context = _context(config)
+    peaks = config.stash.get(_PEAKS, {})
     terminalreporter.write_sep("=", "cbn ratios")
-    terminalreporter.write_line(bench_table.format_table(results))
+    terminalreporter.write_line(bench_table.format_table(results, peaks=peaks))
     load = "load average (1, 5, 15 min): {} at start, {} at end".format(
         *(", ".join(f"{v:.2f}" for v in context[k]) or "unknown"
           for k in ("load_average_start", "load_average_end")))
@@ -93,5 +106,5 @@ def pytest_terminal_summary(terminalreporter, config):
     json_path = config.getoption("benchmark_json", None)
     if json_path is not None:
         stem = os.path.splitext(os.fspath(json_path))[0] + ".ratios"
-        for path in bench_table.write(results, stem, **context):
+        for path in bench_table.write(results, stem, peaks=peaks, **context):
             terminalreporter.write_line(f"wrote {path}")

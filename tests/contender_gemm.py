@@ -8,6 +8,19 @@ from typing import Optional, Sequence
 import numpy as np
 
 
+def step_flops(dims: Sequence[int], batch: int) -> int:
+    """Floating-point operations of the products of one training step (those ``GemmBound.step``
+    runs), 2 m k n per m x k by k x n product: per layer the forward S = A W, the weight
+    gradient A^T dS and, above the first layer (whose input needs no gradient), dS W^T."""
+    return sum(2 * batch * a * b * (2 if l == 0 else 3)
+               for l, (a, b) in enumerate(zip(dims[:-1], dims[1:])))
+
+
+def forward_flops(dims: Sequence[int], rows: int) -> int:
+    """Floating-point operations of the forward products of ``rows`` rows (evaluation)."""
+    return sum(2 * rows * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
 class GemmBound:
     """The GEMMs of one step of the fully connected network with widths ``dims``
     (input, hidden..., classes) on ``batch`` rows of ``dtype``: per layer the forward

@@ -1,8 +1,12 @@
-"""The benchmarks' PyTorch contender: the same network and SGD step in PyTorch eager mode, written
-as a PyTorch user would (``nn.Linear``, ``nn.BatchNorm1d``, ``F.cross_entropy``, autograd,
+"""The benchmarks' PyTorch contenders: the same network and SGD step in PyTorch, written as a
+PyTorch user would (``nn.Linear``, ``nn.BatchNorm1d``, ``F.cross_entropy``, autograd,
 ``torch.optim.SGD`` with weight decay on the weights only), with the mini-batch gathered from
-uint8 images into preallocated buffers. Needs torch (optional; the benchmarks skip it when
-it is missing)."""
+uint8 images into preallocated buffers. Eager by default; ``compiled=True`` runs the forward
+pass and loss through ``torch.compile`` (its backward graph is compiled with it; the
+optimizer's step stays eager, a few fused foreach updates); ``bf16=True`` runs the forward pass
+under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's mixed precision (bf16
+products, fp32 master weights and loss). Needs torch (optional; the benchmarks leave these
+contenders out when it is missing)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -18,7 +22,8 @@ class TorchNet:
     buffers for up to ``batch`` rows. BN momentum 1 - alpha equals cbn's EMA factor alpha."""
 
     def __init__(self, params: Dict[str, np.ndarray], batch_norm: bool, batch: int,
-                 eps: float = 1e-5, alpha: float = 0.9) -> None:
+                 eps: float = 1e-5, alpha: float = 0.9, compiled: bool = False,
+                 bf16: bool = False) -> None:
         self.k = sum(1 for name in params if name.startswith("W"))
         dt = torch.float64 if params["W1"].dtype == np.float64 else torch.float32
         layers, weights, others = [], [], []
@@ -44,6 +49,28 @@ class TorchNet:
         self.Xu8 = torch.empty((batch, d), dtype=torch.uint8)
         self.X = torch.empty((batch, d), dtype=dt)
         self.y = torch.empty(batch, dtype=torch.int64)
+        self.bf16 = bf16
+        self._loss, self._logits = self._eager_loss, self._eager_logits
+        if compiled:
+            self._loss = torch.compile(self._eager_loss)
+            self._logits = torch.compile(self._eager_logits)
+
+    def _eager_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return F.cross_entropy(self.model(X), y)
+
+    def _eager_logits(self, X: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(X).float()
+
+    def load_running(self, stats: Dict[str, np.ndarray]) -> None:
+        """BN's running statistics from a network's ``running_stats``
+        (``running_mean{l}``, ``running_var{l}``)."""
+        norms = [m for m in self.model if isinstance(m, nn.BatchNorm1d)]
+        with torch.no_grad():
+            for l, bn in enumerate(norms, start=1):
+                bn.running_mean.copy_(torch.from_numpy(np.array(stats[f"running_mean{l}"])))
+                bn.running_var.copy_(torch.from_numpy(np.array(stats[f"running_var{l}"])))
 
     def _batch(self, images: torch.Tensor, idx: torch.Tensor, shift: Optional[torch.Tensor],
                scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -65,7 +92,7 @@ class TorchNet:
         y = self.y[:idx.shape[0]]
         torch.index_select(labels, 0, idx, out=y)
         self.model.train()
-        loss = F.cross_entropy(self.model(X), y)
+        loss = self._loss(X, y)
         self.optimizer.zero_grad()
         loss.backward()
         weights, others = self.optimizer.param_groups
@@ -83,7 +110,7 @@ class TorchNet:
             stop = min(start + cap, N)
             X = self.X[:stop - start]
             X.copy_(images[start:stop]).sub_(shift).mul_(scale)
-            Z = self.model(X)
+            Z = self._logits(X)
             y = labels[start:stop]
             total += F.cross_entropy(Z, y, reduction="sum").item()
             correct += int((Z.argmax(dim=1) == y).sum())

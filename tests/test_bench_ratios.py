@@ -43,8 +43,8 @@ def test_a_machine_slowing_down_for_both_contenders_leaves_the_ratio_unchanged()
 def test_a_missing_contender_has_no_ratio_and_a_dash_in_the_table():
     result = CaseResult("c", {"cbn": [1.0], "gemm": [0.5], "numpy": [4.0]})
     assert result.ratio("torch") is None
-    assert bench_table.rows([result])[0] == ["c", "1000.00", "2.00", "-", "0.25", "-", "1",
-                                             "0%", "ok"]
+    assert bench_table.rows([result])[0] == ["c", "1000.00", "-", "-", "2.00", "-", "0.25",
+                                             "-", "-", "-", "1", "0%", "ok"]
 
 
 # -- noise verdict ---------------------------------------------------------------------------
@@ -125,8 +125,8 @@ def test_the_script_prints_the_table_the_run_printed(tmp_path, capsys):
     assert bench_ratios.main([str(path), "--markdown"]) == 0
     out = capsys.readouterr().out
     assert bench_table.format_table(results, markdown=True) in out
-    assert "| epoch | 1100.00 | 1.10 | - | 0.50 | - | 3 | 0% | ok |" in out
-    assert "| evaluate | 3000.00 | 3.00 | - | - | - | 3 | 50% | NOISY |" in out
+    assert "| epoch | 1100.00 | - | - | 1.10 | - | 0.50 | - | - | - | 3 | 0% | ok |" in out
+    assert "| evaluate | 3000.00 | - | - | 3.00 | - | - | - | - | - | 3 | 50% | NOISY |" in out
     assert "1 of 2 cases noisy" in out
     assert "# openblas 0.3.34 (SkylakeX), 2 threads" in out
 
