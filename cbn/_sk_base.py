@@ -25,6 +25,7 @@ from . import _ops, bf16
 from . import _validate as check
 from .augment import Augment
 from .data import Normalization
+from .ema import EMA
 from .inputs import Fitted
 from .losses import sample_weights
 from .network import ACTIVATIONS, INIT_NAMES, NORMS, Network, check_blocks
@@ -82,6 +83,10 @@ class BaseMLP(BaseEstimator):
         if self.norm not in NORMS + ("auto",):
             raise ValueError(f"norm must be one of {NORMS + ('auto',)}, got {self.norm!r}")
         check.choice("activation", self.activation, ACTIVATIONS)
+        if check.real("ema", self.ema, low=0.0, high=1.0, high_open=True) and \
+                self.early_stopping:
+            raise ValueError("ema (a moving average) and early_stopping (the best live "
+                             "network) each choose the network fit ends with; use one")
         if self.expansion is not None:
             check.integer("expansion", self.expansion, low=1)
             norm = (("batch" if self.batch_norm else None) if self.norm == "auto"
@@ -255,8 +260,9 @@ class BaseMLP(BaseEstimator):
     def _fit_targets(self, y: np.ndarray, weights: Optional[np.ndarray]) -> None:
         """Fit what the targets need from the training rows (the regressor's scale)."""
 
-    def _epoch(self, X, y, weights, rng: np.random.RandomState) -> None:
-        """One epoch over (X, y) with per-row ``weights``; append to ``loss_curve_``."""
+    def _epoch(self, X, y, weights, rng: np.random.RandomState, callbacks=None) -> None:
+        """One epoch over (X, y) with per-row ``weights``; append to ``loss_curve_``;
+        ``callbacks`` are ``cbn.fit``'s."""
         net, opt = self.network_, self.optimizer_
         if _core_accepts(train, "optimizer"):
             update = dict(optimizer=opt)
@@ -271,7 +277,7 @@ class BaseMLP(BaseEstimator):
                         batch_size=self.batch_size,
                         schedule=_ContinuedLR(self.schedule_, self.t_), epochs=1,
                         seed=int(rng.randint(2 ** 31)), progress=False,
-                        normalization=self._normalization(), **update)
+                        normalization=self._normalization(), callbacks=callbacks, **update)
         self.t_ += history.step[-1]
         self.n_iter_ += 1
         self.loss_curve_.append(history.batch_loss[-1] + self.alpha * net.l2_penalty())
@@ -285,6 +291,9 @@ class BaseMLP(BaseEstimator):
         """``fit`` (``partial=False``) and ``partial_fit``: validate, then train a fresh
         network, or continue the fitted one for ``partial_fit`` and ``warm_start``."""
         self._check_params()
+        if partial and self.ema:
+            raise ValueError("ema averages the steps of one fit call; partial_fit trains one "
+                             "epoch a call (use fit, or ema=0)")
         first = not ((partial or self.warm_start) and hasattr(self, "network_"))
         X, y = validate_data(self, X, y, dtype=SOURCE_DTYPES, order="C", reset=first,
                              **self._validate_y)
@@ -315,8 +324,12 @@ class BaseMLP(BaseEstimator):
             if self.validation_scores_ is None:  # a warm start turning early stopping on
                 self.validation_scores_ = []
         best, stale, best_state, best_loss = -math.inf, 0, None, None
+        average, callbacks = None, None
+        if self.ema:  # one average over every step of this call (cbn.EMA, as fit keeps it)
+            average = EMA(self.ema).averager(self.network_)
+            callbacks = [_AverageSteps(average)]
         for _ in range(1 if partial else self.max_iter):
-            self._epoch(X, y, weights, self._rng)
+            self._epoch(X, y, weights, self._rng, callbacks)
             if X_val is None:
                 self._report(None)
                 continue
@@ -333,6 +346,8 @@ class BaseMLP(BaseEstimator):
                     print(f"Validation {self._score_name} did not improve by {self.tol} for "
                           f"{self.n_iter_no_change} epochs; stopping.")
                 break
+        if average is not None:
+            average.apply()
         if best_state is not None:
             self.network_.load_state_dict(best_state)
             self.best_validation_score_, self.best_loss_ = best, best_loss
@@ -366,3 +381,26 @@ class BaseMLP(BaseEstimator):
     def _check_fitted_X(self, X) -> np.ndarray:
         check_is_fitted(self)
         return self._check_X(X)
+
+
+class _AverageSteps:
+    """The callback that updates a moving average (``cbn.ema.Averager``) after every step of
+    the estimator's epochs."""
+
+    per_step = True
+
+    def __init__(self, average) -> None:
+        self.average, self.steps = average, 0  # steps over the epochs of one fit call
+
+    def on_train_begin(self, run) -> None:
+        pass
+
+    def on_epoch_end(self, run, logs) -> None:
+        pass
+
+    def on_step_end(self, run, step: int, loss: float) -> None:
+        self.steps += 1
+        self.average.update(self.steps)
+
+    def on_train_end(self, run) -> None:
+        pass

@@ -46,6 +46,10 @@ _LAYERS = """
     expansion : int >= 1 or None, default None
         Pre-norm residual blocks with this expansion factor (``cbn.Network``'s
         ``expansion``; needs ``residual``, a norm and equal widths).
+    ema : float in [0, 1), default 0.0
+        Decay of a moving average of the parameters and running statistics over the steps
+        of ``fit`` (``cbn.EMA``), which the network takes when ``fit`` ends; 0: none. Not
+        with ``partial_fit`` or ``early_stopping``, which score and keep the live network.
     init : "he", "xavier" or a float sigma > 0, default "he"
         Initialisation of the weights (``cbn.Network``'s ``init``): a scheme, or normal
         weights of standard deviation sigma, so a sensitivity study over sigma is a grid
@@ -160,6 +164,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
                  residual: bool = False, expansion: Optional[int] = None,
+                 ema: float = 0.0,
                  init: Union[str, float] = "he",
                  label_smoothing: float = 0.0, mixup: float = 0.0, class_weight=None,
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
@@ -177,6 +182,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.ema = ema
         self.expansion = expansion
         self.init = init
         self.label_smoothing = label_smoothing
@@ -369,6 +375,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  batch_norm: bool = True, bn_placement: str = "before", dropout: float = 0.0,
                  norm: Optional[str] = "auto", activation: str = "relu",
                  residual: bool = False, expansion: Optional[int] = None,
+                 ema: float = 0.0,
                  init: Union[str, float] = "he",
                  augment: Optional[Augment] = None, alpha: float = 0.005, batch_size: int = 100,
                  optimizer: Union[str, Optimizer] = "sgd", eta_min: float = 1e-5,
@@ -384,6 +391,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.norm = norm
         self.activation = activation
         self.residual = residual
+        self.ema = ema
         self.expansion = expansion
         self.init = init
         self.augment = augment

@@ -894,3 +894,26 @@ def test_expansion_through_the_options_the_space_and_the_estimator():
     assert clf.network_.expansion == 2 and clf.network_.num_layers == 4
     with pytest.raises(ValueError, match="equal hidden widths"):
         MLPClassifier((6, 5), norm="layer", residual=True, expansion=2).fit(X, y)
+
+
+def test_the_estimator_takes_the_average_of_its_steps():
+    pytest.importorskip("sklearn")
+    from cbn.sklearn import MLPClassifier, MLPRegressor
+    X, y = blobs()
+    trace = Trace()
+    plain = MLPClassifier((7,), max_iter=3, random_state=0, batch_size=12)
+    # the same epochs, each step's network traced
+    plain._epoch = (lambda epoch: lambda *a, **k: epoch(*a[:4], [trace]))(plain._epoch)
+    plain.fit(X, y)
+    averaged = MLPClassifier((7,), max_iter=3, random_state=0, batch_size=12, ema=0.6).fit(X, y)
+    # the start, then each step (every epoch, 5 steps, also traces its own start)
+    expected = trace.states[0]
+    for state in (s for i, s in enumerate(trace.states) if i % 6):
+        expected = 0.6 * expected + 0.4 * state
+    np.testing.assert_allclose(Trace.state(averaged.network_), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="partial_fit trains one epoch"):
+        MLPClassifier((7,), ema=0.5).partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match="use one"):
+        MLPClassifier((7,), ema=0.5, early_stopping=True).fit(X, y)
+    with pytest.raises(ValueError, match="ema must be < 1"):
+        MLPRegressor((7,), ema=1.0).fit(X, y.astype(float))
