@@ -160,7 +160,7 @@ def test_calibration_survives_a_clock_that_reports_nothing_and_refuses_no_work()
         bench_peak.calibrate(lambda size: (1.0, 0.0), seconds=0.5, repeats=1)
 
 
-def test_the_probe_measures_a_positive_finite_rate_without_being_imported_by_cbn():
+def test_the_probe_measures_a_positive_finite_rate_without_being_imported_by_cbn(tmp_path):
     from cbn import _peak
     seconds, flops, ran = _peak.run("fp32", 1000, 1)
     assert seconds > 0 and flops > 0 and math.isfinite(flops / seconds) and ran == 1
@@ -169,7 +169,8 @@ def test_the_probe_measures_a_positive_finite_rate_without_being_imported_by_cbn
     with pytest.raises(ValueError, match="at least 1"):
         _peak.run("fp32", 0, 1)
     out = subprocess.run([sys.executable, "-c", "import sys, cbn; print('cbn._peak' in "
-                          "sys.modules)"], capture_output=True, text=True, timeout=120)
+                          "sys.modules)"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)  # outside the source tree: the installed cbn
     assert out.stdout.strip() == "False", out.stderr
 
 
