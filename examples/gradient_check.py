@@ -16,6 +16,7 @@ import sys
 from typing import Dict, List, Optional
 
 from cbn.lab.experiment import GRADCHECK_NETWORKS, gradient_checks
+from cbn.lab.options import gradcheck_arguments
 from cbn.lab.record import (ExampleRecord, example_parser, load_data, parse_example_args,
                             run_example)
 from cbn.lab.plots import plot_gradcheck
@@ -40,14 +41,7 @@ def layer_table(rows: List[Dict[str, float]]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = example_parser(NAME, __doc__.split("\n\n")[0], runs=None, dtype="float64")
-    parser.add_argument("--n", type=int, default=10,
-                        help="training images in the batch checked (default 10)")
-    parser.add_argument("--dims", type=int, default=20,
-                        help="input features kept (the first ones; default 20)")
-    parser.add_argument("--lam", type=float, default=0.005,
-                        help="L2 strength, so its gradient is checked too (default 0.005)")
-    parser.add_argument("--tolerance", type=float, default=1e-6,
-                        help="largest relative error accepted (default 1e-6)")
+    gradcheck_arguments(parser)
     args = parse_example_args(parser, argv)
     data = load_data(args)
     if not 2 <= args.n <= len(data.train) or not 1 <= args.dims <= data.train.images.shape[1]:

@@ -28,9 +28,8 @@ from .experiment import (CHECKPOINT_SUFFIX, GRADCHECK_NETWORKS, RunConfig, gradi
                          run, score)
 from ..network import Network, layer_dims
 # Argument types: checked while parsing, before any data is read.
-from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, nonnegative_float,
-                      nonnegative_int, positive_float, positive_int, run_values,
-                      thread_count)
+from .options import (RUN_OPTIONS, OptionError, add_run_arguments, config_of, gradcheck_arguments,
+                      nonnegative_int, run_values, thread_count)
 from .record import command_line_words, data_description, open_data, route_sigterm
 from .report import REPORT_DESCRIPTION, add_report_arguments, build_report, report_file
 from ..schedule import CyclicLR
@@ -138,14 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "features. Exit status 1 if an error exceeds the "
                                        "tolerance.")
     _data_arguments(check)
-    check.add_argument("--n", type=positive_int, default=10,
-                       help="training images in the batch (>= 2; default 10)")
-    check.add_argument("--dims", type=positive_int, default=20,
-                       help="input features kept (default 20)")
-    check.add_argument("--lam", type=nonnegative_float, default=0.005,
-                       help="L2 strength, so its gradient is checked too (default 0.005)")
-    check.add_argument("--tolerance", type=positive_float, default=1e-6,
-                       help="largest relative error accepted (default 1e-6)")
+    gradcheck_arguments(check)
     check.add_argument("--seed", type=nonnegative_int, default=0,
                        help="seed of the networks' initialisation (default 0)")
     _common_arguments(check)

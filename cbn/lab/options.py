@@ -340,3 +340,15 @@ def estimator_config(*, hidden_layer_sizes: Sequence[int] = (50, 50), batch_norm
                      optimizer=optimizer if isinstance(optimizer, str) else "sgd",
                      eta_min=eta_min, eta_max=eta_max, cycles=cycles, epochs=max_iter,
                      dtype=dtype, precision=precision)
+
+
+def gradcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a gradient check (``cbn gradcheck`` and examples/gradient_check.py)."""
+    parser.add_argument("--n", type=positive_int, default=10,
+                        help="training images in the batch (>= 2; default 10)")
+    parser.add_argument("--dims", type=positive_int, default=20,
+                        help="input features kept (the first ones; default 20)")
+    parser.add_argument("--lam", type=nonnegative_float, default=0.005,
+                        help="L2 strength, so its gradient is checked too (default 0.005)")
+    parser.add_argument("--tolerance", type=positive_float, default=1e-6,
+                        help="largest relative error accepted (default 1e-6)")
