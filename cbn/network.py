@@ -86,7 +86,7 @@ def check_blocks(hidden: Sequence[int], residual: bool, norm: Optional[str], dro
     """What pre-norm blocks (``expansion``) need of the other options (a ValueError)."""
     if not residual or norm is None:
         raise ValueError("expansion builds pre-norm residual blocks: it needs residual=True "
-                         "and a norm ('layer' or 'batch')")
+                         "(command line: --residual) and a norm ('layer' or 'batch')")
     if len(set(hidden)) != 1:
         raise ValueError(f"expansion needs equal hidden widths (the residual stream's), got "
                          f"{list(hidden)}")

@@ -81,6 +81,7 @@ def test_json_says_the_scores_come_from_the_sample(capsys):
     (["evaluate"], "the following arguments are required: --model"),
     (["evaluate", "--model", "nothing.npz"], "--model nothing.npz: no such file"),
     (["gradcheck", "--n", "1"], "--n must be >= 2"),
+    (["--expansion", "2"], "it needs --residual and a norm"),
 ])
 def test_bad_arguments_fail_in_one_line_before_any_data_is_read(capsys, monkeypatch, argv,
                                                                 message):

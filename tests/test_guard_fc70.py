@@ -843,7 +843,7 @@ def test_prenorm_networks_save_load_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(expansion=2), ValueError, "needs residual=True and a norm"),
+    (dict(expansion=2), ValueError, "needs residual=True .command line: --residual. and a norm"),
     (dict(expansion=2, residual=True, norm=None), ValueError, "needs residual=True"),
     (dict(expansion=2, residual=True, hidden=[4, 5]), ValueError, "equal hidden widths"),
     (dict(expansion=2, residual=True, dropout=0.1), ValueError, "no dropout"),
