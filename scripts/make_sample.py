@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import sys
 import zipfile
 from pathlib import Path
@@ -25,16 +24,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "cbn" / "sample_data" / "cifar10_sample.npz"
 MAX_BYTES = 10_000_000
-
-
-def _load_data_module():
-    # Load cbn/data.py by path: it imports nothing else from cbn, and this way the script
-    # runs from a checkout before the compiled extension that `import cbn` needs is built.
-    spec = importlib.util.spec_from_file_location("_cbn_data", REPO / "cbn" / "data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def select(
@@ -130,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    data = _load_data_module()
+    from cbn import data  # the installed cbn (pip install .) reads the official files
     batches = [data.read_batch(args.source / name) for name in data.TRAIN_FILES]
     train_images = np.concatenate([images for images, _ in batches])
     train_labels = np.concatenate([labels for _, labels in batches])
