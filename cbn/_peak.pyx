@@ -4,7 +4,7 @@
 Built with the package but never imported by ``import cbn`` (the benchmarks import it,
 tests/bench_peak.py), so it costs the library nothing. It links no BLAS: each loop keeps its
 accumulators in vector registers, with independent chains enough to cover the instruction's
-latency on today's cores, so the loop runs at the issue rate of the FMA (or dot-product)
+latency on today's cores, so the loop runs at the throughput of the FMA (or dot-product)
 units and reads no memory. Each loop is compiled for its own instruction set with a
 per-function target attribute and picked at run time from what the CPU reports
 (``__builtin_cpu_supports``), so one portable build measures the widest units the machine
